@@ -1,0 +1,3 @@
+"""dfdtrain: distributed training toolkit for deepfake video detection."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from dfdtrain.cli import main
+
+raise SystemExit(main())

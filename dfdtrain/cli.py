@@ -1,0 +1,54 @@
+"""The ``dfdtrain`` command line: one module per subcommand under dfdtrain/commands.
+
+Every subcommand has --help; a bad argument, path or input exits with status 2 and one line naming the
+problem (no traceback), so scripts and people both see what went wrong.
+"""
+
+import argparse
+import importlib
+import sys
+
+from dfdtrain import __version__
+from dfdtrain.errors import DfdError
+
+# name -> module under dfdtrain.commands; each module has HELP, add_arguments(parser) and run(args) -> int.
+COMMANDS = ("synth", "index", "shard", "demo")
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse prints a usage block before the error; we print only the error line."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser():
+    parser = OneLineArgumentParser(
+        prog="dfdtrain",
+        description="Distributed training toolkit for deepfake video detection.",
+    )
+    parser.add_argument("--version", action="version", version=f"dfdtrain {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineArgumentParser)
+    subparsers.required = True
+    for name in COMMANDS:
+        module = importlib.import_module(f"dfdtrain.commands.{name}")
+        sub = subparsers.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except (DfdError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
+        print(f"dfdtrain {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dfdtrain {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

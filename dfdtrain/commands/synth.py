@@ -1,0 +1,64 @@
+"""``dfdtrain synth``: generate the built-in synthetic real/fake video dataset."""
+
+import json
+import re
+
+from dfdtrain.errors import DfdError
+
+HELP = "Generate a small synthetic real/fake face video dataset (the built-in default dataset)."
+
+
+def add_arguments(parser):
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="output folder (created; refused if it holds files of something else)")
+    parser.add_argument("--count", type=int, default=40, metavar="N",
+                        help="number of videos, real and fake alternating (default 40)")
+    parser.add_argument("--frames", type=int, default=24, metavar="N", help="frames per video (default 24)")
+    parser.add_argument("--size", default="128x128", metavar="WxH", help="frame size, both even (default 128x128)")
+    parser.add_argument("--fps", type=int, default=12, metavar="N", help="frames per second (default 12)")
+    parser.add_argument("--codec", default="h264", metavar="CODEC", help="h264 (.mp4) or vp9 (.webm) (default h264)")
+    parser.add_argument("--seed", type=int, default=0, metavar="N",
+                        help="random seed; the same arguments give the same files (default 0)")
+    parser.add_argument("--gop", type=int, default=12, metavar="N", help="keyframe interval in frames (default 12)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+
+
+def parse_frame_size(text):
+    """'128x96' -> (128, 96)."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not match:
+        raise DfdError(f"--size {text}: expected WIDTHxHEIGHT, e.g. 128x128")
+    width, height = int(match.group(1)), int(match.group(2))
+    for name, value in (("width", width), ("height", height)):
+        if value <= 0 or value % 2:
+            raise DfdError(f"--size {text}: {name} must be a positive even number (yuv420p video)")
+    return width, height
+
+
+def run(args):
+    # Imported here so `dfdtrain --help` does not pay for numpy and PyAV.
+    from dfdtrain.data.synth import synthesize
+
+    width, height = parse_frame_size(args.size)
+    summary = synthesize(
+        args.out,
+        count=args.count,
+        frames=args.frames,
+        width=width,
+        height=height,
+        fps=args.fps,
+        codec=args.codec,
+        seed=args.seed,
+        gop=args.gop,
+        progress=True,
+    )
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        counts = summary["counts"]
+        print(
+            f"wrote {summary['videos']} videos ({counts['real']} real, {counts['fake']} fake, "
+            f"{summary['persons']} persons) to {summary['out_dir']}: "
+            f"{summary['total_bytes'] / 1e6:.2f} MB in {summary['seconds']:.1f} s"
+        )
+    return 0

@@ -1,0 +1,274 @@
+"""The shard stage: manifest -> WebDataset tars ``<split>-%06d.tar`` + DALI index files + index.json.
+
+Each sample is ``<key>.<ext>`` holding the original video bytes, untouched, and ``<key>.json`` holding the
+manifest row (label, dataset, group, split, probe fields) and, with a face detector, per-frame face boxes.
+
+The plan (which video goes into which shard) depends only on the manifest, the seed and the target size,
+so a re-run resumes: a shard whose tar and record (``.parts/<shard>.json``) exist with the same plan is
+kept, anything else is (re)written. Tars, DALI indexes, records and index.json are all written atomically.
+Every video is re-checked from the bytes that go into the tar; a bad one is skipped and named with its
+reason in index.json (unreadable, zero-length, undecodable, truncated).
+"""
+
+import collections
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import random
+import tarfile
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from dfdtrain import __version__
+from dfdtrain.data.dali_index import dali_index_path, write_dali_index
+from dfdtrain.data.splits import SPLITS, leaking_groups
+from dfdtrain.data.video import probe
+from dfdtrain.errors import BadVideo, DfdError
+from dfdtrain.fileio import atomic_open, read_json, read_jsonl, write_json
+
+REQUIRED_FIELDS = ("key", "path", "root", "label", "dataset", "group", "split")
+DEFAULT_TARGET_BYTES = 1 << 30
+RECORDS_FOLDER = ".parts"
+
+
+def load_manifest(path):
+    rows = read_jsonl(path)
+    if not rows:
+        raise DfdError(f"{path}: manifest has no rows")
+    for number, row in enumerate(rows, 1):
+        missing = [name for name in REQUIRED_FIELDS if name not in row]
+        if missing:
+            raise DfdError(f"{path}:{number}: manifest row lacks {', '.join(missing)}")
+    duplicated = [key for key, count in collections.Counter(row["key"] for row in rows).items() if count > 1]
+    if duplicated:
+        raise DfdError(f"{path}: {len(duplicated)} key(s) appear more than once, e.g. {duplicated[0]!r}")
+    return rows
+
+
+def plan_shards(rows, target_bytes=DEFAULT_TARGET_BYTES, seed=0):
+    """[(shard name, split, rows)]: per split, rows in seeded random order, packed up to target_bytes."""
+    by_split = collections.defaultdict(list)
+    for row in rows:
+        by_split[row["split"]].append(row)
+    ordered_splits = [split for split in SPLITS if split in by_split] + sorted(set(by_split) - set(SPLITS))
+    plan = []
+    for split in ordered_splits:
+        members = sorted(by_split[split], key=lambda row: row["key"])
+        random.Random(f"{seed}:{split}").shuffle(members)
+        current, current_bytes = [], 0
+        for row in members:
+            size = row.get("bytes") or 0
+            if current and current_bytes + size > target_bytes:
+                plan.append(current)
+                current, current_bytes = [], 0
+            current.append(row)
+            current_bytes += size
+        if current:
+            plan.append(current)
+    numbered = collections.Counter()
+    named = []
+    for members in plan:
+        split = members[0]["split"]
+        named.append((f"{split}-{numbered[split]:06d}.tar", split, members))
+        numbered[split] += 1
+    return named
+
+
+def plan_hash(members, options):
+    text = json.dumps([[row["key"], row["root"], row["path"], row.get("bytes")] for row in members] + [options],
+                      sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# ------------------------------------------------------------------------------ per-sample work (workers)
+_FACE_DETECTOR = None
+
+
+def _face_detector(name):
+    global _FACE_DETECTOR
+    if _FACE_DETECTOR is None:
+        from dfdtrain.data.faces import build_face_detector
+
+        _FACE_DETECTOR = build_face_detector(name)
+    return _FACE_DETECTOR
+
+
+def _worker_init():
+    import torch
+
+    torch.set_num_threads(1)  # one process per core; threads inside would oversubscribe
+
+
+def prepare_sample(row, face_detector=None, face_frames=16):
+    """Read and re-check one video; returns (key, ext, bytes, json meta) or a skip record."""
+    path = os.path.join(row["root"], row["path"])
+    ext = os.path.splitext(row["path"])[1].lower().lstrip(".") or "bin"
+    try:
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except OSError as error:
+            raise BadVideo(path, "unreadable", error.strerror or str(error)) from None
+        info = probe(data, name=path)
+        meta = {**row, **info}
+        if face_detector:
+            from dfdtrain.data.faces import detect_faces
+
+            meta["faces"] = detect_faces(data, face_frames, _face_detector(face_detector), info["frames"])
+    except BadVideo as error:
+        return {"skip": {"key": row["key"], "path": path, "reason": error.reason, "detail": error.detail}}
+    return {"key": row["key"], "ext": ext, "data": data, "meta": meta}
+
+
+def _prepare(job):
+    return prepare_sample(*job)
+
+
+# ------------------------------------------------------------------------------------------ the writer
+class _HashingFile:
+    """Pass writes through to a file while hashing them (the shard's sha256 without re-reading it)."""
+
+    def __init__(self, handle):
+        self.handle, self.sha256, self.size = handle, hashlib.sha256(), 0
+
+    def write(self, data):
+        self.sha256.update(data)
+        self.size += len(data)
+        return self.handle.write(data)
+
+    def tell(self):
+        return self.size
+
+
+def _add_member(tar, name, data):
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), 0o444, 0  # fixed mtime: same input -> same bytes
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_shards(manifest, out_dir, target_bytes=DEFAULT_TARGET_BYTES, seed=0, workers=1, face_detector=None,
+                 face_frames=16, allow_leakage=False, progress=True):
+    """Write the shards of ``manifest`` (path or rows) into ``out_dir``; returns the index.json dict."""
+    rows = load_manifest(manifest) if isinstance(manifest, (str, os.PathLike)) else list(manifest)
+    source = str(manifest) if isinstance(manifest, (str, os.PathLike)) else "manifest"
+    leaks = leaking_groups(rows)
+    if leaks and not allow_leakage:
+        group, splits = next(iter(leaks.items()))
+        raise DfdError(f"{source}: {len(leaks)} group(s) are in more than one split (e.g. {group} in "
+                       f"{'/'.join(splits)}); re-index, or pass --allow-leakage to shard it anyway")
+    if target_bytes <= 0:
+        raise DfdError(f"target shard size must be positive, not {target_bytes}")
+    out_dir = Path(out_dir)
+    records_dir = out_dir / RECORDS_FOLDER
+    records_dir.mkdir(parents=True, exist_ok=True)
+    options = {"seed": seed, "target_bytes": target_bytes, "face_detector": face_detector,
+               "face_frames": face_frames if face_detector else None}
+    plan = plan_shards(rows, target_bytes, seed)
+    started = time.time()
+
+    records, pending = {}, []
+    for name, split, members in plan:
+        digest = plan_hash(members, options)
+        record_path = records_dir / f"{name}.json"
+        if (out_dir / name).is_file() and record_path.is_file():
+            record = read_json(record_path)
+            if record.get("plan_hash") == digest and Path(dali_index_path(out_dir / name)).is_file():
+                records[name] = record
+                continue
+        pending.append((name, split, members, digest))
+    _remove_stale_shards(out_dir, {name for name, _, _ in plan})
+
+    jobs = [(row, face_detector, face_frames) for _, _, members, _ in pending for row in members]
+    bar = tqdm(total=len(jobs), desc="shard", unit="video", disable=not progress, mininterval=0.5)
+    pool = multiprocessing.get_context("spawn").Pool(workers, _worker_init) if workers > 1 and jobs else None
+    try:
+        results = pool.imap(_prepare, jobs, chunksize=1) if pool else map(_prepare, jobs)
+        for name, split, members, digest in pending:
+            bar.set_postfix_str(name)
+            records[name] = _write_one_shard(out_dir / name, split, members, digest, results, bar)
+            write_json(records_dir / f"{name}.json", records[name])
+    finally:
+        bar.close()
+        if pool:
+            pool.close()
+            pool.join()
+
+    index = _build_index(plan, records, options, source, resumed=len(plan) - len(pending),
+                         seconds=time.time() - started)
+    write_json(out_dir / "index.json", index)
+    return index
+
+
+def _write_one_shard(tar_path, split, members, digest, results, bar):
+    labels = collections.Counter()
+    skipped, samples = [], 0
+    with atomic_open(tar_path, "wb") as handle:
+        hashing = _HashingFile(handle)
+        with tarfile.open(fileobj=hashing, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for _ in members:
+                result = next(results)
+                bar.update()
+                if "skip" in result:
+                    skipped.append(result["skip"])
+                    continue
+                _add_member(tar, f"{result['key']}.{result['ext']}", result["data"])
+                _add_member(tar, f"{result['key']}.json", json.dumps(result["meta"]).encode())
+                labels[str(result["meta"]["label"])] += 1
+                samples += 1
+    write_dali_index(tar_path, dali_index_path(tar_path))
+    return {"name": tar_path.name, "split": split, "plan_hash": digest, "samples": samples,
+            "labels": dict(sorted(labels.items())), "bytes": hashing.size, "sha256": hashing.sha256.hexdigest(),
+            "dali_index": os.path.basename(dali_index_path(tar_path)), "skipped": skipped}
+
+
+def _remove_stale_shards(out_dir, planned_names):
+    """Shards of an earlier plan (ours: they have a record) that this plan no longer has."""
+    for record_path in (out_dir / RECORDS_FOLDER).glob("*.tar.json"):
+        name = record_path.name[:-len(".json")]
+        if name not in planned_names:
+            for stale in (out_dir / name, Path(dali_index_path(out_dir / name)), record_path):
+                stale.unlink(missing_ok=True)
+
+
+def _build_index(plan, records, options, source, resumed, seconds):
+    shards = [{key: value for key, value in records[name].items() if key not in ("plan_hash", "skipped")}
+              for name, _, _ in plan]
+    skipped = [item for name, _, _ in plan for item in records[name]["skipped"]]
+    per_split = collections.defaultdict(lambda: {"shards": 0, "samples": 0, "bytes": 0, "labels": collections.Counter()})
+    for shard in shards:
+        totals = per_split[shard["split"]]
+        totals["shards"] += 1
+        totals["samples"] += shard["samples"]
+        totals["bytes"] += shard["bytes"]
+        totals["labels"].update(shard["labels"])
+    return {
+        "format": "dfdtrain-shards/1",
+        "created_by": f"dfdtrain {__version__}",
+        "manifest": source,
+        "options": options,
+        "shards": shards,
+        "splits": {split: {**totals, "labels": dict(sorted(totals["labels"].items()))}
+                   for split, totals in per_split.items()},
+        "totals": {"shards": len(shards), "samples": sum(s["samples"] for s in shards),
+                   "bytes": sum(s["bytes"] for s in shards), "skipped": len(skipped),
+                   "resumed_shards": resumed, "seconds": round(seconds, 2)},
+        "skipped": skipped,
+    }
+
+
+def format_index(index):
+    lines = [f"{index['totals']['samples']} videos in {index['totals']['shards']} shards, "
+             f"{index['totals']['bytes'] / 1e6:.1f} MB ({index['totals']['resumed_shards']} shards kept from an "
+             f"earlier run)"]
+    for split, totals in index["splits"].items():
+        labels = ", ".join(f"{'fake' if label == '1' else 'real'} {count}" for label, count in totals["labels"].items())
+        lines.append(f"  {split:<6} {totals['shards']:>4} shards {totals['samples']:>7} videos ({labels})")
+    if index["skipped"]:
+        lines.append(f"skipped {len(index['skipped'])}:")
+        lines += [f"  {item['path']}: {item['reason']}" + (f" ({item['detail']})" if item["detail"] else "")
+                  for item in index["skipped"][:10]]
+    return "\n".join(lines)

@@ -1,0 +1,31 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="dfdtrain",
+    version="0.1.0",
+    description="Distributed GPU training toolkit for deepfake video detection",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["dfdtrain", "dfdtrain.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",
+        "torchvision>=0.19",
+        "timm>=1.0",
+        "webdataset>=0.2.90",
+        "av>=14",
+        "einops>=0.8",
+        "numpy>=1.26",
+        "pillow>=10",
+        "pyyaml>=6",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "faces": ["facenet-pytorch==2.5.3"],  # 2.6.0 pins torch<2.3: never let it in
+        "dali": ["nvidia-dali-cuda130>=2.0"],
+        "deepspeed": ["deepspeed>=0.16"],
+        "wandb": ["wandb>=0.19"],
+        "dev": ["pytest>=8", "scikit-learn>=1.5", "facenet-pytorch==2.5.3", "nvidia-dali-cuda130>=2.0"],
+    },
+    entry_points={"console_scripts": ["dfdtrain=dfdtrain.cli:main"]},
+)

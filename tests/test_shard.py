@@ -1,0 +1,189 @@
+"""dfdtrain shard: byte-identical round trip through real tars and readers, bad videos, resume, faces."""
+
+import hashlib
+import json
+import os
+import shutil
+
+import pytest
+import webdataset as wds
+
+from conftest import SMALL_CLIP, place_video, run_cli
+from dfdtrain.data.dali_index import dali_index_path
+from dfdtrain.data.index import build_manifest, write_manifest
+from dfdtrain.data.datasets import IndexOptions
+from dfdtrain.data.shard import plan_shards, write_shards
+from dfdtrain.errors import DfdError
+from dfdtrain.fileio import read_jsonl
+
+
+@pytest.fixture(scope="module")
+def ffpp_manifest(tmp_path_factory, fixtures):
+    path = tmp_path_factory.mktemp("manifest") / "ffpp.jsonl"
+    rows, summary = build_manifest("ffpp", fixtures / "ffpp", IndexOptions(ffpp_splits=str(fixtures / "labels/ffpp")),
+                                   progress=False)
+    write_manifest(path, rows, summary)
+    return path
+
+
+def read_back(shard_paths):
+    """Every sample of the shards through webdataset's own reader: {key: (video bytes, json)}."""
+    samples = {}
+    for sample in wds.WebDataset([str(path) for path in shard_paths], shardshuffle=False):
+        video_ext = next(ext for ext in sample if ext not in ("__key__", "__url__", "__local_path__", "json"))
+        assert sample["__key__"] not in samples
+        samples[sample["__key__"]] = (sample[video_ext], json.loads(sample["json"]))
+    return samples
+
+
+def sha256(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_round_trip_is_byte_identical_with_labels(tmp_path, ffpp_manifest):
+    rows = read_jsonl(ffpp_manifest)
+    index = write_shards(ffpp_manifest, tmp_path, target_bytes=1_500_000, progress=False)
+    shard_paths = sorted(tmp_path.glob("*.tar"))
+    assert len(shard_paths) == index["totals"]["shards"] >= 4  # ~9.7 MB in 1.5 MB shards, per split
+    assert {path.name.split("-")[0] for path in shard_paths} == {row["split"] for row in rows}
+    samples = read_back(shard_paths)
+    assert set(samples) == {row["key"] for row in rows}
+    for row in rows:
+        video, meta = samples[row["key"]]
+        assert video == open(os.path.join(row["root"], row["path"]), "rb").read()
+        assert (meta["label"], meta["group"], meta["split"], meta["frames"]) == \
+            (row["label"], row["group"], row["split"], row["frames"])
+    for shard in index["shards"]:
+        path = tmp_path / shard["name"]
+        assert shard["sha256"] == sha256(path) and shard["bytes"] == path.stat().st_size
+        assert shard["name"].startswith(shard["split"] + "-")
+        in_shard = [meta for _, meta in read_back([path]).values()]
+        assert len(in_shard) == shard["samples"]
+        assert {split for split in (meta["split"] for meta in in_shard)} == {shard["split"]}
+        assert (tmp_path / shard["dali_index"]).is_file()
+    assert index["totals"]["samples"] == len(rows) and index["skipped"] == []
+    # the sample order inside shards is shuffled, not the manifest's order
+    first_shard_keys = list(read_back([shard_paths[0]]))
+    split_rows = [row["key"] for row in rows if row["split"] == shard_paths[0].name.split("-")[0]]
+    assert first_shard_keys != split_rows[:len(first_shard_keys)]
+
+
+def test_dali_reads_our_shards(tmp_path, ffpp_manifest):
+    dali = pytest.importorskip("nvidia.dali")
+    from nvidia.dali import fn, pipeline_def
+
+    write_shards(ffpp_manifest, tmp_path, target_bytes=3_000_000, progress=False)
+    shard_paths = sorted(str(path) for path in tmp_path.glob("train-*.tar"))
+    expected = read_back(shard_paths)
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None)
+    def reader():
+        video, meta = fn.readers.webdataset(paths=shard_paths, index_paths=[dali_index_path(p) for p in shard_paths],
+                                            ext=["mp4", "json"], missing_component_behavior="error")
+        return video, meta
+
+    pipe = reader()
+    pipe.build()
+    seen = {}
+    for _ in range(len(expected)):
+        video, meta = pipe.run()
+        meta = json.loads(bytes(meta.at(0)).decode())
+        seen[meta["key"]] = bytes(video.at(0))
+    assert dali.__version__ and seen == {key: video for key, (video, _) in expected.items()}
+
+
+def test_bad_videos_are_skipped_counted_and_the_rest_kept(tmp_path):
+    data_root = tmp_path / "data"
+    for name in ("good1", "good2", "zero", "trunc", "corrupt"):
+        place_video(data_root / "real" / f"{name}.mp4")
+    place_video(data_root / "fake" / "good3.mp4")
+    rows, summary = build_manifest("folder", data_root, IndexOptions(), val_fraction=0, test_fraction=0,
+                                   progress=False)
+    assert len(rows) == 6
+    manifest = tmp_path / "m.jsonl"
+    write_manifest(manifest, rows, summary)
+    # the files go bad after indexing: the shard stage re-checks the bytes it stores
+    clip = SMALL_CLIP.read_bytes()
+    (data_root / "real/zero.mp4").write_bytes(b"")
+    (data_root / "real/trunc.mp4").write_bytes(clip[: len(clip) * 2 // 3])
+    (data_root / "real/corrupt.mp4").write_bytes(clip[:32] + b"\xa5" * 2048 + clip[2080:])
+    index = write_shards(manifest, tmp_path / "shards", progress=False)
+    reasons = {os.path.basename(item["path"]): item["reason"] for item in index["skipped"]}
+    assert reasons == {"zero.mp4": "zero-length", "trunc.mp4": "truncated", "corrupt.mp4": "undecodable"}
+    assert index["totals"]["samples"] == 3 and index["totals"]["skipped"] == 3
+    assert set(read_back(sorted((tmp_path / "shards").glob("*.tar")))) == \
+        {"folder_real_good1", "folder_real_good2", "folder_fake_good3"}
+
+
+def test_rerun_resumes_and_rewrites_only_missing_shards(tmp_path, ffpp_manifest):
+    first = write_shards(ffpp_manifest, tmp_path, target_bytes=1_500_000, progress=False)
+    stamps = {path.name: (path.stat().st_ino, path.stat().st_mtime_ns) for path in tmp_path.glob("*.tar")}
+    again = write_shards(ffpp_manifest, tmp_path, target_bytes=1_500_000, progress=False)
+    assert again["totals"]["resumed_shards"] == first["totals"]["shards"]
+    assert stamps == {path.name: (path.stat().st_ino, path.stat().st_mtime_ns) for path in tmp_path.glob("*.tar")}
+
+    # a crash mid-shard leaves no final tar (only a temp file): the next run writes that shard again
+    lost = first["shards"][1]["name"]
+    (tmp_path / lost).unlink()
+    (tmp_path / f".{lost}.123.tmp").write_bytes(b"half a shard")
+    third = write_shards(ffpp_manifest, tmp_path, target_bytes=1_500_000, progress=False)
+    assert third["totals"]["resumed_shards"] == first["totals"]["shards"] - 1
+    assert sha256(tmp_path / lost) == first["shards"][1]["sha256"]  # same plan, same bytes
+
+    # a different plan (another shard size) replaces the old shards, leaving no stale ones behind
+    fourth = write_shards(ffpp_manifest, tmp_path, target_bytes=4_000_000, progress=False)
+    assert sorted(path.name for path in tmp_path.glob("*.tar")) == sorted(s["name"] for s in fourth["shards"])
+    assert len(fourth["shards"]) < len(first["shards"])
+
+
+def test_parallel_workers_write_the_same_shards(tmp_path, ffpp_manifest):
+    serial = write_shards(ffpp_manifest, tmp_path / "serial", target_bytes=2_000_000, progress=False)
+    parallel = write_shards(ffpp_manifest, tmp_path / "parallel", target_bytes=2_000_000, workers=2, progress=False)
+    assert [s["sha256"] for s in serial["shards"]] == [s["sha256"] for s in parallel["shards"]]
+
+
+def test_plan_is_seeded_and_respects_target_size():
+    rows = [{"key": f"k{i}", "split": "train" if i % 4 else "val", "bytes": 100} for i in range(40)]
+    plan = plan_shards(rows, target_bytes=1000, seed=1)
+    assert [name for name, _, _ in plan] == ["train-000000.tar", "train-000001.tar", "train-000002.tar",
+                                             "val-000000.tar"]
+    assert all(sum(row["bytes"] for row in members) <= 1000 for _, _, members in plan)
+    assert plan_shards(rows, 1000, seed=1) == plan and plan_shards(rows, 1000, seed=2) != plan
+
+
+def test_leaking_manifest_is_refused(tmp_path, ffpp_manifest):
+    rows = read_jsonl(ffpp_manifest)
+    rows[0]["split"] = "test" if rows[0]["split"] != "test" else "train"
+    with pytest.raises(DfdError, match="more than one split"):
+        write_shards(rows, tmp_path, progress=False)
+
+
+def test_faces_are_detected_and_stored_per_frame(tmp_path, fixtures):
+    pytest.importorskip("facenet_pytorch")
+    place_video(tmp_path / "data/real/183.mp4")
+    place_video(tmp_path / "data/fake/183_253.mp4", fixtures / "ffpp/manipulated_sequences/Deepfakes/c40/videos/183_253.mp4")
+    rows, summary = build_manifest("folder", tmp_path / "data", IndexOptions(), val_fraction=0, test_fraction=0,
+                                   progress=False)
+    write_manifest(tmp_path / "m.jsonl", rows, summary)
+    result = run_cli("shard", "--manifest", tmp_path / "m.jsonl", "--out", tmp_path / "shards", "--faces", "mtcnn",
+                     "--face-frames", "4", "--json", "--quiet")
+    assert result.returncode == 0, result.stderr
+    samples = read_back(sorted((tmp_path / "shards").glob("*.tar")))
+    for _, meta in samples.values():
+        faces = meta["faces"]
+        assert faces["detector"] == "mtcnn" and len(faces["frames"]) == len(faces["boxes"]) == 4
+        found = [boxes for boxes in faces["boxes"] if boxes]
+        assert len(found) >= 3 and faces["frames_without_face"] == 4 - len(found)
+        for x1, y1, x2, y2, score in (boxes[0] for boxes in found):
+            assert 0 <= x1 < x2 <= meta["width"] and 0 <= y1 < y2 <= meta["height"] and score > 0.9
+
+
+def test_shard_cli_summary_and_errors(tmp_path, ffpp_manifest):
+    result = run_cli("shard", "--manifest", ffpp_manifest, "--out", tmp_path / "s", "--shard-size", "2M", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "35 videos" in result.stdout and (tmp_path / "s/index.json").is_file()
+    bad = run_cli("shard", "--manifest", tmp_path / "missing.jsonl", "--out", tmp_path / "s2")
+    assert bad.returncode == 2 and "missing.jsonl" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    size = run_cli("shard", "--manifest", ffpp_manifest, "--out", tmp_path / "s3", "--shard-size", "lots")
+    assert size.returncode == 2 and "--shard-size" in size.stderr
+    shutil.rmtree(tmp_path / "s")

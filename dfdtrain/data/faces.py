@@ -9,7 +9,7 @@ a list of ``[x1, y1, x2, y2, score]`` in the original frame's pixels, largest an
 import numpy as np
 from PIL import Image
 
-from dfdtrain.data.video import read_frames
+from dfdtrain.data.decoders import build_decoder
 from dfdtrain.errors import DfdError
 from dfdtrain.registry import Registry
 
@@ -41,7 +41,8 @@ def detect_faces(source, num_frames, detector, frame_count):
     "frames_without_face": n}``; a frame without a face keeps its place as an empty list.
     """
     indices = sample_frame_indices(num_frames, frame_count)
-    frames = read_frames(source, indices)
+    # the loaders' decoder: boxes are in the same (upright) pixel coordinates the crops will use
+    frames = build_decoder("pyav").read(source, indices)
     boxes = detector.detect(frames)
     return {
         "detector": detector.name,

@@ -17,7 +17,7 @@ from dfdtrain.errors import BadVideo
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # ISO base media files (mp4/mov) are checked box by box: a cut-off file declares more bytes than it has.
-_ISO_BMFF_EXTENSIONS = (".mp4", ".m4v", ".mov", ".3gp")
+ISO_BMFF_EXTENSIONS = (".mp4", ".m4v", ".mov", ".3gp")
 _ISO_TOP_LEVEL_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot", b"uuid", b"meta", b"moof",
                         b"mfra", b"sidx", b"styp", b"pdin", b"prft", b"emsg", b"junk"}
 
@@ -26,11 +26,11 @@ def is_media_file(name):
     return os.path.splitext(str(name))[1].lower() in VIDEO_EXTENSIONS + IMAGE_EXTENSIONS
 
 
-def _source_name(source, name):
+def source_name(source, name):
     return name if name is not None else ("<bytes>" if isinstance(source, (bytes, bytearray)) else str(source))
 
 
-def _read_source(source, name):
+def read_source(source, name):
     """Return the whole file as bytes (probing reads every packet anyway)."""
     if isinstance(source, (bytes, bytearray)):
         return bytes(source)
@@ -41,7 +41,7 @@ def _read_source(source, name):
         raise BadVideo(name, "unreadable", error.strerror or str(error)) from None
 
 
-def _check_iso_boxes(data, name):
+def check_iso_boxes(data, name):
     """Walk the top-level mp4/mov boxes; a box running past the end of the file means truncation."""
     offset, first = 0, True
     while offset + 8 <= len(data):
@@ -83,15 +83,15 @@ def probe(source, name=None):
 
     Raises BadVideo with reason unreadable / zero-length / undecodable / truncated.
     """
-    name = _source_name(source, name)
-    data = _read_source(source, name)
+    name = source_name(source, name)
+    data = read_source(source, name)
     if not data:
         raise BadVideo(name, "zero-length")
     ext = os.path.splitext(name)[1].lower()
     if ext in IMAGE_EXTENSIONS:
         return _probe_image(data, name)
-    if ext in _ISO_BMFF_EXTENSIONS:
-        _check_iso_boxes(data, name)
+    if ext in ISO_BMFF_EXTENSIONS:
+        check_iso_boxes(data, name)
     try:
         container = av.open(io.BytesIO(data), mode="r")
     except av.FFmpegError as error:
@@ -153,14 +153,14 @@ def read_frames(source, indices, name=None):
     Decodes sequentially up to the largest index (the sampler-aware, seeking decoders build on this).
     Duplicated and unsorted indices are allowed; an index past the end of the video raises BadVideo.
     """
-    name = _source_name(source, name)
+    name = source_name(source, name)
     indices = [int(i) for i in indices]
     if not indices:
         raise ValueError("read_frames needs at least one frame index")
     if min(indices) < 0:
         raise ValueError(f"negative frame index {min(indices)}")
     ext = os.path.splitext(name)[1].lower()
-    data = _read_source(source, name)
+    data = read_source(source, name)
     if ext in IMAGE_EXTENSIONS:
         from PIL import Image
 

@@ -1,0 +1,32 @@
+"""dfdtrain preview: a contact sheet of the sampled frames of a video (or a shard sample) with faces and crops."""
+
+import json
+
+from dfdtrain.errors import DfdError
+
+HELP = "draw the sampled frames of a video or shard sample with face boxes and crops into a PNG"
+
+
+def add_arguments(parser):
+    parser.add_argument("source", help="a video file, or a shard .tar (first sample, or --key)")
+    parser.add_argument("--out", required=True, help="PNG file to write")
+    parser.add_argument("--frames", type=int, default=16, help="frames to sample (default 16)")
+    parser.add_argument("--key", help="sample key inside a shard (default: the first sample)")
+    parser.add_argument("--faces", choices=("none", "mtcnn"), default="none",
+                        help="detect faces when the source has no stored boxes (default none: centre crop)")
+    parser.add_argument("--crop", choices=("face", "center", "full"), default="face", help="crop mode (default face)")
+    parser.add_argument("--margin", type=float, default=1 / 3, help="face box growth per side (default 1/3)")
+    parser.add_argument("--decoder", default="pyav", help="decoder backend (default pyav)")
+    parser.add_argument("--json", action="store_true", help="print what was drawn as JSON")
+
+
+def run(args):
+    from dfdtrain.data.preview import preview
+
+    if args.frames < 1:
+        raise DfdError("--frames must be at least 1")
+    if not args.out.lower().endswith(".png"):
+        raise DfdError(f"--out {args.out}: expected a .png file name")
+    result = preview(args.source, args.out, args.frames, args.key, args.faces, args.margin, args.crop, args.decoder)
+    print(json.dumps(result) if args.json else f"wrote {result['out']} ({result['sampled']} frames of {result['key']})")
+    return 0

@@ -1,0 +1,89 @@
+"""Face crops from the boxes stored at shard time, or a centre square when a video has none.
+
+Boxes were detected on a few sampled frames (``meta["faces"]``); for the frames a loader samples they are
+linearly interpolated (held at the ends). The crop region is the box grown by ``margin`` of its size on
+every side (the DFDC winner used about 1/3), then made square around its centre; the crop is resized
+isotropically to ``size`` and padded, so faces keep their aspect ratio. Regions outside the frame are
+padded with zeros. Works on uint8 torch tensors on the CPU or the GPU.
+"""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+CROP_MODES = ("face", "center", "full")
+
+
+def primary_face_track(faces):
+    """(frame indices, boxes [n,4]) of the first (largest, surest) face on every frame that has one."""
+    if not faces:
+        return np.zeros(0), np.zeros((0, 4))
+    found = [(frame, boxes[0][:4]) for frame, boxes in zip(faces["frames"], faces["boxes"]) if boxes]
+    if not found:
+        return np.zeros(0), np.zeros((0, 4))
+    frames, boxes = zip(*found)
+    return np.asarray(frames, dtype=float), np.asarray(boxes, dtype=float)
+
+
+def boxes_for_frames(faces, indices):
+    """One [x1, y1, x2, y2] per sampled frame index, interpolated from the stored boxes; None if no face."""
+    frames, boxes = primary_face_track(faces)
+    if len(frames) == 0:
+        return None
+    positions = np.asarray(indices, dtype=float)
+    return np.stack([np.interp(positions, frames, boxes[:, column]) for column in range(4)], axis=1)
+
+
+def square_regions(boxes, margin):
+    """Grow boxes [n,4] by ``margin`` x their size per side and make them square around their centre."""
+    boxes = np.asarray(boxes, dtype=float)
+    centre_x = (boxes[:, 0] + boxes[:, 2]) / 2
+    centre_y = (boxes[:, 1] + boxes[:, 3]) / 2
+    side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) * (1 + 2 * margin)
+    return np.stack([centre_x - side / 2, centre_y - side / 2, centre_x + side / 2, centre_y + side / 2], axis=1)
+
+
+def centre_square(width, height, count):
+    side = min(width, height)
+    box = [(width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2]
+    return np.tile(np.asarray(box, dtype=float), (count, 1))
+
+
+def crop_regions(meta, indices, width, height, mode="face", margin=1 / 3):
+    """The region [n,4] to crop on each sampled frame, and whether it came from face boxes."""
+    if mode not in CROP_MODES:
+        raise ValueError(f"crop mode must be one of {', '.join(CROP_MODES)}, not {mode!r}")
+    if mode == "full":
+        return np.tile(np.asarray([0, 0, width, height], dtype=float), (len(indices), 1)), False
+    boxes = boxes_for_frames(meta.get("faces"), indices) if mode == "face" else None
+    if boxes is None:
+        return centre_square(width, height, len(indices)), False
+    return square_regions(boxes, margin), True
+
+
+def crop_and_resize(frames, regions, size, stretch=False):
+    """Crop each frame [T,H,W,3] uint8 to its region, resize isotropically to ``size`` and zero-pad.
+
+    Returns uint8 [T,size,size,3] on the frames' device. Parts of a region outside the frame are zeros.
+    ``stretch=True`` resizes the region to exactly size x size instead: for frames that were already
+    resized anisotropically (a DALI batch at a fixed canvas), which undoes that distortion.
+    """
+    count, height, width = frames.shape[:3]
+    out = torch.zeros((count, size, size, 3), dtype=torch.uint8, device=frames.device)
+    for position, (x1, y1, x2, y2) in enumerate(np.asarray(regions, dtype=float)):
+        x1, y1 = int(np.floor(x1)), int(np.floor(y1))
+        x2, y2 = max(int(np.ceil(x2)), x1 + 1), max(int(np.ceil(y2)), y1 + 1)
+        region_w, region_h = x2 - x1, y2 - y1
+        scale = size / max(region_w, region_h)
+        out_w, out_h = (size, size) if stretch else (max(1, round(region_w * scale)), max(1, round(region_h * scale)))
+        # the visible part of the region, and where it lands inside the region
+        left, top, right, bottom = max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)
+        if right <= left or bottom <= top:
+            continue
+        region = torch.zeros((3, region_h, region_w), dtype=torch.float32, device=frames.device)
+        region[:, top - y1:bottom - y1, left - x1:right - x1] = frames[position, top:bottom, left:right].permute(2, 0, 1)
+        resized = F.interpolate(region[None], size=(out_h, out_w), mode="bilinear", antialias=True,
+                                align_corners=False)[0]
+        pad_y, pad_x = (size - out_h) // 2, (size - out_w) // 2
+        out[position, pad_y:pad_y + out_h, pad_x:pad_x + out_w] = resized.round().clamp(0, 255).byte().permute(1, 2, 0)
+    return out

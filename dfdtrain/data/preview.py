@@ -1,0 +1,111 @@
+"""Contact sheets: the sampled frames of one video with its face boxes and the crops the loader would make.
+
+What a user looks at to trust the pipeline: the same sampler, decoder and crop code as training.
+Green = the detected face box, yellow = the crop region (box + margin, squared); under each frame, the crop.
+"""
+
+import io
+import json
+import os
+import tarfile
+
+import torch
+from PIL import Image, ImageDraw
+
+from dfdtrain.data.crops import boxes_for_frames, crop_and_resize, crop_regions
+from dfdtrain.data.decoders import build_decoder
+from dfdtrain.data.sampler import SamplerConfig, sample_indices
+from dfdtrain.data.video import probe
+from dfdtrain.errors import DfdError
+
+TILE_HEIGHT = 220
+CROP_SIZE = 128
+
+
+def load_from_shard(shard_path, key=None):
+    """(video bytes, meta, member name) of sample ``key`` (default: the first) in a shard tar."""
+    members = {}
+    with tarfile.open(shard_path) as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            sample_key, _, extension = os.path.basename(member.name).partition(".")
+            if key is None:
+                key = sample_key
+            if sample_key == key:
+                members[extension] = (member.name, tar.extractfile(member).read())
+            elif members:
+                break  # a sample's members are consecutive
+    if "json" not in members or len(members) < 2:
+        raise DfdError(f"{shard_path}: no sample with key {key!r}")
+    meta = json.loads(members.pop("json")[1])
+    name, data = next(iter(members.values()))
+    return data, meta, name
+
+
+def make_contact_sheet(source, meta, num_frames=16, margin=1 / 3, crop="face", decoder="pyav", name=None):
+    """A PIL image of ``num_frames`` sampled frames with boxes, crop regions and crops."""
+    frame_count = meta["frames"]
+    indices, _ = sample_indices(frame_count, SamplerConfig("uniform", num_frames), None)
+    frames = build_decoder(decoder).read(source, indices, name=name)
+    height, width = frames.shape[1:3]
+    regions, from_faces = crop_regions(meta, indices, width, height, crop, margin)
+    crops = crop_and_resize(torch.from_numpy(frames), regions, CROP_SIZE).numpy()
+    boxes = boxes_for_frames(meta.get("faces"), indices)
+    detected = set(meta.get("faces", {}).get("frames", [])) if meta.get("faces") else set()
+
+    scale = TILE_HEIGHT / height
+    tile_width = max(CROP_SIZE, round(width * scale))
+    columns = min(len(indices), 4 if width <= height else 3)
+    rows = -(-len(indices) // columns)
+    header = 40
+    cell_height = TILE_HEIGHT + CROP_SIZE + 26
+    sheet = Image.new("RGB", (columns * (tile_width + 8) + 8, header + rows * cell_height), (24, 24, 24))
+    draw = ImageDraw.Draw(sheet)
+    faces_note = "face boxes from shard/detector" if from_faces else "no face boxes: centre-square crop"
+    draw.text((8, 6), f"{meta.get('key', name)}  label={meta.get('label', '?')}  {width}x{height}  "
+                      f"{frame_count} frames @ {meta.get('fps', '?')} fps  {meta.get('codec', '')}", fill=(230, 230, 230))
+    draw.text((8, 22), f"{len(indices)} sampled frames; {faces_note}; green = face, yellow = crop region, "
+                       "* = detected on this frame",
+              fill=(180, 180, 180))
+    for position, index in enumerate(indices):
+        x0 = 8 + (position % columns) * (tile_width + 8)
+        y0 = header + (position // columns) * cell_height
+        tile = Image.fromarray(frames[position]).resize((round(width * scale), TILE_HEIGHT), Image.BILINEAR)
+        sheet.paste(tile, (x0, y0))
+        if boxes is not None:
+            x1, y1, x2, y2 = (boxes[position] * scale).tolist()
+            draw.rectangle([x0 + x1, y0 + y1, x0 + x2, y0 + y2], outline=(0, 255, 0), width=2)
+        rx1, ry1, rx2, ry2 = (regions[position] * scale).tolist()
+        draw.rectangle([x0 + rx1, y0 + ry1, x0 + rx2, y0 + ry2], outline=(255, 220, 0), width=1)
+        sheet.paste(Image.fromarray(crops[position]), (x0, y0 + TILE_HEIGHT + 4))
+        label = f"frame {int(index)}" + (" *" if int(index) in detected else "")
+        draw.rectangle([x0, y0, x0 + 6 * len(label) + 6, y0 + 14], fill=(0, 0, 0))
+        draw.text((x0 + 3, y0 + 1), label, fill=(240, 240, 240))
+    return sheet
+
+
+def preview(path, out, num_frames=16, key=None, faces="none", margin=1 / 3, crop="face", decoder="pyav"):
+    """Write a contact sheet PNG for a video file or one sample of a shard; returns what was drawn."""
+    path = os.fspath(path)
+    if path.endswith(".tar"):
+        data, meta, name = load_from_shard(path, key)
+    else:
+        with open(path, "rb") as handle:
+            data = handle.read()
+        name = path
+        meta = {"key": os.path.basename(path), **probe(data, name=path)}
+    if faces != "none" and "faces" not in meta:
+        from dfdtrain.data.faces import build_face_detector, detect_faces
+
+        meta["faces"] = detect_faces(data, num_frames, build_face_detector(faces), meta["frames"])
+    sheet = make_contact_sheet(data, meta, num_frames, margin, crop, decoder, name=name)
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    from dfdtrain.fileio import atomic_open
+
+    with atomic_open(out, "wb") as handle:
+        handle.write(buffer.getvalue())
+    faces_meta = meta.get("faces") or {}
+    return {"source": path, "key": meta.get("key"), "out": os.fspath(out), "frames": meta["frames"],
+            "sampled": num_frames, "face_frames": len([b for b in faces_meta.get("boxes", []) if b])}

@@ -1,0 +1,41 @@
+"""dfdtrain preview: contact sheets from a real video (with MTCNN boxes) and from a shard sample."""
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from conftest import run_cli
+from dfdtrain.data.index import build_manifest, write_manifest
+from dfdtrain.data.shard import write_shards
+from dfdtrain.data.synth import synthesize
+
+
+def colour_pixels(path, rgb):
+    image = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    return int((np.abs(image - np.array(rgb)).sum(axis=2) < 40).sum())
+
+
+def test_preview_of_a_real_video_draws_faces_and_crops(tmp_path, fixtures):
+    out = tmp_path / "sheet.png"
+    video = fixtures / "ffpp/original_sequences/youtube/c40/videos/183.mp4"
+    result = run_cli("preview", video, "--faces", "mtcnn", "--frames", "4", "--out", out, "--json")
+    assert result.returncode == 0, result.stderr
+    drawn = json.loads(result.stdout)
+    assert drawn["sampled"] == 4 and drawn["face_frames"] == 4
+    assert colour_pixels(out, (0, 255, 0)) > 200 and colour_pixels(out, (255, 220, 0)) > 200  # boxes drawn
+
+
+def test_preview_of_a_shard_sample_uses_the_centre_crop_without_boxes(tmp_path):
+    synthesize(tmp_path / "data", count=2, frames=8, width=64, height=48, seed=1, progress=False)
+    rows, summary = build_manifest("folder", tmp_path / "data", val_fraction=0, test_fraction=0, progress=False)
+    write_manifest(tmp_path / "m.jsonl", rows, summary)
+    write_shards(tmp_path / "m.jsonl", tmp_path / "shards", progress=False)
+    shard = next((tmp_path / "shards").glob("*.tar"))
+    key = rows[1]["key"]
+    result = run_cli("preview", shard, "--key", key, "--frames", "8", "--out", tmp_path / "s.png", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["key"] == key
+    assert colour_pixels(tmp_path / "s.png", (0, 255, 0)) == 0 and colour_pixels(tmp_path / "s.png", (255, 220, 0)) > 50
+    missing = run_cli("preview", shard, "--key", "nope", "--out", tmp_path / "x.png")
+    assert missing.returncode == 2 and "nope" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1

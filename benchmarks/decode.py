@@ -16,9 +16,7 @@ that load changes on the machine hit them alike; the median is reported. Ratios 
 import argparse
 import datetime
 import io
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -26,8 +24,8 @@ import time
 from pathlib import Path
 
 import av
-import numpy as np
 
+from common import emit, machine
 from dfdtrain.data.decoders import build_decoder
 from dfdtrain.data.sampler import SamplerConfig, sample_indices
 from dfdtrain.data.synth import synthesize
@@ -42,52 +40,6 @@ NUM_FRAMES = 16
 # Synthetic clips: keyframe every 12 frames (synth's default GOP), long enough for 16 samples to skip GOPs.
 SYNTH_FULL = {"frames": 300, "width": 256, "height": 256, "fps": 25, "gop": 12}
 SYNTH_QUICK = {"frames": 300, "width": 96, "height": 64, "fps": 25, "gop": 12}
-
-
-# ---------------------------------------------------------------------------------------------------
-# The machine
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def module_version(module_name):
-    try:
-        module = __import__(module_name, fromlist=["__version__"])
-    except Exception as error:  # not installed, or a broken install (torchcodec without FFmpeg libraries)
-        return f"unavailable ({type(error).__name__})"
-    return getattr(module, "__version__", "unknown")
-
-
-def gpu_name():
-    import torch
-
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-
-
-def machine():
-    return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)),
-        "load_average_1m_at_start": round(os.getloadavg()[0], 2),
-        "gpu": gpu_name(),
-        "python": platform.python_version(),
-        "av": av.__version__,
-        "ffmpeg_in_av": av.ffmpeg_version_info,
-        "numpy": np.__version__,
-        "torch": module_version("torch"),
-        "nvidia_dali": module_version("nvidia.dali"),
-        "torchcodec": module_version("torchcodec"),
-    }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -243,11 +195,7 @@ def main(argv=None):
         "notes": notes_for(comparisons),
         "seconds": round(time.time() - started, 1),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    emit(result, args.out)
     return 0
 
 

@@ -14,7 +14,6 @@ import io
 import json
 import multiprocessing
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from common import emit, machine
 from dfdtrain.data.datasets import IndexOptions
 from dfdtrain.data.index import build_manifest, write_manifest
 from dfdtrain.data.shard import write_shards
@@ -75,11 +75,6 @@ def png_store_sizes(job):
     return every_frame, sampled
 
 
-def machine():
-    return {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(), "av": av.__version__}
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fixtures", default=str(Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
@@ -116,11 +111,7 @@ def main(argv=None):
         chosen = [i for i, row in enumerate(rows) if row["dataset"] == dataset]
         shard_share = sum(rows[i]["bytes"] for i in chosen) / sum(row["bytes"] for row in rows) * shard_bytes
         result["by_dataset"][dataset] = compare([rows[i] for i in chosen], [sizes[i] for i in chosen], shard_share)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    emit(result, args.out)
     return 0
 
 

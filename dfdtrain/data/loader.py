@@ -17,6 +17,7 @@ records travel with the batches to the main process (``loader.skipped``).
 import dataclasses
 import glob
 import hashlib
+import io
 import json
 import os
 import random
@@ -51,6 +52,15 @@ class LoaderConfig:
     class_balance: bool = False  # resample the stream to equal real/fake counts (pyav/torchcodec path)
     dali_canvas: int = 0  # DALI path: resize decoded frames to this square first (needed for mixed sizes)
     seed: int = 0
+
+
+def loader_config(data, shards, image_size, seed=0):
+    """A LoaderConfig from the experiment's DataConfig (dfdtrain.config) for these shards."""
+    return LoaderConfig(shards=shards, batch_size=data.batch_size, num_workers=data.num_workers,
+                        sampler=SamplerConfig(data.sampler, data.num_frames, data.stride, data.every),
+                        image_size=image_size, crop=data.crop, margin=data.margin, decoder=data.decoder,
+                        shuffle_buffer=data.shuffle_buffer, epoch_samples=data.epoch_samples,
+                        class_balance=data.class_balance, seed=seed, dali_canvas=data.dali_canvas)
 
 
 def expand_shards(spec):
@@ -197,6 +207,18 @@ class ClipDecoder:
                 "meta": meta}
 
 
+class EmbeddingReader:
+    """A cached sample (``dfdtrain embed``): ``<key>.npy`` frame features [T,D] + json with the mask."""
+
+    def __call__(self, sample, rng):
+        meta = sample["meta"]
+        if "npy" not in sample:
+            raise BadVideo(sample["__key__"], "unreadable", "sample has no .npy features")
+        features = np.load(io.BytesIO(sample["npy"]), allow_pickle=False).astype(np.float32)
+        return {"frames": torch.from_numpy(features), "mask": torch.tensor(meta["mask"], dtype=torch.bool),
+                "label": float(meta["label"]), "key": sample["__key__"], "meta": meta}
+
+
 def decode_clips(samples, clip_decoder, rng):
     """Decode samples; a broken one becomes a skip record (key, reason) instead of an exception."""
     for sample in samples:
@@ -239,7 +261,8 @@ def _worker_init(_):
 
 # ---------------------------------------------------------------------------------------------- loader
 class VideoLoader:
-    """Batches {frames float [B,T,3,S,S] normalised, mask bool [B,T], label float [B], key, meta} on device.
+    """Batches {frames float [B,T,3,S,S] normalised, mask bool [B,T], label float [B], key, meta} on device
+    (``source="embeddings"``: {features float [B,T,D], ...} from an embedding cache instead of frames).
 
     ``train=True``: resampled, shuffled, augmented, ``len(loader)`` batches per epoch on every rank.
     ``train=False``: each video exactly once across ranks, deterministic sampling, no augmentation.
@@ -247,9 +270,12 @@ class VideoLoader:
     """
 
     def __init__(self, config, train, input_config=None, augment_config=None, device="cpu", rank=None,
-                 world_size=None):
+                 world_size=None, source="videos"):
+        if source not in ("videos", "embeddings"):
+            raise DfdError(f"data source must be videos or embeddings, not {source!r}")
         self.config = config
         self.train = train
+        self.source = source
         self.input_config = input_config or InputConfig()
         self.augment_config = augment_config if augment_config is not None else (AugmentConfig() if train else None)
         self.device = torch.device(device)
@@ -259,7 +285,7 @@ class VideoLoader:
         self.urls = expand_shards(config.shards)
         self.epoch = 0
         self.skipped = []
-        self.dali = self._dali_loader()
+        self.dali = self._dali_loader() if source == "videos" else None
         if train and self.dali is not None:
             self.batches_per_epoch = len(self.dali)
         elif train:
@@ -313,7 +339,7 @@ class VideoLoader:
 
     def _pipeline(self):
         config = self.config
-        clip_decoder = ClipDecoder(config)
+        clip_decoder = ClipDecoder(config) if self.source == "videos" else EmbeddingReader()
         if self.train:
             seed = f"{config.seed}:{self.epoch}:{self.rank}"
             # stages are called inside each worker when iteration starts: per-worker random generators
@@ -344,6 +370,10 @@ class VideoLoader:
         generator = np.random.default_rng([self.config.seed, self.epoch, self.rank, 7]) if self.train else None
         for raw in (self._dali_batches() if self.dali is not None else self._worker_batches()):
             frames = raw["frames"].to(self.device, non_blocking=True)
+            if self.source == "embeddings":  # frame features [B,T,D] for a head-only model
+                yield {"features": frames, "mask": raw["mask"].to(self.device), "label": raw["label"].to(self.device),
+                       "key": raw["key"], "meta": raw["meta"]}
+                continue
             yield {
                 "frames": to_model_input(frames, self.input_config, self.augment_config if self.train else None,
                                          generator),

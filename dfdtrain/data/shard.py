@@ -144,10 +144,35 @@ class _HashingFile:
         return self.size
 
 
-def _add_member(tar, name, data):
-    info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime = len(data), 0o444, 0  # fixed mtime: same input -> same bytes
-    tar.addfile(info, io.BytesIO(data))
+class TarShardWriter:
+    """One tar shard written atomically, members with a fixed mtime (same input -> same bytes).
+
+    ``with TarShardWriter(path) as shard: shard.add(key, "mp4", data)``; afterwards ``shard.bytes`` and
+    ``shard.sha256`` describe the finished file, and a DALI index sits beside it.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.bytes = self.sha256 = None
+
+    def __enter__(self):
+        self._atomic = atomic_open(self.path, "wb")
+        self._hashing = _HashingFile(self._atomic.__enter__())
+        self._tar = tarfile.open(fileobj=self._hashing, mode="w", format=tarfile.PAX_FORMAT)
+        return self
+
+    def add(self, key, extension, data):
+        info = tarfile.TarInfo(f"{key}.{extension}")
+        info.size, info.mode, info.mtime = len(data), 0o444, 0
+        self._tar.addfile(info, io.BytesIO(data))
+
+    def __exit__(self, kind, error, traceback):
+        self._tar.close()
+        self._atomic.__exit__(kind, error, traceback)
+        if kind is None:
+            self.bytes, self.sha256 = self._hashing.size, self._hashing.sha256.hexdigest()
+            write_dali_index(self.path, dali_index_path(self.path))
+        return False
 
 
 def write_shards(manifest, out_dir, target_bytes=DEFAULT_TARGET_BYTES, seed=0, workers=1, face_detector=None,
@@ -206,22 +231,19 @@ def write_shards(manifest, out_dir, target_bytes=DEFAULT_TARGET_BYTES, seed=0, w
 def _write_one_shard(tar_path, split, members, digest, results, bar):
     labels = collections.Counter()
     skipped, samples = [], 0
-    with atomic_open(tar_path, "wb") as handle:
-        hashing = _HashingFile(handle)
-        with tarfile.open(fileobj=hashing, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for _ in members:
-                result = next(results)
-                bar.update()
-                if "skip" in result:
-                    skipped.append(result["skip"])
-                    continue
-                _add_member(tar, f"{result['key']}.{result['ext']}", result["data"])
-                _add_member(tar, f"{result['key']}.json", json.dumps(result["meta"]).encode())
-                labels[str(result["meta"]["label"])] += 1
-                samples += 1
-    write_dali_index(tar_path, dali_index_path(tar_path))
+    with TarShardWriter(tar_path) as shard:
+        for _ in members:
+            result = next(results)
+            bar.update()
+            if "skip" in result:
+                skipped.append(result["skip"])
+                continue
+            shard.add(result["key"], result["ext"], result["data"])
+            shard.add(result["key"], "json", json.dumps(result["meta"]).encode())
+            labels[str(result["meta"]["label"])] += 1
+            samples += 1
     return {"name": tar_path.name, "split": split, "plan_hash": digest, "samples": samples,
-            "labels": dict(sorted(labels.items())), "bytes": hashing.size, "sha256": hashing.sha256.hexdigest(),
+            "labels": dict(sorted(labels.items())), "bytes": shard.bytes, "sha256": shard.sha256,
             "dali_index": os.path.basename(dali_index_path(tar_path)), "skipped": skipped}
 
 

@@ -1,8 +1,10 @@
-"""benchmarks/decode.py --quick runs for real and writes a complete JSON report (no speed is asserted)."""
+"""The benchmark scripts run for real (quick modes) and write complete JSON reports (no speed is asserted)."""
 
 import json
 import subprocess
 import sys
+
+import pytest
 
 from conftest import FIXTURES, REPO
 
@@ -53,3 +55,16 @@ def test_quick_decode_benchmark_writes_complete_json(tmp_path, fixtures):
             for item in where:
                 assert all(item["methods"][method][field] > 0 for field in METHOD_FIELDS)
                 assert item["ratios"][f"{method}_speedup_over_pyav"] > 0
+
+
+def test_model_stats_counts_parameters_and_flops(tmp_path):
+    out = tmp_path / "models.json"
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "model_stats.py"), "--quick", "--out", str(out)],
+                            capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    (mobilenet,) = report["detectors"]
+    assert mobilenet["timm_name"] == "mobilenetv2_100" and 2.0 < mobilenet["params_backbone_m"] < 2.5
+    # timm: mobilenetv2_100 is 0.31 GMACs at 224 px, i.e. ~0.6 GFLOPs per frame
+    assert 0.5 < mobilenet["gflops_per_frame"] < 0.7
+    assert mobilenet["gflops_per_clip_train"] == pytest.approx(3 * mobilenet["gflops_per_clip_forward"], rel=0.01)

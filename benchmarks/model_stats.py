@@ -1,0 +1,69 @@
+"""Parameter counts and FLOPs per clip of the flagship detectors (and small ones), as JSON.
+
+FLOPs are counted by torch's FlopCounterMode on one real forward pass (matmuls and convolutions; a
+multiply-add counts as 2 FLOPs) of one frame through the backbone, times T frames, plus the head on
+[1,T,D] features. Training costs about 3x the forward FLOPs (forward + backward); the MFU benchmark divides
+measured throughput x these FLOPs by the device's peak.
+
+    python benchmarks/model_stats.py --out benchmarks/results/model_stats.json
+"""
+
+import argparse
+import sys
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from common import emit, machine
+from dfdtrain.models.detector import build_detector
+
+DETECTORS = [  # (backbone, head, head options, input size, frames per clip)
+    ("EfficientNetB7", "lstm", {"num_layers": 2, "hidden_size": 512, "bidirectional": True}, 600, 16),
+    ("EfficientNetB7", "lstm", {"num_layers": 2, "hidden_size": 512, "bidirectional": True}, 380, 16),
+    ("ResNet152V2", "attention", {}, 224, 16),
+    ("MobileNetV2", "gru", {"num_layers": 1, "hidden_size": 128}, 224, 16),
+    ("InceptionV3", "gru", {"num_layers": 2, "hidden_size": 16}, 299, 20),
+]
+
+
+def count_flops(function):
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        function()
+    return counter.get_total_flops()
+
+
+def describe(backbone, head, head_options, size, frames):
+    model = build_detector(backbone, head, head_options=head_options).eval()
+    frame_flops = count_flops(lambda: model.backbone(torch.zeros(1, 3, size, size)))
+    features = torch.zeros(1, frames, model.num_features)
+    mask = torch.ones(1, frames, dtype=torch.bool)
+    head_flops = count_flops(lambda: model.head(features, mask))
+    clip_flops = frame_flops * frames + head_flops
+    return {
+        "backbone": backbone, "timm_name": model.backbone_info["timm_name"], "head": head,
+        "head_options": head_options, "input_size": size, "frames": frames,
+        "params_backbone_m": round(sum(p.numel() for p in model.backbone.parameters()) / 1e6, 2),
+        "params_head_m": round(sum(p.numel() for p in model.head.parameters()) / 1e6, 3),
+        "gflops_per_frame": round(frame_flops / 1e9, 2),
+        "gflops_per_clip_forward": round(clip_flops / 1e9, 1),
+        "gflops_per_clip_train": round(3 * clip_flops / 1e9, 1),
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", help="write the JSON result here too")
+    parser.add_argument("--quick", action="store_true", help="only the small detectors")
+    args = parser.parse_args(argv)
+    started = time.time()
+    chosen = [entry for entry in DETECTORS if not args.quick or entry[0] in ("MobileNetV2",)]
+    result = {"benchmark": "model_stats", "machine": machine(), "detectors": [describe(*entry) for entry in chosen],
+              "seconds": round(time.time() - started, 1)}
+    emit(result, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The embedding cache: run a frozen backbone once over the sampled frames, store per-video features.
+
+A reference notebook's key finding: with the backbone frozen, caching its frame embeddings makes fitting
+temporal heads "extremely quick" (seconds instead of hours). Output shards mirror the video shards:
+``<split>-%06d.tar`` with ``<key>.npy`` (features [T,D], float16 by default) and ``<key>.json`` (the sample's
+metadata plus ``mask``, ``frame_indices`` and the backbone), an index.json, and DALI indexes. Training reads
+them with ``data.source=embeddings`` (VideoLoader(source="embeddings")) and a head-only model.
+Frames are sampled deterministically (the evaluation sampler) and not augmented: one fixed view per video.
+"""
+
+import collections
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dfdtrain import __version__
+from dfdtrain.data.augment import InputConfig
+from dfdtrain.data.loader import VideoLoader, expand_shards, loader_config
+from dfdtrain.data.shard import TarShardWriter
+from dfdtrain.errors import DfdError
+from dfdtrain.fileio import write_json
+from dfdtrain.models.detector import build_detector_from_config
+
+SAMPLES_PER_SHARD = 2000
+
+
+def input_settings(config, model):
+    """Input size and normalisation: the config's size if set, else the backbone's own (timm)."""
+    data_config = model.backbone_info["data_config"]
+    image_size = config.data.image_size or int(data_config["input_size"][-1])
+    input_config = InputConfig(mean=tuple(data_config["mean"]), std=tuple(data_config["std"]),
+                               transform=config.data.input_transform)
+    return image_size, input_config
+
+
+class _SplitWriter:
+    """Rolls ``<split>-%06d.tar`` shards of at most ``per_shard`` samples; remembers what it wrote."""
+
+    def __init__(self, out_dir, split, per_shard):
+        self.out_dir, self.split, self.per_shard = Path(out_dir), split, per_shard
+        self.records, self.current, self.labels, self.count = [], None, collections.Counter(), 0
+
+    def add(self, key, features, meta):
+        if self.current is None:
+            name = f"{self.split}-{len(self.records):06d}.tar"
+            self.current = TarShardWriter(self.out_dir / name).__enter__()
+            self.labels, self.count = collections.Counter(), 0
+        buffer = io.BytesIO()
+        np.save(buffer, features, allow_pickle=False)
+        self.current.add(key, "npy", buffer.getvalue())
+        self.current.add(key, "json", json.dumps(meta).encode())
+        self.labels[str(meta["label"])] += 1
+        self.count += 1
+        if self.count == self.per_shard:
+            self.close()
+
+    def close(self):
+        if self.current is None:
+            return
+        self.current.__exit__(None, None, None)
+        self.records.append({"name": self.current.path.name, "split": self.split, "samples": self.count,
+                             "labels": dict(sorted(self.labels.items())), "bytes": self.current.bytes,
+                             "sha256": self.current.sha256})
+        self.current = None
+
+
+def write_embeddings(config, shard_specs, out_dir, device="cpu", dtype="float16", per_shard=SAMPLES_PER_SHARD,
+                     progress=True):
+    """Embed every video of ``shard_specs`` (globs/lists of video shards) once; returns the index dict."""
+    if dtype not in ("float16", "float32"):
+        raise DfdError(f"embedding dtype must be float16 or float32, not {dtype!r}")
+    started = time.time()
+    device = torch.device(device)
+    torch.manual_seed(config.seed)  # a randomly initialised backbone (pretrained=False) is reproducible too
+    model = build_detector_from_config(config.model).to(device).eval()
+    image_size, input_config = input_settings(config, model)
+    writers, skipped = {}, []
+    bar = tqdm(desc="embed", unit="video", disable=not progress, mininterval=0.5)
+    for spec in shard_specs:
+        loader = VideoLoader(loader_config(config.data, expand_shards(spec), image_size, config.seed), train=False,
+                             input_config=input_config, device=device, rank=0, world_size=1)
+        with torch.inference_mode():
+            for batch in loader:
+                features = model.frame_features(batch["frames"], batch["mask"]).float().cpu().numpy()
+                for position, (key, meta) in enumerate(zip(batch["key"], batch["meta"])):
+                    mask = batch["mask"][position].cpu().tolist()
+                    meta = {**meta, "mask": mask, "backbone": model.backbone_info["timm_name"],
+                            "image_size": image_size, "num_features": int(features.shape[-1])}
+                    split = meta.get("split", "all")
+                    if split not in writers:
+                        writers[split] = _SplitWriter(out_dir, split, per_shard)
+                    writers[split].add(key, features[position].astype(dtype), meta)
+                    bar.update()
+        skipped += loader.skipped
+    bar.close()
+    for writer in writers.values():
+        writer.close()
+    shards = [record for writer in writers.values() for record in writer.records]
+    index = {"format": "dfdtrain-embeddings/1", "created_by": f"dfdtrain {__version__}",
+             "backbone": model.backbone_info["timm_name"], "image_size": image_size, "dtype": dtype,
+             "num_frames": config.data.num_frames, "sources": [str(spec) for spec in shard_specs],
+             "shards": shards, "totals": {"shards": len(shards), "samples": sum(s["samples"] for s in shards),
+                                          "skipped": len(skipped), "seconds": round(time.time() - started, 2)},
+             "skipped": skipped}
+    write_json(Path(out_dir) / "index.json", index)
+    return index

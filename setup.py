@@ -19,13 +19,14 @@ setup(
         "pillow>=10",
         "pyyaml>=6",
         "tqdm>=4.66",
+        "deepspeed>=0.16",  # the default training engine (runs on CPU too: DS_ACCELERATOR=cpu)
     ],
     extras_require={
         "faces": ["facenet-pytorch==2.5.3"],  # 2.6.0 pins torch<2.3: never let it in
         "dali": ["nvidia-dali-cuda130>=2.0"],
-        "deepspeed": ["deepspeed>=0.16"],
         "wandb": ["wandb>=0.19"],
-        "dev": ["pytest>=8", "scikit-learn>=1.5", "facenet-pytorch==2.5.3", "nvidia-dali-cuda130>=2.0"],
+        "dev": ["pytest>=8", "scikit-learn>=1.5", "facenet-pytorch==2.5.3", "nvidia-dali-cuda130>=2.0",
+                "deepspeed>=0.16", "wandb>=0.19"],
     },
     entry_points={"console_scripts": ["dfdtrain=dfdtrain.cli:main"]},
 )

@@ -61,12 +61,62 @@ class FinetuneConfig:
 
 
 @dataclasses.dataclass
+class OptimConfig:
+    optimizer: str = "adamw"  # adamw | adam | sgd (Nesterov momentum)
+    lr: float = 1e-3  # the head's peak learning rate (the backbone's: x finetune.backbone_lr_scale once unfrozen)
+    weight_decay: float = 0.01  # not applied to biases and norm layers
+    momentum: float = 0.9  # sgd
+    schedule: str = "cosine"  # cosine | poly | constant, after warmup
+    warmup_steps: int = 0  # linear warmup from 0 over this many optimizer steps
+    min_lr_ratio: float = 0.0  # floor of the decay, as a fraction of the peak
+    poly_power: float = 1.0
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    engine: str = "deepspeed"  # deepspeed | ddp
+    epochs: int = 10
+    zero_stage: int = 0  # DeepSpeed ZeRO stage 0, 1 or 2
+    grad_accum: int = 1  # micro-batches per optimizer step
+    grad_clip: float = 0.0  # max gradient norm; 0 = off
+    precision: str = "fp32"  # fp32 | bf16 (torch autocast: BatchNorm and the master weights stay fp32)
+    label_smoothing: float = 0.0
+    class_weights: bool = False  # BCE pos_weight = real/fake count of the training shards
+    threshold: float = 0.5  # P(fake) at or above which a video is called FAKE
+    early_stopping_metric: str = "val_loss"  # val_loss or a metric path like video.head.auc
+    early_stopping_mode: str = "min"  # min | max
+    patience: int = 0  # epochs without improvement before stopping; 0 = never stop early
+    checkpoint_every: int = 0  # optimizer steps between mid-epoch checkpoints; 0 = end of epoch only
+    log_every: int = 10  # optimizer steps between train log lines
+    deepspeed_config: str = ""  # a raw DeepSpeed JSON whose keys override the generated ones
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda
+
+
+@dataclasses.dataclass
+class WandbConfig:
+    mode: str = "disabled"  # online | offline | disabled
+    project: str = "dfdtrain"
+    name: str = ""  # run name (default: the experiment name)
+    tags: list = dataclasses.field(default_factory=list)
+    group: str = ""
+
+
+@dataclasses.dataclass
+class LoggerConfig:
+    wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
+
+
+@dataclasses.dataclass
 class ExperimentConfig:
     name: str = "experiment"
     seed: int = 0
+    run_dir: str = ""  # default runs/<name>
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    logger: LoggerConfig = dataclasses.field(default_factory=LoggerConfig)
 
 
 def _build(cls, values, where):
@@ -91,9 +141,14 @@ def _build(cls, values, where):
 def _coerce(value, kind, path):
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind is float and isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if kind is bool and not isinstance(value, bool):
         raise DfdError(f"config key {path!r} must be true or false, not {value!r}")
-    if kind in (int, float, str, dict) and not isinstance(value, kind):
+    if kind in (int, float, str, dict, list) and not isinstance(value, kind):
         raise DfdError(f"config key {path!r} must be {kind.__name__}, not {value!r}")
     return value
 

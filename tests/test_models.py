@@ -17,8 +17,10 @@ from dfdtrain.errors import DfdError
 from dfdtrain.models.backbones import KERAS_ALIASES, build_backbone, resolve_backbone_name
 from dfdtrain.models.detector import VideoDetector, build_detector, build_detector_from_config
 from dfdtrain.models.embed import input_settings, write_embeddings
+from dfdtrain.engine.optim import LearningRateSchedule, build_optimizer
+from dfdtrain.config import OptimConfig
 from dfdtrain.models.finetune import (FinetuneSchedule, apply_phase, freeze_batchnorm_statistics,
-                                      parameter_groups, set_trainable_stages)
+                                      parameter_groups, prepare_trainable, set_trainable_stages)
 from dfdtrain.models.heads import HEADS, build_head
 
 # the smallest input each family accepts (Inception-style stems need more than 64 px)
@@ -80,8 +82,9 @@ def train_step(detector, optimizer, size=32):
 def test_frozen_backbone_gets_no_update_but_the_head_does():
     detector = small_detector()
     schedule = FinetuneSchedule(freeze_backbone=True, freeze_batchnorm=True)
-    optimizer = torch.optim.AdamW(parameter_groups(detector, head_lr=1e-2, weight_decay=0.05))
-    apply_phase(detector, schedule, epoch=0, optimizer=optimizer, head_lr=1e-2)
+    prepare_trainable(detector, schedule)
+    optimizer = build_optimizer(parameter_groups(detector, head_lr=1e-2, weight_decay=0.05), OptimConfig(lr=1e-2))
+    assert all(not group["name"].startswith("backbone") for group in optimizer.param_groups)  # not even listed
     before_backbone, before_head = snapshot(detector.backbone), snapshot(detector.head)
     stats_before = {name: buffer.clone() for name, buffer in detector.backbone.named_buffers()}
     train_step(detector, optimizer)
@@ -102,19 +105,41 @@ def test_unfreezing_the_last_stage_updates_only_that_stage():
     assert changed and changed <= trainable and len(trainable) < len(before)
 
 
-def test_two_phase_schedule_switches_at_the_right_epoch_and_sets_learning_rates():
+def test_two_phase_schedule_switches_at_the_right_epoch_and_frozen_phase_holds_weights_at_lr_0():
     detector = small_detector()
     schedule = FinetuneSchedule(frozen_epochs=2, unfreeze_last=-1, backbone_lr_scale=0.1)
-    optimizer = torch.optim.AdamW(parameter_groups(detector, head_lr=1e-3))
+    prepare_trainable(detector, schedule)
+    assert all(parameter.requires_grad for parameter in detector.parameters())  # trainable later: kept listed
+    optimizer = build_optimizer(parameter_groups(detector, head_lr=1e-3, weight_decay=0.05), OptimConfig(lr=1e-3))
+    lr_schedule = LearningRateSchedule(optimizer, OptimConfig(lr=1e-3, schedule="constant"), total_steps=10)
     seen = []
     for epoch in range(4):
-        phase = apply_phase(detector, schedule, epoch, optimizer, head_lr=1e-3)
+        phase = apply_phase(detector, schedule, epoch, optimizer)
+        lr_schedule.apply()
         backbone_lrs = {round(group["lr"], 12) for group in optimizer.param_groups if group["name"].startswith("backbone")}
-        trainable = any(parameter.requires_grad for parameter in detector.backbone.parameters())
-        seen.append((phase.trainable_stages, backbone_lrs, trainable))
-    assert seen[0] == seen[1] == (0, {0.0}, False)
+        before = snapshot(detector.backbone)
+        train_step(detector, optimizer)
+        lr_schedule.step()
+        moved = any(not torch.equal(before[name], value) for name, value in snapshot(detector.backbone).items())
+        seen.append((phase.trainable_stages, backbone_lrs, moved))
+    assert seen[0] == seen[1] == (0, {0.0}, False)  # AdamW with weight decay at lr 0: not a single bit moves
     assert seen[2] == seen[3] == (-1, {1e-4}, True)
     assert schedule.switches_at() == 2 and FinetuneSchedule(freeze_backbone=True).switches_at() is None
+
+
+def test_learning_rate_schedules_warm_up_and_decay():
+    model = torch.nn.Linear(2, 1)
+    for schedule, end in (("cosine", 0.1), ("poly", 0.1), ("constant", 1.0)):
+        optimizer = build_optimizer([{"params": list(model.parameters()), "name": "head", "lr": 1.0, "lr_scale": 1.0}],
+                                    OptimConfig(lr=1.0, schedule=schedule, warmup_steps=4, min_lr_ratio=0.1))
+        lrs = LearningRateSchedule(optimizer, OptimConfig(lr=1.0, schedule=schedule, warmup_steps=4,
+                                                          min_lr_ratio=0.1), total_steps=20)
+        seen = []
+        for _ in range(21):
+            seen.append(optimizer.param_groups[0]["lr"])
+            lrs.step()
+        assert seen[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0]) and seen[20] == pytest.approx(end)
+        assert all(a >= b - 1e-12 for a, b in zip(seen[4:], seen[5:]))  # never increases after warmup
 
 
 def test_every_recipe_in_configs_loads_and_names_real_components():

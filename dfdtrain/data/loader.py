@@ -270,14 +270,14 @@ class VideoLoader:
     """
 
     def __init__(self, config, train, input_config=None, augment_config=None, device="cpu", rank=None,
-                 world_size=None, source="videos"):
+                 world_size=None, source="videos", augment=True):
         if source not in ("videos", "embeddings"):
             raise DfdError(f"data source must be videos or embeddings, not {source!r}")
         self.config = config
         self.train = train
         self.source = source
         self.input_config = input_config or InputConfig()
-        self.augment_config = augment_config if augment_config is not None else (AugmentConfig() if train else None)
+        self.augment_config = (augment_config or AugmentConfig()) if (train and augment) else None
         self.device = torch.device(device)
         default_rank, default_world = distributed_rank_and_world()
         self.rank = default_rank if rank is None else rank
@@ -375,8 +375,7 @@ class VideoLoader:
                        "key": raw["key"], "meta": raw["meta"]}
                 continue
             yield {
-                "frames": to_model_input(frames, self.input_config, self.augment_config if self.train else None,
-                                         generator),
+                "frames": to_model_input(frames, self.input_config, self.augment_config, generator),
                 "mask": raw["mask"].to(self.device, non_blocking=True),
                 "label": raw["label"].to(self.device, non_blocking=True),
                 "key": raw["key"],

@@ -39,9 +39,11 @@ class VideoDetector(nn.Module):
         return rearrange(features, "(b t) d -> b t d", b=batch, t=time)
 
     def forward(self, frames, mask=None):
+        """frames [B,T,C,H,W] -> backbone + head; or cached features [B,T,D] (the embedding cache) -> head."""
         if mask is None:
             mask = torch.ones(frames.shape[:2], dtype=torch.bool, device=frames.device)
-        return self.head(self.frame_features(frames, mask), mask)
+        features = frames if frames.dim() == 3 else self.frame_features(frames, mask)
+        return self.head(features, mask)
 
 
 def build_detector(backbone, head, pretrained=False, head_options=None, pretrained_file=None,

@@ -3,10 +3,10 @@
 Stages come from timm's own structure (``backbone_stages``: stem, blocks/stages, final layers), not from a
 raw layer count, so "unfreeze the last 2" means the same thing for a ResNet and an EfficientNet.
 
-Freezing is done in two places that must agree: ``requires_grad`` (no gradient computed: saves compute)
-and the optimizer's learning rate for the backbone group (0 while frozen). Keeping frozen weights in the
-optimizer at lr 0, rather than adding them later, is what keeps them frozen under DeepSpeed ZeRO, which
-partitions the optimizer's parameters once, at initialisation.
+A backbone frozen for the whole run has ``requires_grad`` off (no gradients computed, not in the optimizer).
+A backbone frozen for the first K epochs stays in the optimizer with learning rate 0 and is released by
+raising its ``lr_scale``: DDP and DeepSpeed ZeRO fix the set of trained parameters when they wrap the model,
+and ZeRO partitions only the parameters it was given, so adding them later would silently never train them.
 """
 
 import dataclasses
@@ -68,12 +68,16 @@ def set_trainable_stages(detector, trainable_stages):
     return trainable
 
 
-def freeze_batchnorm_statistics(module):
-    """Put BatchNorm layers whose parameters are frozen in eval mode (call after every ``model.train()``)."""
+def freeze_batchnorm_statistics(module, everything=False):
+    """Put frozen BatchNorm layers in eval mode (call after every ``model.train()``).
+
+    Frozen: parameters without requires_grad, layers marked by ``mark_batchnorm_frozen``, or every layer
+    with ``everything=True`` (a backbone held at lr 0 in a frozen phase, as Keras' trainable=False does).
+    """
     for layer in module.modules():
         if isinstance(layer, nn.modules.batchnorm._BatchNorm):
             frozen = all(not parameter.requires_grad for parameter in layer.parameters(recurse=False))
-            if frozen or getattr(layer, "_dfdtrain_freeze_stats", False):
+            if everything or frozen or getattr(layer, "_dfdtrain_freeze_stats", False):
                 layer.eval()
 
 
@@ -87,14 +91,14 @@ def mark_batchnorm_frozen(module):
 def parameter_groups(detector, head_lr, weight_decay=0.0, backbone_lr_scale=1.0):
     """Optimizer groups: backbone and head, each split into decayed weights and undecayed biases/norms.
 
-    Every parameter that will ever train is listed (frozen ones too: their group gets lr 0 while frozen).
-    Each group carries ``name`` and ``lr_scale`` so a schedule can rescale it: lr = base lr x lr_scale.
+    Only parameters with requires_grad are listed (see ``prepare_trainable``). Each group carries ``name``
+    and ``lr_scale`` so a schedule can rescale it: lr = base lr x lr_scale.
     """
     norm_parameters = {id(p) for m in detector.modules() if isinstance(m, _NORM_TYPES) for p in m.parameters()}
     groups = []
     for part, module, scale in (("backbone", detector.backbone, backbone_lr_scale), ("head", detector.head, 1.0)):
         decay, no_decay = [], []
-        for parameter in module.parameters():
+        for parameter in (p for p in module.parameters() if p.requires_grad):
             (no_decay if parameter.ndim <= 1 or id(parameter) in norm_parameters else decay).append(parameter)
         for suffix, params, decay_value in (("", decay, weight_decay), ("_no_decay", no_decay, 0.0)):
             if params:
@@ -103,16 +107,30 @@ def parameter_groups(detector, head_lr, weight_decay=0.0, backbone_lr_scale=1.0)
     return groups
 
 
-def apply_phase(detector, schedule, epoch, optimizer=None, head_lr=None):
-    """Set requires_grad (and the optimizer's backbone learning rate) for ``epoch``; returns the Phase."""
-    phase = schedule.phase(epoch)
-    set_trainable_stages(detector, phase.trainable_stages)
+def prepare_trainable(detector, schedule):
+    """requires_grad for every parameter that will ever train under ``schedule`` (call before the optimizer).
+
+    A backbone frozen for the whole run gets requires_grad False (no gradients computed, not in the
+    optimizer). A backbone frozen only for the first epochs stays trainable, held still by lr 0 instead:
+    DDP and DeepSpeed ZeRO fix the set of trained parameters when they wrap the model.
+    """
+    final = schedule.phase(10 ** 9)
+    set_trainable_stages(detector, final.trainable_stages)
     if schedule.freeze_batchnorm:
         mark_batchnorm_frozen(detector.backbone)
+
+
+def apply_phase(detector, schedule, epoch, optimizer=None):
+    """Set the backbone groups' ``lr_scale`` for ``epoch`` (0 while frozen); returns the Phase.
+
+    The learning-rate schedule multiplies it in (dfdtrain.engine.optim.LearningRateSchedule); without one,
+    the groups' ``lr`` is set directly from their ``base_lr``.
+    """
+    phase = schedule.phase(epoch)
     if optimizer is not None:
         for group in optimizer.param_groups:
             if group.get("name", "").startswith("backbone"):
                 group["lr_scale"] = phase.backbone_lr_scale
-                if head_lr is not None:
-                    group["lr"] = head_lr * phase.backbone_lr_scale
+                if "base_lr" in group:
+                    group["lr"] = group["base_lr"] * phase.backbone_lr_scale
     return phase

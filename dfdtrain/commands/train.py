@@ -1,0 +1,35 @@
+"""dfdtrain train: train a detector from a YAML config (+ key.sub=value overrides), on 1..N processes.
+
+Start it with torchrun (`torchrun --nproc_per_node 8 -m dfdtrain train --config C.yaml`), the deepspeed
+launcher or srun; alone it runs as a single process.
+"""
+
+import json
+
+HELP = "train a detector (DeepSpeed or DDP) from a YAML config; run under torchrun/deepspeed/srun for several processes"
+
+
+def add_arguments(parser):
+    parser.add_argument("--config", help="experiment YAML (see configs/)")
+    parser.add_argument("--resume", choices=("auto", "never", "must"), default="auto",
+                        help="continue from RUN_DIR/checkpoints/last: when present (auto, default), never, or must")
+    parser.add_argument("--json", action="store_true", help="print report.json at the end (rank 0)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("overrides", nargs="*", help="config overrides, key.sub=value")
+
+
+def run(args):
+    from dfdtrain.config import load_config
+    from dfdtrain.engine.train import train
+
+    config = load_config(args.config, args.overrides)
+    report = train(config, resume=args.resume, progress=not args.quiet)
+    if report is not None:
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            video = report["val"]["video"]
+            print(f"done: {report['epochs_run']} epochs, {report['steps']} steps on {report['world_size']} "
+                  f"process(es) with {report['engine']}; best val video AUC {video.get('auc')} "
+                  f"(epoch {report['best_epoch']}); checkpoint {report['checkpoint']}")
+    return 0

@@ -1,0 +1,81 @@
+"""Process group set-up for torchrun, the deepspeed launcher and srun: rank, world size, device, backend."""
+
+import dataclasses
+import os
+
+import torch
+import torch.distributed as dist
+
+from dfdtrain.errors import DfdError
+
+
+@dataclasses.dataclass
+class DistributedContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+
+def _environment_rank():
+    """(rank, world, local rank) from torchrun / deepspeed (RANK, ...) or Slurm's srun (SLURM_PROCID, ...)."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+    if "SLURM_PROCID" in os.environ and "SLURM_NTASKS" in os.environ and "MASTER_ADDR" in os.environ:
+        return int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"]), int(os.environ.get("SLURM_LOCALID", 0))
+    return 0, 1, 0
+
+
+def init_distributed(device="auto"):
+    """Join the process group (gloo on CPU, NCCL on GPUs); a single process needs no launcher."""
+    rank, world_size, local_rank = _environment_rank()
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise DfdError("train.device is cuda but no GPU is visible")
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        device = torch.device("cuda", torch.cuda.current_device())
+    else:
+        device = torch.device("cpu")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if world_size > 1 and not dist.is_initialized():
+        os.environ.setdefault("RANK", str(rank))
+        os.environ.setdefault("WORLD_SIZE", str(world_size))
+        os.environ.setdefault("MASTER_PORT", "29500")
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+    return DistributedContext(rank, world_size, local_rank, device, backend)
+
+
+def barrier():
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast_object(value, source=0):
+    """The value of rank ``source`` on every rank."""
+    if not dist.is_initialized():
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=source)
+    return holder[0]
+
+
+def any_rank(flag, device):
+    """True on every rank when ``flag`` is True on at least one (e.g. a non-finite loss)."""
+    if not dist.is_initialized():
+        return bool(flag)
+    tensor = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item() > 0)
+
+
+def cleanup():
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -1,0 +1,187 @@
+"""Two ways to run the same training step: DeepSpeed (default) and plain DistributedDataParallel.
+
+Both offer one small interface used by the training loop:
+    with engine.micro_step():            # gradient sync only on the last micro-batch of an optimizer step
+        video_logits, frame_logits = engine.forward(frames, mask)
+        engine.backward(loss)
+    stepped = engine.step()              # True when an optimizer step happened (gradient accumulation)
+    engine.save(folder, state) / engine.load(folder) -> state
+bf16 uses torch autocast in both (BatchNorm and the fp32 master weights stay fp32), rather than DeepSpeed's
+bf16 mode, which casts every parameter.
+"""
+
+import contextlib
+import copy
+import json
+import os
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from dfdtrain.errors import DfdError
+from dfdtrain.fileio import atomic_open
+
+ENGINES = ("deepspeed", "ddp")
+
+
+def _autocast(device, precision):
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if precision != "fp32":
+        raise DfdError(f"train.precision must be fp32 or bf16, not {precision!r}")
+    return contextlib.nullcontext()
+
+
+def _save_torch(obj, path):
+    with atomic_open(path, "wb") as handle:
+        torch.save(obj, handle)
+
+
+class DDPEngine:
+    name = "ddp"
+
+    def __init__(self, model, optimizer, scheduler, train, context):
+        self.module = model.to(context.device)
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.train_config, self.context = train, context
+        self.model = self.module
+        if context.world_size > 1:
+            device_ids = [context.device.index] if context.device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.module, device_ids=device_ids)
+        self.micro_steps = 0
+
+    def _at_boundary(self):
+        return (self.micro_steps + 1) % self.train_config.grad_accum == 0
+
+    def micro_step(self):
+        if isinstance(self.model, DistributedDataParallel) and not self._at_boundary():
+            return self.model.no_sync()  # accumulate locally; all-reduce once on the last micro-batch
+        return contextlib.nullcontext()
+
+    def forward(self, frames, mask):
+        with _autocast(self.context.device, self.train_config.precision):
+            return self.model(frames, mask)
+
+    def backward(self, loss):
+        (loss / self.train_config.grad_accum).backward()
+
+    def step(self):
+        boundary = self._at_boundary()
+        self.micro_steps += 1
+        if not boundary:
+            return False
+        if self.train_config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.train_config.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return True
+
+    def save(self, folder, state):
+        if self.context.is_main:
+            _save_torch({"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                         "scheduler": self.scheduler.state_dict(), "state": state},
+                        os.path.join(folder, "checkpoint.pt"))
+
+    def load(self, folder):
+        checkpoint = torch.load(os.path.join(folder, "checkpoint.pt"), map_location=self.context.device,
+                                weights_only=False)  # optimizer state holds python scalars
+        self.module.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        return checkpoint["state"]
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def deepspeed_config(train, batch_size, world_size, raw_path=""):
+    """The DeepSpeed JSON generated from our config; keys of a user's raw JSON override it."""
+    config = {
+        "train_micro_batch_size_per_gpu": batch_size,
+        "gradient_accumulation_steps": train.grad_accum,
+        "train_batch_size": batch_size * train.grad_accum * world_size,
+        "zero_optimization": {"stage": train.zero_stage},
+        # torch's own AdamW/SGD work with ZeRO 1/2; DeepSpeed only vets its fused optimizers by name
+        "zero_allow_untested_optimizer": True,
+        "gradient_clipping": train.grad_clip,
+        "steps_per_print": 10 ** 9,
+        "wall_clock_breakdown": False,
+    }
+    if train.zero_stage not in (0, 1, 2):
+        raise DfdError(f"train.zero_stage must be 0, 1 or 2, not {train.zero_stage}")
+    if raw_path:
+        try:
+            with open(raw_path) as handle:
+                raw = json.load(handle)
+        except (OSError, ValueError) as error:
+            raise DfdError(f"{raw_path}: cannot read the DeepSpeed JSON ({error})") from None
+        config = _merge(config, raw)
+    return config
+
+
+def _merge(base, override):
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+class DeepSpeedEngine:
+    name = "deepspeed"
+
+    def __init__(self, model, optimizer, scheduler, train, context, batch_size):
+        os.environ.setdefault("DS_ACCELERATOR", "cuda" if context.device.type == "cuda" else "cpu")
+        import deepspeed
+
+        self.train_config, self.context = train, context
+        self.config = deepspeed_config(train, batch_size, context.world_size, train.deepspeed_config)
+        if not torch.distributed.is_initialized():
+            if context.world_size == 1:  # no launcher: a one-process group (else DeepSpeed goes looking for MPI)
+                for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
+                                    ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(_free_port()))):
+                    os.environ.setdefault(name, value)
+            deepspeed.init_distributed(dist_backend=context.backend, verbose=False)
+        self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model.to(context.device), optimizer=optimizer, lr_scheduler=scheduler, config=self.config)
+        self.module = self.model.module
+
+    def micro_step(self):
+        return contextlib.nullcontext()  # DeepSpeed decides itself when to reduce gradients
+
+    def forward(self, frames, mask):
+        with _autocast(self.context.device, self.train_config.precision):
+            return self.model(frames, mask)
+
+    def backward(self, loss):
+        self.model.backward(loss)  # DeepSpeed divides by the accumulation steps itself
+
+    def step(self):
+        boundary = self.model.is_gradient_accumulation_boundary()
+        self.model.step()
+        return boundary
+
+    def save(self, folder, state):
+        # DeepSpeed's own layout (folder/<tag>/...), so its tools (zero_to_fp32.py) can read it
+        parent, tag = os.path.split(os.path.normpath(folder))
+        self.model.save_checkpoint(parent, tag=tag, client_state={"state": state})
+
+    def load(self, folder):
+        parent, tag = os.path.split(os.path.normpath(folder))
+        path, client_state = self.model.load_checkpoint(parent, tag=tag)
+        if path is None:
+            raise DfdError(f"{folder}: DeepSpeed found no checkpoint there")
+        return client_state["state"]
+
+
+def build_engine(name, model, optimizer, scheduler, train, context, batch_size):
+    if name == "ddp":
+        return DDPEngine(model, optimizer, scheduler, train, context)
+    if name == "deepspeed":
+        return DeepSpeedEngine(model, optimizer, scheduler, train, context, batch_size)
+    raise DfdError(f"train.engine must be one of {', '.join(ENGINES)}, not {name!r}")

@@ -1,0 +1,155 @@
+"""The training engine for real: 2-process gloo runs of DeepSpeed (ZeRO 0/1/2) and DDP, frozen weights
+under ZeRO, resume after SIGKILL, the NaN guard and a W&B offline run of `dfdtrain train`."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, run_cli
+from dfdtrain.data.datasets import IndexOptions
+from dfdtrain.data.index import build_manifest, write_manifest
+from dfdtrain.data.shard import write_shards
+from dfdtrain.data.synth import synthesize
+
+HERE = Path(__file__).resolve().parent
+EXTENSIONS = REPO / ".cache" / "torch_extensions"  # DeepSpeed JIT-builds a small CPU comm op once (~65 s)
+
+
+def environment():
+    return {**os.environ, "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(EXTENSIONS), "OMP_NUM_THREADS": "1"}
+
+
+def torchrun(nproc, *args, port, timeout=600, **kwargs):
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={port}",
+               *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment(), **kwargs)
+
+
+def engine_job(tmp_path, engine, zero, nproc, port, frozen_epochs=0, steps=3):
+    prefix = tmp_path / f"{engine}-z{zero}-n{nproc}-f{frozen_epochs}"
+    result = torchrun(nproc, HERE / "dist_engine_job.py", engine, zero, steps, prefix, frozen_epochs, port=port)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return [torch.load(f"{prefix}.rank{rank}.pt") for rank in range(nproc)]
+
+
+@pytest.fixture(scope="module")
+def single_process_reference(tmp_path_factory):
+    return engine_job(tmp_path_factory.mktemp("reference"), "ddp", 0, 1, port=29611)[0]
+
+
+def assert_same_weights(first, second, atol=2e-5):
+    for name, value in first.items():
+        if value.is_floating_point():
+            assert torch.allclose(value, second[name], atol=atol, rtol=1e-4), name
+
+
+@pytest.mark.parametrize("engine, zero, port", [("ddp", 0, 29621), ("deepspeed", 0, 29622), ("deepspeed", 1, 29623),
+                                                ("deepspeed", 2, 29624)])
+def test_two_ranks_match_each_other_and_one_process_with_the_same_global_batch(
+        tmp_path, single_process_reference, engine, zero, port):
+    ranks = engine_job(tmp_path, engine, zero, 2, port)
+    assert_same_weights(ranks[0]["after"], ranks[1]["after"], atol=0)  # bitwise equal across ranks
+    assert_same_weights(ranks[0]["after"], single_process_reference["after"])
+    moved = [name for name, value in ranks[0]["after"].items()
+             if value.is_floating_point() and not torch.equal(value, ranks[0]["before"][name])]
+    assert any(name.startswith("backbone.") for name in moved) and any(name.startswith("head.") for name in moved)
+
+
+@pytest.mark.parametrize("zero, port", [(1, 29631), (2, 29632)])
+def test_frozen_backbone_stays_frozen_under_zero(tmp_path, zero, port):
+    ranks = engine_job(tmp_path, "deepspeed", zero, 2, port, frozen_epochs=1)
+    before, after = ranks[0]["before"], ranks[0]["after"]
+    backbone = [name for name in before if name.startswith("backbone.") and before[name].is_floating_point()]
+    assert backbone and all(torch.equal(before[name], after[name]) for name in backbone)  # BN stats too
+    assert any(not torch.equal(before[name], after[name]) for name in before if name.startswith("head."))
+
+
+@pytest.fixture(scope="module")
+def small_shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    synthesize(root / "data", count=16, frames=8, width=64, height=64, seed=3, progress=False)
+    rows, summary = build_manifest("folder", root / "data", IndexOptions(), val_fraction=0.25, test_fraction=0,
+                                   progress=False)
+    write_manifest(root / "m.jsonl", rows, summary)
+    write_shards(root / "m.jsonl", root / "shards", target_bytes=60_000, progress=False)
+    return root / "shards"
+
+
+def train_args(shards, run_dir, *extra):
+    return ["-m", "dfdtrain", "train", "--quiet", f"run_dir={run_dir}", f"data.train_shards={shards}/train-*.tar",
+            f"data.val_shards={shards}/val-*.tar", "model.backbone=mobilenetv2_050", "model.head=gru",
+            "model.head_options={hidden_size: 16, hidden: [8], dropout: 0.1}", "data.num_frames=4",
+            "data.image_size=32", "data.crop=center", "data.decoder=pyav", "data.batch_size=2", "data.num_workers=1",
+            "data.epoch_samples=16", "train.epochs=3", "train.log_every=1", "optim.lr=0.003", *extra]
+
+
+def test_resume_after_sigkill_gives_the_same_final_metrics(tmp_path, small_shards):
+    settings = ("train.engine=deepspeed", "train.checkpoint_every=2")
+    reference = torchrun(2, *train_args(small_shards, tmp_path / "reference", *settings), port=29641)
+    assert reference.returncode == 0, reference.stderr[-4000:]
+    expected = json.loads((tmp_path / "reference/report.json").read_text())
+
+    # the same run, killed with SIGKILL mid-epoch once a mid-epoch checkpoint (step 6 of 12) exists
+    run_dir = tmp_path / "killed"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29642",
+               *train_args(small_shards, run_dir, *settings)]
+    process = subprocess.Popen(command, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.time() + 300
+    checkpoint_state = run_dir / "checkpoints" / "last"
+    while time.time() < deadline and process.poll() is None:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").exists() else []
+        steps = [json.loads(line)["step"] for line in lines if json.loads(line)["kind"] == "train"]
+        if checkpoint_state.exists() and steps and max(steps) >= 7:
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, "the run ended before it could be killed"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (run_dir / "report.json").exists()
+
+    resumed = torchrun(2, *train_args(small_shards, run_dir, *settings), "--resume", "must", port=29643)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "resuming" in resumed.stdout
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["steps"] == expected["steps"] and report["epochs_run"] == expected["epochs_run"]
+    for level in ("video", "frame"):
+        for metric in ("auc", "log_loss"):
+            got, want = report["val"][level][metric] if level == "frame" else report["val"]["video"][metric], \
+                expected["val"][level][metric] if level == "frame" else expected["val"]["video"][metric]
+            assert got == pytest.approx(want, abs=1e-5), (level, metric)
+    assert report["val"]["loss"] == pytest.approx(expected["val"]["loss"], abs=1e-5)
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path, small_shards):
+    run_dir = tmp_path / "diverged"
+    result = torchrun(2, *train_args(small_shards, run_dir, "train.engine=ddp", "train.checkpoint_every=1",
+                                     "optim.optimizer=sgd", "optim.lr=1e12", "optim.schedule=constant"), port=29651)
+    assert result.returncode != 0
+    assert "non-finite" in result.stderr and "last good checkpoint" in result.stderr
+    checkpoint = torch.load(run_dir / "checkpoints/last/checkpoint.pt", weights_only=False)
+    assert all(torch.isfinite(value).all() for value in checkpoint["model"].values() if value.is_floating_point())
+    assert not (run_dir / "checkpoints" / ".tmp-last").exists()
+
+
+def test_single_process_train_with_wandb_offline_writes_the_run(tmp_path, small_shards):
+    run_dir = tmp_path / "offline"
+    result = subprocess.run([sys.executable, *train_args(small_shards, run_dir, "train.engine=ddp", "train.epochs=1",
+                                                          "logger.wandb.mode=offline"), "--json"],
+                            capture_output=True, text=True, timeout=600, env=environment())
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout[result.stdout.index("{"):])
+    assert report["world_size"] == 1 and report["engine"] == "ddp" and report["val"]["video"]["auc"] is not None
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert {row["kind"] for row in rows} == {"train", "eval"}
+    assert list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert (run_dir / "config.yaml").is_file() and Path(report["checkpoint"]).is_dir()
+    bad = run_cli("train", f"run_dir={tmp_path / 'x'}", "data.train_shards=/nowhere/*.tar")
+    assert bad.returncode == 2 and "no shard matches" in bad.stderr

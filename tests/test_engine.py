@@ -12,11 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, run_cli
-from dfdtrain.data.datasets import IndexOptions
-from dfdtrain.data.index import build_manifest, write_manifest
-from dfdtrain.data.shard import write_shards
-from dfdtrain.data.synth import synthesize
+from conftest import REPO, make_synth_shards, run_cli
 
 HERE = Path(__file__).resolve().parent
 EXTENSIONS = REPO / ".cache" / "torch_extensions"  # DeepSpeed JIT-builds a small CPU comm op once (~65 s)
@@ -73,13 +69,8 @@ def test_frozen_backbone_stays_frozen_under_zero(tmp_path, zero, port):
 
 @pytest.fixture(scope="module")
 def small_shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    synthesize(root / "data", count=16, frames=8, width=64, height=64, seed=3, progress=False)
-    rows, summary = build_manifest("folder", root / "data", IndexOptions(), val_fraction=0.25, test_fraction=0,
-                                   progress=False)
-    write_manifest(root / "m.jsonl", rows, summary)
-    write_shards(root / "m.jsonl", root / "shards", target_bytes=60_000, progress=False)
-    return root / "shards"
+    return make_synth_shards(tmp_path_factory.mktemp("train"), count=16, frames=8, val_fraction=0.25,
+                             target_bytes=60_000, seed=3)
 
 
 def train_args(shards, run_dir, *extra):

@@ -9,12 +9,9 @@ import pytest
 import torch
 import webdataset as wds
 
-from dfdtrain.data.index import build_manifest, write_manifest
-from dfdtrain.data.datasets import IndexOptions
+from conftest import make_synth_shards
 from dfdtrain.data.loader import LoaderConfig, VideoLoader, expand_shards, label_counts, positive_class_weight
 from dfdtrain.data.sampler import SamplerConfig
-from dfdtrain.data.shard import write_shards
-from dfdtrain.data.synth import synthesize
 from dfdtrain.fileio import read_json
 
 HERE = Path(__file__).resolve().parent
@@ -24,11 +21,7 @@ HERE = Path(__file__).resolve().parent
 def shards(tmp_path_factory):
     """Real shards of 14 synth clips (train/val), small and uneven, plus a shard holding a broken video."""
     root = tmp_path_factory.mktemp("loader")
-    synthesize(root / "data", count=14, frames=12, width=64, height=64, seed=2, progress=False)
-    rows, summary = build_manifest("folder", root / "data", IndexOptions(), val_fraction=0.4, test_fraction=0,
-                                   progress=False)
-    write_manifest(root / "m.jsonl", rows, summary)
-    write_shards(root / "m.jsonl", root / "shards", target_bytes=120_000, progress=False)
+    make_synth_shards(root, count=14, frames=12, val_fraction=0.4, target_bytes=120_000, seed=2)
     with wds.TarWriter(str(root / "shards" / "broken-000000.tar")) as writer:
         meta = {"key": "broken_clip", "label": 1, "frames": 12, "split": "val"}
         writer.write({"__key__": "broken_clip", "mp4": b"\x00\x00\x00\x18ftypisom" + b"\x01" * 500,
@@ -113,11 +106,8 @@ def test_dali_path_gives_the_pyav_path_batches_on_vp9(tmp_path):
     pytest.importorskip("nvidia.dali", reason="nvidia-dali is not installed")
     import dataclasses
 
-    synthesize(tmp_path / "data", count=6, frames=12, width=64, height=48, codec="vp9", seed=4, progress=False)
-    rows, summary = build_manifest("folder", tmp_path / "data", IndexOptions(), val_fraction=0, test_fraction=0,
-                                   progress=False)
-    write_manifest(tmp_path / "m.jsonl", rows, summary)
-    write_shards(tmp_path / "m.jsonl", tmp_path / "shards", target_bytes=40_000, progress=False)
+    make_synth_shards(tmp_path, count=6, frames=12, val_fraction=0, target_bytes=40_000, seed=4, height=48,
+                      codec="vp9")
     config = LoaderConfig(shards=str(tmp_path / "shards" / "train-*.tar"), batch_size=4, num_workers=0,
                           sampler=SamplerConfig("uniform", 5), image_size=32, crop="center")
     pyav = {key: frames for batch in VideoLoader(config, train=False)

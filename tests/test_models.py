@@ -6,13 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, run_cli
+from conftest import REPO, make_synth_shards, run_cli
 from dfdtrain.config import load_config
-from dfdtrain.data.datasets import IndexOptions
-from dfdtrain.data.index import build_manifest, write_manifest
 from dfdtrain.data.loader import VideoLoader, loader_config
-from dfdtrain.data.shard import write_shards
-from dfdtrain.data.synth import synthesize
 from dfdtrain.errors import DfdError
 from dfdtrain.models.backbones import KERAS_ALIASES, build_backbone, resolve_backbone_name
 from dfdtrain.models.detector import VideoDetector, build_detector, build_detector_from_config
@@ -171,11 +167,7 @@ def test_config_overrides_and_errors(tmp_path):
 @pytest.fixture(scope="module")
 def video_shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("embed")
-    synthesize(root / "data", count=6, frames=10, width=64, height=64, seed=8, progress=False)
-    rows, summary = build_manifest("folder", root / "data", IndexOptions(), val_fraction=0.34, test_fraction=0,
-                                   progress=False)
-    write_manifest(root / "m.jsonl", rows, summary)
-    write_shards(root / "m.jsonl", root / "shards", target_bytes=100_000, progress=False)
+    make_synth_shards(root, count=6, frames=10, val_fraction=0.34, target_bytes=100_000, seed=8)
     return root
 
 

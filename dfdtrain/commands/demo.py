@@ -24,7 +24,7 @@ DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
 def add_arguments(parser):
     parser.add_argument("--out", default="demo", help="run folder (default ./demo)")
-    parser.add_argument("--count", type=int, default=96, help="generated videos (default 96)")
+    parser.add_argument("--count", type=int, default=256, help="generated videos (default 256)")
     parser.add_argument("--frames", type=int, default=24, help="frames per video (default 24)")
     parser.add_argument("--size", default="128x128", help="frame size WxH (default 128x128)")
     parser.add_argument("--codec", choices=("h264", "vp9"), default="h264", help="video codec (default h264)")

@@ -82,7 +82,7 @@ def train_args(shards, run_dir, *extra):
 
 
 def test_resume_after_sigkill_gives_the_same_final_metrics(tmp_path, small_shards):
-    settings = ("train.engine=deepspeed", "train.checkpoint_every=2")
+    settings = ("train.engine=deepspeed", "train.zero_stage=1", "train.checkpoint_every=2")
     reference = torchrun(2, *train_args(small_shards, tmp_path / "reference", *settings), port=29641)
     assert reference.returncode == 0, reference.stderr[-4000:]
     expected = json.loads((tmp_path / "reference/report.json").read_text())
@@ -117,6 +117,13 @@ def test_resume_after_sigkill_gives_the_same_final_metrics(tmp_path, small_shard
                 expected["val"][level][metric] if level == "frame" else expected["val"]["video"][metric]
             assert got == pytest.approx(want, abs=1e-5), (level, metric)
     assert report["val"]["loss"] == pytest.approx(expected["val"]["loss"], abs=1e-5)
+
+    # the checkpoint is DeepSpeed's own: its zero_to_fp32 tool rebuilds the full weights from the ZeRO shards
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    weights = get_fp32_state_dict_from_zero_checkpoint(str(run_dir / "checkpoints"), tag="last")
+    assert any(name.startswith("backbone.") for name in weights) and any(name.startswith("head.") for name in weights)
+    assert all(torch.isfinite(value).all() for value in weights.values())
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path, small_shards):

@@ -181,10 +181,11 @@ class RunLogger:
 
     # -- console -------------------------------------------------------------------------------------------
 
-    def progress(self, total, description):
-        """A tqdm bar, shown on rank 0 only; the loop sets its postfix (loss, lr, samples/s)."""
-        return tqdm(total=total, desc=description, unit="step", disable=not self.is_main, dynamic_ncols=True,
-                    mininterval=0.5)
+    def progress(self, total, description, enabled=True):
+        """A tqdm bar over micro-batches, shown on rank 0 only (and not with ``enabled=False``, i.e. --quiet);
+        the loop sets its postfix (loss, lr, samples/s)."""
+        return tqdm(total=total, desc=description, unit="batch", disable=not (self.is_main and enabled),
+                    dynamic_ncols=True, mininterval=0.5)
 
     def print_eval_table(self, epoch, metrics_table_text):
         """Print an evaluation table as one block (above any live progress bar), rank 0 only."""

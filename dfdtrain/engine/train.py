@@ -141,7 +141,7 @@ def train(config, resume="auto", progress=True):
             engine.model.train()
             freeze_batchnorm_statistics(model.backbone, everything=phase.backbone_lr_scale == 0)
             skip = state["batch_in_epoch"]  # micro-batches of this epoch already trained (resume)
-            bar = logger.progress(len(train_loader), f"epoch {epoch + 1}/{config.train.epochs}")
+            bar = logger.progress(len(train_loader), f"epoch {epoch + 1}/{config.train.epochs}", enabled=progress)
             bar.update(skip)
             tick, window_samples = time.time(), 0
             for index, batch in enumerate(train_loader):

@@ -137,10 +137,22 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
     assert not (run_dir / "checkpoints" / ".tmp-last").exists()
 
 
-def test_single_process_train_with_wandb_offline_writes_the_run(tmp_path, small_shards):
+def test_raw_deepspeed_json_overrides_generated_keys(tmp_path):
+    from dfdtrain.config import TrainConfig
+    from dfdtrain.engine.engines import deepspeed_config
+
+    raw = tmp_path / "ds.json"
+    raw.write_text(json.dumps({"zero_optimization": {"stage": 2, "overlap_comm": True}, "steps_per_print": 50}))
+    config = deepspeed_config(TrainConfig(zero_stage=1, grad_accum=2, grad_clip=1.0), 4, 2, str(raw))
+    assert config["zero_optimization"] == {"stage": 2, "overlap_comm": True} and config["steps_per_print"] == 50
+    assert config["train_batch_size"] == 16 and config["gradient_clipping"] == 1.0
+
+
+def test_single_process_bf16_train_with_wandb_offline_writes_the_run(tmp_path, small_shards):
     run_dir = tmp_path / "offline"
     result = subprocess.run([sys.executable, *train_args(small_shards, run_dir, "train.engine=ddp", "train.epochs=1",
-                                                          "logger.wandb.mode=offline"), "--json"],
+                                                          "train.precision=bf16", "logger.wandb.mode=offline"),
+                             "--json"],
                             capture_output=True, text=True, timeout=600, env=environment())
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout[result.stdout.index("{"):])

@@ -20,13 +20,16 @@ setup(
         "pyyaml>=6",
         "tqdm>=4.66",
         "deepspeed>=0.16",  # the default training engine (runs on CPU too: DS_ACCELERATOR=cpu)
+        "matplotlib>=3.8",  # evaluation plots
+        "safetensors>=0.4",  # exported detector bundles
     ],
     extras_require={
         "faces": ["facenet-pytorch==2.5.3"],  # 2.6.0 pins torch<2.3: never let it in
         "dali": ["nvidia-dali-cuda130>=2.0"],
         "wandb": ["wandb>=0.19"],
+        "export": ["onnx>=1.16", "onnxruntime>=1.18"],
         "dev": ["pytest>=8", "scikit-learn>=1.5", "facenet-pytorch==2.5.3", "nvidia-dali-cuda130>=2.0",
-                "deepspeed>=0.16", "wandb>=0.19"],
+                "deepspeed>=0.16", "wandb>=0.19", "onnx>=1.16", "onnxruntime>=1.18"],
     },
     entry_points={"console_scripts": ["dfdtrain=dfdtrain.cli:main"]},
 )

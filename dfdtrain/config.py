@@ -175,6 +175,11 @@ def apply_override(values, override):
     node[parts[-1]] = value
 
 
+def config_from_dict(values):
+    """ExperimentConfig from a (partial) nested dict, e.g. {"model": {...}}; unknown keys are errors."""
+    return _build(ExperimentConfig, values, "")
+
+
 def load_config(path=None, overrides=()):
     """ExperimentConfig from a YAML file (optional) plus ``key.sub=value`` overrides."""
     values = {}
@@ -188,7 +193,7 @@ def load_config(path=None, overrides=()):
             raise DfdError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
     for override in overrides:
         apply_override(values, override)
-    return _build(ExperimentConfig, values, "")
+    return config_from_dict(values)
 
 
 def save_config(config, path):

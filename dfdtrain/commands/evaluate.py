@@ -1,0 +1,53 @@
+"""dfdtrain evaluate: score test shards with a trained detector; write metrics, predictions, plots, a report."""
+
+import json
+import sys
+
+HELP = "evaluate a trained detector on shards: metrics.json, predictions.csv, plots and report.md"
+
+
+def add_arguments(parser):
+    parser.add_argument("--run", "--run-dir", dest="run_dir", metavar="RUN_DIR",  # args.run is the command
+                        help="run directory (its checkpoints/best or checkpoints/last)")
+    parser.add_argument("--checkpoint", default="best",
+                        help="best or last (of --run), or a path: a checkpoint folder or a bundle (default best)")
+    parser.add_argument("--shards", action="append", required=True,
+                        help="shards to evaluate, e.g. 'shards/test-*.tar' (repeatable)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--threshold", type=float,
+                        help="score at or above which a video is called fake (default: the training threshold)")
+    parser.add_argument("--batch-size", type=int, default=8, help="videos per batch and rank (default 8)")
+    parser.add_argument("--workers", type=int, default=2, help="decoding workers per rank (default 2)")
+    parser.add_argument("--decoder", default="pyav", help="pyav, torchcodec, dali or auto (default pyav)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--json", action="store_true", help="print metrics.json to stdout")
+
+
+def run(args):
+    from dfdtrain.engine.distributed import cleanup, init_distributed
+    from dfdtrain.errors import DfdError
+    from dfdtrain.evaluation import resolve_checkpoint, run_evaluation
+    from dfdtrain.metrics import format_metrics_table
+
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise DfdError(f"--threshold must be in [0, 1], not {args.threshold}")
+    if args.batch_size < 1 or args.workers < 0:
+        raise DfdError("--batch-size must be >= 1 and --workers >= 0")
+    checkpoint = resolve_checkpoint(args.run_dir, args.checkpoint)  # before joining the process group: fail fast
+    context = init_distributed(args.device)
+    try:
+        metrics = run_evaluation(checkpoint, args.shards, args.out, threshold=args.threshold,
+                                 batch_size=args.batch_size, workers=args.workers, decoder=args.decoder,
+                                 context=context)
+    finally:
+        cleanup()
+    if metrics is None:  # not rank 0: rank 0 reports
+        return 0
+    if args.json:
+        json.dump(metrics, sys.stdout, indent=2)
+        print()
+    else:
+        print(format_metrics_table(metrics))
+        print(f"loss {metrics['loss']:.4f}, {metrics['skipped']['count']} skipped; wrote "
+              f"{', '.join(metrics['files'])} to {args.out}")
+    return 0

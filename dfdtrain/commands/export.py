@@ -1,0 +1,140 @@
+"""dfdtrain export: a self-contained bundle of a trained detector, optionally also as ONNX and/or TorchScript.
+
+The ONNX / TorchScript graphs take frames [B, T, 3, S, S] (normalised as ``detector.json`` says) and a mask
+[B, T] (True at real frames) and return (video_logits [B], frame_logits [B, T]); T and S are fixed at export
+time, the batch size is free. Each export is checked against PyTorch on a random input (tolerance 1e-4).
+
+ONNX uses torch's TorchScript-based exporter (``dynamo=False``: the dynamo exporter needs onnxscript, which
+is not a dependency). It exports the packed-sequence recurrence of the gru/lstm heads (lengths from the mask
+become the ONNX GRU/LSTM ``sequence_lens``), so variable-length masks work. The transformer head exports only
+with autograd on: under no_grad nn.TransformerEncoderLayer takes its fused fast path
+(``aten::_transformer_encoder_layer_fwd``), which has no ONNX symbolic. If an export still fails, the
+exporter's own message is reported as a DfdError naming the head.
+"""
+
+from pathlib import Path
+
+from dfdtrain.errors import DfdError
+
+HELP = "export a trained detector as a bundle (model.safetensors + detector.json), optionally ONNX / TorchScript"
+
+TOLERANCE = 1e-4
+
+
+def add_arguments(parser):
+    parser.add_argument("--checkpoint", required=True,
+                        help="a run directory, a checkpoint folder (RUN/checkpoints/best) or a bundle")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--onnx", action="store_true", help="also write model.onnx (checked with onnxruntime)")
+    parser.add_argument("--torchscript", action="store_true", help="also write model.ts (torch.jit.trace)")
+    parser.add_argument("--frames", type=int, help="fixed number of frames T of the graph (default: as in training)")
+    parser.add_argument("--size", type=int, help="fixed crop size S of the graph (default: as in training)")
+
+
+def _wrapper(model):
+    import torch
+
+    class FramesAndMask(torch.nn.Module):
+        """Backbone on every frame, then the head with the mask.
+
+        The detector's own forward skips padded frames with a data-dependent branch that a trace would
+        freeze; running the backbone on all frames gives the same result because every head zeroes the
+        padded positions on entry (it only costs the compute of the padded frames).
+        """
+
+        def __init__(self, detector):
+            super().__init__()
+            self.detector = detector
+
+        def forward(self, frames, mask):
+            batch, time = frames.shape[0], frames.shape[1]
+            features = self.detector.backbone(frames.flatten(0, 1))
+            return self.detector.head(features.reshape(batch, time, -1), mask)
+
+    return FramesAndMask(model).eval()
+
+
+def example_inputs(batch, frames, size, seed=0):
+    """Random normalised frames and a mask with one real frame fewer per sample (row 0 full, at least 1 real)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn((batch, frames, 3, size, size), generator=generator)
+    mask = torch.ones((batch, frames), dtype=torch.bool)
+    for row in range(batch):
+        mask[row, max(1, frames - row):] = False  # padding at the end, as the sampler pads
+    return inputs, mask
+
+
+def export_onnx(model, settings, path, frames, size):
+    """Write ``path`` (ONNX) and return the max |onnxruntime - PyTorch| over both outputs."""
+    import numpy as np
+    import torch
+
+    import onnxruntime
+
+    head = settings["model"]["head"]
+    wrapper = _wrapper(model)
+    inputs, mask = example_inputs(2, frames, size)
+    # autograd stays on: under no_grad the transformer head takes a fused fast path that ONNX cannot express
+    try:
+        torch.onnx.export(wrapper, (inputs, mask), str(path), input_names=["frames", "mask"],
+                          output_names=["video_logits", "frame_logits"], dynamo=False, opset_version=17,
+                          dynamic_axes={"frames": {0: "batch"}, "mask": {0: "batch"},
+                                        "video_logits": {0: "batch"}, "frame_logits": {0: "batch"}})
+    except Exception as error:
+        message = " ".join(str(error).split())
+        raise DfdError(f"--onnx: the '{head}' head does not export to ONNX: {type(error).__name__}: {message}") from None
+    with torch.no_grad():
+        check_inputs, check_mask = example_inputs(3, frames, size, seed=1)  # another batch size than traced
+        expected = [output.numpy() for output in wrapper(check_inputs, check_mask)]
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"frames": check_inputs.numpy(), "mask": check_mask.numpy()})
+    return max(float(np.abs(a - b).max()) for a, b in zip(got, expected))
+
+
+def export_torchscript(model, path, frames, size):
+    """Write ``path`` (a traced TorchScript module) and return the max |TorchScript - PyTorch|."""
+    import torch
+
+    wrapper = _wrapper(model)
+    inputs, mask = example_inputs(2, frames, size)
+    with torch.no_grad():
+        traced = torch.jit.trace(wrapper, (inputs, mask), check_trace=False)
+        traced.save(str(path))
+        loaded = torch.jit.load(str(path))
+        check_inputs, check_mask = example_inputs(3, frames, size, seed=1)
+        expected = wrapper(check_inputs, check_mask)
+        got = loaded(check_inputs, check_mask)
+    return max(float((a - b).abs().max()) for a, b in zip(got, expected))
+
+
+def _check(kind, difference):
+    if not difference <= TOLERANCE:  # also catches NaN
+        raise DfdError(f"{kind} export differs from PyTorch by {difference:.3g} (tolerance {TOLERANCE:g})")
+
+
+def run(args):
+    from dfdtrain.models.bundle import export_bundle, load_detector
+
+    if args.frames is not None and args.frames < 1:
+        raise DfdError("--frames must be at least 1")
+    if args.size is not None and args.size < 16:
+        raise DfdError("--size must be at least 16")
+    out_dir = Path(args.out)
+    model, settings = load_detector(args.checkpoint)  # fails early, with one line, on a bad checkpoint
+    export_bundle(args.checkpoint, out_dir)
+    print(f"wrote bundle {out_dir} (model.safetensors + detector.json)")
+    frames = args.frames or settings["num_frames"]
+    size = args.size or int(settings["image_size"])
+    if args.onnx:
+        difference = export_onnx(model, settings, out_dir / "model.onnx", frames, size)
+        _check("ONNX", difference)
+        print(f"wrote {out_dir / 'model.onnx'} (frames [B,{frames},3,{size},{size}]); "
+              f"max |onnxruntime - PyTorch| = {difference:.3g}")
+    if args.torchscript:
+        difference = export_torchscript(model, out_dir / "model.ts", frames, size)
+        _check("TorchScript", difference)
+        print(f"wrote {out_dir / 'model.ts'} (frames [B,{frames},3,{size},{size}]); "
+              f"max |TorchScript - PyTorch| = {difference:.3g}")
+    return 0

@@ -1,0 +1,425 @@
+"""Evaluate a trained detector on test shards: metrics, per-video predictions, plots and a markdown report.
+
+``run_evaluation(checkpoint, shards, out_dir)`` scores every video of the shards once (split across ranks
+under torchrun, gathered on rank 0) and writes into ``out_dir`` on rank 0:
+
+* ``metrics.json``: video-level metrics of the temporal head and of every frame-aggregation rule side by
+  side, frame-level metrics, the loss, counts, the checkpoint, the skipped samples and (when the shards mix
+  datasets or FF++ manipulation methods) the AUC per dataset and per method under ``breakdown``;
+* ``predictions.csv``: one row per video (head score, each rule's score, the frame scores);
+* ``roc.png``, ``pr.png``, ``calibration.png``, ``confusion.png``, ``histogram.png`` (+ ``breakdown.png``);
+* ``report.md``: the above in one page.
+"""
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dfdtrain.data.augment import InputConfig
+from dfdtrain.data.loader import LoaderConfig, VideoLoader, expand_shards, gather_to_rank0
+from dfdtrain.data.sampler import SamplerConfig
+from dfdtrain.engine.distributed import DistributedContext
+from dfdtrain.engine.evaluate import score_videos
+from dfdtrain.errors import DfdError
+from dfdtrain.fileio import atomic_open, write_json
+from dfdtrain.metrics import (aggregate, evaluate_predictions, format_metrics_table, precision_recall_curve,
+                              roc_auc, roc_curve)
+from dfdtrain.models.bundle import load_detector
+
+RULES = ("mean", "max", "majority", "confident")
+SCORE_NAMES = ("head", *RULES)  # the video scores compared everywhere: the temporal head, then each rule
+CALIBRATION_BINS = 10
+REAL_COLOR, FAKE_COLOR = "#1f77b4", "#d62728"
+# one colour and line style per score: rules often tie (e.g. mean and confident with few frames), and a
+# distinct dash keeps a curve hidden under another one visible
+CURVE_STYLES = {
+    "head": {"color": "#1f77b4", "linestyle": "-", "linewidth": 2.4},
+    "mean": {"color": "#ff7f0e", "linestyle": (0, (6, 2)), "linewidth": 1.6},
+    "max": {"color": "#2ca02c", "linestyle": (0, (1, 1.5)), "linewidth": 1.8},
+    "majority": {"color": "#d62728", "linestyle": (0, (6, 2, 1, 2)), "linewidth": 1.6},
+    "confident": {"color": "#9467bd", "linestyle": (0, (3, 3)), "linewidth": 1.6},
+}
+CHANCE_STYLE = {"color": "0.7", "linestyle": ":", "linewidth": 1, "zorder": 0}
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def resolve_checkpoint(run_dir=None, checkpoint="best"):
+    """The checkpoint folder to load: RUN_DIR/checkpoints/<best|last>, or ``checkpoint`` as a path."""
+    if checkpoint in ("best", "last"):
+        if run_dir is None:
+            raise DfdError(f"--checkpoint {checkpoint} needs --run RUN_DIR")
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise DfdError(f"{run_dir}: run directory not found")
+        path = run_dir / "checkpoints" / checkpoint
+        if not path.is_dir():
+            raise DfdError(f"{run_dir}: no checkpoints/{checkpoint} in this run directory")
+        return path
+    path = Path(checkpoint)
+    if not path.exists():
+        raise DfdError(f"{path}: checkpoint not found")
+    return path
+
+
+def evaluation_loader(settings, shards, batch_size, workers, decoder, context):
+    """A loader that sees every video once, with the frames prepared as the detector was trained on them."""
+    config = LoaderConfig(
+        shards=shards, batch_size=batch_size, num_workers=workers,
+        sampler=SamplerConfig(settings["sampler"], settings["num_frames"], settings.get("stride", 1),
+                              settings.get("every", 1)),
+        image_size=settings["image_size"], crop=settings["crop"], margin=settings["margin"], decoder=decoder)
+    input_config = InputConfig(mean=tuple(settings["mean"]), std=tuple(settings["std"]),
+                               transform=settings.get("input_transform", "rgb"))
+    return VideoLoader(config, train=False, input_config=input_config, device=context.device,
+                       rank=context.rank, world_size=context.world_size)
+
+
+def single_process_context(device="cpu"):
+    return DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device(device), backend="gloo")
+
+
+# ---------------------------------------------------------------------------------------------- scores
+
+
+def video_scores(record):
+    """{score name: P(fake)} of one video: the head's score and each rule's aggregate of its frame scores."""
+    scores = {"head": record["video_score"]}
+    for rule in RULES:
+        scores[rule] = float(aggregate(record["frame_scores"], rule))
+    return scores
+
+
+def video_loss(records):
+    """Video-level BCE of the head's logits (as training's validation loss)."""
+    logits = torch.tensor([record["video_logit"] for record in records], dtype=torch.float64)
+    labels = torch.tensor([float(record["label"]) for record in records], dtype=torch.float64)
+    return float(F.binary_cross_entropy_with_logits(logits, labels))
+
+
+def _auc_or_none(labels, scores):
+    labels = np.asarray(labels)
+    if labels.size == 0 or labels.min() == labels.max():
+        return None  # AUC needs both classes
+    return roc_auc(labels, np.asarray(scores, dtype=np.float64))
+
+
+def breakdown(records, score_name="head"):
+    """AUC per dataset and per manipulation method; a method's fakes are ranked against all the reals of
+    their dataset (FF++'s reals have no method), the usual per-method protocol."""
+    by_dataset, by_method = {}, {}
+    datasets = sorted({record["dataset"] or "unknown" for record in records})
+    for dataset in datasets:
+        members = [record for record in records if (record["dataset"] or "unknown") == dataset]
+        labels = [record["label"] for record in members]
+        by_dataset[dataset] = {"videos": len(members), "real": labels.count(0), "fake": labels.count(1),
+                               "auc": _auc_or_none(labels, [record["scores"][score_name] for record in members])}
+        reals = [record for record in members if record["label"] == 0]
+        methods = sorted({record["method"] for record in members if record["label"] == 1 and record["method"]})
+        for method in methods:
+            fakes = [record for record in members if record["label"] == 1 and record["method"] == method]
+            pair = reals + fakes
+            name = method if len(datasets) == 1 else f"{dataset}/{method}"
+            by_method[name] = {"dataset": dataset, "real": len(reals), "fake": len(fakes),
+                               "auc": _auc_or_none([record["label"] for record in pair],
+                                                   [record["scores"][score_name] for record in pair])}
+    return {"score": score_name, "dataset": by_dataset, "method": by_method}
+
+
+def needs_breakdown(records):
+    """More than one dataset, or fakes of more than one manipulation method."""
+    datasets = {record["dataset"] for record in records}
+    methods = {record["method"] for record in records if record["label"] == 1 and record["method"]}
+    return len(datasets) > 1 or len(methods) > 1
+
+
+# ---------------------------------------------------------------------------------------------- plots
+# Figures are built with matplotlib's object API (no pyplot): no global state, no display needed (Agg).
+
+
+def _new_figure(width=5.5, height=5.0, rows=1, columns=1, **subplot_options):
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    axes = figure.subplots(rows, columns, **subplot_options)
+    return figure, axes
+
+
+def _save(figure, path):
+    with atomic_open(path, "wb") as handle:
+        figure.savefig(handle, format="png")
+    return path
+
+
+def _labels_and_scores(records, name):
+    labels = np.array([record["label"] for record in records], dtype=np.int64)
+    scores = np.array([record["scores"][name] for record in records], dtype=np.float64)
+    return labels, scores
+
+
+def _has_both_classes(labels):
+    return labels.size > 0 and labels.min() != labels.max()
+
+
+def _no_data_note(axes, text):
+    axes.text(0.5, 0.5, text, ha="center", va="center", transform=axes.transAxes, color="0.4")
+
+
+def plot_roc(records, metrics, path):
+    figure, axes = _new_figure()
+    axes.plot([0, 1], [0, 1], label="chance", **CHANCE_STYLE)
+    for name in SCORE_NAMES:
+        labels, scores = _labels_and_scores(records, name)
+        if not _has_both_classes(labels):
+            continue
+        false_positive_rate, true_positive_rate, _ = roc_curve(labels, scores)
+        auc = metrics["video"][name]["auc"]
+        axes.plot(false_positive_rate, true_positive_rate, label=f"{name} (AUC {auc:.3f})", **CURVE_STYLES[name])
+    if not _has_both_classes(_labels_and_scores(records, "head")[0]):
+        _no_data_note(axes, "ROC needs both real and fake videos")
+    axes.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate (reals called fake)",
+             ylabel="true positive rate (fakes caught)", title=f"ROC, video level ({len(records)} videos)")
+    axes.set_aspect("equal")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right", fontsize=8)
+    return _save(figure, path)
+
+
+def plot_precision_recall(records, metrics, path):
+    figure, axes = _new_figure()
+    labels = _labels_and_scores(records, "head")[0]
+    if labels.any():
+        prevalence = labels.mean()
+        axes.axhline(prevalence, label=f"chance ({prevalence:.2f})", **CHANCE_STYLE)
+        for name in SCORE_NAMES:
+            labels, scores = _labels_and_scores(records, name)
+            precision, recall, _ = precision_recall_curve(labels, scores)
+            average_precision = metrics["video"][name]["ap"]
+            axes.step(recall, precision, where="post", label=f"{name} (AP {average_precision:.3f})",
+                      **CURVE_STYLES[name])
+        axes.legend(loc="lower left", fontsize=8)
+    else:
+        _no_data_note(axes, "precision-recall needs fake videos")
+    axes.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall (fakes caught)", ylabel="precision (called fake that are)",
+             title=f"Precision-recall, video level ({len(records)} videos)")
+    axes.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def calibration_bins(labels, scores, bins=CALIBRATION_BINS):
+    """Per equal-width score bin: (count, mean score, fraction fake); empty bins have None means."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.clip(np.digitize(scores, edges[1:-1], right=False), 0, bins - 1)
+    rows = []
+    for position in range(bins):
+        inside = index == position
+        count = int(inside.sum())
+        rows.append((count, float(scores[inside].mean()) if count else None,
+                     float(labels[inside].mean()) if count else None))
+    return edges, rows
+
+
+def plot_calibration(records, path, name="head"):
+    labels, scores = _labels_and_scores(records, name)
+    edges, rows = calibration_bins(labels, scores)
+    width = edges[1] - edges[0]
+    centers = (edges[:-1] + edges[1:]) / 2
+    figure, (reliability, counts) = _new_figure(5.5, 6.2, rows=2, sharex=True,
+                                                gridspec_kw={"height_ratios": [3, 1.2]})
+    reliability.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="perfectly calibrated")
+    filled = [(center, row) for center, row in zip(centers, rows) if row[0]]
+    reliability.bar([center for center, _ in filled], [row[2] for _, row in filled], width=width * 0.9,
+                    color=FAKE_COLOR, alpha=0.35, edgecolor=FAKE_COLOR, label="fraction fake in bin")
+    reliability.plot([row[1] for _, row in filled], [row[2] for _, row in filled], marker="o", color="black",
+                     linewidth=1.2, label="mean score vs fraction fake")
+    reliability.set(xlim=(0, 1), ylim=(0, 1.05), ylabel="fraction of fake videos",
+                    title=f"Calibration of the {name} score ({len(records)} videos, {CALIBRATION_BINS} bins)")
+    reliability.grid(alpha=0.3)
+    reliability.legend(loc="upper left", fontsize=8)
+    bin_counts = [row[0] for row in rows]
+    counts.bar(centers, bin_counts, width=width * 0.9, color="0.55")
+    for center, count in zip(centers, bin_counts):
+        if count:
+            counts.text(center, count, str(count), ha="center", va="bottom", fontsize=8)
+    counts.set(xlim=(0, 1), ylim=(0, max(bin_counts) * 1.3 + 0.5), xlabel=f"predicted P(fake) ({name})",
+               ylabel="videos")
+    counts.set_xticks(edges)
+    counts.tick_params(axis="x", labelsize=8)
+    return _save(figure, path)
+
+
+def plot_confusion(metrics, path, threshold, name="head"):
+    confusion = metrics["video"][name]["confusion"]
+    matrix = np.array([[confusion["tn"], confusion["fp"]], [confusion["fn"], confusion["tp"]]])
+    figure, axes = _new_figure(4.8, 4.2)
+    axes.imshow(matrix, cmap="Blues", vmin=0, vmax=max(int(matrix.max()), 1))
+    row_totals = matrix.sum(axis=1)
+    for row in range(2):
+        for column in range(2):
+            count = int(matrix[row, column])
+            share = f"\n{count / row_totals[row]:.0%} of row" if row_totals[row] else ""
+            dark = count > matrix.max() / 2
+            axes.text(column, row, f"{count}{share}", ha="center", va="center", fontsize=12,
+                      color="white" if dark else "black")
+    axes.set_xticks([0, 1], ["real", "fake"])
+    axes.set_yticks([0, 1], ["real", "fake"])
+    axes.set(xlabel="predicted", ylabel="true",
+             title=f"Confusion ({name} score >= {threshold:g} is fake)")
+    return _save(figure, path)
+
+
+def plot_histogram(records, path, threshold, name="head"):
+    labels, scores = _labels_and_scores(records, name)
+    figure, axes = _new_figure(6.0, 4.2)
+    edges = np.linspace(0, 1, 21)
+    for label, text, color in ((0, "real", REAL_COLOR), (1, "fake", FAKE_COLOR)):
+        chosen = scores[labels == label]
+        axes.hist(chosen, bins=edges, color=color, alpha=0.55, edgecolor=color, label=f"{text} ({chosen.size})")
+    axes.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
+    axes.set(xlim=(0, 1), xlabel=f"predicted P(fake) ({name})", ylabel="videos",
+             title=f"Score distribution per class ({len(records)} videos)")
+    axes.yaxis.get_major_locator().set_params(integer=True)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def plot_breakdown(breakdown_metrics, path):
+    groups = [("dataset", breakdown_metrics["dataset"]), ("method", breakdown_metrics["method"])]
+    groups = [(title, values) for title, values in groups if values]
+    heights = [max(1.6, 0.45 * len(values) + 1.0) for _, values in groups]
+    figure, axes_list = _new_figure(6.5, sum(heights), rows=len(groups), squeeze=False,
+                                    gridspec_kw={"height_ratios": heights})
+    for axes, (title, values) in zip(axes_list[:, 0], groups):
+        names = list(values)
+        aucs = [values[name]["auc"] for name in names]
+        positions = np.arange(len(names))
+        axes.barh(positions, [auc or 0.0 for auc in aucs], color="#4c72b0", height=0.6)
+        for position, name, auc in zip(positions, names, aucs):
+            counts = f"{values[name]['real']} real / {values[name]['fake']} fake"
+            text = f"{auc:.3f}  ({counts})" if auc is not None else f"n/a  ({counts})"
+            axes.text(min(auc or 0.0, 1.0) + 0.015, position, text, va="center", fontsize=8,
+                      bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})  # readable over the 0.5 line
+        axes.axvline(0.5, color="0.5", linestyle="--", linewidth=1, zorder=0)
+        axes.set_yticks(positions, names)
+        axes.invert_yaxis()
+        axes.set(xlim=(0, 1.45), xlabel=f"video AUC ({breakdown_metrics['score']} score)",
+                 title=f"AUC per {title}" + (" (its fakes vs the dataset's reals)" if title == "method" else ""))
+        axes.set_xticks(np.linspace(0, 1, 6))
+        axes.grid(axis="x", alpha=0.3)
+    return _save(figure, path)
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def _format_score(value):
+    return repr(float(value))  # full precision: the CSV reproduces the metrics exactly
+
+
+def write_predictions(records, path):
+    with atomic_open(path, "w") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["key", "label", "score", *(f"score_{rule}" for rule in RULES), "dataset", "method",
+                         "frame_scores"])
+        for record in records:
+            scores = record["scores"]
+            writer.writerow([record["key"], record["label"], _format_score(scores["head"]),
+                             *(_format_score(scores[rule]) for rule in RULES), record["dataset"] or "",
+                             record["method"] or "", " ".join(f"{score:.6f}" for score in record["frame_scores"])])
+    return path
+
+
+def _format_optional(value, digits=4):
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def write_report(metrics, plot_files, path):
+    lines = [
+        "# Evaluation report", "",
+        f"- checkpoint: `{metrics['checkpoint']}`",
+        f"- shards: {len(metrics['shards'])} (`{metrics['shards'][0]}`{' ...' if len(metrics['shards']) > 1 else ''})",
+        f"- videos: {metrics['videos']} ({metrics['labels']['real']} real, {metrics['labels']['fake']} fake), "
+        f"frames: {metrics['frames']}, skipped samples: {metrics['skipped']['count']}",
+        f"- threshold: {metrics['threshold']:g}, video loss (head BCE): {_format_optional(metrics['loss'])}",
+        "", "## Metrics", "",
+        "Video level: the temporal head and each frame-aggregation rule; frame level: every frame with its "
+        "video's label.", "",
+        "```", format_metrics_table(metrics), "```", "",
+    ]
+    if "breakdown" in metrics:
+        lines += ["## Breakdown", "", "| group | name | real | fake | AUC |", "|---|---|---:|---:|---:|"]
+        for group in ("dataset", "method"):
+            for name, values in metrics["breakdown"][group].items():
+                lines.append(f"| {group} | {name} | {values['real']} | {values['fake']} | "
+                             f"{_format_optional(values['auc'])} |")
+        lines.append("")
+    lines += ["## Plots", ""]
+    for title, file_name in plot_files:
+        lines += [f"### {title}", "", f"[{file_name}]({file_name})", "", f"![{title}]({file_name})", ""]
+    with atomic_open(path, "w") as handle:
+        handle.write("\n".join(lines))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+def run_evaluation(checkpoint, shards, out_dir, threshold=None, batch_size=8, workers=2, decoder="pyav",
+                   context=None):
+    """Score ``shards`` with the detector at ``checkpoint`` and write the evaluation into ``out_dir``.
+
+    Every rank scores its share; rank 0 gathers the records and writes the files. Returns the metrics dict
+    on rank 0 and None on the other ranks. ``threshold`` defaults to the one the detector was trained with.
+    """
+    context = context or single_process_context()
+    shard_paths = expand_shards(shards)
+    model, settings = load_detector(checkpoint, device=context.device)
+    threshold = float(settings.get("threshold", 0.5) if threshold is None else threshold)
+    loader = evaluation_loader(settings, shard_paths, batch_size, workers, decoder, context)
+    records = gather_to_rank0(score_videos(model, loader, context))
+    skipped = gather_to_rank0(loader.skipped)
+    if records is None:  # not rank 0
+        return None
+    if not records:
+        raise DfdError(f"{shards}: no video could be scored ({len(skipped)} skipped)")
+    records.sort(key=lambda record: record["key"])
+    for record in records:
+        record["scores"] = video_scores(record)
+
+    metrics = evaluate_predictions(records, threshold=threshold, rules=RULES)
+    labels = [record["label"] for record in records]
+    metrics.update({
+        "loss": video_loss(records),
+        "threshold": threshold,
+        "checkpoint": str(checkpoint),
+        "shards": shard_paths,
+        "labels": {"real": labels.count(0), "fake": labels.count(1)},
+        "skipped": {"count": len(skipped), "samples": skipped},
+        "settings": {key: settings[key] for key in ("name", "sampler", "num_frames", "image_size", "crop")
+                     if key in settings},
+    })
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_files = [
+        ("ROC", plot_roc(records, metrics, out_dir / "roc.png").name),
+        ("Precision-recall", plot_precision_recall(records, metrics, out_dir / "pr.png").name),
+        ("Calibration", plot_calibration(records, out_dir / "calibration.png").name),
+        ("Confusion matrix", plot_confusion(metrics, out_dir / "confusion.png", threshold).name),
+        ("Score histogram", plot_histogram(records, out_dir / "histogram.png", threshold).name),
+    ]
+    if needs_breakdown(records):
+        metrics["breakdown"] = breakdown(records)
+        plot_files.append(("AUC per dataset and method", plot_breakdown(metrics["breakdown"],
+                                                                        out_dir / "breakdown.png").name))
+    write_predictions(records, out_dir / "predictions.csv")
+    metrics["files"] = ["metrics.json", "predictions.csv", "report.md", *(name for _, name in plot_files)]
+    write_json(out_dir / "metrics.json", metrics)
+    write_report(metrics, plot_files, out_dir / "report.md")
+    return metrics

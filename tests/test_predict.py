@@ -1,0 +1,135 @@
+"""Single-video prediction and model export, with the small trained detector and real videos."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import av
+import numpy as np
+import pytest
+
+from dfdtrain.predict import Predictor
+
+DFDC_CLIP = "dfdc/dfdc_train_part_0/brtujopkby.mp4"
+FFPP_CLIP = "ffpp/manipulated_sequences/Deepfakes/c40/videos/183_253.mp4"
+
+def run_dfdtrain(*args):
+    return subprocess.run([sys.executable, "-m", "dfdtrain", *map(str, args)], capture_output=True, text=True,
+                          timeout=600)
+
+
+def write_faceless_video(path, frames=16, size=128):
+    """Smooth moving colour gradients, H.264: a decodable video with no face in it."""
+    ramp = np.linspace(0, 1, size)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("h264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = size, size, "yuv420p"
+        for index in range(frames):
+            phase = index / frames
+            red = np.outer(ramp, np.ones(size)) * 200
+            green = np.outer(np.ones(size), ramp) * 150 + 50 * phase
+            blue = np.full((size, size), 100 + 80 * phase)
+            rgb = np.stack([red, green, blue], axis=-1).astype(np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def videos(fixtures, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("predict_videos")
+    truncated = folder / "truncated.mp4"
+    data = (fixtures / FFPP_CLIP).read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    text = folder / "notes.mp4"
+    text.write_text("these are meeting notes, not a video\n" * 20)
+    return {
+        "dfdc": str(fixtures / DFDC_CLIP),
+        "ffpp": str(fixtures / FFPP_CLIP),
+        "truncated": str(truncated),
+        "text": str(text),
+        "faceless": str(write_faceless_video(folder / "faceless.mp4")),
+    }
+
+
+def test_predict_scores_good_files_and_reports_bad_ones_in_input_order(trained_run, videos):
+    order = ["dfdc", "truncated", "text", "faceless", "ffpp"]
+    predictor = Predictor(trained_run, faces="mtcnn", batch_size=2, progress=False)
+    results = predictor.predict([videos[name] for name in order])
+
+    assert [result["path"] for result in results] == [videos[name] for name in order]
+    by_name = dict(zip(order, results))
+    for name in ("dfdc", "ffpp"):
+        result = by_name[name]
+        assert "error" not in result, result
+        assert 0.0 <= result["p_fake"] <= 1.0
+        assert result["verdict"] == ("FAKE" if result["p_fake"] >= predictor.threshold else "REAL")
+        assert result["frames_used"] == 4 and len(result["frame_scores"]) == 4
+        assert all(0.0 <= score <= 1.0 for score in result["frame_scores"])
+        assert result["faces_found"] >= 1
+    assert by_name["dfdc"]["video"]["width"] == 1080 and by_name["dfdc"]["video"]["height"] == 1920
+    assert by_name["ffpp"]["video"]["codec"] == "h264"
+    assert by_name["truncated"]["error"].startswith("truncated")
+    assert by_name["text"]["error"].startswith("undecodable")
+    assert by_name["faceless"]["error"] == "no face found in 4 sampled frames"
+    assert all("\n" not in result.get("error", "") for result in results)
+
+    # the same files one at a time give the same scores: batching does not change a video's result
+    alone = Predictor(trained_run, faces="mtcnn", batch_size=1, progress=False).predict([videos["ffpp"]])
+    assert alone[0]["p_fake"] == pytest.approx(by_name["ffpp"]["p_fake"], abs=1e-6)
+
+
+def test_predict_without_face_detection_uses_the_centre_crop(trained_run, videos):
+    result = Predictor(trained_run, faces="none", num_frames=6, progress=False).predict([videos["faceless"]])[0]
+    assert "error" not in result, result
+    assert 0.0 <= result["p_fake"] <= 1.0
+    assert result["frames_used"] == 6 and result["faces_found"] is None
+
+
+def test_cli_json_output_and_exit_codes(trained_run, videos):
+    mixed = run_dfdtrain("predict", "--checkpoint", trained_run, "--json", "--faces", "none", "--quiet",
+                         videos["ffpp"], videos["text"])
+    assert mixed.returncode == 1, mixed.stderr
+    results = json.loads(mixed.stdout)
+    assert [result["path"] for result in results] == [videos["ffpp"], videos["text"]]
+    assert 0.0 <= results[0]["p_fake"] <= 1.0 and results[1]["error"].startswith("undecodable")
+
+    good = run_dfdtrain("predict", "--checkpoint", trained_run, "--faces", "none", "--quiet", videos["ffpp"])
+    assert good.returncode == 0, good.stderr
+    verdict, score, path = good.stdout.split()
+    assert verdict in ("FAKE", "REAL") and 0.0 <= float(score) <= 1.0 and path == videos["ffpp"]
+
+    missing = run_dfdtrain("predict", "--checkpoint", trained_run / "nope", videos["ffpp"])
+    assert missing.returncode == 2
+    assert missing.stderr.strip().count("\n") == 0 and "checkpoint not found" in missing.stderr
+
+
+def test_export_bundle_onnx_and_torchscript_match_the_checkpoint(trained_run, videos, tmp_path):
+    exported = run_dfdtrain("export", "--checkpoint", trained_run, "--out", tmp_path / "export", "--onnx",
+                            "--torchscript")
+    assert exported.returncode == 0, exported.stderr
+    assert "max |onnxruntime - PyTorch|" in exported.stdout and "max |TorchScript - PyTorch|" in exported.stdout
+    for name in ("model.safetensors", "detector.json", "model.onnx", "model.ts"):
+        assert (tmp_path / "export" / name).is_file()
+
+    # the bundle alone, away from the run directory, scores the same files the same way
+    bundle = shutil.copytree(tmp_path / "export", tmp_path / "elsewhere" / "bundle")
+    files = [videos["ffpp"], videos["faceless"]]
+    from_checkpoint = Predictor(trained_run, faces="none", progress=False).predict(files)
+    from_bundle = Predictor(bundle, faces="none", progress=False).predict(files)
+    for expected, got in zip(from_checkpoint, from_bundle):
+        assert got["p_fake"] == pytest.approx(expected["p_fake"], abs=1e-6)
+        assert got["frame_scores"] == pytest.approx(expected["frame_scores"], abs=1e-6)
+
+
+def test_onnx_and_torchscript_of_a_transformer_head_match_pytorch(tmp_path):
+    from dfdtrain.commands.export import TOLERANCE, export_onnx, export_torchscript
+    from dfdtrain.models.detector import build_detector
+
+    model = build_detector("mobilenetv2_050", "transformer", head_options={"hidden": [8]}).eval()
+    settings = {"model": {"head": "transformer"}}
+    assert export_onnx(model, settings, tmp_path / "model.onnx", frames=3, size=32) <= TOLERANCE
+    assert export_torchscript(model, tmp_path / "model.ts", frames=3, size=32) <= TOLERANCE

@@ -114,3 +114,23 @@ def test_evaluate_bad_run_is_one_line_error(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
     assert "no-such-run" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_two_rank_evaluate_scores_every_video_once_like_one_process(trained_run, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    shards = str(trained_run.parent / "shards" / "val-*.tar")
+    single = run_cli("evaluate", "--run", trained_run, "--shards", shards, "--out", tmp_path / "one", "--json")
+    assert single.returncode == 0, single.stderr[-2000:]
+    # under torchrun, --run-dir (torchrun itself would take --run as its --run-path)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29671", "-m", "dfdtrain",
+         "evaluate", "--run-dir", str(trained_run), "--shards", shards, "--out", str(tmp_path / "two"), "--workers",
+         "1"], capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {name: list(csv.DictReader(open(tmp_path / name / "predictions.csv"))) for name in ("one", "two")}
+    assert sorted(row["key"] for row in rows["two"]) == sorted(row["key"] for row in rows["one"])
+    scores = {row["key"]: float(row["score"]) for row in rows["one"]}
+    assert all(float(row["score"]) == pytest.approx(scores[row["key"]], abs=1e-6) for row in rows["two"])

@@ -64,6 +64,12 @@ def load_bytes(source, name):
     return data
 
 
+def prepare_read(source, indices, name):
+    """What every backend's read() starts with: (display name, checked indices, the file's bytes)."""
+    name = video.source_name(source, name)
+    return name, check_indices(indices), load_bytes(source, name)
+
+
 def is_image(name):
     return os.path.splitext(name)[1].lower() in video.IMAGE_EXTENSIONS
 
@@ -112,9 +118,7 @@ class SequentialDecoder:
         self.thread_count = thread_count
 
     def read(self, source, indices, name=None):
-        name = video.source_name(source, name)
-        indices = check_indices(indices)
-        data = load_bytes(source, name)
+        name, indices, data = prepare_read(source, indices, name)
         if is_image(name):
             return video.read_frames(data, indices, name=name)
         wanted, last_wanted = set(indices), max(indices)
@@ -172,9 +176,7 @@ class PyAVDecoder:
         self.stats = {"videos": 0, "packets_decoded": 0, "jumps": 0, "sequential_fallbacks": 0}
 
     def read(self, source, indices, name=None):
-        name = video.source_name(source, name)
-        indices = check_indices(indices)
-        data = load_bytes(source, name)
+        name, indices, data = prepare_read(source, indices, name)
         if is_image(name):
             return video.read_frames(data, indices, name=name)
         self.stats["videos"] += 1
@@ -311,9 +313,7 @@ class TorchCodecDecoder:
         self.seek_mode = seek_mode
 
     def read(self, source, indices, name=None):
-        name = video.source_name(source, name)
-        indices = check_indices(indices)
-        data = load_bytes(source, name)
+        name, indices, data = prepare_read(source, indices, name)
         try:
             decoder = self._video_decoder(data, dimension_order="NHWC", seek_mode=self.seek_mode,
                                           num_ffmpeg_threads=self.num_ffmpeg_threads)

@@ -165,10 +165,11 @@ def train(config, resume="auto", progress=True):
                 if not stepped:
                     continue
                 state["step"] += 1
-                seconds = max(time.time() - tick, 1e-9)
-                lr = engine.optimizer.param_groups[-1]["lr"]
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", samples_s=f"{window_samples / seconds:.1f}")
-                if state["step"] % config.train.log_every == 0:
+                if state["step"] % config.train.log_every == 0:  # loss.item() syncs a GPU: only when logging
+                    seconds = max(time.time() - tick, 1e-9)
+                    lr = engine.optimizer.param_groups[-1]["lr"]
+                    bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}",
+                                    samples_s=f"{window_samples / seconds:.1f}")
                     logger.log(state["step"], {"loss": loss.item(), "lr": lr,
                                                "samples_per_s": window_samples / seconds,
                                                "frames_per_s": window_samples * config.data.num_frames / seconds,

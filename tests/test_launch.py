@@ -1,7 +1,7 @@
 """launch/ and slurm/ scripts: valid bash, the commands they build, and a real 2-process run through one.
 
-The Slurm templates run for real only where Slurm runs (the issue on launchers adds a single-node Slurm to CI);
-here their srun/torchrun command lines are checked with DRY_RUN.
+Here the Slurm templates' srun/torchrun command lines are checked with DRY_RUN; tests/test_slurm.py submits them
+to a real one-node Slurm.
 """
 
 import json

@@ -6,11 +6,12 @@ centre of 16 equal segments), decoded from the file's bytes in memory into uint8
   sequential  the ``sequential`` backend: decodes every frame up to the last wanted one (the reference
               notebooks' way, and ``video.read_frames``);
   dali_cpu    the ``dali`` backend on the CPU (VP9 only there), when ``dfdtrain.data.dali`` imports;
+  dali_gpu    the ``dali`` backend on the GPU (NVDEC, ``mixed``; every codec), with ``--device cuda``/auto on a GPU;
   torchcodec  the ``torchcodec`` backend, when torchcodec imports.
 Every method reads every video once untimed (warm-up), then ``--repeats`` times, the methods interleaved so
 that load changes on the machine hit them alike; the median is reported. Ratios compare medians of one run.
 
-    python benchmarks/decode.py [--repeats 5] [--quick] [--out benchmarks/results/decode_cpu.json]
+    python benchmarks/decode.py [--repeats 5] [--quick] [--device auto] [--out benchmarks/results/decode_cpu.json]
 """
 
 import argparse
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import av
 
-from common import emit, machine
+from common import add_device_argument, emit, machine, resolve_device
 from dfdtrain.data.decoders import build_decoder
 from dfdtrain.data.sampler import SamplerConfig, sample_indices
 from dfdtrain.data.synth import synthesize
@@ -81,7 +82,7 @@ def make_synth_clips(folder, settings):
 # Measuring
 
 
-def build_methods():
+def build_methods(device):
     """{method: decoder} for the methods this machine can run, and {method: reason} for the others."""
     methods = {"pyav": build_decoder("pyav"), "sequential": build_decoder("sequential")}
     unavailable = {}
@@ -91,6 +92,13 @@ def build_methods():
         methods["dali_cpu"] = build_decoder("dali", device="cpu")
     except Exception as error:  # ImportError, DfdError (nvidia.dali missing), or a DALI start-up failure
         unavailable["dali_cpu"] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    if device.type == "cuda":
+        try:
+            methods["dali_gpu"] = build_decoder("dali", device="gpu")
+        except Exception as error:  # DfdError (nvidia.dali missing) or a DALI start-up failure
+            unavailable["dali_gpu"] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    else:
+        unavailable["dali_gpu"] = "no GPU (run with --device cuda on a GPU machine)"
     try:
         methods["torchcodec"] = build_decoder("torchcodec")
     except DfdError as error:
@@ -124,7 +132,7 @@ def measure(video, data, name, methods, repeats):
     results["pyav"]["packets_decoded_per_video"] = (pyav.stats["packets_decoded"] - packets_before) // repeats
     results["sequential"]["frames_decoded_per_video"] = max(indices) + 1
     ratios = {"pyav_speedup_over_sequential": round(results["sequential"]["median_s"] / results["pyav"]["median_s"], 3)}
-    for other in ("dali_cpu", "torchcodec"):
+    for other in ("dali_cpu", "dali_gpu", "torchcodec"):
         if other in results:
             ratios[f"{other}_speedup_over_pyav"] = round(results["pyav"]["median_s"] / results[other]["median_s"], 3)
     return {**video, "methods": results, "ratios": ratios}
@@ -157,7 +165,9 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5, help="timed reads per method and video (median)")
     parser.add_argument("--quick", action="store_true", help="1 repeat, no DFDC clip, smaller synthetic clips")
     parser.add_argument("--out", help="write the JSON result here too")
+    add_device_argument(parser)
     args = parser.parse_args(argv)
+    device = resolve_device(args.device)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
     repeats = 1 if args.quick else args.repeats
@@ -168,7 +178,7 @@ def main(argv=None):
             print(f"decode benchmark: fixture {fixtures / clip} not found (pass --fixtures)", file=sys.stderr)
             return 2
     started = time.time()
-    methods, unavailable = build_methods()
+    methods, unavailable = build_methods(device)
     synth_settings = SYNTH_QUICK if args.quick else SYNTH_FULL
     comparisons = []
     with tempfile.TemporaryDirectory() as folder:
@@ -187,6 +197,7 @@ def main(argv=None):
         "benchmark": "decode",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
+        "device": device.type,
         "settings": {"sampler": {"mode": "uniform", "num_frames": NUM_FRAMES, "train": False},
                      "repeats": repeats, "quick": args.quick, "synthetic_clips": synth_settings,
                      "source": "file bytes in memory"},

@@ -15,7 +15,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import emit, machine
+from common import created, emit, machine
 from dfdtrain.models.detector import build_detector
 
 DETECTORS = [  # (backbone, head, head options, input size, frames per clip)
@@ -34,13 +34,22 @@ def count_flops(function):
     return counter.get_total_flops()
 
 
-def describe(backbone, head, head_options, size, frames):
-    model = build_detector(backbone, head, head_options=head_options).eval()
-    frame_flops = count_flops(lambda: model.backbone(torch.zeros(1, 3, size, size)))
-    features = torch.zeros(1, frames, model.num_features)
-    mask = torch.ones(1, frames, dtype=torch.bool)
+def forward_flops(model, size, frames):
+    """(FLOPs of one frame through the backbone, FLOPs of one clip of ``frames`` frames through the detector)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()  # BatchNorm running statistics must not move while counting
+    frame_flops = count_flops(lambda: model.backbone(torch.zeros(1, 3, size, size, device=device)))
+    features = torch.zeros(1, frames, model.num_features, device=device)
+    mask = torch.ones(1, frames, dtype=torch.bool, device=device)
     head_flops = count_flops(lambda: model.head(features, mask))
-    clip_flops = frame_flops * frames + head_flops
+    model.train(was_training)
+    return frame_flops, frame_flops * frames + head_flops
+
+
+def describe(backbone, head, head_options, size, frames):
+    model = build_detector(backbone, head, head_options=head_options)
+    frame_flops, clip_flops = forward_flops(model, size, frames)
     return {
         "backbone": backbone, "timm_name": model.backbone_info["timm_name"], "head": head,
         "head_options": head_options, "input_size": size, "frames": frames,
@@ -59,8 +68,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     started = time.time()
     chosen = [entry for entry in DETECTORS if not args.quick or entry[0] in ("MobileNetV2",)]
-    result = {"benchmark": "model_stats", "machine": machine(), "detectors": [describe(*entry) for entry in chosen],
-              "seconds": round(time.time() - started, 1)}
+    result = {"benchmark": "model_stats", "created": created(), "machine": machine(), "settings": {"quick": args.quick},
+              "detectors": [describe(*entry) for entry in chosen], "seconds": round(time.time() - started, 1)}
     emit(result, args.out)
     return 0
 

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from common import emit, machine
+from common import created, emit, machine
 from dfdtrain.data.datasets import IndexOptions
 from dfdtrain.data.index import build_manifest, write_manifest
 from dfdtrain.data.shard import write_shards
@@ -82,7 +82,10 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--face-frames", type=int, default=16)
     parser.add_argument("--limit", type=int, default=0, help="only the first N videos (quick mode)")
+    parser.add_argument("--quick", action="store_true", help="1 video, faces on 4 frames, no worker pool (CI)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.limit, args.face_frames, args.workers = 1, 4, 1
     started = time.time()
     fixtures = Path(args.fixtures)
     rows = []
@@ -103,9 +106,15 @@ def main(argv=None):
                     wds.WebDataset(sorted(str(p) for p in (Path(folder) / "shards").glob("*.tar")), shardshuffle=False)}
     jobs = [(os.path.join(row["root"], row["path"]), faces_of[row["key"]], row["frames"], row["width"], row["height"])
             for row in rows]
-    with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
-        sizes = list(tqdm(pool.imap(png_store_sizes, jobs), total=len(jobs), desc="png stores", unit="video"))
-    result = {"benchmark": "storage", "machine": machine(), **compare(rows, sizes, shard_bytes),
+    if args.workers > 1:
+        with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
+            sizes = list(tqdm(pool.imap(png_store_sizes, jobs), total=len(jobs), desc="png stores", unit="video"))
+    else:  # one worker: no pool to start (spawned workers re-import everything)
+        sizes = [png_store_sizes(job) for job in tqdm(jobs, desc="png stores", unit="video")]
+    result = {"benchmark": "storage", "created": created(), "machine": machine(), "device": "cpu",
+              "settings": {"quick": args.quick, "limit": args.limit, "face_frames": args.face_frames,
+                           "face_detector": "mtcnn (CPU)"},
+              **compare(rows, sizes, shard_bytes),
               "by_dataset": {}, "seconds": round(time.time() - started, 1)}
     for dataset in sorted({row["dataset"] for row in rows}):
         chosen = [i for i, row in enumerate(rows) if row["dataset"] == dataset]

@@ -81,8 +81,13 @@ def checkpoint_if_finite(engine, model, run_dir, tag, state, context):
     save_checkpoint(engine, run_dir, tag, state, context)
 
 
-def train(config, resume="auto", progress=True):
-    """Train ``config`` (an ExperimentConfig) on this rank; returns the report dict (rank 0) or None."""
+def train(config, resume="auto", progress=True, train_loader=None):
+    """Train ``config`` (an ExperimentConfig) on this rank; returns the report dict (rank 0) or None.
+
+    ``train_loader``: batches to train from instead of the VideoLoader over ``config.data.train_shards``
+    (the end-to-end benchmark feeds one batch already on the device, to see whether the loader starves the
+    model); it needs ``len()``, ``set_epoch(epoch)``, iteration and a ``skipped`` list, like VideoLoader.
+    """
     started = time.time()
     context = init_distributed(config.train.device)
     run_dir = run_directory(config)
@@ -103,9 +108,10 @@ def train(config, resume="auto", progress=True):
 
     source = "embeddings" if embeddings else "videos"
     train_shards = expand_shards(config.data.train_shards)
-    train_loader = VideoLoader(loader_config(config.data, train_shards, image_size, config.seed), train=True,
-                               input_config=input_config, device=context.device, source=source,
-                               augment=config.data.augment)
+    if train_loader is None:
+        train_loader = VideoLoader(loader_config(config.data, train_shards, image_size, config.seed), train=True,
+                                   input_config=input_config, device=context.device, source=source,
+                                   augment=config.data.augment)
     val_loader = VideoLoader(loader_config(config.data, config.data.val_shards, image_size, config.seed),
                              train=False, input_config=input_config, device=context.device, source=source)
     steps_per_epoch = max(1, len(train_loader) // config.train.grad_accum)

@@ -1,0 +1,271 @@
+"""Render benchmarks/RESULTS.md from the JSON results (benchmarks/results/*.json), one section per file.
+
+One renderer per benchmark name in RENDERERS (a new benchmark adds one entry); a result without one is still
+listed, with its top-level numbers. Each section gives the device, the date, the table, the ratios (against
+the goals where the issue sets one) and notes; the page starts with which GPU figures are still missing.
+
+    python benchmarks/results_table.py [--results benchmarks/results] [--out benchmarks/RESULTS.md]
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+# ---------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell_text(cell) for cell in row) + " |" for row in rows]
+    return lines
+
+
+def cell_text(value):
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def megabytes(count):
+    return f"{count / 1e6:,.1f} MB"
+
+
+def device_line(result):
+    machine = result.get("machine", {})
+    where = f"GPU {machine['gpu']}" if machine.get("gpu") else "CPU only (no GPU)"
+    cores = machine.get("cores_usable", machine.get("cores"))
+    return (f"{where}; CPU {machine.get('cpu', '?')}, {cores} usable cores, load {machine.get('load_average_1m_at_start', '?')} "
+            f"at start; torch {machine.get('torch', '?')}, timm {machine.get('timm', '?')}, "
+            f"DeepSpeed {machine.get('deepspeed', '?')}, DALI {machine.get('nvidia_dali', '?')}, PyAV {machine.get('av', '?')}")
+
+
+def ratio_lines(ratios, goals=None):
+    """'name: value' per ratio; with goals {ratio name: minimum}, whether each meets it."""
+    lines = []
+    for name, value in ratios.items():
+        goal = (goals or {}).get(name)
+        verdict = "" if goal is None else f" (goal >= {goal}: {'met' if value >= goal else 'NOT met'})"
+        lines.append(f"- `{name}` = {cell_text(value)}{verdict}")
+    return lines
+
+
+def notes(result):
+    return [f"- {note}" for note in result.get("notes", [])]
+
+
+# ---------------------------------------------------------------------------------------------------
+# One renderer per benchmark: result dict -> markdown lines (the section body)
+
+
+def render_decode(result):
+    rows = []
+    for item in result["comparisons"]:
+        for method, stats in item["methods"].items():
+            rows.append([item["video"], item["codec"], f"{item['width']}x{item['height']}", method,
+                         stats["frames_per_s"], stats["videos_per_s"]])
+    lines = table(["video", "codec", "size", "method", "frames/s", "videos/s"], rows)
+    lines += ["", "Ratios (same run):"]
+    for item in result["comparisons"]:
+        lines += [f"- {item['video']}: " + ", ".join(f"`{k}` = {v}" for k, v in item["ratios"].items())]
+    if result.get("unavailable"):
+        lines += ["", "Not measured: " + "; ".join(f"{k}: {v}" for k, v in result["unavailable"].items())]
+    return lines + [""] + notes(result)
+
+
+def render_storage(result):
+    def row(name, part):
+        return [name, part["videos"], part["frames"], megabytes(part["original_bytes"]), megabytes(part["shard_bytes"]),
+                megabytes(part["png_every_frame_bytes"]), megabytes(part["png_32_frames_256_bytes"]),
+                part["ratio_png_every_frame_to_shards"], part["ratio_png_32_frames_256_to_shards"]]
+
+    rows = [row("all", result)] + [row(name, part) for name, part in result.get("by_dataset", {}).items()]
+    return table(["set", "videos", "frames", "original", "shards", "PNG every frame", "PNG 32 x 256²",
+                  "PNG every frame / shards", "PNG 32 / shards"], rows) + [
+        "", f"Shard overhead over the original files: {result['shard_overhead']:.2%}."]
+
+
+def render_loader(result):
+    rows = [[row["method"], row["workers"], row["samples_per_s"], row["frames_per_s"], row["first_batch_s"]]
+            for row in result["results"]]
+    settings = result["settings"]
+    lines = [f"{result['data']['videos']} generated clips {settings['width']}x{settings['height']}, "
+             f"{settings['num_frames']} frames sampled per clip, crops {settings['image_size']}², batch "
+             f"{settings['batch_size']}, one process.", ""]
+    lines += table(["method", "workers", "samples/s", "frames/s", "first batch (s)"], rows)
+    return lines + ["", "Ratios (same run):"] + ratio_lines(result["ratios"]) + [""] + notes(result)
+
+
+def render_model(result):
+    rows = []
+    for case in result["cases"]:
+        for row in case["results"]:
+            times = row["step_times_s"]
+            rows.append([case["case"], f"{case['clips_per_step']}x{case['frames_per_clip']}", row["precision"],
+                         row["memory_format"], row["samples_per_s"], row["frames_per_s"], row["achieved_tflops"],
+                         row["mfu"], round(max(times) / min(times), 2)])
+    lines = [f"Step: {result['settings']['step']}; batch = clips x frames per clip; spread = slowest / fastest timed "
+             "block (large spreads mean the machine's load changed during the run: trust those ratios less).", ""]
+    lines += table(["case", "batch", "precision", "memory format", "clips/s", "frames/s", "TFLOP/s", "MFU", "spread"],
+                   rows)
+    lines += ["", "Ratios (same run):"]
+    for case in result["cases"]:
+        lines.append(f"- {case['case']}: " + ", ".join(f"`{k}` = {v}" for k, v in case["ratios"].items()))
+    reasons = {row["mfu_reason"] for case in result["cases"] for row in case["results"] if row["mfu_reason"]}
+    if reasons:
+        lines += ["", "MFU: " + "; ".join(sorted(reasons)) + "."]
+    for case in result["cases"]:
+        comparison = case.get("timm_comparison")
+        if comparison:
+            reference = comparison["timm"]
+            figures = ", ".join(f"{k} {v} img/s" for k, v in reference["images_per_s"].items())
+            lines.append(f"- timm's {case['case']} on {reference['device']} ({reference['precision']}): {figures}; "
+                         f"ratio here: {cell_text(comparison['ratio'])} ({comparison['reason']}).")
+    for skipped in result.get("skipped", []):
+        lines.append(f"- Skipped {skipped['case']}: {skipped['reason']}.")
+    return lines
+
+
+def render_model_stats(result):
+    rows = [[d["backbone"], d["timm_name"], d["head"], d["input_size"], d["frames"], d["params_backbone_m"],
+             d["params_head_m"], d["gflops_per_frame"], d["gflops_per_clip_train"]] for d in result["detectors"]]
+    return table(["backbone", "timm", "head", "size", "frames", "backbone M params", "head M params", "GFLOPs/frame",
+                  "GFLOPs/clip (train)"], rows)
+
+
+def render_train(result):
+    rows = [[mode, values["samples_per_s"], values["steps_per_s"], values["frames_per_s"],
+             values["epoch_samples_per_s"]] for mode, values in result["modes"].items()]
+    settings = result["settings"]
+    lines = [f"{settings['backbone']} + {settings['head']}, {settings['num_frames']} frames at {settings['image_size']}², "
+             f"batch {settings['batch_size']}, {settings['num_workers']} loader worker(s), engine {settings['engine']}, "
+             f"{settings['precision']}, {settings['steps_per_run']} steps per run, {settings['repeats']} run(s) per mode.",
+             ""]
+    lines += table(["mode", "samples/s", "steps/s", "frames/s", "whole-epoch samples/s"], rows)
+    goal = result["goal"]["real_over_synthetic_at_least"]
+    return lines + ["", "Ratios:"] + ratio_lines(result["ratios"], {"real_over_synthetic": goal}) + [""] + notes(result)
+
+
+def render_engine(result):
+    rows = [[name, values["engine"], values["zero_stage"], values["median_step_s"], values["samples_per_s"]]
+            for name, values in result["engines"].items()]
+    model = result["settings"]["model"]
+    lines = [f"{result['world_size']} processes ({result['backend']}, {result['threads_per_process']} threads each), "
+             f"{model['backbone']} + {model['head']} at {model['size']}², {model['clips']} clips x {model['frames']} "
+             f"frames per process, {result['settings']['precision']}.", ""]
+    lines += table(["variant", "engine", "ZeRO", "step (s)", "samples/s"], rows)
+    goal = result["goal"]["deepspeed_over_ddp_at_least"]
+    return lines + ["", "Ratios (DDP step time / DeepSpeed step time):"] + ratio_lines(
+        result["ratios"], {name: goal for name in result["ratios"]})
+
+
+def render_scaling(result):
+    measured = result["measured"]
+    rows = [[run["processes"], run["threads_per_process"], run["samples_per_s"], run["samples_per_s_per_process"],
+             run["speedup_over_1"], run["ideal_speedup"], run["efficiency"]] for run in measured["runs"]]
+    lines = [f"Measured (DDP, {measured['model']['backbone']}, weak scaling):", ""]
+    lines += table(["processes", "threads each", "samples/s", "per process", "speed-up", "ideal", "efficiency"], rows)
+    projection = result["projection"]
+    lines += ["", "Projection (written, not measured):", ""] + [f"> {line}" for line in projection["text"]]
+    for workload in projection["workloads"]:
+        lines += ["", f"{workload['workload']} — {workload['clips_per_s_per_gpu']} clips/s per GPU, "
+                      f"{workload['clips_per_gpu']} clips per GPU per step:", ""]
+        lines += table(["nodes", "GPUs", "all-reduce (s)", "efficiency (overlap)", "efficiency (no overlap)",
+                        "clips/s (overlap)", "DFDC epoch (min)"],
+                       [[row["nodes"], row["gpus"], row["allreduce_s"], row["efficiency_overlap"],
+                         row["efficiency_no_overlap"], row["clips_per_s_overlap"], row["dfdc_epoch_minutes_overlap"]]
+                        for row in workload["nodes"]])
+    return lines
+
+
+def render_generic(result):
+    scalars = {key: value for key, value in result.items() if isinstance(value, (int, float, str)) and key != "created"}
+    return ["No renderer is registered for this benchmark (benchmarks/results_table.py RENDERERS); its top-level "
+            "values:", ""] + [f"- `{key}`: {cell_text(value)}" for key, value in scalars.items()]
+
+
+# benchmark name (the JSON's "benchmark") -> (section title, renderer); the page follows this order.
+RENDERERS = {
+    "decode": ("Decode: 16 sampled frames per video", render_decode),
+    "storage": ("Storage: shards vs PNG face-crop stores", render_storage),
+    "loader": ("Loader: shards to normalised batches on the device", render_loader),
+    "model": ("Model: forward + backward throughput", render_model),
+    "model_stats": ("Model FLOPs and parameters", render_model_stats),
+    "train": ("Train end to end: real data vs a batch already on the device", render_train),
+    "engine": ("Engine: DeepSpeed ZeRO 0/1/2 vs DDP", render_engine),
+    "scaling": ("Scaling: processes here, projection to 8 GPUs x N nodes", render_scaling),
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def load_results(folder):
+    """[(path, result)] of every JSON result in ``folder``, in RENDERERS order, then by file name."""
+    order = list(RENDERERS)
+    loaded = [(path, json.loads(path.read_text())) for path in sorted(Path(folder).glob("*.json"))]
+    return sorted(loaded, key=lambda item: (order.index(item[1].get("benchmark")) if item[1].get("benchmark") in order
+                                            else len(order), item[0].name))
+
+
+def gpu_status_line(results):
+    """Which benchmarks have GPU figures, and an honest line about the ones that do not."""
+    with_gpu = sorted({result.get("benchmark") for _, result in results if result.get("machine", {}).get("gpu")})
+    measured = [name for name in RENDERERS if name not in ("model_stats", "storage")]  # CPU-only ones need no GPU run
+    missing = [name for name in measured if name not in with_gpu]
+    if not with_gpu:
+        return ("**No GPU figures yet**: no GPU was lent to the sessions that produced these results, so everything "
+                "below ran on a CPU (GPU decode with DALI/NVDEC, bf16 tensor-core throughput, MFU, NCCL scaling and "
+                "the loader-vs-GPU ratio are missing). On a GPU machine run `dfdtrain bench all --device cuda` and "
+                "commit the JSON it writes to benchmarks/results/.")
+    if missing:
+        return f"GPU figures exist for {', '.join(with_gpu)}; still missing on a GPU: {', '.join(missing)}."
+    return f"GPU figures exist for every benchmark ({', '.join(with_gpu)})."
+
+
+def render(results, folder_name="results"):
+    lines = ["# Benchmark results", "",
+             "Generated by `python benchmarks/results_table.py` (or `dfdtrain bench table`) from "
+             f"`benchmarks/{folder_name}/*.json`; do not edit by hand. Every ratio compares medians measured in the "
+             "same run; absolute CPU figures come from a shared 2-core machine and are noisy.", "",
+             gpu_status_line(results)]
+    for path, result in results:
+        title, renderer = RENDERERS.get(result.get("benchmark"), (f"{result.get('benchmark', path.stem)}", render_generic))
+        quick = " (quick mode)" if result.get("settings", {}).get("quick") else ""
+        seconds = result.get("seconds")
+        took = f" · {seconds} s" if isinstance(seconds, (int, float)) else ""
+        lines += ["", f"## {title}{quick}", "",
+                  f"`{folder_name}/{path.name}` · {result.get('created', 'date not recorded')}{took}", "",
+                  f"Device: {device_line(result)}", ""]
+        lines += renderer(result)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default=str(HERE / "results"), help="folder of JSON results")
+    parser.add_argument("--out", default=str(HERE / "RESULTS.md"), help="markdown file to write ('-': stdout)")
+    args = parser.parse_args(argv)
+    results = load_results(args.results)
+    if not results:
+        print(f"results_table: no JSON results in {args.results}", file=sys.stderr)
+        return 2
+    text = render(results, Path(args.results).name)
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out} ({len(results)} results)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

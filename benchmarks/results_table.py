@@ -186,6 +186,25 @@ def render_scaling(result):
     return lines
 
 
+def render_face_store(result):
+    rows = []
+    for name, part in [("all", result["overall"]), *result["by_dataset"].items()]:
+        for setting, summary in part["settings"].items():
+            rows.append([name, setting, part["videos"], megabytes(part["original_bytes"]),
+                         megabytes(summary["clip_bytes"]), summary["bytes_vs_original"], summary["png_vs_clip"],
+                         summary["decode_speedup_total"], summary["decode_speedup_min_per_video"],
+                         summary["psnr_db_mean"], summary["mean_abs_error_mean"], summary["mean_abs_error_max"]])
+    lines = table(["set", "setting", "videos", "original", "clips", "clips / original", "PNG / clips",
+                   "decode speed-up (total)", "worst video", "PSNR dB", "mean error /255", "worst /255"], rows)
+    met = result["overall"]["settings"]["default"]["goals_met"]
+    lines += ["", "Goals at the default setting (all videos): "
+              + ", ".join(f"`{goal}` {'met' if ok else 'NOT met'}" for goal, ok in met.items())]
+    missing = result["settings"].get("decode_unavailable") or {}
+    if missing:
+        lines += ["", "Not measured: " + "; ".join(f"{method}: {why}" for method, why in missing.items())]
+    return lines
+
+
 def render_generic(result):
     scalars = {key: value for key, value in result.items() if isinstance(value, (int, float, str)) and key != "created"}
     return ["No renderer is registered for this benchmark (benchmarks/results_table.py RENDERERS); its top-level "
@@ -202,6 +221,7 @@ RENDERERS = {
     "train": ("Train end to end: real data vs a batch already on the device", render_train),
     "engine": ("Engine: DeepSpeed ZeRO 0/1/2 vs DDP", render_engine),
     "scaling": ("Scaling: processes here, projection to 8 GPUs x N nodes", render_scaling),
+    "face_store": ("Face-clip store vs original videos: bytes, sampled decode, fidelity", render_face_store),
 }
 
 

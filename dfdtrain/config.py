@@ -36,6 +36,7 @@ class DataConfig:
     augment: bool = True
     input_transform: str = "rgb"  # rgb | ela (error-level analysis)
     dali_canvas: int = 0  # DALI: decode-time square resize, needed for mixed resolutions
+    face_track: str = "first"  # face-clip shards (shard --store faces): first | random track per training sample
 
 
 @dataclasses.dataclass

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import REPO, run_cli
 
-BENCHMARK_NAMES = ("decode", "storage", "loader", "model", "train", "engine", "scaling")
+BENCHMARK_NAMES = ("decode", "storage", "loader", "model", "train", "engine", "scaling", "face_store")
 MACHINE_KEYS = ("cpu", "cores", "cores_usable", "gpu", "python", "av", "numpy", "torch", "nvidia_dali", "timm",
                 "deepspeed")
 
@@ -154,6 +154,17 @@ def test_quick_storage_compares_shards_with_png_stores(quick_results):
     assert result["videos"] == 1
     assert_positive(result, "shard_bytes", "png_every_frame_bytes", "png_32_frames_256_bytes",
                     "ratio_png_every_frame_to_shards", "ratio_png_32_frames_256_to_shards")
+
+
+def test_quick_face_store_compares_original_and_face_clip_shards(quick_results):
+    result = quick_results["face_store"]
+    assert len(result["videos"]) == 2 and set(result["by_dataset"]) == {"dfdc", "ffpp"}
+    for setting in ("default", "all_intra"):
+        summary = result["overall"]["settings"][setting]
+        assert_positive(summary, "clip_bytes", "bytes_vs_original", "png_vs_clip", "decode_speedup_total",
+                        "psnr_db_mean", "mean_abs_error_mean")
+        assert set(summary["goals_met"]) == {"decode_speedup_total>=10", "bytes_vs_original<=1", "png_vs_clip>=20",
+                                             "mean_abs_error_max<=2"}
 
 
 def test_results_table_renders_every_quick_result(quick_results, tmp_path):

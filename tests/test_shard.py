@@ -115,6 +115,25 @@ def test_bad_videos_are_skipped_counted_and_the_rest_kept(tmp_path):
         {"folder_real_good1", "folder_real_good2", "folder_fake_good3"}
 
 
+def test_a_shard_whose_every_video_is_skipped_is_written_empty(tmp_path):
+    from dfdtrain.data.dali import is_empty_tar
+
+    data_root = tmp_path / "data"
+    place_video(data_root / "real" / "good.mp4")
+    place_video(data_root / "fake" / "zero.mp4")
+    rows, summary = build_manifest("folder", data_root, IndexOptions(), val_fraction=0, test_fraction=0,
+                                   progress=False)
+    write_manifest(tmp_path / "m.jsonl", rows, summary)
+    (data_root / "fake/zero.mp4").write_bytes(b"")
+    index = write_shards(tmp_path / "m.jsonl", tmp_path / "shards", target_bytes=1, progress=False)  # 1 video a shard
+    assert index["totals"]["samples"] == 1 and index["totals"]["skipped"] == 1
+    tars = sorted((tmp_path / "shards").glob("*.tar"))
+    empty = [tar for tar in tars if is_empty_tar(tar)]
+    assert len(tars) == 2 and len(empty) == 1
+    assert not os.path.exists(dali_index_path(empty[0]))  # DALI refuses an empty index; its pipeline skips the tar
+    assert set(read_back(tars)) == {"folder_real_good"}
+
+
 def test_rerun_resumes_and_rewrites_only_missing_shards(tmp_path, ffpp_manifest):
     first = write_shards(ffpp_manifest, tmp_path, target_bytes=1_500_000, progress=False)
     stamps = {path.name: (path.stat().st_ino, path.stat().st_mtime_ns) for path in tmp_path.glob("*.tar")}

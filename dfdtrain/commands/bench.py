@@ -20,7 +20,8 @@ from pathlib import Path
 from dfdtrain.cli import OneLineArgumentParser
 from dfdtrain.errors import DfdError
 
-HELP = "run a throughput benchmark (decode, storage, loader, model, train, engine, scaling, all) or render the table"
+HELP = ("run a throughput benchmark (decode, storage, loader, model, train, engine, scaling, face_store, all) "
+        "or render the table")
 
 # benchmark name -> its script in benchmarks/; `all` runs them in this order.
 BENCHMARKS = {
@@ -31,6 +32,7 @@ BENCHMARKS = {
     "train": "train.py",
     "engine": "engine.py",
     "scaling": "scaling.py",
+    "face_store": "face_store.py",  # original vs face-clip shards (issue 8): bytes, sampled decode, fidelity
 }
 # Their work runs on the CPU whatever the device (MTCNN at shard time, PNG encoding): no --device, and `all`
 # runs them only for a CPU result.

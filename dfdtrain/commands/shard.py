@@ -1,12 +1,12 @@
-"""dfdtrain shard: manifest.jsonl -> WebDataset tar shards (original bytes) + DALI indexes + index.json."""
+"""dfdtrain shard: manifest.jsonl -> WebDataset tar shards (original bytes or face clips), DALI indexes, index.json."""
 
 import json
 import sys
 
-from dfdtrain.data.shard import DEFAULT_TARGET_BYTES, format_index, write_shards
+from dfdtrain.data.shard import DEFAULT_TARGET_BYTES, STORES, format_index, write_shards
 from dfdtrain.errors import DfdError
 
-HELP = "write WebDataset tar shards (<split>-%%06d.tar) of the original videos from a manifest"
+HELP = "write WebDataset tar shards (<split>-%%06d.tar) of the original videos or their face clips from a manifest"
 _UNITS = {"k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 
 
@@ -22,26 +22,68 @@ def parse_size(text):
 
 
 def add_arguments(parser):
+    from dfdtrain.data.face_clips import CLIP_CODECS, DEFAULT_CRF, NO_FACE_POLICIES, PIXEL_FORMATS, FaceClipOptions
+    from dfdtrain.data.tracks import TrackOptions
+
+    clip_defaults, track_defaults = FaceClipOptions(), TrackOptions()
     parser.add_argument("--manifest", required=True, help="manifest.jsonl from 'dfdtrain index'")
     parser.add_argument("--out", required=True, help="output folder for the shards and index.json")
     parser.add_argument("--shard-size", default=str(DEFAULT_TARGET_BYTES),
-                        help="target bytes per shard, e.g. 1G (default) or 300M")
+                        help="target bytes per shard (of source video), e.g. 1G (default) or 300M")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample order across shards (default 0)")
     parser.add_argument("--workers", type=int, default=1, help="processes that read, check and detect faces")
     parser.add_argument("--faces", choices=("none", "mtcnn"), default="none",
-                        help="detect faces at shard time and store per-frame boxes (default none)")
+                        help="detect faces at shard time and store per-frame boxes (default none; "
+                             "--store faces always detects, with mtcnn)")
     parser.add_argument("--face-frames", type=int, default=16, help="frames per video to run the face detector on")
     parser.add_argument("--allow-leakage", action="store_true", help="shard a manifest whose groups span splits")
     parser.add_argument("--json", action="store_true", help="print index.json's content as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    faces = parser.add_argument_group("face-clip store (--store faces)")
+    faces.add_argument("--store", choices=STORES, default="original",
+                       help="original: the video's bytes, untouched (default); faces: each face track cropped to a "
+                            "square and re-encoded as a short-GOP clip (about 10x faster sampled decoding)")
+    faces.add_argument("--face-size", type=int, default=clip_defaults.size,
+                       help=f"clip side in pixels, e.g. the backbone's input size (default {clip_defaults.size})")
+    faces.add_argument("--face-codec", choices=tuple(CLIP_CODECS), default=clip_defaults.codec,
+                       help="h264 (DALI/NVDEC on a GPU, PyAV on a CPU; default) or vp9 (webm: DALI on a CPU too)")
+    faces.add_argument("--face-crf", type=int, default=None,
+                       help=f"quality, lower is better, 0 lossless (default {DEFAULT_CRF['h264']} for h264, "
+                            f"{DEFAULT_CRF['vp9']} for vp9)")
+    faces.add_argument("--face-gop", type=int, default=clip_defaults.gop,
+                       help=f"keyframe every N frames, 1 = all-intra (default {clip_defaults.gop})")
+    faces.add_argument("--face-pix-fmt", choices=PIXEL_FORMATS, default=clip_defaults.pix_fmt,
+                       help="yuv420p (default; NVDEC decodes it) or yuv444p (full chroma, CPU decoders only)")
+    faces.add_argument("--face-margin", type=float, default=track_defaults.margin,
+                       help="crop window growth per side, as a fraction of the face size (default 1/3)")
+    faces.add_argument("--detect-every", type=int, default=track_defaults.detect_every,
+                       help=f"run the face detector on every N-th frame (default {track_defaults.detect_every})")
+    faces.add_argument("--max-tracks", type=int, default=track_defaults.max_tracks,
+                       help=f"face tracks (people) kept per video, largest first (default {track_defaults.max_tracks})")
+    faces.add_argument("--no-face", choices=NO_FACE_POLICIES, default=clip_defaults.no_face,
+                       help="a video without a face track: keep a centre-square clip (default) or skip it")
+
+
+def face_clip_options(args):
+    from dfdtrain.data.face_clips import FaceClipOptions
+    from dfdtrain.data.tracks import TrackOptions
+
+    try:
+        tracks = TrackOptions(detect_every=args.detect_every, max_tracks=args.max_tracks, margin=args.face_margin)
+        return FaceClipOptions(size=args.face_size, codec=args.face_codec, crf=args.face_crf, gop=args.face_gop,
+                               pix_fmt=args.face_pix_fmt, no_face=args.no_face, tracks=tracks)
+    except ValueError as error:
+        raise DfdError(f"face-clip options: {error}") from None
 
 
 def run(args):
     if args.workers < 1 or args.face_frames < 1:
         raise DfdError("--workers and --face-frames must be at least 1")
+    clip_options = face_clip_options(args) if args.store == "faces" else None
     index = write_shards(args.manifest, args.out, target_bytes=parse_size(args.shard_size), seed=args.seed,
                          workers=args.workers, face_detector=None if args.faces == "none" else args.faces,
-                         face_frames=args.face_frames, allow_leakage=args.allow_leakage, progress=not args.quiet)
+                         face_frames=args.face_frames, allow_leakage=args.allow_leakage, progress=not args.quiet,
+                         store=args.store, face_clip_options=clip_options)
     if args.json:
         json.dump(index, sys.stdout, indent=2)
         print()

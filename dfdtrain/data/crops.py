@@ -5,6 +5,7 @@ linearly interpolated (held at the ends). The crop region is the box grown by ``
 every side (the DFDC winner used about 1/3), then made square around its centre; the crop is resized
 isotropically to ``size`` and padded, so faces keep their aspect ratio. Regions outside the frame are
 padded with zeros. Works on uint8 torch tensors on the CPU or the GPU.
+A face-clip sample (``store: "faces"``) was cropped at shard time: its whole frame is the region, whatever the mode.
 """
 
 import numpy as np
@@ -53,6 +54,9 @@ def crop_regions(meta, indices, width, height, mode="face", margin=1 / 3):
     """The region [n,4] to crop on each sampled frame, and whether it came from face boxes."""
     if mode not in CROP_MODES:
         raise ValueError(f"crop mode must be one of {', '.join(CROP_MODES)}, not {mode!r}")
+    if meta.get("store") == "faces":
+        # a face-clip sample (``shard --store faces``) is already the square face crop: take the whole frame
+        return np.tile(np.asarray([0, 0, width, height], dtype=float), (len(indices), 1)), not meta.get("no_face")
     if mode == "full":
         return np.tile(np.asarray([0, 0, width, height], dtype=float), (len(indices), 1)), False
     boxes = boxes_for_frames(meta.get("faces"), indices) if mode == "face" else None

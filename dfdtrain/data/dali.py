@@ -31,6 +31,7 @@ import json
 import math
 import os
 import re
+import tarfile
 import threading
 
 import numpy as np
@@ -203,6 +204,11 @@ def _decode_failure(name, error):
 
 
 # ------------------------------------------------------------------------------------ the shard pipeline
+def is_empty_tar(path):
+    with tarfile.open(path) as tar:
+        return tar.next() is None
+
+
 def read_shard_index(shard_path):
     """The DALI index beside a tar as [[(extension, offset, size, member name), ...] per sample]."""
     index_path = dali_index_path(shard_path)
@@ -284,6 +290,11 @@ def build_dali_shard_pipeline(shard_paths, batch_size, num_frames, shard_id=0, n
     and the json member as uint8 bytes [B, n]. ``mode``/``stride``/``every``: the sampler (SamplerConfig).
     ``resize=(H, W)`` resizes every frame in the pipeline (needed when a batch mixes resolutions).
 
+    Face-clip shards (``shard --store faces``) need nothing special: ``<key>.mp4``/``<key>.webm`` is track 0's
+    short-GOP clip and the json's ``frames`` its frame count, so frames are sampled in clip time and
+    ``fn.decoders.video`` decodes only the GOPs holding them; further tracks (``<key>.track1.mp4``...) have
+    other extensions, which the reader does not ask for.
+
     Reader: ``fn.readers.webdataset`` over the tars with their ``.idx`` files, one sample = ``<key>.<video
     ext>`` + ``<key>.json``; DALI splits the sample list (tars in the given order) into ``num_shards``
     contiguous parts, part i = samples [i*N//S, (i+1)*N//S).
@@ -299,7 +310,10 @@ def build_dali_shard_pipeline(shard_paths, batch_size, num_frames, shard_id=0, n
     device = resolve_device(device)
     if device == "gpu" and device_id is None:
         device_id = torch.cuda.current_device()
-    shard_paths = [os.fspath(path) for path in shard_paths]
+    # a tar whose every video was skipped at shard time has no samples and no DALI index
+    shard_paths = [os.fspath(path) for path in shard_paths if not is_empty_tar(path)]
+    if not shard_paths:
+        raise DfdError("no samples in the shards given to the DALI pipeline (every video was skipped at shard time)")
     if random_shuffle is None:
         random_shuffle = train
     sampler = SamplerConfig(mode=mode, num_frames=num_frames, stride=stride, every=every)

@@ -146,6 +146,9 @@ class SequentialDecoder:
 # pyav: decode only the GOPs that hold wanted frames
 
 
+SHORT_GOP_PACKETS = 16  # mean GOP length up to which the pyav decoder uses slice threads only
+
+
 class _NeedSequential(Exception):
     """The stream's timestamps or keyframe flags cannot be trusted for skipping: decode from the start."""
 
@@ -182,9 +185,10 @@ class PyAVDecoder:
         self.stats["videos"] += 1
         with open_video(data, name) as container:
             stream = container.streams.video[0]
-            stream.thread_type = self.thread_type
-            stream.thread_count = self.thread_count
             packets, demux_error = self._demux(container, stream, name)
+            # set before the first decode opens the codec
+            stream.thread_type = self._thread_type_for(packets)
+            stream.thread_count = self.thread_count
             try:
                 frames = self._decode_runs(stream, packets, indices, name, demux_error)
             except _NeedSequential:
@@ -193,6 +197,15 @@ class PyAVDecoder:
             self.stats["sequential_fallbacks"] += 1
             return SequentialDecoder(self.thread_type, self.thread_count).read(data, indices, name=name)
         return np.stack([frames[index] for index in indices])
+
+    def _thread_type_for(self, packets):
+        """``AUTO`` (frame + slice threads) unless the GOPs are short: frame threading holds frames back at every
+        flush, so on a short-GOP clip (a face clip, keyframe every few frames) it decodes more packets than it
+        saves; there slice threads only."""
+        if self.thread_type != "AUTO":
+            return self.thread_type
+        keyframes = sum(1 for packet in packets if packet.is_keyframe)
+        return "SLICE" if len(packets) <= SHORT_GOP_PACKETS * max(keyframes, 1) else "AUTO"
 
     @staticmethod
     def _demux(container, stream, name):

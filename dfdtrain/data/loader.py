@@ -35,6 +35,7 @@ from dfdtrain.data.video import probe
 from dfdtrain.errors import BadVideo, DfdError
 
 NOT_VIDEO_FIELDS = ("__key__", "__url__", "__local_path__", "json")
+FACE_TRACK_CHOICES = ("first", "random")
 
 
 @dataclasses.dataclass
@@ -51,7 +52,12 @@ class LoaderConfig:
     epoch_samples: int = 0  # training samples per epoch over all ranks; 0 = the shards' sample count
     class_balance: bool = False  # resample the stream to equal real/fake counts (pyav/torchcodec path)
     dali_canvas: int = 0  # DALI path: resize decoded frames to this square first (needed for mixed sizes)
+    face_track: str = "first"  # face-clip shards: first (track 0) | random (any stored track, training only)
     seed: int = 0
+
+    def __post_init__(self):
+        if self.face_track not in FACE_TRACK_CHOICES:
+            raise DfdError(f"face_track must be one of {', '.join(FACE_TRACK_CHOICES)}, not {self.face_track!r}")
 
 
 def loader_config(data, shards, image_size, seed=0):
@@ -60,7 +66,8 @@ def loader_config(data, shards, image_size, seed=0):
                         sampler=SamplerConfig(data.sampler, data.num_frames, data.stride, data.every),
                         image_size=image_size, crop=data.crop, margin=data.margin, decoder=data.decoder,
                         shuffle_buffer=data.shuffle_buffer, epoch_samples=data.epoch_samples,
-                        class_balance=data.class_balance, seed=seed, dali_canvas=data.dali_canvas)
+                        class_balance=data.class_balance, seed=seed, dali_canvas=data.dali_canvas,
+                        face_track=data.face_track)
 
 
 def expand_shards(spec):
@@ -177,11 +184,8 @@ class ClipDecoder:
             from dfdtrain.data.decoders import build_decoder
 
             self.decoder = build_decoder(self.config.decoder)
-        meta = sample["meta"]
         key = sample["__key__"]
-        video_field = next((field for field in sample if field not in NOT_VIDEO_FIELDS + ("meta",)), None)
-        if video_field is None:
-            raise BadVideo(key, "unreadable", "sample has no video member")
+        meta, video_field = self._video_member(sample, rng)
         data, name = sample[video_field], f"{key}.{video_field}"
         indices, mask = sample_indices(meta["frames"], self.config.sampler, rng)
         if len(indices) == 0:
@@ -201,10 +205,30 @@ class ClipDecoder:
         size = self.config.image_size
         clip = torch.zeros((self.config.sampler.num_frames, size, size, 3), dtype=torch.uint8)
         clip[: len(indices)] = crop_and_resize(frames, regions, size)
-        meta = {k: v for k, v in meta.items() if k != "faces"}  # boxes are used; keep the batch light
+        if "track" in meta:  # a face clip: where the sampled frames came from in the source video
+            meta["source_frame_indices"] = [meta["track"]["source_frames"][index] for index in indices]
+        meta = {k: v for k, v in meta.items() if k not in ("faces", "tracks", "track")}  # used; keep the batch light
         meta.update(frame_indices=indices.tolist(), face_crop=from_faces)
         return {"frames": clip, "mask": torch.from_numpy(mask), "label": float(meta["label"]), "key": key,
                 "meta": meta}
+
+    def _video_member(self, sample, rng):
+        """(meta, field of the video to decode). A face-clip sample holds one clip per face track: track 0
+        (or, in training with ``face_track="random"``, any track), whose frame count the sampler then uses."""
+        meta = sample["meta"]
+        if meta.get("store") == "faces":
+            tracks = meta["tracks"]
+            choice = 0
+            if self.config.face_track == "random" and rng is not None:
+                choice = int(rng.integers(len(tracks)))
+            track = tracks[choice]
+            if track["member"] not in sample:
+                raise BadVideo(sample["__key__"], "unreadable", f"face-clip sample lacks its {track['member']} member")
+            return {**meta, "frames": track["frames"], "track_id": track["id"], "track": track}, track["member"]
+        video_field = next((field for field in sample if field not in NOT_VIDEO_FIELDS + ("meta",)), None)
+        if video_field is None:
+            raise BadVideo(sample["__key__"], "unreadable", "sample has no video member")
+        return meta, video_field
 
 
 class EmbeddingReader:

@@ -2,6 +2,10 @@
 
 Each sample is ``<key>.<ext>`` holding the original video bytes, untouched, and ``<key>.json`` holding the
 manifest row (label, dataset, group, split, probe fields) and, with a face detector, per-frame face boxes.
+With ``store="faces"`` a sample instead holds each face track as a short-GOP square clip (``<key>.mp4`` for
+track 0, ``<key>.track1.mp4``...; see ``dfdtrain.data.face_clips``) and the json maps it back to the source;
+index.json then aggregates the clips' fidelity, and videos skipped for having no face are named with
+reason ``no-face``.
 
 The plan (which video goes into which shard) depends only on the manifest, the seed and the target size,
 so a re-run resumes: a shard whose tar and record (``.parts/<shard>.json``) exist with the same plan is
@@ -11,6 +15,7 @@ reason in index.json (unreadable, zero-length, undecodable, truncated).
 """
 
 import collections
+import dataclasses
 import hashlib
 import io
 import json
@@ -33,6 +38,7 @@ from dfdtrain.fileio import atomic_open, read_json, read_jsonl, write_json
 REQUIRED_FIELDS = ("key", "path", "root", "label", "dataset", "group", "split")
 DEFAULT_TARGET_BYTES = 1 << 30
 RECORDS_FOLDER = ".parts"
+STORES = ("original", "faces")
 
 
 def load_manifest(path):
@@ -103,8 +109,11 @@ def _worker_init():
     torch.set_num_threads(1)  # one process per core; threads inside would oversubscribe
 
 
-def prepare_sample(row, face_detector=None, face_frames=16):
-    """Read and re-check one video; returns (key, ext, bytes, json meta) or a skip record."""
+def prepare_sample(row, face_detector=None, face_frames=16, face_clips=None):
+    """Read and re-check one video; returns {key, members: [(extension, bytes)], meta} or a skip record.
+
+    ``face_clips`` (FaceClipOptions): store the video's face tracks as short-GOP clips instead of its bytes.
+    """
     path = os.path.join(row["root"], row["path"])
     ext = os.path.splitext(row["path"])[1].lower().lstrip(".") or "bin"
     try:
@@ -115,13 +124,23 @@ def prepare_sample(row, face_detector=None, face_frames=16):
             raise BadVideo(path, "unreadable", error.strerror or str(error)) from None
         info = probe(data, name=path)
         meta = {**row, **info}
+        if face_clips is not None:
+            from dfdtrain.data.face_clips import NoFace, make_face_clips
+
+            try:
+                members, fields = make_face_clips(data, path, info, _face_detector(face_detector or "mtcnn"),
+                                                  face_clips)
+            except NoFace:
+                return {"skip": {"key": row["key"], "path": path, "reason": "no-face",
+                                 "detail": "no face track found (--no-face skip)"}}
+            return {"key": row["key"], "members": members, "meta": {**meta, **fields}}
         if face_detector:
             from dfdtrain.data.faces import detect_faces
 
             meta["faces"] = detect_faces(data, face_frames, _face_detector(face_detector), info["frames"])
     except BadVideo as error:
         return {"skip": {"key": row["key"], "path": path, "reason": error.reason, "detail": error.detail}}
-    return {"key": row["key"], "ext": ext, "data": data, "meta": meta}
+    return {"key": row["key"], "members": [(ext, data)], "meta": meta}
 
 
 def _prepare(job):
@@ -154,6 +173,7 @@ class TarShardWriter:
     def __init__(self, path):
         self.path = Path(path)
         self.bytes = self.sha256 = None
+        self.members = 0
 
     def __enter__(self):
         self._atomic = atomic_open(self.path, "wb")
@@ -162,6 +182,7 @@ class TarShardWriter:
         return self
 
     def add(self, key, extension, data):
+        self.members += 1
         info = tarfile.TarInfo(f"{key}.{extension}")
         info.size, info.mode, info.mtime = len(data), 0o444, 0
         self._tar.addfile(info, io.BytesIO(data))
@@ -171,13 +192,28 @@ class TarShardWriter:
         self._atomic.__exit__(kind, error, traceback)
         if kind is None:
             self.bytes, self.sha256 = self._hashing.size, self._hashing.sha256.hexdigest()
-            write_dali_index(self.path, dali_index_path(self.path))
+            if self.members:
+                write_dali_index(self.path, dali_index_path(self.path))
+            else:  # every video of the shard was skipped: DALI refuses an empty index; its loader skips the tar
+                Path(dali_index_path(self.path)).unlink(missing_ok=True)
         return False
 
 
 def write_shards(manifest, out_dir, target_bytes=DEFAULT_TARGET_BYTES, seed=0, workers=1, face_detector=None,
-                 face_frames=16, allow_leakage=False, progress=True):
-    """Write the shards of ``manifest`` (path or rows) into ``out_dir``; returns the index.json dict."""
+                 face_frames=16, allow_leakage=False, progress=True, store="original", face_clip_options=None):
+    """Write the shards of ``manifest`` (path or rows) into ``out_dir``; returns the index.json dict.
+
+    ``store``: "original" (the video's bytes, untouched) or "faces" (its face tracks as short-GOP clips, see
+    ``dfdtrain.data.face_clips``; ``face_clip_options`` a FaceClipOptions, default settings if None).
+    """
+    if store not in STORES:
+        raise DfdError(f"store must be one of {', '.join(STORES)}, not {store!r}")
+    face_clips = None
+    if store == "faces":
+        from dfdtrain.data.face_clips import FaceClipOptions
+
+        face_clips = face_clip_options or FaceClipOptions()
+        face_detector = face_detector or "mtcnn"
     rows = load_manifest(manifest) if isinstance(manifest, (str, os.PathLike)) else list(manifest)
     source = str(manifest) if isinstance(manifest, (str, os.PathLike)) else "manifest"
     leaks = leaking_groups(rows)
@@ -191,7 +227,9 @@ def write_shards(manifest, out_dir, target_bytes=DEFAULT_TARGET_BYTES, seed=0, w
     records_dir = out_dir / RECORDS_FOLDER
     records_dir.mkdir(parents=True, exist_ok=True)
     options = {"seed": seed, "target_bytes": target_bytes, "face_detector": face_detector,
-               "face_frames": face_frames if face_detector else None}
+               "face_frames": face_frames if face_detector and store == "original" else None, "store": store}
+    if face_clips is not None:
+        options["face_clips"] = dataclasses.asdict(face_clips)  # in the plan hash: new settings rewrite shards
     plan = plan_shards(rows, target_bytes, seed)
     started = time.time()
 
@@ -207,7 +245,7 @@ def write_shards(manifest, out_dir, target_bytes=DEFAULT_TARGET_BYTES, seed=0, w
         pending.append((name, split, members, digest))
     _remove_stale_shards(out_dir, {name for name, _, _ in plan})
 
-    jobs = [(row, face_detector, face_frames) for _, _, members, _ in pending for row in members]
+    jobs = [(row, face_detector, face_frames, face_clips) for _, _, members, _ in pending for row in members]
     bar = tqdm(total=len(jobs), desc="shard", unit="video", disable=not progress, mininterval=0.5)
     pool = multiprocessing.get_context("spawn").Pool(workers, _worker_init) if workers > 1 and jobs else None
     try:
@@ -230,7 +268,7 @@ def write_shards(manifest, out_dir, target_bytes=DEFAULT_TARGET_BYTES, seed=0, w
 
 def _write_one_shard(tar_path, split, members, digest, results, bar):
     labels = collections.Counter()
-    skipped, samples = [], 0
+    skipped, samples, face_samples = [], 0, []
     with TarShardWriter(tar_path) as shard:
         for _ in members:
             result = next(results)
@@ -238,13 +276,43 @@ def _write_one_shard(tar_path, split, members, digest, results, bar):
             if "skip" in result:
                 skipped.append(result["skip"])
                 continue
-            shard.add(result["key"], result["ext"], result["data"])
+            for extension, data in result["members"]:
+                shard.add(result["key"], extension, data)
             shard.add(result["key"], "json", json.dumps(result["meta"]).encode())
             labels[str(result["meta"]["label"])] += 1
             samples += 1
-    return {"name": tar_path.name, "split": split, "plan_hash": digest, "samples": samples,
-            "labels": dict(sorted(labels.items())), "bytes": shard.bytes, "sha256": shard.sha256,
-            "dali_index": os.path.basename(dali_index_path(tar_path)), "skipped": skipped}
+            if result["meta"].get("store") == "faces":
+                face_samples.append(face_clip_summary(result["meta"]))
+    record = {"name": tar_path.name, "split": split, "plan_hash": digest, "samples": samples,
+              "labels": dict(sorted(labels.items())), "bytes": shard.bytes, "sha256": shard.sha256,
+              "dali_index": os.path.basename(dali_index_path(tar_path)) if shard.members else None,
+              "skipped": skipped}
+    if face_samples:
+        record["face_clips"] = face_samples
+    return record
+
+
+def face_clip_summary(meta):
+    """What index.json keeps of one face-clip sample: sizes, tracks and fidelity (vs the source crops)."""
+    return {"key": meta["key"], "source_bytes": meta["source"]["bytes"], "clip_bytes": meta["bytes"],
+            "tracks": len(meta["tracks"]), "no_face": meta["no_face"], **meta["fidelity"]}
+
+
+def aggregate_face_clips(summaries):
+    """index.json's ``face_clips``: totals and the fidelity of the stored clips vs the decoded source crops
+    (per video it is in each sample's json and in the shard records)."""
+    if not summaries:
+        return None
+    errors = [item["mean_abs_error"] for item in summaries]
+    worst = max(summaries, key=lambda item: item["mean_abs_error"])
+    return {"videos": len(summaries), "no_face": sum(item["no_face"] for item in summaries),
+            "tracks": sum(item["tracks"] for item in summaries),
+            "source_bytes": sum(item["source_bytes"] for item in summaries),
+            "clip_bytes": sum(item["clip_bytes"] for item in summaries),
+            "psnr_db_mean": round(sum(item["psnr_db"] for item in summaries) / len(summaries), 3),
+            "psnr_db_min": min(item["psnr_db"] for item in summaries),
+            "mean_abs_error_mean": round(sum(errors) / len(errors), 4),
+            "mean_abs_error_max": worst["mean_abs_error"], "worst_key": worst["key"]}
 
 
 def _remove_stale_shards(out_dir, planned_names):
@@ -257,7 +325,7 @@ def _remove_stale_shards(out_dir, planned_names):
 
 
 def _build_index(plan, records, options, source, resumed, seconds):
-    shards = [{key: value for key, value in records[name].items() if key not in ("plan_hash", "skipped")}
+    shards = [{key: value for key, value in records[name].items() if key not in ("plan_hash", "skipped", "face_clips")}
               for name, _, _ in plan]
     skipped = [item for name, _, _ in plan for item in records[name]["skipped"]]
     per_split = collections.defaultdict(lambda: {"shards": 0, "samples": 0, "bytes": 0, "labels": collections.Counter()})
@@ -267,10 +335,11 @@ def _build_index(plan, records, options, source, resumed, seconds):
         totals["samples"] += shard["samples"]
         totals["bytes"] += shard["bytes"]
         totals["labels"].update(shard["labels"])
-    return {
+    index = {
         "format": "dfdtrain-shards/1",
         "created_by": f"dfdtrain {__version__}",
         "manifest": source,
+        "store": options["store"],
         "options": options,
         "shards": shards,
         "splits": {split: {**totals, "labels": dict(sorted(totals["labels"].items()))}
@@ -280,6 +349,10 @@ def _build_index(plan, records, options, source, resumed, seconds):
                    "resumed_shards": resumed, "seconds": round(seconds, 2)},
         "skipped": skipped,
     }
+    face_clips = aggregate_face_clips([item for name, _, _ in plan for item in records[name].get("face_clips", [])])
+    if face_clips:
+        index["face_clips"] = face_clips
+    return index
 
 
 def format_index(index):
@@ -289,6 +362,13 @@ def format_index(index):
     for split, totals in index["splits"].items():
         labels = ", ".join(f"{'fake' if label == '1' else 'real'} {count}" for label, count in totals["labels"].items())
         lines.append(f"  {split:<6} {totals['shards']:>4} shards {totals['samples']:>7} videos ({labels})")
+    face_clips = index.get("face_clips")
+    if face_clips:
+        lines.append(f"face clips: {face_clips['tracks']} tracks, {face_clips['clip_bytes'] / 1e6:.1f} MB from "
+                     f"{face_clips['source_bytes'] / 1e6:.1f} MB of source video; fidelity vs the source crops: "
+                     f"PSNR {face_clips['psnr_db_mean']:.1f} dB, "
+                     f"mean error {face_clips['mean_abs_error_mean']:.2f}/255 "
+                     f"(worst {face_clips['mean_abs_error_max']:.2f}); {face_clips['no_face']} without a face")
     if index["skipped"]:
         lines.append(f"skipped {len(index['skipped'])}:")
         lines += [f"  {item['path']}: {item['reason']}" + (f" ({item['detail']})" if item["detail"] else "")

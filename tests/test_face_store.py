@@ -1,0 +1,179 @@
+"""shard --store faces on real FF++ videos: samples and mapping, index.json, resume, CLI, loaders (PyAV, DALI
+VP9) and a real training run through the same engine."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+
+from conftest import SMALL_CLIP, run_cli
+from dfdtrain.data.crops import crop_and_resize
+from dfdtrain.data.decoders import build_decoder
+from dfdtrain.data.face_clips import FaceClipOptions
+from dfdtrain.data.loader import ClipDecoder, LoaderConfig, VideoLoader
+from dfdtrain.data.sampler import SamplerConfig
+from dfdtrain.data.shard import write_shards
+from dfdtrain.data.tracks import TrackOptions
+from dfdtrain.data.video import probe
+from dfdtrain.fileio import read_json
+from test_face_clips import no_face_clip
+
+pytest.importorskip("facenet_pytorch")
+
+YOUTUBE = "ffpp/original_sequences/youtube/c40/videos"
+SIZE = 64
+
+
+def row(key, root, path, label, group, split):
+    return {"key": key, "path": path, "root": str(root), "label": label, "dataset": "test", "group": group,
+            "split": split}
+
+
+@pytest.fixture(scope="module")
+def face_shards(tmp_path_factory, fixtures):
+    """Face-clip shards of real FF++ clips (585 has two people), generated face-less clips (labelled fake: the
+    splits need both labels, and MTCNN on real videos is what costs test time) and a cut-off video."""
+    root = tmp_path_factory.mktemp("face_store")
+    no_face_clip(root / "plain.mp4")
+    no_face_clip(root / "plain2.mp4", frames=24)
+    (root / "cut.mp4").write_bytes(SMALL_CLIP.read_bytes()[:100_000])
+    rows = [row("real469", fixtures, f"{YOUTUBE}/469.mp4", 0, "469", "train"),
+            row("plain", root, "plain.mp4", 1, "plain", "train"),
+            row("cut", root, "cut.mp4", 0, "cut", "train"),
+            row("real585", fixtures, f"{YOUTUBE}/585.mp4", 0, "585", "val"),
+            row("plain2", root, "plain2.mp4", 1, "plain2", "val")]
+    options = FaceClipOptions(size=SIZE, tracks=TrackOptions(detect_every=10, max_tracks=2))
+    index = write_shards(rows, root / "shards", progress=False, store="faces", face_clip_options=options)
+    return root / "shards", rows, options, index
+
+
+def read_samples(shards):
+    return {sample["__key__"]: sample for sample in
+            wds.WebDataset(sorted(str(path) for path in shards.glob("*.tar")), shardshuffle=False)}
+
+
+def test_samples_hold_clips_that_map_back_to_the_source(face_shards):
+    shards, rows, _, index = face_shards
+    samples = read_samples(shards)
+    assert sorted(samples) == ["plain", "plain2", "real469", "real585"]
+    for key, sample in samples.items():
+        meta = json.loads(sample["json"])
+        source = probe(next(r for r in rows if r["key"] == key)["root"] + "/" + meta["path"])
+        assert meta["store"] == "faces" and meta["source"]["frames"] == source["frames"]
+        assert (meta["width"], meta["height"], meta["codec"]) == (SIZE, SIZE, "h264")
+        assert meta["no_face"] == key.startswith("plain")
+        for number, track in enumerate(meta["tracks"]):
+            assert track["id"] == number and track["member"] == ("mp4" if number == 0 else f"track{number}.mp4")
+            clip = sample[track["member"]]
+            # the clip decodes to the recorded number of frames, one source frame and window for each
+            assert probe(clip, name=f"x.{track['member']}")["frames"] == track["frames"]
+            assert len(track["source_frames"]) == len(track["windows"]) == track["frames"]
+            assert track["source_frames"] == list(range(track["source_frames"][0], track["source_frames"][-1] + 1))
+            assert 0 <= track["source_frames"][0] and track["source_frames"][-1] < source["frames"]
+            assert track["fidelity"]["frames_compared"] > 0 and track["bytes"] == len(clip)
+        assert meta["frames"] == meta["tracks"][0]["frames"]
+        assert meta["encode"]["gop"] == 4 and meta["encode"]["size"] == SIZE
+    two = json.loads(samples["real585"]["json"])
+    assert len(two["tracks"]) == 2 and "track1.mp4" in samples["real585"]
+    # index.json: the store, the clips' fidelity, and the cut-off video named with its reason
+    assert index["store"] == "faces" and read_json(shards / "index.json") == index
+    faces = index["face_clips"]
+    assert faces["videos"] == 4 and faces["no_face"] == 2 and faces["tracks"] >= 5
+    assert 0 < faces["mean_abs_error_mean"] <= faces["mean_abs_error_max"] and faces["psnr_db_mean"] > 25
+    assert [(item["key"], item["reason"]) for item in index["skipped"]] == [("cut", "truncated")]
+
+
+def test_rerun_resumes_with_the_same_face_options(face_shards):
+    shards, rows, options, index = face_shards
+    again = write_shards(rows, shards, progress=False, store="faces", face_clip_options=options)
+    assert again["totals"]["resumed_shards"] == index["totals"]["shards"]
+    assert again["face_clips"] == index["face_clips"]
+    assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in index["shards"]]
+
+
+def test_clip_decoder_samples_in_clip_time_without_a_second_crop(face_shards):
+    shards, _, _, _ = face_shards
+    sample = read_samples(shards)["real585"]
+    sample["meta"] = json.loads(sample["json"])
+    config = LoaderConfig(sampler=SamplerConfig("uniform", 6), image_size=48, crop="face", decoder="pyav")
+    clip = ClipDecoder(config)(sample, None)
+    track = sample["meta"]["tracks"][0]
+    indices = clip["meta"]["frame_indices"]
+    assert max(indices) < track["frames"] and clip["meta"]["face_crop"] and clip["meta"]["track_id"] == 0
+    assert clip["meta"]["source_frame_indices"] == [track["source_frames"][i] for i in indices]
+    assert "tracks" not in clip["meta"]
+    frames = torch.from_numpy(build_decoder("pyav").read(sample["mp4"], indices, name="x.mp4"))
+    assert torch.equal(clip["frames"], crop_and_resize(frames, np.array([[0, 0, SIZE, SIZE]] * len(indices)), 48))
+    # training may draw any stored track; evaluation always takes track 0
+    random_tracks = ClipDecoder(LoaderConfig(sampler=SamplerConfig("uniform", 4), image_size=32, face_track="random"))
+    drawn = {random_tracks(sample, np.random.default_rng(seed))["meta"]["track_id"] for seed in range(8)}
+    assert drawn == {0, 1}
+
+
+def test_video_loader_reads_face_clip_shards(face_shards):
+    shards, _, _, _ = face_shards
+    config = LoaderConfig(shards=str(shards / "val-*.tar"), batch_size=2, num_workers=0,
+                          sampler=SamplerConfig("uniform", 4), image_size=32, crop="face", decoder="pyav")
+    batches = list(VideoLoader(config, train=False))
+    assert [sorted(batch["key"]) for batch in batches] == [["plain2", "real585"]]
+    assert batches[0]["frames"].shape == (2, 4, 3, 32, 32) and batches[0]["mask"].all()
+
+
+def test_dali_reads_vp9_face_clip_shards_like_pyav(tmp_path, fixtures):
+    pytest.importorskip("nvidia.dali", reason="nvidia-dali is not installed")
+    import dataclasses
+
+    no_face_clip(tmp_path / "plain.mp4")
+    rows = [row("real469", fixtures, f"{YOUTUBE}/469.mp4", 0, "469", "train"),
+            row("plain", tmp_path, "plain.mp4", 1, "plain", "train")]
+    options = FaceClipOptions(size=SIZE, codec="vp9", tracks=TrackOptions(detect_every=32))
+    write_shards(rows, tmp_path / "shards", progress=False, store="faces", face_clip_options=options)
+    config = LoaderConfig(shards=str(tmp_path / "shards" / "train-*.tar"), batch_size=2, num_workers=0,
+                          sampler=SamplerConfig("uniform", 5), image_size=32, crop="face")
+    pyav = {key: frames for batch in VideoLoader(config, train=False)
+            for key, frames in zip(batch["key"], batch["frames"])}
+    dali_loader = VideoLoader(dataclasses.replace(config, decoder="dali"), train=False)
+    assert dali_loader.dali is not None
+    dali = {key: frames for batch in dali_loader for key, frames in zip(batch["key"], batch["frames"])}
+    assert sorted(dali) == sorted(pyav) == ["plain", "real469"]
+    for key in pyav:  # DALI's YUV->RGB differs by ~1.6/255 on average (bilinear vs nearest chroma)
+        assert (dali[key] - pyav[key]).abs().mean() < 0.06, key
+
+
+def test_training_runs_on_face_clip_shards(face_shards, tmp_path):
+    shards, _, _, _ = face_shards
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "dfdtrain", "train", "--quiet", f"run_dir={run_dir}", "train.engine=ddp",
+         f"data.train_shards={shards}/train-*.tar", f"data.val_shards={shards}/val-*.tar",
+         "model.backbone=mobilenetv2_050", "model.head=gru", "model.head_options={hidden_size: 16, hidden: [8]}",
+         "data.num_frames=4", "data.image_size=48", "data.decoder=pyav", "data.batch_size=2", "data.num_workers=0",
+         "data.epoch_samples=4", "data.face_track=random", "train.epochs=1"],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("val" in json.dumps(record) for record in records)
+    assert (run_dir / "checkpoints" / "last").exists()
+
+
+def test_shard_cli_face_store_skips_faceless_videos_when_asked(tmp_path, fixtures):
+    no_face_clip(tmp_path / "plain.mp4")
+    rows = [row("real469", fixtures, f"{YOUTUBE}/469.mp4", 0, "469", "train"),
+            row("plain", tmp_path, "plain.mp4", 0, "plain", "train")]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(item) + "\n" for item in rows))
+    result = run_cli("shard", "--manifest", tmp_path / "m.jsonl", "--out", tmp_path / "shards", "--store", "faces",
+                     "--face-size", "48", "--face-crf", "20", "--face-gop", "2", "--detect-every", "32",
+                     "--no-face", "skip", "--json", "--quiet")
+    assert result.returncode == 0, result.stderr
+    index = json.loads(result.stdout)
+    assert index["totals"]["samples"] == 1 and index["options"]["face_clips"]["crf"] == 20
+    assert [(item["key"], item["reason"]) for item in index["skipped"]] == [("plain", "no-face")]
+    meta = json.loads(read_samples(tmp_path / "shards")["real469"]["json"])
+    assert meta["encode"]["gop"] == 2 and meta["width"] == 48
+    bad = run_cli("shard", "--manifest", tmp_path / "m.jsonl", "--out", tmp_path / "s2", "--store", "faces",
+                  "--face-size", "47")
+    assert bad.returncode == 2 and "even" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

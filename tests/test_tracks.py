@@ -1,0 +1,124 @@
+"""Face tracks: linking, ranking and smoothing, and tracks that stay on the face in real FF++/DFDC videos."""
+
+import numpy as np
+import pytest
+
+from dfdtrain.data.decoders import build_decoder
+from dfdtrain.data.tracks import (TrackOptions, box_iou, build_tracks, detection_frames, link_detections,
+                                  moving_average, rank_tracks, track_windows)
+from dfdtrain.data.video import probe
+
+FFPP_YOUTUBE = "ffpp/original_sequences/youtube/c40/videos"
+# 585 shows a second, smaller face in the background on every frame: the fixtures' two-person clip.
+TWO_PEOPLE = f"{FFPP_YOUTUBE}/585.mp4"
+
+
+# ------------------------------------------------------------------------------------- the parts, exactly
+def moving(frame, x, size=40, score=0.99):
+    return [x + frame, 50.0, x + frame + size, 50.0 + size, score]
+
+
+def test_detection_frames_reach_the_last_frame():
+    assert detection_frames(10, 4) == [0, 4, 8, 9]
+    assert detection_frames(9, 4) == [0, 4, 8]
+    assert detection_frames(3, 1) == [0, 1, 2]
+
+
+def test_linking_follows_two_faces_across_a_gap_and_drops_a_blip():
+    frames = list(range(0, 40, 4))
+    detections = []
+    for frame in frames:
+        faces = [moving(frame, 10, size=60), moving(frame, 300, size=30)]
+        if frame in (12, 16):  # the big face is missed twice: the track must bridge the gap
+            faces = faces[1:]
+        if frame == 20:  # a one-frame false positive
+            faces.append([600.0, 400.0, 640.0, 440.0, 0.95])
+        detections.append(faces)
+    raw = link_detections(frames, detections, link_iou=0.3, max_gap=12)
+    assert sorted(len(track["frames"]) for track in raw) == [1, 8, 10]
+    kept = rank_tracks(raw, max_tracks=2, min_detections=3)
+    assert [len(track["frames"]) for track in kept] == [8, 10]  # the big face first, though seen less often
+    assert all(box[0] == frame + 10 for frame, box in zip(kept[0]["frames"], kept[0]["boxes"]))
+    assert rank_tracks(raw, max_tracks=1, min_detections=3) == kept[:1]
+    # a gap longer than max_gap splits the track
+    assert len(link_detections(frames, detections, link_iou=0.3, max_gap=4)) == 4
+
+
+def test_windows_cover_the_span_interpolated_smoothed_and_square():
+    track = {"frames": [10, 20], "boxes": [[0.0, 0.0, 30.0, 30.0, 1.0], [100.0, 0.0, 130.0, 30.0, 1.0]]}
+    frames, windows = track_windows(track, smooth=1, margin=0.5)
+    assert frames.tolist() == list(range(10, 21))
+    assert np.allclose(windows[:, 2] - windows[:, 0], 60) and np.allclose(windows[:, 3] - windows[:, 1], 60)
+    centres = (windows[:, 0] + windows[:, 2]) / 2
+    assert np.allclose(centres, 15 + 10 * np.arange(11))  # linear between the detections
+    jitter = np.array([[0.0], [10.0], [0.0], [10.0], [0.0]])
+    assert np.allclose(moving_average(jitter, 3)[1:-1, 0], [10 / 3, 20 / 3, 10 / 3])
+    assert np.allclose(moving_average(jitter, 3)[[0, -1], 0], [5, 5])  # shrunk window at the ends
+
+
+def test_no_detection_gives_no_track():
+    assert build_tracks([0, 4, 8], [[], [], []], TrackOptions()) == []
+
+
+# ------------------------------------------------------------------------------------------ real videos
+def detect_every_frame_of(detector, data, frame_count, every):
+    """(detection frames, boxes): the detector on every ``every``-th frame, decoded with the pyav backend."""
+    frames = detection_frames(frame_count, every)
+    decoded = build_decoder("pyav").read(data, frames)
+    return frames, detector.detect(decoded)
+
+
+@pytest.fixture(scope="module")
+def detector():
+    pytest.importorskip("facenet_pytorch")
+    from dfdtrain.data.faces import build_face_detector
+
+    return build_face_detector("mtcnn")
+
+
+def check_windows_follow_faces(detector, data, track, margin, held_out, face_rank=0):
+    """On frames the tracker never saw, MTCNN's face (``face_rank``-th largest) sits inside the track window and
+    fills it as the margin says it should."""
+    frames = build_decoder("pyav").read(data, held_out)
+    for frame, faces in zip(held_out, detector.detect(frames)):
+        assert len(faces) > face_rank, f"frame {frame}: MTCNN finds {len(faces)} face(s)"
+        face = faces[face_rank][:4]
+        x1, y1, x2, y2 = track["windows"][track["source_frames"].index(frame)]
+        # the window without its margin: the face box as the tracker believes it
+        shrink = (x2 - x1) * margin / (1 + 2 * margin)
+        believed = [x1 + shrink, y1 + shrink, x2 - shrink, y2 - shrink]
+        assert box_iou(face, believed) > 0.5, (frame, face, believed)
+        assert x1 <= face[0] and y1 <= face[1] and face[2] <= x2 and face[3] <= y2, (frame, face, track["windows"])
+
+
+@pytest.mark.parametrize("video, every", [(f"{FFPP_YOUTUBE}/183.mp4", 12),
+                                          ("dfdc/dfdc_train_part_0/brtujopkby.mp4", 15)])
+def test_track_stays_on_the_face_in_real_videos(fixtures, detector, video, every):
+    data = (fixtures / video).read_bytes()
+    frame_count = probe(data)["frames"]
+    options = TrackOptions(detect_every=every)
+    tracks = build_tracks(*detect_every_frame_of(detector, data, frame_count, every), options)
+    assert len(tracks) == 1
+    track = tracks[0]
+    # one person on screen the whole time: the track spans the video, a window per frame
+    assert track["source_frames"] == list(range(frame_count)) and len(track["windows"]) == frame_count
+    held_out = [frame for frame in np.linspace(3, frame_count - 4, 5).round().astype(int).tolist() if frame % every]
+    check_windows_follow_faces(detector, data, track, options.margin, held_out)
+
+
+def test_two_people_give_two_tracks_when_asked(fixtures, detector):
+    data = (fixtures / TWO_PEOPLE).read_bytes()
+    frame_count = probe(data)["frames"]
+    detected = detect_every_frame_of(detector, data, frame_count, 8)
+    assert len(build_tracks(*detected, TrackOptions(detect_every=8, max_tracks=1))) == 1
+    tracks = build_tracks(*detected, TrackOptions(detect_every=8, max_tracks=2))
+    assert [track["id"] for track in tracks] == [0, 1]
+    main, background = tracks
+    def side(track):
+        return track["windows"][0][2] - track["windows"][0][0]
+
+    assert side(main) > 2 * side(background)  # the largest face is track 0
+    held_out = [frame for frame in (45, 170, 290) if frame in background["source_frames"]]
+    assert len(held_out) >= 2
+    check_windows_follow_faces(detector, data, main, 1 / 3, held_out, face_rank=0)
+    check_windows_follow_faces(detector, data, background, 1 / 3, held_out, face_rank=1)

@@ -49,19 +49,30 @@ def make_synth_shards(root, count, frames, val_fraction, target_bytes, seed, wid
     return root / "shards"
 
 
+def train_tiny(run_dir, shards, *overrides):
+    """``dfdtrain train`` for real, 1 epoch of a tiny detector (1 process, DDP engine) on ``shards``' train/val
+    tars; ``overrides`` add to or replace the defaults. Returns the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, "-m", "dfdtrain", "train", "--quiet", f"run_dir={run_dir}", "train.engine=ddp",
+         f"data.train_shards={shards}/train-*.tar", f"data.val_shards={shards}/val-*.tar",
+         "model.backbone=mobilenetv2_050", "model.head=gru", "model.head_options={hidden_size: 16, hidden: [8]}",
+         "data.num_frames=4", "data.image_size=48", "data.decoder=pyav", "data.batch_size=2",
+         "data.num_workers=0", "data.epoch_samples=8", "train.epochs=1", *overrides],
+        capture_output=True, text=True, timeout=600)
+
+
+def frames_by_key(loader):
+    """{video key: its frames} over one pass of a loader."""
+    return {key: frames for batch in loader for key, frames in zip(batch["key"], batch["frames"])}
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """A small detector trained for real (1 epoch, 1 process, DDP engine) on synth shards: its run directory."""
     root = tmp_path_factory.mktemp("trained")
     shards = make_synth_shards(root, count=12, frames=8, val_fraction=0.34, target_bytes=60_000, seed=11)
     run_dir = root / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "dfdtrain", "train", "--quiet", f"run_dir={run_dir}", "train.engine=ddp",
-         f"data.train_shards={shards}/train-*.tar", f"data.val_shards={shards}/val-*.tar",
-         "model.backbone=mobilenetv2_050", "model.head=gru", "model.head_options={hidden_size: 16, hidden: [8]}",
-         "data.num_frames=4", "data.image_size=48", "data.crop=face", "data.decoder=pyav", "data.batch_size=2",
-         "data.num_workers=0", "data.epoch_samples=8", "train.epochs=1"],
-        capture_output=True, text=True, timeout=600)
+    result = train_tiny(run_dir, shards, "data.crop=face")
     if result.returncode != 0:
         pytest.fail(f"training the test detector failed: {result.stderr[-2000:]}")
     return run_dir

@@ -2,15 +2,13 @@
 VP9) and a real training run through the same engine."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 import webdataset as wds
 
-from conftest import SMALL_CLIP, run_cli
+from conftest import SMALL_CLIP, frames_by_key, run_cli, train_tiny
 from dfdtrain.data.crops import crop_and_resize
 from dfdtrain.data.decoders import build_decoder
 from dfdtrain.data.face_clips import FaceClipOptions
@@ -134,11 +132,10 @@ def test_dali_reads_vp9_face_clip_shards_like_pyav(tmp_path, fixtures):
     write_shards(rows, tmp_path / "shards", progress=False, store="faces", face_clip_options=options)
     config = LoaderConfig(shards=str(tmp_path / "shards" / "train-*.tar"), batch_size=2, num_workers=0,
                           sampler=SamplerConfig("uniform", 5), image_size=32, crop="face")
-    pyav = {key: frames for batch in VideoLoader(config, train=False)
-            for key, frames in zip(batch["key"], batch["frames"])}
+    pyav = frames_by_key(VideoLoader(config, train=False))
     dali_loader = VideoLoader(dataclasses.replace(config, decoder="dali"), train=False)
     assert dali_loader.dali is not None
-    dali = {key: frames for batch in dali_loader for key, frames in zip(batch["key"], batch["frames"])}
+    dali = frames_by_key(dali_loader)
     assert sorted(dali) == sorted(pyav) == ["plain", "real469"]
     for key in pyav:  # DALI's YUV->RGB differs by ~1.6/255 on average (bilinear vs nearest chroma)
         assert (dali[key] - pyav[key]).abs().mean() < 0.06, key
@@ -147,13 +144,7 @@ def test_dali_reads_vp9_face_clip_shards_like_pyav(tmp_path, fixtures):
 def test_training_runs_on_face_clip_shards(face_shards, tmp_path):
     shards, _, _, _ = face_shards
     run_dir = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "dfdtrain", "train", "--quiet", f"run_dir={run_dir}", "train.engine=ddp",
-         f"data.train_shards={shards}/train-*.tar", f"data.val_shards={shards}/val-*.tar",
-         "model.backbone=mobilenetv2_050", "model.head=gru", "model.head_options={hidden_size: 16, hidden: [8]}",
-         "data.num_frames=4", "data.image_size=48", "data.decoder=pyav", "data.batch_size=2", "data.num_workers=0",
-         "data.epoch_samples=4", "data.face_track=random", "train.epochs=1"],
-        capture_output=True, text=True, timeout=600)
+    result = train_tiny(run_dir, shards, "data.epoch_samples=4", "data.face_track=random")
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert any("val" in json.dumps(record) for record in records)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import webdataset as wds
 
-from conftest import make_synth_shards
+from conftest import frames_by_key, make_synth_shards
 from dfdtrain.data.loader import LoaderConfig, VideoLoader, expand_shards, label_counts, positive_class_weight
 from dfdtrain.data.sampler import SamplerConfig
 from dfdtrain.fileio import read_json
@@ -110,11 +110,10 @@ def test_dali_path_gives_the_pyav_path_batches_on_vp9(tmp_path):
                       codec="vp9")
     config = LoaderConfig(shards=str(tmp_path / "shards" / "train-*.tar"), batch_size=4, num_workers=0,
                           sampler=SamplerConfig("uniform", 5), image_size=32, crop="center")
-    pyav = {key: frames for batch in VideoLoader(config, train=False)
-            for key, frames in zip(batch["key"], batch["frames"])}
+    pyav = frames_by_key(VideoLoader(config, train=False))
     dali_loader = VideoLoader(dataclasses.replace(config, decoder="dali"), train=False)
     assert dali_loader.dali is not None
-    dali = {key: frames for batch in dali_loader for key, frames in zip(batch["key"], batch["frames"])}
+    dali = frames_by_key(dali_loader)
     assert sorted(dali) == sorted(pyav) and len(dali) == 6
     for key in pyav:  # DALI's YUV->RGB differs by ~1.6/255 on average (bilinear vs nearest chroma)
         assert (dali[key] - pyav[key]).abs().mean() < 0.06, key

@@ -1,4 +1,5 @@
-"""What every benchmark shares: the machine it ran on, devices, timing, peak FLOP/s (MFU), test data, JSON out."""
+"""What every benchmark shares: the machine it ran on, devices, timing, peak FLOP/s (MFU), test data, the result
+envelope and JSON out."""
 
 import datetime
 import json
@@ -12,6 +13,12 @@ from pathlib import Path
 
 import av
 import numpy as np
+
+
+# The 1-minute load average when the benchmark started (this module is imported first): results are built at
+# the end, when the benchmark's own work has raised it.
+LOAD_AT_START = round(os.getloadavg()[0], 2)
+
 
 def cpu_model():
     try:
@@ -43,7 +50,7 @@ def machine():
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "cores_usable": len(os.sched_getaffinity(0)),
-        "load_average_1m_at_start": round(os.getloadavg()[0], 2),
+        "load_average_1m_at_start": LOAD_AT_START,
         "gpu": gpu_name(),
         "python": platform.python_version(),
         "av": av.__version__,
@@ -187,6 +194,45 @@ def make_synth_shards(root, count, frames, width, height, val_fraction=0.2, targ
     write_shards(root / "manifest.jsonl", root / "shards", target_bytes=target_bytes, seed=seed, progress=False)
     return root / "shards", rows
 
+
+class OnDeviceBatches:
+    """The training loader interface (``len``, ``set_epoch``, iteration, ``skipped``), fed by one fixed batch
+    dict already on the device ({"frames", "mask", "label", "key"}): no decode, no copy, ``count`` per epoch."""
+
+    def __init__(self, batch, count):
+        self.batch, self.count = batch, count
+        self.skipped = []
+
+    def set_epoch(self, epoch):
+        pass
+
+    def __len__(self):
+        return self.count
+
+    def __iter__(self):
+        for _ in range(self.count):
+            yield self.batch
+
+
+# ---------------------------------------------------------------------------------------------------
+# The result
+
+
+def envelope(name, device, settings, started, **fields):
+    """A benchmark's result in the one key order every script writes: benchmark, created, machine, device,
+    settings, then ``fields`` (the measurements, in the order given), then seconds since ``started``
+    (a ``time.time()``). ``device``: a torch.device or its type ("cpu", "cuda"); None leaves the key out (a
+    result that ran nothing on a device, e.g. FLOP counting)."""
+    result = {"benchmark": name, "created": created(), "machine": machine()}
+    if device is not None:
+        result["device"] = getattr(device, "type", device)
+    result["settings"] = settings
+    for key in ("benchmark", "created", "machine", "device", "settings", "seconds"):
+        if key in fields:
+            raise ValueError(f"envelope: {key!r} is the envelope's own key, not a measurement")
+    result.update(fields)
+    result["seconds"] = round(time.time() - started, 1)
+    return result
 
 
 def emit(result, out=None):

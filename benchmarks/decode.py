@@ -15,7 +15,7 @@ that load changes on the machine hit them alike; the median is reported. Ratios 
 """
 
 import argparse
-import datetime
+import importlib
 import io
 import os
 import statistics
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import av
 
-from common import add_device_argument, emit, machine, resolve_device
+from common import add_device_argument, emit, envelope, resolve_device
 from dfdtrain.data.decoders import build_decoder
 from dfdtrain.data.sampler import SamplerConfig, sample_indices
 from dfdtrain.data.synth import synthesize
@@ -87,7 +87,7 @@ def build_methods(device):
     methods = {"pyav": build_decoder("pyav"), "sequential": build_decoder("sequential")}
     unavailable = {}
     try:
-        import dfdtrain.data.dali  # noqa: F401  (written separately; absent on older checkouts)
+        importlib.import_module("dfdtrain.data.dali")  # written separately; absent on older checkouts
 
         methods["dali_cpu"] = build_decoder("dali", device="cpu")
     except Exception as error:  # ImportError, DfdError (nvidia.dali missing), or a DALI start-up failure
@@ -193,19 +193,11 @@ def main(argv=None):
             chosen = {method: decoder for method, decoder in methods.items()
                       if method != "dali_cpu" or video["codec"] in ("vp8", "vp9")}  # DALI's CPU codecs
             comparisons.append(measure(video, data, name, chosen, repeats))
-    result = {
-        "benchmark": "decode",
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "device": device.type,
-        "settings": {"sampler": {"mode": "uniform", "num_frames": NUM_FRAMES, "train": False},
-                     "repeats": repeats, "quick": args.quick, "synthetic_clips": synth_settings,
-                     "source": "file bytes in memory"},
-        "comparisons": comparisons,
-        "unavailable": unavailable,
-        "notes": notes_for(comparisons),
-        "seconds": round(time.time() - started, 1),
-    }
+    result = envelope(
+        "decode", device,
+        {"sampler": {"mode": "uniform", "num_frames": NUM_FRAMES, "train": False}, "repeats": repeats,
+         "quick": args.quick, "synthetic_clips": synth_settings, "source": "file bytes in memory"},
+        started, comparisons=comparisons, unavailable=unavailable, notes=notes_for(comparisons))
     emit(result, args.out)
     return 0
 

@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import created, emit, machine
+from common import emit, envelope
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_FIXTURES = os.environ.get("DFDTRAIN_FIXTURES", str(REPO.parent / "shared" / "fixtures"))
@@ -63,9 +63,9 @@ def png_bytes_estimate(data, name, track, size):
 
     from dfdtrain.data.decoders import build_decoder
     from dfdtrain.data.face_clips import crop_window
-    from dfdtrain.data.faces import sample_frame_indices
+    from dfdtrain.data.sampler import uniform_indices
 
-    positions = sample_frame_indices(PNG_SAMPLE_FRAMES, len(track["source_frames"]))
+    positions = uniform_indices(len(track["source_frames"]), PNG_SAMPLE_FRAMES)
     frames = build_decoder("pyav").read(data, [track["source_frames"][p] for p in positions], name=name)
     sizes = []
     for rgb, position in zip(frames, positions):
@@ -253,24 +253,20 @@ def main(argv=None):
     clips = [video_clips for _, video_clips in prepared]
     originals = [(fixtures / relative).read_bytes() for relative in relatives]
     unavailable = time_decodes(videos, originals, clips, repeats, use_gpu)
-    result = {
-        "benchmark": "face_store",
-        "created": created(),
-        "machine": machine(),
-        "device": "cuda" if use_gpu else "cpu",
-        "settings": {"quick": args.quick, "repeats": repeats, "sampler": {"mode": "uniform", "num_frames": NUM_FRAMES,
-                                                                          "train": False},
-                     "clip_settings": {setting: dataclasses.asdict(clip_options(setting)) for setting in settings},
-                     "png_estimate": f"mean PNG bytes of {PNG_SAMPLE_FRAMES} track-0 crops x track-0 frames",
-                     "decode_unavailable": unavailable},
-        "goals": GOALS,
-        "overall": summarise(videos, settings),
-        "by_dataset": {dataset: summarise([video for video in videos if video["dataset"] == dataset], settings)
-                       for dataset in sorted({video["dataset"] for video in videos})},
-        "videos": videos,
-        "detect_track_encode_s": round(prepare_s, 1),
-        "seconds": round(time.time() - started, 1),
-    }
+    result = envelope(
+        "face_store", "cuda" if use_gpu else "cpu",
+        {"quick": args.quick, "repeats": repeats, "sampler": {"mode": "uniform", "num_frames": NUM_FRAMES,
+                                                              "train": False},
+         "clip_settings": {setting: dataclasses.asdict(clip_options(setting)) for setting in settings},
+         "png_estimate": f"mean PNG bytes of {PNG_SAMPLE_FRAMES} track-0 crops x track-0 frames",
+         "decode_unavailable": unavailable},
+        started,
+        goals=GOALS,
+        overall=summarise(videos, settings),
+        by_dataset={dataset: summarise([video for video in videos if video["dataset"] == dataset], settings)
+                    for dataset in sorted({video["dataset"] for video in videos})},
+        videos=videos,
+        detect_track_encode_s=round(prepare_s, 1))
     emit(result, args.out)
     return 0
 

@@ -6,7 +6,8 @@ Data: dfdtrain's own generated clips (synth -> index -> shard, H.264 with a keyf
           decode of the sampled frames, crop and resize, batching in DataLoader workers; then to the device
           and normalise in the main process;
   files   one file per video (the reference notebooks' layout): a map-style dataset that opens each video's
-          own file in random order, then the same ``ClipDecoder``, ``collate`` and ``to_model_input``;
+          own file in random order, then the same ``ClipDecoder``, ``collate`` and ``model_input`` (the clip
+          contract, ``dfdtrain.data.clips``);
   dali    (GPU only) the training loader with ``decoder=dali``: DALI reads the shards and decodes with NVDEC.
 Each (method, workers) reads ``batches`` batches per repeat; the first batch's latency (worker start-up) is
 reported apart and the rest gives samples/s; repeats are interleaved across methods and the median kept.
@@ -27,10 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import add_device_argument, created, emit, machine, make_synth_shards, median, progress, resolve_device
-from dfdtrain.data.augment import InputConfig, to_model_input
-from dfdtrain.data.loader import ClipDecoder, LoaderConfig, VideoLoader, collate
-from dfdtrain.data.sampler import SamplerConfig
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from common import add_device_argument, emit, envelope, make_synth_shards, median, progress, resolve_device
+from dfdtrain.config import ClipSpec, DataConfig, SamplerConfig
+from dfdtrain.data.clips import model_input
+from dfdtrain.data.loader import ClipDecoder, VideoLoader, collate
 
 # Data and loader sizes per mode. GPU: larger frames, more workers (a GPU host has more cores).
 SETTINGS = {
@@ -46,9 +49,9 @@ SETTINGS = {
 class VideoFiles(torch.utils.data.Dataset):
     """One file per video: each item opens and reads its own file, then the training loader's ClipDecoder."""
 
-    def __init__(self, rows, config):
+    def __init__(self, rows, clip, data):
         self.rows = rows
-        self.clip_decoder = ClipDecoder(config)
+        self.clip_decoder = ClipDecoder(clip, data.decoder, data.face_track)
 
     def __len__(self):
         return len(self.rows)
@@ -65,21 +68,21 @@ def collate_clips(clips):
     return collate(clips, [])
 
 
-def file_batches(rows, config, workers, batches, device, input_config, seed):
+def file_batches(rows, clip, data, workers, batches, device, seed):
     """Normalised batches on the device from one file per video, in random order (with replacement)."""
-    sampler = torch.utils.data.RandomSampler(rows, replacement=True, num_samples=batches * config.batch_size,
+    sampler = torch.utils.data.RandomSampler(rows, replacement=True, num_samples=batches * data.batch_size,
                                              generator=torch.Generator().manual_seed(seed))
-    loader = torch.utils.data.DataLoader(VideoFiles(rows, config), batch_size=config.batch_size, sampler=sampler,
+    loader = torch.utils.data.DataLoader(VideoFiles(rows, clip, data), batch_size=data.batch_size, sampler=sampler,
                                          num_workers=workers, collate_fn=collate_clips,
                                          pin_memory=device.type == "cuda")
     for raw in loader:
-        yield {"frames": to_model_input(raw["frames"].to(device, non_blocking=True), input_config),
+        yield {"frames": model_input(raw["frames"].to(device, non_blocking=True), clip),
                "mask": raw["mask"].to(device, non_blocking=True), "label": raw["label"].to(device), "key": raw["key"]}
 
 
-def shard_batches(shards, config, workers, device, input_config, epoch):
-    loader = VideoLoader(dataclasses.replace(config, num_workers=workers), train=True,
-                         input_config=input_config, device=device, augment=False, rank=0, world_size=1)
+def shard_batches(shards, clip, data, workers, device, epoch):
+    loader = VideoLoader(shards, clip, dataclasses.replace(data, num_workers=workers), train=True, device=device,
+                         rank=0, world_size=1)
     loader.set_epoch(epoch)
     return iter(loader)
 
@@ -115,15 +118,17 @@ def main(argv=None):
         settings["repeats"] = args.repeats
     workers = [count for count in settings["workers"] if count <= len(os.sched_getaffinity(0))]
     batch_size, batches = settings["batch_size"], settings["batches"]
-    input_config = InputConfig()
+    # what each video becomes: the training loader's clip, normalised with ImageNet's mean and std
+    clip = ClipSpec(sampler=SamplerConfig("uniform", settings["num_frames"]), crop="face",
+                    image_size=settings["image_size"], mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
     with tempfile.TemporaryDirectory() as folder:
         shards, rows = make_synth_shards(folder, count=settings["videos"], frames=settings["video_frames"],
                                          width=settings["width"], height=settings["height"], val_fraction=0,
                                          target_bytes=256 * 1024)
         shard_paths = sorted(str(path) for path in shards.glob("train-*.tar"))
-        config = LoaderConfig(shards=shard_paths, batch_size=batch_size, sampler=SamplerConfig("uniform", settings["num_frames"]),
-                              image_size=settings["image_size"], crop="face", decoder="pyav",
-                              epoch_samples=batches * batch_size, shuffle_buffer=16)
+        # augmentation off: this compares data layout and decode
+        data = DataConfig(batch_size=batch_size, decoder="pyav", epoch_samples=batches * batch_size,
+                          shuffle_buffer=16, augment={"enabled": False})
         runs = [("shards", count) for count in workers] + [("files", count) for count in workers]
         if device.type == "cuda":
             runs.append(("dali", 0))  # DALI decodes in its own threads: no DataLoader workers
@@ -131,10 +136,10 @@ def main(argv=None):
         for repeat in progress(range(settings["repeats"]), desc="loader", unit="repeat"):
             for method, count in runs:
                 if method == "files":
-                    iterator = file_batches(rows, config, count, batches, device, input_config, seed=repeat)
+                    iterator = file_batches(rows, clip, data, count, batches, device, seed=repeat)
                 else:
-                    method_config = dataclasses.replace(config, decoder="dali" if method == "dali" else "pyav")
-                    iterator = shard_batches(shard_paths, method_config, count, device, input_config, epoch=repeat)
+                    method_data = dataclasses.replace(data, decoder="dali" if method == "dali" else "pyav")
+                    iterator = shard_batches(shard_paths, clip, method_data, count, device, epoch=repeat)
                 first_s, rate = read_epoch(iterator, device)
                 times[(method, count)]["first_batch_s"].append(round(first_s, 4))
                 times[(method, count)]["samples_per_s"].append(round(rate, 3))
@@ -152,19 +157,18 @@ def main(argv=None):
             ratios[f"{method}_{count}_workers_over_{workers[0]}"] = round(rate[(method, count)] / rate[(method, workers[0])], 3)
     if device.type == "cuda":
         ratios["dali_over_best_shards"] = round(rate[("dali", 0)] / max(rate[("shards", count)] for count in workers), 3)
-    result = {
-        "benchmark": "loader", "created": created(), "machine": machine(), "device": device.type,
-        "settings": {**settings, "workers": workers, "quick": args.quick, "crop": "face (no boxes: centre square)",
-                     "augment": False, "codec": "h264 (synth, keyframe every 12 frames)", "processes": 1},
-        "data": {"videos": len(rows), "shards": len(shard_paths), "shard_bytes": shard_bytes, "video_file_bytes": video_bytes},
-        "results": results, "ratios": ratios,
-        "notes": ["samples/s is per process (one loader); the scaling benchmark covers several processes.",
-                  "Files are in the page cache: on network storage the per-file open and seek cost of the files "
-                  "layout grows, the shards' sequential reads do not.",
-                  "On this CPU-only machine the workers share the cores with the main process, which "
-                  "normalises the batches; more workers than free cores cannot help."],
-        "seconds": round(time.time() - started, 1),
-    }
+    result = envelope(
+        "loader", device,
+        {**settings, "workers": workers, "quick": args.quick, "crop": "face (no boxes: centre square)",
+         "augment": False, "codec": "h264 (synth, keyframe every 12 frames)", "processes": 1},
+        started,
+        data={"videos": len(rows), "shards": len(shard_paths), "shard_bytes": shard_bytes, "video_file_bytes": video_bytes},
+        results=results, ratios=ratios,
+        notes=["samples/s is per process (one loader); the scaling benchmark covers several processes.",
+               "Files are in the page cache: on network storage the per-file open and seek cost of the files "
+               "layout grows, the shards' sequential reads do not.",
+               "On this CPU-only machine the workers share the cores with the main process, which "
+               "normalises the batches; more workers than free cores cannot help."])
     emit(result, args.out)
     return 0
 

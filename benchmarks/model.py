@@ -1,8 +1,8 @@
 """Model throughput: forward + backward + optimizer step of whole detectors, per backbone x precision x memory format.
 
 Each case is a detector as training builds it (``build_detector``: timm backbone per frame + temporal head) on
-random clips [B,T,3,S,S] already on the device; a step is autocast forward, BCE loss (the training loop's
-``bce_loss``), backward and an SGD step (timm's benchmark trains with SGD too). For every case the four
+random clips [B,T,3,S,S] already on the device; a step is autocast forward (the engines' ``autocast``), BCE
+loss (the training objective, ``dfdtrain.engine.loss.video_bce``), backward and an SGD step (timm's benchmark trains with SGD too). For every case the four
 variants (fp32 / bf16 autocast x NCHW / channels_last) are built from the same seed and timed interleaved:
 ``--repeats`` blocks of ``--steps`` steps each, after ``--warmup`` untimed steps; the median block gives
 samples/s (clips) and frames/s. FLOPs are counted once per case (``model_stats.forward_flops``, training =
@@ -18,9 +18,9 @@ import time
 
 import torch
 
-from common import (add_device_argument, created, emit, machine, math_mode, median, mfu, progress,
-                    resolve_device, timed)
-from dfdtrain.engine.train import bce_loss
+from common import add_device_argument, emit, envelope, math_mode, median, mfu, progress, resolve_device, timed
+from dfdtrain.engine.engines import autocast
+from dfdtrain.engine.loss import video_bce
 from dfdtrain.models.detector import build_detector
 from model_stats import forward_flops
 
@@ -76,10 +76,9 @@ def build_variant(case, memory_format, device):
 
 
 def train_step(model, optimizer, frames, mask, labels, precision, device):
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    with autocast:
+    with autocast(device, precision):
         video_logits, _ = model(frames, mask)
-        loss = bce_loss(video_logits, labels, 0.0, None)
+        loss = video_bce(video_logits, labels)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -193,14 +192,13 @@ def main(argv=None):
             "gflops_per_frame": round(frame_flops / 1e9, 3), "gflops_per_clip_train": round(3 * clip_flops / 1e9, 3),
             "results": results, "ratios": ratios_for(results), "timm_comparison": compare_with_timm(case, results, device),
         })
-    result = {
-        "benchmark": "model", "created": created(), "machine": machine(), "device": str(device),
-        "settings": {"quick": args.quick, "repeats": repeats, "steps_per_repeat": steps, "warmup_steps": warmup,
-                     "step": "autocast forward + BCE + backward + SGD step", "optimizer": "SGD momentum 0.9",
-                     "flops": "FlopCounterMode forward FLOPs x 3 for training", "torch_threads": torch.get_num_threads(),
-                     "cudnn_benchmark": on_gpu},
-        "cases": measured, "skipped": skipped, "seconds": round(time.time() - started, 1),
-    }
+    result = envelope(
+        "model", device,
+        {"quick": args.quick, "repeats": repeats, "steps_per_repeat": steps, "warmup_steps": warmup,
+         "step": "autocast forward + BCE + backward + SGD step", "optimizer": "SGD momentum 0.9",
+         "flops": "FlopCounterMode forward FLOPs x 3 for training", "torch_threads": torch.get_num_threads(),
+         "cudnn_benchmark": on_gpu},
+        started, cases=measured, skipped=skipped)
     emit(result, args.out)
     return 0
 

@@ -15,7 +15,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import created, emit, machine
+from common import emit, envelope
 from dfdtrain.models.detector import build_detector
 
 DETECTORS = [  # (backbone, head, head options, input size, frames per clip)
@@ -68,8 +68,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     started = time.time()
     chosen = [entry for entry in DETECTORS if not args.quick or entry[0] in ("MobileNetV2",)]
-    result = {"benchmark": "model_stats", "created": created(), "machine": machine(), "settings": {"quick": args.quick},
-              "detectors": [describe(*entry) for entry in chosen], "seconds": round(time.time() - started, 1)}
+    # FLOP counting runs nothing timed on a device: the result has no "device" key
+    result = envelope("model_stats", None, {"quick": args.quick}, started,
+                      detectors=[describe(*entry) for entry in chosen])
     emit(result, args.out)
     return 0
 

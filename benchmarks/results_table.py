@@ -163,8 +163,15 @@ def render_engine(result):
              f"frames per process, {result['settings']['precision']}.", ""]
     lines += table(["variant", "engine", "ZeRO", "step (s)", "samples/s"], rows)
     goal = result["goal"]["deepspeed_over_ddp_at_least"]
-    return lines + ["", "Ratios (DDP step time / DeepSpeed step time):"] + ratio_lines(
+    lines += ["", "Ratios (DDP step time / DeepSpeed step time):"] + ratio_lines(
         result["ratios"], {name: goal for name in result["ratios"]})
+    sync = result.get("per_step_sync")  # results written before it was measured lack it
+    if sync:
+        lines += ["", f"A host sync per step (the DDP Trainer with `check_finite()` after every step): "
+                      f"{cell_text(sync['ddp_sync_every_step_step_s'])} s per step vs {cell_text(sync['ddp_step_s'])} s "
+                      f"as shipped; `shipped_over_sync_every_step` = {cell_text(sync['shipped_over_sync_every_step'])} "
+                      "(> 1: the shipped loop is faster)."]
+    return lines
 
 
 def render_scaling(result):

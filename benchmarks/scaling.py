@@ -1,7 +1,7 @@
 """Scaling: training samples/s at 1, 2, ... processes on this machine, and a projection for 8 GPUs x N nodes.
 
-Measured: the engine benchmark's job (``engine.py``: the real DDP engine, a fixed batch per rank on the device,
-the slowest rank's time per step) at each process count: CPU processes over gloo here, one GPU per process
+Measured: the engine benchmark's job (``engine.py``: the real DDP ``Trainer`` and its ``train_step``, a fixed batch
+per rank on the device, the slowest rank's time per step) at each process count: CPU processes over gloo here, one GPU per process
 where GPUs are lent. The process counts take turns for ``--rounds`` rounds (a load change on a shared machine
 hits them alike) and the median over every timed block is kept. Weak scaling: the per-process batch is fixed. On a CPU the processes share the same cores
 (threads per process = cores / processes), so the ideal speed-up there is 1, not N; on GPUs it is N.
@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import PEAK_TFLOPS, add_device_argument, created, emit, machine, median, resolve_device
+from common import PEAK_TFLOPS, add_device_argument, emit, envelope, median, resolve_device
 from engine import MODELS, default_nproc, launch
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -59,7 +59,7 @@ ASSUMPTIONS = {
 
 
 def measure(device, quick, rounds, repeats, steps):
-    """Samples/s of the DDP engine at each process count that fits this machine."""
+    """Samples/s of the DDP Trainer at each process count that fits this machine."""
     most = default_nproc(device)
     counts = [1, 2] if device.type == "cpu" else [n for n in (1, 2, 4, 8) if n <= most]
     model = MODELS["quick" if quick else device.type]
@@ -235,17 +235,16 @@ def main(argv=None):
                        2 if args.quick else args.steps)
     decode_rate, decode_source = pyav_decode_rate()
     workloads = [project_workload(workload, decode_rate) for workload in WORKLOADS]
-    result = {
-        "benchmark": "scaling", "created": created(), "machine": machine(), "device": device.type,
-        "settings": {"quick": args.quick, "engine": "ddp", "scaling": "weak (fixed batch per process)",
-                     "rounds": 1 if args.quick else args.rounds,
-                     "data": "a fixed random batch per rank, on the device"},
-        "measured": measured,
-        "projection": {"assumptions": {**ASSUMPTIONS, "pyav_decode_videos_per_s": decode_rate,
-                                       "pyav_decode_source": decode_source},
-                       "workloads": workloads, "text": projection_text(workloads, decode_source)},
-        "seconds": round(time.time() - started, 1),
-    }
+    result = envelope(
+        "scaling", device,
+        {"quick": args.quick, "engine": "ddp", "scaling": "weak (fixed batch per process)",
+         "rounds": 1 if args.quick else args.rounds, "step": "Trainer.train_step (dfdtrain.engine.trainer)",
+         "data": "a fixed random batch per rank, on the device"},
+        started,
+        measured=measured,
+        projection={"assumptions": {**ASSUMPTIONS, "pyav_decode_videos_per_s": decode_rate,
+                                    "pyav_decode_source": decode_source},
+                    "workloads": workloads, "text": projection_text(workloads, decode_source)})
     emit(result, args.out)
     return 0
 

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from common import created, emit, machine
+from common import emit, envelope
 from dfdtrain.data.datasets import IndexOptions
 from dfdtrain.data.index import build_manifest, write_manifest
 from dfdtrain.data.shard import write_shards
@@ -111,15 +111,14 @@ def main(argv=None):
             sizes = list(tqdm(pool.imap(png_store_sizes, jobs), total=len(jobs), desc="png stores", unit="video"))
     else:  # one worker: no pool to start (spawned workers re-import everything)
         sizes = [png_store_sizes(job) for job in tqdm(jobs, desc="png stores", unit="video")]
-    result = {"benchmark": "storage", "created": created(), "machine": machine(), "device": "cpu",
-              "settings": {"quick": args.quick, "limit": args.limit, "face_frames": args.face_frames,
-                           "face_detector": "mtcnn (CPU)"},
-              **compare(rows, sizes, shard_bytes),
-              "by_dataset": {}, "seconds": round(time.time() - started, 1)}
+    by_dataset = {}
     for dataset in sorted({row["dataset"] for row in rows}):
         chosen = [i for i, row in enumerate(rows) if row["dataset"] == dataset]
         shard_share = sum(rows[i]["bytes"] for i in chosen) / sum(row["bytes"] for row in rows) * shard_bytes
-        result["by_dataset"][dataset] = compare([rows[i] for i in chosen], [sizes[i] for i in chosen], shard_share)
+        by_dataset[dataset] = compare([rows[i] for i in chosen], [sizes[i] for i in chosen], shard_share)
+    result = envelope("storage", "cpu", {"quick": args.quick, "limit": args.limit, "face_frames": args.face_frames,
+                                         "face_detector": "mtcnn (CPU)"},
+                      started, **compare(rows, sizes, shard_bytes), by_dataset=by_dataset)
     emit(result, args.out)
     return 0
 

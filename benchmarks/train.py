@@ -1,11 +1,12 @@
 """End to end: steps/s of the real training loop with real data vs the same loop fed by one batch already on the
 device. The ratio (real / synthetic) says whether the loader starves the model (goal >= 0.95).
 
-Both modes call ``dfdtrain.engine.train.train`` on the same config (dfdtrain's own generated clips, synth ->
-index -> shard); the synthetic mode passes ``train_loader=``: one real batch from the same loader, kept on the
-device and yielded ``len(loader)`` times, so decode, transfer and augmentation drop out and nothing else
-changes. Throughput comes from the loop's own log lines (``metrics.jsonl``: samples/s per window of
-``log_every`` steps, timed between loss syncs); the first window (worker start-up, first allocations) is
+Both modes run ``dfdtrain.engine.trainer.Trainer(config, train_loader=...).train()`` on the same config
+(dfdtrain's own generated clips, synth -> index -> shard); the real mode lets the Trainer build its VideoLoader,
+the synthetic mode passes ``train_loader=``: one real batch from the same kind of loader (``VideoLoader`` over
+the same shards, clip spec and data settings), kept on the device and yielded ``len(loader)`` times, so decode,
+transfer and augmentation drop out and nothing else changes. Throughput comes from the loop's own log lines
+(``metrics.jsonl``: samples/s per window of ``log_every`` steps, timed between loss syncs); the first window (worker start-up, first allocations) is
 dropped and the median of the rest kept per run. Runs alternate real / synthetic; the ratio is the median over
 the pairs of adjacent runs (real run i / synthetic run i), so a load change on a shared machine between pairs
 cancels out; the medians of each mode are reported too.
@@ -23,12 +24,12 @@ from pathlib import Path
 
 import torch
 
-from common import add_device_argument, created, emit, machine, make_synth_shards, median, progress, resolve_device
+from common import (OnDeviceBatches, add_device_argument, emit, envelope, make_synth_shards, median, progress,
+                    resolve_device)
 from dfdtrain.config import config_from_dict
-from dfdtrain.data.loader import VideoLoader, expand_shards, loader_config
-from dfdtrain.engine.train import train
+from dfdtrain.data.loader import VideoLoader
+from dfdtrain.engine.trainer import Trainer
 from dfdtrain.models.detector import build_detector_from_config
-from dfdtrain.models.embed import input_settings
 
 GOAL_REAL_OVER_SYNTHETIC = 0.95
 SETTINGS = {
@@ -45,33 +46,16 @@ SETTINGS = {
 }
 
 
-class OnDeviceBatches:
-    """The training loop's loader interface, fed by one batch already on the device (no decode, no copy)."""
-
-    def __init__(self, batch, batches_per_epoch):
-        self.batch, self.batches_per_epoch = batch, batches_per_epoch
-        self.skipped = []
-
-    def set_epoch(self, epoch):
-        pass
-
-    def __len__(self):
-        return self.batches_per_epoch
-
-    def __iter__(self):
-        for _ in range(self.batches_per_epoch):
-            yield self.batch
-
-
 def experiment(settings, shards, run_dir, device, engine):
     steps = settings["log_every"] * settings["windows"]
     on_gpu = device.type == "cuda"
     return config_from_dict({
         "name": "bench-train", "seed": 0, "run_dir": str(run_dir),
+        "clip": {"sampler": {"mode": "uniform", "num_frames": settings["num_frames"]},
+                 "image_size": settings["image_size"], "crop": "face"},
         "data": {"train_shards": f"{shards}/train-*.tar", "val_shards": f"{shards}/val-*.tar",
                  "batch_size": settings["batch_size"], "num_workers": settings["num_workers"],
-                 "num_frames": settings["num_frames"], "image_size": settings["image_size"], "crop": "face",
-                 "decoder": "auto", "epoch_samples": steps * settings["batch_size"]},
+                 "decoder": "auto", "epoch_samples": steps * settings["batch_size"], "augment": {"enabled": True}},
         "model": {"backbone": settings["backbone"], "head": settings["head"], "head_options": settings["head_options"],
                   "channels_last": on_gpu},
         "train": {"engine": engine, "epochs": 1, "log_every": settings["log_every"], "device": device.type,
@@ -80,10 +64,9 @@ def experiment(settings, shards, run_dir, device, engine):
 
 
 def one_batch_on_device(config, device):
-    """The first batch of the same training loader train() builds, and that loader's length."""
-    image_size, input_config = input_settings(config, build_detector_from_config(config.model))
-    loader = VideoLoader(loader_config(config.data, expand_shards(config.data.train_shards), image_size, config.seed),
-                         train=True, input_config=input_config, device=device, augment=config.data.augment)
+    """The first batch of the same training loader the Trainer builds, and that loader's length."""
+    clip = config.clip.resolve(build_detector_from_config(config.model).backbone_info["data_config"])
+    loader = VideoLoader(config.data.train_shards, clip, config.data, train=True, device=device, seed=config.seed)
     batches = iter(loader)
     batch = next(batches)
     batches.close()  # stops the DataLoader workers
@@ -93,7 +76,7 @@ def one_batch_on_device(config, device):
 def run_once(config, train_loader):
     """(median samples/s over the loop's log windows after the first, the whole epoch's samples/s)."""
     with contextlib.redirect_stdout(sys.stderr):  # the loop prints its evaluation tables; stdout is for JSON
-        report = train(config, resume="never", progress=False, train_loader=train_loader)
+        report = Trainer(config, train_loader=train_loader, progress=False).train(resume="never")
     rows = [json.loads(line) for line in (Path(config.run_dir) / "metrics.jsonl").read_text().splitlines()]
     windows = [row["samples_per_s"] for row in rows if row["kind"] == "train"]
     return median(windows[1:]), report["throughput"]["samples_per_s"], windows
@@ -136,21 +119,20 @@ def main(argv=None):
     pairs = list(zip(runs["real"], runs["synthetic"]))
     ratio = round(median([real["samples_per_s"] / synthetic["samples_per_s"] for real, synthetic in pairs]), 3)
     whole_epoch = median([real["epoch_samples_per_s"] / synthetic["epoch_samples_per_s"] for real, synthetic in pairs])
-    result = {
-        "benchmark": "train", "created": created(), "machine": machine(), "device": device.type,
-        "settings": {**settings, "engine": args.engine, "quick": args.quick, "steps_per_run": steps,
-                     "precision": "bf16" if device.type == "cuda" else "fp32", "decoder": "auto",
-                     "torch_threads": torch.get_num_threads(), "augment": True},
-        "modes": modes,
-        "ratios": {"real_over_synthetic": ratio, "real_over_synthetic_whole_epoch": round(whole_epoch, 3),
-                   "median_real_over_median_synthetic": round(modes["real"]["samples_per_s"]
-                                                              / modes["synthetic"]["samples_per_s"], 3)},
-        "goal": {"real_over_synthetic_at_least": GOAL_REAL_OVER_SYNTHETIC, "met": ratio >= GOAL_REAL_OVER_SYNTHETIC},
-        "notes": ["whole_epoch includes the first window (DataLoader worker start-up each epoch, first allocations).",
-                  "On a CPU-only machine the loader's workers and the model share the same cores, so the real loop "
-                  "is slower than the synthetic one by the CPU time decoding takes; on a GPU host they do not compete."],
-        "seconds": round(time.time() - started, 1),
-    }
+    result = envelope(
+        "train", device,
+        {**settings, "engine": args.engine, "quick": args.quick, "steps_per_run": steps,
+         "precision": "bf16" if device.type == "cuda" else "fp32", "decoder": "auto",
+         "torch_threads": torch.get_num_threads(), "augment": True},
+        started,
+        modes=modes,
+        ratios={"real_over_synthetic": ratio, "real_over_synthetic_whole_epoch": round(whole_epoch, 3),
+                "median_real_over_median_synthetic": round(modes["real"]["samples_per_s"]
+                                                           / modes["synthetic"]["samples_per_s"], 3)},
+        goal={"real_over_synthetic_at_least": GOAL_REAL_OVER_SYNTHETIC, "met": ratio >= GOAL_REAL_OVER_SYNTHETIC},
+        notes=["whole_epoch includes the first window (DataLoader worker start-up each epoch, first allocations).",
+               "On a CPU-only machine the loader's workers and the model share the same cores, so the real loop "
+               "is slower than the synthetic one by the CPU time decoding takes; on a GPU host they do not compete."])
     emit(result, args.out)
     return 0
 

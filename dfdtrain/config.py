@@ -1,46 +1,302 @@
-"""Experiment configuration: dataclasses with documented defaults, loaded from YAML, overridable.
+"""Experiment configuration: one tree of dataclasses, checked when it is built, loaded from YAML, overridable.
 
-    config = load_config("configs/demo.yaml", ["model.head=lstm", "data.num_frames=20"])
+    config = load_config("configs/demo.yaml", ["model.head=lstm", "clip.sampler.num_frames=20"])
 
-An override is ``section.key=value`` (``model.head_options.num_layers=2`` reaches into a dict); the value
-is parsed as YAML (``true``, ``3``, ``1e-4``, ``[256, 128]``). An unknown key is an error naming it, so a typo
-never silently trains the default. ``config_to_dict`` gives the resolved config to save beside a run.
+Sections (each key below has its default, its type and, where it matters, its allowed values or range):
+  clip      what the model sees (``ClipSpec``): frame sampler, crop, input size, normalisation, input
+            transform. It is saved, resolved, in every checkpoint and bundle, so evaluate, predict and anything
+            serving a detector later see a video exactly as training did.
+  data      where clips come from: shards, batches, workers, decoder, balancing, the skip guard, augmentation.
+  model     backbone (timm name or Keras alias) + temporal head and its options.
+  finetune, optim, train, logger.
+
+An override is ``section.key=value`` (``model.head_options.num_layers=2`` reaches into a dict); the value is
+parsed as YAML (``true``, ``3``, ``1e-4``, ``[256, 128]``). ``config_to_dict`` gives the resolved config to
+save beside a run.
+
+Checked when a section is built, so a typo never reaches a worker process or a first forward pass: unknown keys
+(with close names), types, allowed values (``Literal`` types, with the closest suggested), ranges (``Range``
+in ``Annotated`` types), names that live in a registry (backbone, head and its options, decoder, engine) and
+the cross-field rules of each section's ``check``. Every failure is a ``ConfigError``: one line naming the key.
+
+The flat names of earlier versions (``data.num_frames``, ``data.crop``, ``data.augment: false``, ...) are
+still read, as ``LEGACY_KEYS`` maps them.
 """
 
 import dataclasses
+import difflib
+import functools
+import os
+import types
 import typing
+from typing import Annotated, Literal, Optional
 
 import yaml
 
 from dfdtrain.errors import DfdError
 
 
+class ConfigError(DfdError, ValueError):
+    """A config value that cannot work: ``path`` is the key (``data.batch_size``), the message says why."""
+
+    def __init__(self, path, problem):
+        self.path, self.problem = path, problem
+        super().__init__(f"config key {path!r} {problem}" if path else f"config {problem}")
+
+
+# ---------------------------------------------------------------------------------------------- value checks
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Allowed numeric range of a field, as ``Annotated[int, Range(1)]``; ``None`` leaves a side open."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_exclusive: bool = False
+
+    def check(self, value, path):
+        below = self.low is not None and (value <= self.low if self.low_exclusive else value < self.low)
+        above = self.high is not None and value > self.high
+        if below or above:
+            raise ConfigError(path, f"must be {self.describe()}, not {value!r}")
+
+    def describe(self):
+        if self.low is not None and self.high is not None:
+            return f"between {self.low:g} and {self.high:g}"
+        return f"{'>' if self.low_exclusive else '>='} {self.low:g}" if self.low is not None else f"<= {self.high:g}"
+
+
+Count = Annotated[int, Range(1)]  # at least one
+NonNegativeInt = Annotated[int, Range(0)]
+NonNegative = Annotated[float, Range(0)]
+Positive = Annotated[float, Range(0, low_exclusive=True)]
+Fraction = Annotated[float, Range(0, 1)]
+
+
+def _close_hint(value, choices):
+    close = difflib.get_close_matches(str(value), [str(choice) for choice in choices], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_value(value, hint, path):
+    """``value`` as the annotation ``hint`` wants it (ints become floats where floats are wanted, lists become
+    tuples), or a ConfigError naming ``path``."""
+    origin = typing.get_origin(hint)
+    if origin is Annotated:
+        base, *constraints = typing.get_args(hint)
+        value = check_value(value, base, path)
+        for constraint in constraints:
+            if isinstance(constraint, Range):
+                constraint.check(value, path)
+        return value
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if not isinstance(value, bool) and value in choices:
+            return value
+        listed = ", ".join(str(choice) for choice in choices)
+        raise ConfigError(path, f"must be one of {listed}, not {value!r}{_close_hint(value, choices)}")
+    if origin in (typing.Union, types.UnionType):  # Optional[X]
+        options = [option for option in typing.get_args(hint) if option is not type(None)]
+        if value is None and len(options) < len(typing.get_args(hint)):
+            return None
+        return check_value(value, options[0], path)
+    if origin is tuple:
+        kinds = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)) or len(value) != len(kinds):
+            raise ConfigError(path, f"must be a list of {len(kinds)} values, not {value!r}")
+        return tuple(check_value(item, kind, f"{path}[{position}]")
+                     for position, (item, kind) in enumerate(zip(value, kinds)))
+    if hint is float:
+        if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not isinstance(value, float):
+            raise ConfigError(path, f"must be a number, not {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(path, f"must be an integer, not {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(path, f"must be true or false, not {value!r}")
+        return value
+    if hint in (str, dict, list) and not isinstance(value, hint):
+        raise ConfigError(path, f"must be a {hint.__name__}, not {value!r}")
+    return value
+
+
+@functools.cache
+def _hints(cls):
+    return typing.get_type_hints(cls, include_extras=True)
+
+
+def choices(cls, name):
+    """The allowed values of a ``Literal`` field, e.g. ``choices(ClipSpec, "crop")`` (for CLI flags)."""
+    return typing.get_args(_hints(cls)[name])
+
+
+class Section:
+    """Base of every config dataclass: each field is checked against its annotation when an instance is built,
+    then the section's own ``check`` runs (rules between its fields). ``SECTION`` is its key path, for messages."""
+
+    SECTION = ""
+
+    def key(self, name):
+        return f"{self.SECTION}.{name}" if self.SECTION else name
+
+    def __post_init__(self):
+        hints = _hints(type(self))
+        for field in dataclasses.fields(self):
+            hint, value = hints[field.name], getattr(self, field.name)
+            if dataclasses.is_dataclass(hint):
+                if isinstance(value, dict):
+                    value = build_section(hint, value, self.key(field.name))
+                elif not isinstance(value, hint):
+                    raise ConfigError(self.key(field.name), f"must be a mapping, not {value!r}")
+            else:
+                value = check_value(value, hint, self.key(field.name))
+            setattr(self, field.name, value)
+        self.check()
+
+    def check(self):
+        """Rules between this section's fields; raise ConfigError(self.key(name), problem)."""
+
+
+def build_section(cls, values, path=None):
+    """A Section from a (partial) dict, nested sections included; unknown keys are errors naming the key."""
+    path = cls.SECTION if path is None else path
+    if not isinstance(values, dict):
+        raise ConfigError(path, f"must be a mapping, not {values!r}")
+    names = [field.name for field in dataclasses.fields(cls)]
+    for key in values:
+        if key not in names:
+            where = f"{path}.{key}" if path else str(key)
+            raise DfdError(f"unknown config key {where!r}{_close_hint(key, names)} (known: {', '.join(names)})")
+    kwargs = {}
+    for key, value in values.items():
+        hint = _hints(cls)[key]
+        if dataclasses.is_dataclass(hint):
+            value = build_section(hint, value, f"{path}.{key}" if path else key)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _registered(registry, name, path):
+    """``name`` is in ``registry``, or a ConfigError naming ``path`` and the close names."""
+    if name not in registry:
+        raise ConfigError(path, f"names no {registry.family}: {registry.unknown_name_message(name)}")
+
+
+# ---------------------------------------------------------------------------------------------- the clip
 @dataclasses.dataclass
-class DataConfig:
-    source: str = "videos"  # videos (decode shards) | embeddings (cached frame features from `dfdtrain embed`)
+class SamplerConfig(Section):
+    """Which frames of a video make a clip (dfdtrain.data.sampler): ``uniform`` N frames over the whole video,
+    ``clip`` N consecutive frames ``stride`` apart, ``every`` k-th frame; random jitter in training only."""
+
+    SECTION = "clip.sampler"
+    mode: Literal["uniform", "clip", "every"] = "uniform"
+    num_frames: Count = 16  # T: frames per clip (the notebooks used 16/20/32/64); shorter videos are padded
+    stride: Count = 1  # clip mode: step between frames
+    every: Count = 1  # every mode: take every k-th frame
+
+
+@dataclasses.dataclass
+class ClipSpec(Section):
+    """The clip a model sees: frames sampled, cropped, resized to ``image_size`` and normalised.
+
+    ``image_size: 0`` and ``mean``/``std: null`` mean "the backbone's own" (timm's data config); ``resolve``
+    fills them in once the model is built, and the resolved spec is what checkpoints and bundles store.
+    """
+
+    SECTION = "clip"
+    sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
+    crop: Literal["face", "center", "full"] = "face"  # face: stored boxes or track (else centre square)
+    margin: NonNegative = 1 / 3  # face box growth per side, as a fraction of its size
+    image_size: NonNegativeInt = 0  # square input side; 0 = the backbone's own input size
+    mean: Optional[tuple[float, float, float]] = None  # normalisation; null = the backbone's own
+    std: Optional[tuple[Positive, Positive, Positive]] = None
+    input_transform: Literal["rgb", "ela"] = "rgb"  # ela: error-level analysis |x - JPEG(x)|, as a reference report
+    ela_quality: Annotated[int, Range(1, 100)] = 90
+    ela_scale: Positive = 10.0
+
+    def check(self):
+        if (self.mean is None) != (self.std is None):
+            raise ConfigError(self.key("mean"), "and clip.std are set together (or both left to the backbone)")
+
+    @property
+    def resolved(self):
+        return self.image_size > 0 and self.mean is not None
+
+    def resolve(self, data_config):
+        """This spec with what it leaves to the backbone filled in from timm's ``data_config``."""
+        return dataclasses.replace(
+            self, image_size=self.image_size or int(data_config["input_size"][-1]),
+            mean=self.mean if self.mean is not None else tuple(float(value) for value in data_config["mean"]),
+            std=self.std if self.std is not None else tuple(float(value) for value in data_config["std"]))
+
+
+# ---------------------------------------------------------------------------------------------- data
+@dataclasses.dataclass
+class AugmentConfig(Section):
+    """Training augmentation (dfdtrain.data.augment): one random draw per clip, applied to all its frames."""
+
+    SECTION = "data.augment"
+    enabled: bool = True
+    hflip: Fraction = 0.5  # probability of a horizontal flip
+    rotate: NonNegative = 10.0  # max degrees either way
+    zoom: tuple[Positive, Positive] = (1.0, 1.15)  # scale range (>1 zooms in: a random resized crop)
+    translate: Fraction = 0.05  # max shift as a fraction of the size
+    brightness: Fraction = 0.2  # factor in [1 - b, 1 + b]
+    contrast: Fraction = 0.2  # factor in [1 - c, 1 + c]
+    jpeg: Fraction = 0.0  # probability of re-compressing the clip as JPEG
+    jpeg_quality: tuple[Annotated[int, Range(1, 100)], Annotated[int, Range(1, 100)]] = (40, 95)
+    blur: Fraction = 0.1  # probability of a Gaussian blur
+    blur_sigma: tuple[Positive, Positive] = (0.3, 1.5)
+    noise: Fraction = 0.1  # probability of Gaussian noise
+    noise_std: tuple[NonNegative, NonNegative] = (0.005, 0.03)
+
+    def check(self):
+        for name in ("zoom", "jpeg_quality", "blur_sigma", "noise_std"):
+            low, high = getattr(self, name)
+            if low > high:
+                raise ConfigError(self.key(name), f"must be [low, high] with low <= high, not {[low, high]}")
+
+
+@dataclasses.dataclass
+class DataConfig(Section):
+    SECTION = "data"
+    source: Literal["videos", "embeddings"] = "videos"  # embeddings: cached frame features from `dfdtrain embed`
     train_shards: str = ""  # glob or brace pattern, e.g. shards/train-*.tar
     val_shards: str = ""
-    batch_size: int = 8  # per rank
-    num_workers: int = 2
-    num_frames: int = 16  # T: frames per clip (the notebooks used 16/20/32/64)
-    sampler: str = "uniform"  # uniform | clip | every
-    stride: int = 1  # clip sampler: step between frames
-    every: int = 1  # every sampler: take every k-th frame
-    image_size: int = 0  # 0 = the backbone's own input size (timm data config)
-    crop: str = "face"  # face (stored boxes, else centre square) | center | full
-    margin: float = 1 / 3  # face box growth per side
-    decoder: str = "auto"  # auto | pyav | dali | torchcodec | sequential
-    shuffle_buffer: int = 64
-    epoch_samples: int = 0  # training samples per epoch over all ranks; 0 = all training samples
+    batch_size: Count = 8  # per rank
+    num_workers: NonNegativeInt = 2  # decoding processes per rank
+    worker_start_method: Literal["default", "fork", "spawn", "forkserver"] = "default"  # of the decoding workers
+    decoder: str = "auto"  # a decoder name: auto | pyav | dali | torchcodec | sequential
+    shuffle_buffer: Count = 64
+    epoch_samples: NonNegativeInt = 0  # training samples per epoch over all ranks; 0 = all training samples
     class_balance: bool = False  # resample training data to equal real/fake counts
-    augment: bool = True
-    input_transform: str = "rgb"  # rgb | ela (error-level analysis)
-    dali_canvas: int = 0  # DALI: decode-time square resize, needed for mixed resolutions
-    face_track: str = "first"  # face-clip shards (shard --store faces): first | random track per training sample
+    dali_canvas: NonNegativeInt = 0  # DALI: decode-time square resize, needed for mixed resolutions
+    face_track: Literal["first", "random"] = "first"  # face-clip shards: which track a training sample uses
+    max_skip_fraction: Fraction = 0.5  # stop training when more of the last skip_window samples were skipped
+    skip_window: Count = 64  # samples the skip guard looks back over
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+
+    def check(self):
+        from dfdtrain.data.decoders import DECODERS
+
+        _registered(DECODERS, self.decoder, self.key("decoder"))
 
 
+# ---------------------------------------------------------------------------------------------- model
 @dataclasses.dataclass
-class ModelConfig:
+class ModelConfig(Section):
+    SECTION = "model"
     backbone: str = "mobilenetv2_100"  # a timm name or a Keras-style alias (EfficientNetB7, ResNet152V2, ...)
     head: str = "gru"  # mean | max | attention | gru | lstm | transformer | dense | se
     head_options: dict = dataclasses.field(default_factory=dict)  # e.g. {num_layers: 2, hidden: [256, 128]}
@@ -49,53 +305,92 @@ class ModelConfig:
     channels_last: bool = False
     grad_checkpointing: bool = False
     sync_batchnorm: bool = False  # convert BatchNorm to SyncBatchNorm for multi-GPU training
-    drop_path_rate: float = 0.0
+    drop_path_rate: Annotated[float, Range(0, 1)] = 0.0
+
+    def check(self):
+        from dfdtrain.models.backbones import resolve_backbone_name
+        from dfdtrain.models.heads import HEADS, check_head_options
+
+        try:
+            resolve_backbone_name(self.backbone)
+        except DfdError as error:
+            raise ConfigError(self.key("backbone"), f"names no usable backbone: {error}") from None
+        _registered(HEADS, self.head, self.key("head"))
+        problem = check_head_options(self.head, self.head_options)
+        if problem:
+            option, text = problem
+            raise ConfigError(self.key(f"head_options.{option}") if option else self.key("head_options"), text)
 
 
 @dataclasses.dataclass
-class FinetuneConfig:
+class FinetuneConfig(Section):
+    SECTION = "finetune"
     freeze_backbone: bool = False  # train the head only, for the whole run
-    frozen_epochs: int = 0  # two-phase: this many epochs with the backbone frozen, then unfreeze
-    unfreeze_last: int = -1  # stages to unfreeze after the frozen phase (-1 = all, timm's stage structure)
-    backbone_lr_scale: float = 0.1  # backbone learning rate = head learning rate x this, once unfrozen
+    frozen_epochs: NonNegativeInt = 0  # two-phase: this many epochs with the backbone frozen, then unfreeze
+    unfreeze_last: Annotated[int, Range(-1)] = -1  # stages to unfreeze after the frozen phase (-1 = all)
+    backbone_lr_scale: NonNegative = 0.1  # backbone learning rate = head learning rate x this, once unfrozen
     freeze_batchnorm: bool = False  # keep BatchNorm running statistics of the backbone fixed
 
 
 @dataclasses.dataclass
-class OptimConfig:
-    optimizer: str = "adamw"  # adamw | adam | sgd (Nesterov momentum)
-    lr: float = 1e-3  # the head's peak learning rate (the backbone's: x finetune.backbone_lr_scale once unfrozen)
-    weight_decay: float = 0.01  # not applied to biases and norm layers
-    momentum: float = 0.9  # sgd
-    schedule: str = "cosine"  # cosine | poly | constant, after warmup
-    warmup_steps: int = 0  # linear warmup from 0 over this many optimizer steps
-    min_lr_ratio: float = 0.0  # floor of the decay, as a fraction of the peak
-    poly_power: float = 1.0
+class OptimConfig(Section):
+    SECTION = "optim"
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"  # sgd: Nesterov momentum
+    lr: Positive = 1e-3  # the head's peak learning rate (the backbone's: x finetune.backbone_lr_scale)
+    weight_decay: NonNegative = 0.01  # not applied to biases and norm layers
+    momentum: Annotated[float, Range(0, 1)] = 0.9  # sgd
+    schedule: Literal["cosine", "poly", "constant"] = "cosine"  # after warmup
+    warmup_steps: NonNegativeInt = 0  # linear warmup from 0 over this many optimizer steps
+    min_lr_ratio: Fraction = 0.0  # floor of the decay, as a fraction of the peak
+    poly_power: Positive = 1.0
+
+
+# Metrics where a lower value is better; every other metric of the validation table is higher-is-better.
+LOWER_IS_BETTER = ("loss", "log_loss", "eer", "brier")
 
 
 @dataclasses.dataclass
-class TrainConfig:
+class TrainConfig(Section):
+    SECTION = "train"
     engine: str = "deepspeed"  # deepspeed | ddp
-    epochs: int = 10
-    zero_stage: int = 0  # DeepSpeed ZeRO stage 0, 1 or 2
-    grad_accum: int = 1  # micro-batches per optimizer step
-    grad_clip: float = 0.0  # max gradient norm; 0 = off
-    precision: str = "fp32"  # fp32 | bf16 (torch autocast: BatchNorm and the master weights stay fp32)
-    label_smoothing: float = 0.0
+    epochs: Count = 10
+    zero_stage: Literal[0, 1, 2] = 0  # DeepSpeed ZeRO stage
+    grad_accum: Count = 1  # micro-batches per optimizer step
+    grad_clip: NonNegative = 0.0  # max gradient norm; 0 = off
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: torch autocast (BatchNorm and master weights stay fp32)
+    label_smoothing: Annotated[float, Range(0, 1)] = 0.0
     class_weights: bool = False  # BCE pos_weight = real/fake count of the training shards
-    threshold: float = 0.5  # P(fake) at or above which a video is called FAKE
+    threshold: Fraction = 0.5  # P(fake) at or above which a video is called FAKE
     early_stopping_metric: str = "val_loss"  # val_loss or a metric path like video.head.auc
-    early_stopping_mode: str = "min"  # min | max
-    patience: int = 0  # epochs without improvement before stopping; 0 = never stop early
-    checkpoint_every: int = 0  # optimizer steps between mid-epoch checkpoints; 0 = end of epoch only
-    log_every: int = 10  # optimizer steps between train log lines
+    early_stopping_mode: Literal["min", "max"] = "min"
+    patience: NonNegativeInt = 0  # epochs without improvement before stopping; 0 = never stop early
+    checkpoint_every: NonNegativeInt = 0  # optimizer steps between mid-epoch checkpoints; 0 = end of epoch only
+    log_every: Count = 10  # optimizer steps between train log lines (and finiteness checks)
     deepspeed_config: str = ""  # a raw DeepSpeed JSON whose keys override the generated ones
-    device: str = "auto"  # auto (cuda when available) | cpu | cuda
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
+
+    def check(self):
+        from dfdtrain.engine.engines import ENGINES
+        from dfdtrain.engine.scoring import check_metric_path
+
+        _registered(ENGINES, self.engine, self.key("engine"))
+        problem = check_metric_path(self.early_stopping_metric)
+        if problem:
+            raise ConfigError(self.key("early_stopping_metric"), problem)
+        lower_is_better = self.early_stopping_metric.split(".")[-1] in LOWER_IS_BETTER \
+            or self.early_stopping_metric == "val_loss"
+        wanted = "min" if lower_is_better else "max"
+        if self.early_stopping_mode != wanted:
+            raise ConfigError(self.key("early_stopping_mode"),
+                              f"is {self.early_stopping_mode!r}, which would keep the worst "
+                              f"{self.early_stopping_metric}; set {wanted!r}")
 
 
+# ---------------------------------------------------------------------------------------------- logging
 @dataclasses.dataclass
-class WandbConfig:
-    mode: str = "disabled"  # online | offline | disabled
+class WandbConfig(Section):
+    SECTION = "logger.wandb"
+    mode: Literal["online", "offline", "disabled"] = "disabled"
     project: str = "dfdtrain"
     name: str = ""  # run name (default: the experiment name)
     tags: list = dataclasses.field(default_factory=list)
@@ -103,15 +398,18 @@ class WandbConfig:
 
 
 @dataclasses.dataclass
-class LoggerConfig:
+class LoggerConfig(Section):
+    SECTION = "logger"
     wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
 
 
+# ---------------------------------------------------------------------------------------------- experiment
 @dataclasses.dataclass
-class ExperimentConfig:
+class ExperimentConfig(Section):
     name: str = "experiment"
     seed: int = 0
     run_dir: str = ""  # default runs/<name>
+    clip: ClipSpec = dataclasses.field(default_factory=ClipSpec)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
@@ -119,39 +417,55 @@ class ExperimentConfig:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     logger: LoggerConfig = dataclasses.field(default_factory=LoggerConfig)
 
-
-def _build(cls, values, where):
-    """A dataclass from a dict, recursively; unknown keys and wrong types are errors that name the key."""
-    if not isinstance(values, dict):
-        raise DfdError(f"{where or 'config'}: expected a mapping, got {type(values).__name__}")
-    fields = {field.name: field for field in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in values.items():
-        path = f"{where}.{key}" if where else key
-        if key not in fields:
-            raise DfdError(f"unknown config key {path!r} (known: {', '.join(sorted(fields))})")
-        kind = hints[key]
-        if dataclasses.is_dataclass(kind):
-            kwargs[key] = _build(kind, value, path)
-        else:
-            kwargs[key] = _coerce(value, kind, path)
-    return cls(**kwargs)
+    def check(self):
+        """Rules between sections. The world size is the launcher's (WORLD_SIZE), 1 without one."""
+        data, world_size = self.data, int(os.environ.get("WORLD_SIZE", "1") or 1)
+        if data.epoch_samples and data.epoch_samples < data.batch_size * world_size:
+            raise ConfigError("data.epoch_samples", f"is {data.epoch_samples}, less than one global batch "
+                              f"(data.batch_size {data.batch_size} x {world_size} process(es)): an epoch would "
+                              "have no step")
+        if data.class_balance and self.train.class_weights:
+            raise ConfigError("data.class_balance", "and train.class_weights both correct the class imbalance: "
+                              "together they correct it twice; keep one")
 
 
-def _coerce(value, kind, path):
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if kind is float and isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if kind is bool and not isinstance(value, bool):
-        raise DfdError(f"config key {path!r} must be true or false, not {value!r}")
-    if kind in (int, float, str, dict, list) and not isinstance(value, kind):
-        raise DfdError(f"config key {path!r} must be {kind.__name__}, not {value!r}")
-    return value
+# ---------------------------------------------------------------------------------------------- loading
+# Flat names of earlier versions -> where they live now (read with a note in any error about them).
+LEGACY_KEYS = {
+    "data.num_frames": "clip.sampler.num_frames",
+    "data.sampler": "clip.sampler.mode",
+    "data.stride": "clip.sampler.stride",
+    "data.every": "clip.sampler.every",
+    "data.image_size": "clip.image_size",
+    "data.crop": "clip.crop",
+    "data.margin": "clip.margin",
+    "data.input_transform": "clip.input_transform",
+}
+
+
+def _set_path(values, path, value):
+    parts = path.split(".")
+    node = values
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(path, f"cannot be set: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def move_legacy_keys(values, moved):
+    """Move earlier flat keys of ``values`` (a raw config dict) to their place; ``moved[new] = old``."""
+    data = values.get("data")
+    if not isinstance(data, dict):
+        return
+    for old, new in LEGACY_KEYS.items():
+        name = old.split(".", 1)[1]
+        if name in data:
+            _set_path(values, new, data.pop(name))
+            moved[new] = old
+    if isinstance(data.get("augment"), bool):  # `augment: false` was a switch; now a section
+        data["augment"] = {"enabled": data["augment"]}
+        moved["data.augment.enabled"] = "data.augment"
 
 
 def config_to_dict(config):
@@ -176,9 +490,16 @@ def apply_override(values, override):
     node[parts[-1]] = value
 
 
-def config_from_dict(values):
-    """ExperimentConfig from a (partial) nested dict, e.g. {"model": {...}}; unknown keys are errors."""
-    return _build(ExperimentConfig, values, "")
+def config_from_dict(values, moved=None):
+    """ExperimentConfig from a (partial) nested dict, e.g. {"model": {...}}; checked as it is built."""
+    moved = {} if moved is None else moved
+    move_legacy_keys(values, moved)
+    try:
+        return build_section(ExperimentConfig, values, "")
+    except ConfigError as error:
+        if error.path in moved:  # the user wrote the earlier name: say so
+            raise ConfigError(error.path, f"{error.problem} (set as {moved[error.path]})") from None
+        raise
 
 
 def load_config(path=None, overrides=()):
@@ -192,9 +513,14 @@ def load_config(path=None, overrides=()):
             raise DfdError(f"{path}: cannot read config ({error.strerror})") from None
         except yaml.YAMLError as error:
             raise DfdError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        if not isinstance(values, dict):
+            raise DfdError(f"{path}: a config is a mapping of sections, not {type(values).__name__}")
+    moved = {}
+    move_legacy_keys(values, moved)
     for override in overrides:
         apply_override(values, override)
-    return config_from_dict(values)
+        move_legacy_keys(values, moved)  # an override may use an earlier name too; the later setting wins
+    return config_from_dict(values, moved)
 
 
 def save_config(config, path):

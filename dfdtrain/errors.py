@@ -6,13 +6,11 @@ class DfdError(Exception):
 
 
 class BadVideo(DfdError):
-    """A video (or image) that cannot be used; `reason` is one of BAD_VIDEO_REASONS."""
+    """A video (or image) that cannot be used: ``reason`` is a short tag (unreadable, zero-length, undecodable,
+    truncated, ...), ``detail`` the decoder's own words. Loaders skip and count such a sample."""
 
     def __init__(self, path, reason, detail=""):
         self.path = str(path)
         self.reason = reason
         self.detail = detail
         super().__init__(f"{self.path}: {reason}" + (f" ({detail})" if detail else ""))
-
-
-BAD_VIDEO_REASONS = ("unreadable", "zero-length", "undecodable", "truncated")

@@ -17,13 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from dfdtrain.data.augment import InputConfig
-from dfdtrain.data.loader import LoaderConfig, VideoLoader, expand_shards, gather_to_rank0
-from dfdtrain.data.sampler import SamplerConfig
-from dfdtrain.engine.distributed import DistributedContext
-from dfdtrain.engine.evaluate import score_videos
+from dfdtrain.config import DataConfig, config_to_dict
+from dfdtrain.data.loader import VideoLoader, expand_shards
+from dfdtrain.engine.distributed import DistributedContext, gather_to_rank0
+from dfdtrain.engine.scoring import records_loss, score_videos
 from dfdtrain.errors import DfdError
 from dfdtrain.fileio import atomic_open, write_json
 from dfdtrain.metrics import (aggregate, evaluate_predictions, format_metrics_table, precision_recall_curve,
@@ -68,16 +66,10 @@ def resolve_checkpoint(run_dir=None, checkpoint="best"):
 
 
 def evaluation_loader(settings, shards, batch_size, workers, decoder, context):
-    """A loader that sees every video once, with the frames prepared as the detector was trained on them."""
-    config = LoaderConfig(
-        shards=shards, batch_size=batch_size, num_workers=workers,
-        sampler=SamplerConfig(settings["sampler"], settings["num_frames"], settings.get("stride", 1),
-                              settings.get("every", 1)),
-        image_size=settings["image_size"], crop=settings["crop"], margin=settings["margin"], decoder=decoder)
-    input_config = InputConfig(mean=tuple(settings["mean"]), std=tuple(settings["std"]),
-                               transform=settings.get("input_transform", "rgb"))
-    return VideoLoader(config, train=False, input_config=input_config, device=context.device,
-                       rank=context.rank, world_size=context.world_size)
+    """A loader that sees every video once, each made into the clip the detector was trained on."""
+    data = DataConfig(batch_size=batch_size, num_workers=workers, decoder=decoder)
+    return VideoLoader(shards, settings.clip, data, train=False, device=context.device, rank=context.rank,
+                       world_size=context.world_size)
 
 
 def single_process_context(device="cpu"):
@@ -93,13 +85,6 @@ def video_scores(record):
     for rule in RULES:
         scores[rule] = float(aggregate(record["frame_scores"], rule))
     return scores
-
-
-def video_loss(records):
-    """Video-level BCE of the head's logits (as training's validation loss)."""
-    logits = torch.tensor([record["video_logit"] for record in records], dtype=torch.float64)
-    labels = torch.tensor([float(record["label"]) for record in records], dtype=torch.float64)
-    return float(F.binary_cross_entropy_with_logits(logits, labels))
 
 
 def _auc_or_none(labels, scores):
@@ -380,9 +365,9 @@ def run_evaluation(checkpoint, shards, out_dir, threshold=None, batch_size=8, wo
     context = context or single_process_context()
     shard_paths = expand_shards(shards)
     model, settings = load_detector(checkpoint, device=context.device)
-    threshold = float(settings.get("threshold", 0.5) if threshold is None else threshold)
+    threshold = float(settings.threshold if threshold is None else threshold)
     loader = evaluation_loader(settings, shard_paths, batch_size, workers, decoder, context)
-    records = gather_to_rank0(score_videos(model, loader, context))
+    records = gather_to_rank0(score_videos(model, loader, context.device))
     skipped = gather_to_rank0(loader.skipped)
     if records is None:  # not rank 0
         return None
@@ -395,14 +380,13 @@ def run_evaluation(checkpoint, shards, out_dir, threshold=None, batch_size=8, wo
     metrics = evaluate_predictions(records, threshold=threshold, rules=RULES)
     labels = [record["label"] for record in records]
     metrics.update({
-        "loss": video_loss(records),
+        "loss": records_loss(records),
         "threshold": threshold,
         "checkpoint": str(checkpoint),
         "shards": shard_paths,
         "labels": {"real": labels.count(0), "fake": labels.count(1)},
         "skipped": {"count": len(skipped), "samples": skipped},
-        "settings": {key: settings[key] for key in ("name", "sampler", "num_frames", "image_size", "crop")
-                     if key in settings},
+        "settings": {"name": settings.name, "clip": config_to_dict(settings.clip)},
     })
 
     out_dir = Path(out_dir)

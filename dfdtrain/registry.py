@@ -1,9 +1,18 @@
-"""One small registry class for every family (datasets, decoders, backbones, heads, ...).
+"""One small registry class for every family (datasets, decoders, backbones, heads, engines, ...).
 
-Adding a member is one decorated function or class: ``@DATASETS.register("dfdc")``.
+Adding a member is one decorated function or class: ``@DATASETS.register("dfdc")``. Looking up a name that
+is not there raises ``UnknownName``: one line with the closest names and the known ones (a DfdError, so the
+CLI prints it as such, and a KeyError, as a lookup failure).
 """
 
 import difflib
+
+from dfdtrain.errors import DfdError
+
+
+class UnknownName(DfdError, KeyError):
+    def __str__(self):  # KeyError would quote the message
+        return str(self.args[0])
 
 
 class Registry:
@@ -20,16 +29,22 @@ class Registry:
 
         return add
 
+    def unknown_name_message(self, name):
+        close = difflib.get_close_matches(str(name), self._entries, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        return f"unknown {self.family} {name!r}{hint} (known: {', '.join(self.names())})"
+
     def get(self, name):
         try:
             return self._entries[name]
-        except KeyError:
-            close = difflib.get_close_matches(name, self._entries, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise KeyError(f"unknown {self.family} {name!r}{hint} (known: {', '.join(self.names())})") from None
+        except (KeyError, TypeError):
+            raise UnknownName(self.unknown_name_message(name)) from None
 
     def names(self):
         return sorted(self._entries)
 
     def __contains__(self, name):
-        return name in self._entries
+        try:
+            return name in self._entries
+        except TypeError:  # an unhashable value from a config file
+            return False

@@ -33,6 +33,24 @@ def run_cli(*args, cwd=None):
                           cwd=cwd, timeout=600)
 
 
+IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+
+
+def clip_spec(num_frames, image_size, crop="center", **options):
+    """A resolved ClipSpec for loader tests: the uniform sampler, ImageNet normalisation (timm's default)."""
+    from dfdtrain.config import ClipSpec, SamplerConfig
+
+    return ClipSpec(sampler=SamplerConfig("uniform", num_frames), crop=crop, image_size=image_size,
+                    **{**IMAGENET, **options})
+
+
+def data_config(**options):
+    """A DataConfig for loader tests: PyAV, decoding in the test's own process unless workers are asked for."""
+    from dfdtrain.config import DataConfig
+
+    return DataConfig(**{"decoder": "pyav", "num_workers": 0, **options})
+
+
 def make_synth_shards(root, count, frames, val_fraction, target_bytes, seed, width=64, height=64, codec="h264"):
     """Real shards of generated clips: synth -> folder index (no test split) -> shard. Returns the shard folder."""
     from dfdtrain.data.index import build_manifest, write_manifest
@@ -56,7 +74,7 @@ def train_tiny(run_dir, shards, *overrides):
         [sys.executable, "-m", "dfdtrain", "train", "--quiet", f"run_dir={run_dir}", "train.engine=ddp",
          f"data.train_shards={shards}/train-*.tar", f"data.val_shards={shards}/val-*.tar",
          "model.backbone=mobilenetv2_050", "model.head=gru", "model.head_options={hidden_size: 16, hidden: [8]}",
-         "data.num_frames=4", "data.image_size=48", "data.decoder=pyav", "data.batch_size=2",
+         "clip.sampler.num_frames=4", "clip.image_size=48", "data.decoder=pyav", "data.batch_size=2",
          "data.num_workers=0", "data.epoch_samples=8", "train.epochs=1", *overrides],
         capture_output=True, text=True, timeout=600)
 
@@ -72,7 +90,7 @@ def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     shards = make_synth_shards(root, count=12, frames=8, val_fraction=0.34, target_bytes=60_000, seed=11)
     run_dir = root / "run"
-    result = train_tiny(run_dir, shards, "data.crop=face")
+    result = train_tiny(run_dir, shards, "clip.crop=face")
     if result.returncode != 0:
         pytest.fail(f"training the test detector failed: {result.stderr[-2000:]}")
     return run_dir

@@ -1,63 +1,77 @@
-"""Run under torchrun (or alone): a few optimizer steps of the real engine on fixed data; save the weights.
+"""Run under torchrun (or alone): a few optimizer steps of the real Trainer on fixed data; save the weights.
 
 argv: engine (ddp|deepspeed), ZeRO stage, steps, output prefix, frozen_epochs (0 = all trainable).
 The global batch is 4 clips whatever the world size (each rank takes its slice), so the weights after the
 steps must match a single-process run with the same global batch. BatchNorm statistics are frozen and the
 head has no dropout: with per-rank BatchNorm batches and random dropout, runs would legitimately differ.
+The steps are ``Trainer.train_step``, the training loop's own.
 """
 
+import os
 import sys
+import tempfile
 
 import torch
 
-from dfdtrain.config import OptimConfig, TrainConfig
-from dfdtrain.engine.distributed import cleanup, init_distributed
-from dfdtrain.engine.engines import build_engine
-from dfdtrain.engine.optim import LearningRateSchedule, build_optimizer
-from dfdtrain.engine.train import bce_loss
-from dfdtrain.models.detector import build_detector
-from dfdtrain.models.finetune import (FinetuneSchedule, apply_phase, freeze_batchnorm_statistics, parameter_groups,
-                                      prepare_trainable)
+from dfdtrain.config import config_from_dict
+from dfdtrain.engine.distributed import cleanup
+from dfdtrain.engine.trainer import Trainer
 
 GLOBAL_BATCH = 4
 
 
-def main(engine_name, zero_stage, steps, out_prefix, frozen_epochs):
-    context = init_distributed("cpu")
-    torch.manual_seed(0)
-    model = build_detector("mobilenetv2_050", "gru", head_options={"hidden_size": 16, "hidden": [8], "dropout": 0.0})
-    schedule = FinetuneSchedule(frozen_epochs=int(frozen_epochs), freeze_batchnorm=True)
-    prepare_trainable(model, schedule)
-    # SGD: its update is linear in the gradient, so float summation order cannot flip it (Adam divides a
-    # near-zero gradient by its own magnitude: the sign of rounding noise would decide the update)
-    optim = OptimConfig(optimizer="sgd", lr=0.05, weight_decay=0.01, schedule="cosine", warmup_steps=1)
-    optimizer = build_optimizer(parameter_groups(model, optim.lr, optim.weight_decay), optim)
-    lr_schedule = LearningRateSchedule(optimizer, optim, total_steps=int(steps))
-    per_rank = GLOBAL_BATCH // context.world_size
-    train = TrainConfig(engine=engine_name, zero_stage=int(zero_stage), grad_clip=1.0)
-    engine = build_engine(engine_name, model, optimizer, lr_schedule, train, context, per_rank)
-    apply_phase(engine.module, schedule, 0, engine.optimizer)
-    lr_schedule.apply()
+class FixedBatches:
+    """This rank's slice of fixed random clips, one batch per step: the loader interface the Trainer takes."""
 
-    data = torch.Generator().manual_seed(1)
-    frames = torch.randn(int(steps) * GLOBAL_BATCH, 3, 3, 32, 32, generator=data)
-    labels = torch.randint(0, 2, (int(steps) * GLOBAL_BATCH,), generator=data).float()
-    mask = torch.ones(GLOBAL_BATCH, 3, dtype=torch.bool)
-    mask[1, 2] = False  # a padded frame, as real batches have
-    before = {name: value.detach().clone() for name, value in engine.module.state_dict().items()}
-    for step in range(int(steps)):
-        engine.model.train()
-        freeze_batchnorm_statistics(engine.module)
-        start = step * GLOBAL_BATCH + context.rank * per_rank
-        rows = slice(start, start + per_rank)
-        rank_mask = mask[context.rank * per_rank: (context.rank + 1) * per_rank]
-        with engine.micro_step():
-            video_logits, _ = engine.forward(frames[rows], rank_mask)
-            engine.backward(bce_loss(video_logits, labels[rows], 0.0, None))
-        assert engine.step()
-    after = engine.module.state_dict()
+    def __init__(self, steps, rank, per_rank):
+        data = torch.Generator().manual_seed(1)
+        self.frames = torch.randn(steps * GLOBAL_BATCH, 3, 3, 32, 32, generator=data)
+        self.labels = torch.randint(0, 2, (steps * GLOBAL_BATCH,), generator=data).float()
+        mask = torch.ones(GLOBAL_BATCH, 3, dtype=torch.bool)
+        mask[1, 2] = False  # a padded frame, as real batches have
+        self.mask = mask[rank * per_rank: (rank + 1) * per_rank]
+        self.steps, self.rank, self.per_rank = steps, rank, per_rank
+        self.skipped = []
+
+    def set_epoch(self, epoch):
+        pass
+
+    def __len__(self):
+        return self.steps
+
+    def __iter__(self):
+        for step in range(self.steps):
+            start = step * GLOBAL_BATCH + self.rank * self.per_rank
+            rows = slice(start, start + self.per_rank)
+            yield {"frames": self.frames[rows], "mask": self.mask, "label": self.labels[rows],
+                   "key": [str(index) for index in range(rows.start, rows.stop)]}
+
+
+def main(engine_name, zero_stage, steps, out_prefix, frozen_epochs):
+    steps, world_size = int(steps), int(os.environ.get("WORLD_SIZE", 1))
+    per_rank = GLOBAL_BATCH // world_size
+    config = config_from_dict({
+        "run_dir": tempfile.mkdtemp(), "seed": 0,
+        "model": {"backbone": "mobilenetv2_050", "head": "gru",
+                  "head_options": {"hidden_size": 16, "hidden": [8], "dropout": 0.0}},
+        "finetune": {"frozen_epochs": int(frozen_epochs), "freeze_batchnorm": True},
+        # SGD: its update is linear in the gradient, so float summation order cannot flip it (Adam divides a
+        # near-zero gradient by its own magnitude: the sign of rounding noise would decide the update)
+        "optim": {"optimizer": "sgd", "lr": 0.05, "weight_decay": 0.01, "schedule": "cosine", "warmup_steps": 1},
+        "train": {"engine": engine_name, "zero_stage": int(zero_stage), "grad_clip": 1.0, "epochs": 1,
+                  "device": "cpu"},
+        "data": {"batch_size": per_rank},
+    })
+    rank = int(os.environ.get("RANK", 0))
+    trainer = Trainer(config, train_loader=FixedBatches(steps, rank, per_rank))
+    before = {name: value.detach().clone() for name, value in trainer.model.state_dict().items()}
+    trainer.begin_epoch(0)
+    for batch in trainer.train_loader:
+        assert trainer.train_step(batch).stepped
+    trainer.check_finite()
+    after = trainer.model.state_dict()
     torch.save({"before": before, "after": {name: value.detach().clone() for name, value in after.items()}},
-               f"{out_prefix}.rank{context.rank}.pt")
+               f"{out_prefix}.rank{trainer.context.rank}.pt")
     cleanup()
 
 

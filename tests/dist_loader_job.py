@@ -10,25 +10,26 @@ import sys
 import torch
 import torch.distributed as dist
 
-from dfdtrain.data.loader import LoaderConfig, VideoLoader, gather_to_rank0
-from dfdtrain.data.sampler import SamplerConfig
+from dfdtrain.config import ClipSpec, DataConfig, SamplerConfig
+from dfdtrain.data.loader import VideoLoader
+from dfdtrain.engine.distributed import gather_to_rank0
+
+CLIP = ClipSpec(sampler=SamplerConfig("uniform", 4), crop="center", image_size=32, mean=(0.485, 0.456, 0.406),
+                std=(0.229, 0.224, 0.225))
 
 
 def main(train_shards, eval_shards, out_path, workers):
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    config = LoaderConfig(shards=train_shards.split(","), batch_size=2, num_workers=int(workers),
-                          sampler=SamplerConfig("uniform", 4), image_size=32, crop="center", seed=5)
-    train = VideoLoader(config, train=True)
+    data = DataConfig(batch_size=2, num_workers=int(workers), decoder="pyav")
+    train = VideoLoader(train_shards.split(","), CLIP, data, train=True, seed=5)
     steps, shapes = 0, set()
     for batch in train:
         dist.all_reduce(torch.ones(1))  # a collective per step, like DDP's gradient all-reduce
         shapes.add((tuple(batch["frames"].shape), batch["frames"].dtype == torch.float32,
                     tuple(batch["mask"].shape), tuple(batch["label"].shape)))
         steps += 1
-    eval_config = LoaderConfig(shards=eval_shards.split(","), batch_size=2, num_workers=int(workers),
-                               sampler=SamplerConfig("uniform", 4), image_size=32, crop="center")
-    evaluation = VideoLoader(eval_config, train=False)
+    evaluation = VideoLoader(eval_shards.split(","), CLIP, data, train=False)
     seen = [(key, float(label)) for batch in evaluation for key, label in zip(batch["key"], batch["label"].tolist())]
     everything = gather_to_rank0([{"rank": rank, "key": key, "label": label} for key, label in seen])
     steps_per_rank = gather_to_rank0([steps])

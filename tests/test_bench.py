@@ -67,6 +67,8 @@ def assert_positive(mapping, *keys):
 def test_quick_result_has_the_machine_and_finite_numbers(quick_results, name):
     result = quick_results[name]
     assert result["benchmark"] == name
+    assert list(result)[:5] == ["benchmark", "created", "machine", "device", "settings"]  # common.envelope's order
+    assert list(result)[-1] == "seconds"
     for key in MACHINE_KEYS:
         assert key in result["machine"], key
     assert result["machine"]["cores"] > 0 and result["machine"]["cpu"]
@@ -127,6 +129,11 @@ def test_quick_engine_runs_ddp_and_deepspeed_zero_stages_in_two_processes(quick_
     assert set(result["ratios"]) == {"zero0_over_ddp", "zero1_over_ddp", "zero2_over_ddp"}
     assert_positive(result["ratios"], *result["ratios"])
     assert set(result["goal"]["met"]) == set(result["ratios"])
+    # the DDP Trainer as shipped vs the same with check_finite() (a host sync) after every step, reported apart
+    sync = result["per_step_sync"]
+    assert_positive(sync, "ddp_step_s", "ddp_sync_every_step_step_s", "shipped_over_sync_every_step")
+    assert sync["ddp_step_s"] == engines["ddp"]["median_step_s"]
+    assert "ddp_sync_every_step" in result["settings"]["variants"]
 
 
 def test_quick_scaling_measures_one_and_two_processes_and_projects_nodes(quick_results):
@@ -176,6 +183,7 @@ def test_results_table_renders_every_quick_result(quick_results, tmp_path):
         assert f"## {title} (quick mode)" in text, name
     assert text.index("## Decode") < text.index("## Loader") < text.index("## Scaling")  # registry order
     assert "goal >= 0.95" in text and "goal >= 0.97" in text
+    assert "shipped_over_sync_every_step" in text
     assert "Projection (written, not measured)" in text
     if all(result["machine"]["gpu"] is None for result in quick_results.values()):
         assert "No GPU figures yet" in text
@@ -236,6 +244,20 @@ def test_renderer_lists_an_unregistered_benchmark_and_names_missing_gpu_figures(
     assert "## newcomer" in text and "No renderer is registered" in text and "- `videos`: 3" in text
     line = results_table.gpu_status_line([(tmp_path / "engine.json", engine_on_gpu)])
     assert line.startswith("GPU figures exist for engine") and "decode" in line and "engine," not in line
+
+
+def test_envelope_puts_the_shared_keys_around_the_measurements_in_one_order():
+    import time
+
+    import torch
+
+    result = common.envelope("newcomer", torch.device("cpu"), {"quick": True}, time.time() - 2, videos=3,
+                             ratios={"a_over_b": 1.5})
+    assert list(result) == ["benchmark", "created", "machine", "device", "settings", "videos", "ratios", "seconds"]
+    assert result["device"] == "cpu" and result["seconds"] >= 2 and result["machine"]["cores"] > 0
+    assert "device" not in common.envelope("counting", None, {}, time.time())  # ran nothing on a device
+    with pytest.raises(ValueError, match="seconds"):
+        common.envelope("clash", "cpu", {}, time.time(), seconds=1)
 
 
 def test_bench_without_a_benchmarks_folder_is_a_one_line_error(tmp_path):

@@ -4,8 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from dfdtrain.data.augment import AugmentConfig, InputConfig, augment_clips, ela, timm_input_config, to_model_input
+from dfdtrain.config import AugmentConfig, ClipSpec
+from dfdtrain.data.augment import augment_clips, ela
+from dfdtrain.data.clips import model_input
 from dfdtrain.data.crops import boxes_for_frames, crop_and_resize, crop_regions, square_regions
+from dfdtrain.errors import DfdError
 
 
 def test_boxes_are_interpolated_between_sampled_frames_and_held_at_the_ends():
@@ -83,17 +86,24 @@ def test_flip_mirrors_and_noise_stays_clip_bounded():
     assert noisy.min() >= 0 and noisy.max() <= 1
 
 
-def test_normalisation_comes_from_the_timm_config():
-    assert timm_input_config("inception_v3").mean == (0.5, 0.5, 0.5)
-    resnet = timm_input_config("resnet50")
+def test_normalisation_comes_from_the_backbones_timm_config():
+    from dfdtrain.models.backbones import build_backbone
+
+    inception = ClipSpec().resolve(build_backbone("inception_v3")[1]["data_config"])
+    assert inception.mean == (0.5, 0.5, 0.5) and inception.image_size == 299
+    resnet = ClipSpec(image_size=64).resolve(build_backbone("resnet18")[1]["data_config"])
     assert resnet.mean == pytest.approx((0.485, 0.456, 0.406)) and resnet.std == pytest.approx((0.229, 0.224, 0.225))
+    assert resnet.image_size == 64  # the config's size wins over the backbone's
     batch = torch.full((1, 2, 8, 8, 3), 128, dtype=torch.uint8)
-    normalised = to_model_input(batch, InputConfig(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)))
+    normalised = model_input(batch, ClipSpec(image_size=8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)))
     assert normalised.shape == (1, 2, 3, 8, 8) and normalised.abs().max() < 0.01
+    with pytest.raises(DfdError, match="resolve it first"):
+        model_input(batch, ClipSpec())
 
 
 def test_ela_highlights_detail_not_flat_areas():
     flat = torch.full((1, 1, 32, 32, 3), 120, dtype=torch.uint8)
     textured = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (1, 1, 32, 32, 3), dtype=np.uint8))
     assert ela(flat).mean() < 0.01 and ela(textured).mean() > 0.2
-    assert to_model_input(textured, InputConfig(transform="ela")).shape == (1, 1, 3, 32, 32)
+    spec = ClipSpec(image_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_transform="ela")
+    assert model_input(textured, spec).shape == (1, 1, 3, 32, 32)

@@ -29,6 +29,7 @@ from dfdtrain.data.video import read_frames
 from dfdtrain.errors import BadVideo, DfdError
 
 NUM_FRAMES = 8
+SAMPLER = SamplerConfig("uniform", NUM_FRAMES)
 HEIGHT, WIDTH = 48, 64
 MEAN_TOLERANCE = 2.5  # mean |DALI - PyAV| over all pixels of one read, in 0..255 units
 P99_TOLERANCE = 20.0
@@ -149,7 +150,7 @@ def test_eval_ranks_together_see_every_key_once(dataset, world_size, batch_size)
     rows = dataset["rows"]
     seen = []
     for rank in range(world_size):
-        loader = DaliShardLoader(dataset["shards"], batch_size, NUM_FRAMES, rank, world_size, device="cpu",
+        loader = DaliShardLoader(dataset["shards"], batch_size, SAMPLER, rank, world_size, device="cpu",
                                  train=False)
         first_pass = [check_batch(batch, rows, train=False) for batch in loader]
         assert len(first_pass) == len(loader) == -(-loader.samples // batch_size)
@@ -165,7 +166,7 @@ def test_eval_ranks_together_see_every_key_once(dataset, world_size, batch_size)
 
 def test_eval_frames_match_pyav(dataset):
     rows = dataset["rows"]
-    loader = DaliShardLoader(dataset["shards"], 6, NUM_FRAMES, 0, 1, device="cpu", train=False)
+    loader = DaliShardLoader(dataset["shards"], 6, SAMPLER, 0, 1, device="cpu", train=False)
     checked = collections.Counter()
     for batch in loader:
         for number, key in enumerate(batch["key"]):
@@ -180,7 +181,7 @@ def test_eval_frames_match_pyav(dataset):
 def test_train_ranks_yield_equal_full_batches(dataset):
     rows = dataset["rows"]
     batch_size, world_size = 5, 2  # 6 samples per rank: one full batch per epoch, the rest streams on
-    loaders = [DaliShardLoader(dataset["shards"], batch_size, NUM_FRAMES, rank, world_size, device="cpu", seed=3,
+    loaders = [DaliShardLoader(dataset["shards"], batch_size, SAMPLER, rank, world_size, device="cpu", seed=3,
                                train=True) for rank in range(world_size)]
     assert len(loaders[0]) == len(loaders[1]) == 12 // world_size // batch_size
     indices_by_epoch = collections.defaultdict(dict)
@@ -203,9 +204,9 @@ def test_mixed_resolutions_need_resize(dataset, tmp_path):
     rows += [row for key, row in dataset["rows"].items() if key.startswith("long_")][:2]
     write_shards(rows, tmp_path / "shards", progress=False)
     shard_paths = sorted(str(path) for path in (tmp_path / "shards").glob("*.tar"))
-    with pytest.raises(DfdError, match="different sizes"):
-        next(iter(DaliShardLoader(shard_paths, 4, NUM_FRAMES, device="cpu", train=False)))
-    batch = next(iter(DaliShardLoader(shard_paths, 4, NUM_FRAMES, device="cpu", train=False, resize=(32, 40))))
+    with pytest.raises(DfdError, match="videos of 2 sizes .* set data.dali_canvas"):
+        next(iter(DaliShardLoader(shard_paths, 4, SAMPLER, device="cpu", train=False)))
+    batch = next(iter(DaliShardLoader(shard_paths, 4, SAMPLER, device="cpu", train=False, resize=(32, 40))))
     assert batch["frames"].shape == (4, NUM_FRAMES, 32, 40, 3)
 
 
@@ -215,7 +216,7 @@ def test_h264_shards_are_refused_on_cpu(tmp_path):
     write_shards(rows, tmp_path / "shards", progress=False)
     shard_paths = sorted(str(path) for path in (tmp_path / "shards").glob("*.tar"))
     with pytest.raises(DfdError, match="is a h264 video; DALI decodes only VP8/VP9/MJPEG on the CPU"):
-        DaliShardLoader(shard_paths, 2, NUM_FRAMES, device="cpu")
+        DaliShardLoader(shard_paths, 2, SAMPLER, device="cpu")
 
 
 def test_still_images_in_shards_are_refused(dataset, tmp_path):
@@ -228,4 +229,4 @@ def test_still_images_in_shards_are_refused(dataset, tmp_path):
     write_shards(rows + still_rows, tmp_path / "shards", progress=False)
     shard_paths = sorted(str(path) for path in (tmp_path / "shards").glob("*.tar"))
     with pytest.raises(DfdError, match="has members jpg, json; the dali loader needs a video"):
-        DaliShardLoader(shard_paths, 2, NUM_FRAMES, device="cpu")
+        DaliShardLoader(shard_paths, 2, SAMPLER, device="cpu")

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import REPO, make_synth_shards, run_cli
+from dfdtrain.errors import DfdError
 
 HERE = Path(__file__).resolve().parent
 EXTENSIONS = REPO / ".cache" / "torch_extensions"  # DeepSpeed JIT-builds a small CPU comm op once (~65 s)
@@ -76,8 +77,8 @@ def small_shards(tmp_path_factory):
 def train_args(shards, run_dir, *extra):
     return ["-m", "dfdtrain", "train", "--quiet", f"run_dir={run_dir}", f"data.train_shards={shards}/train-*.tar",
             f"data.val_shards={shards}/val-*.tar", "model.backbone=mobilenetv2_050", "model.head=gru",
-            "model.head_options={hidden_size: 16, hidden: [8], dropout: 0.1}", "data.num_frames=4",
-            "data.image_size=32", "data.crop=center", "data.decoder=pyav", "data.batch_size=2", "data.num_workers=1",
+            "model.head_options={hidden_size: 16, hidden: [8], dropout: 0.1}", "clip.sampler.num_frames=4",
+            "clip.image_size=32", "clip.crop=center", "data.decoder=pyav", "data.batch_size=2", "data.num_workers=1",
             "data.epoch_samples=16", "train.epochs=3", "train.log_every=1", "optim.lr=0.003", *extra]
 
 
@@ -163,3 +164,35 @@ def test_single_process_bf16_train_with_wandb_offline_writes_the_run(tmp_path, s
     assert (run_dir / "config.yaml").is_file() and Path(report["checkpoint"]).is_dir()
     bad = run_cli("train", f"run_dir={tmp_path / 'x'}", "data.train_shards=/nowhere/*.tar")
     assert bad.returncode == 2 and "no shard matches" in bad.stderr
+
+
+def test_trainer_steps_track_non_finite_losses_on_the_device_and_check_them_once(tmp_path):
+    """train_step never waits for the device: a NaN loss is folded into a flag that check_finite reads (the
+    training loop calls it at log and checkpoint steps), which then stops with one line naming the steps."""
+    from dfdtrain.config import config_from_dict
+    from dfdtrain.engine.trainer import NonFiniteLoss, Trainer
+    from dist_engine_job import FixedBatches
+
+    config = config_from_dict({"run_dir": str(tmp_path / "run"), "train": {"engine": "ddp", "device": "cpu"},
+                               "model": {"backbone": "mobilenetv2_050", "head": "mean",
+                                         "head_options": {"hidden": [8]}},
+                               "data": {"batch_size": 4}})
+    batches = FixedBatches(steps=4, rank=0, per_rank=4)
+    batches.frames[4:8] = float("nan")  # the second step's clips
+    trainer = Trainer(config, train_loader=batches)
+    trainer.begin_epoch(0)
+    steps = iter(trainer.train_loader)
+    assert trainer.train_step(next(steps)).stepped
+    trainer.check_finite()  # step 1 was finite
+    for batch in steps:
+        trainer.train_step(batch)  # no exception here: nothing was read back
+    with pytest.raises(NonFiniteLoss, match="non-finite loss between steps 2 and 4: training diverged; the last good "
+                                            "checkpoint is none yet"):
+        trainer.check_finite()
+
+    state = trainer.state_dict()
+    assert state["step"] == 4 and state["epoch"] == 0
+    trainer.load_state_dict({**state, "step": 7})
+    assert trainer.state.step == 7
+    with pytest.raises(DfdError, match="unknown fields \\['rocket'\\]"):
+        trainer.load_state_dict({**state, "rocket": 1})

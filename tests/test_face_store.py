@@ -8,12 +8,11 @@ import pytest
 import torch
 import webdataset as wds
 
-from conftest import SMALL_CLIP, frames_by_key, run_cli, train_tiny
+from conftest import SMALL_CLIP, clip_spec, data_config, frames_by_key, run_cli, train_tiny
 from dfdtrain.data.crops import crop_and_resize
 from dfdtrain.data.decoders import build_decoder
 from dfdtrain.data.face_clips import FaceClipOptions
-from dfdtrain.data.loader import ClipDecoder, LoaderConfig, VideoLoader
-from dfdtrain.data.sampler import SamplerConfig
+from dfdtrain.data.loader import ClipDecoder, VideoLoader
 from dfdtrain.data.shard import write_shards
 from dfdtrain.data.tracks import TrackOptions
 from dfdtrain.data.video import probe
@@ -97,8 +96,7 @@ def test_clip_decoder_samples_in_clip_time_without_a_second_crop(face_shards):
     shards, _, _, _ = face_shards
     sample = read_samples(shards)["real585"]
     sample["meta"] = json.loads(sample["json"])
-    config = LoaderConfig(sampler=SamplerConfig("uniform", 6), image_size=48, crop="face", decoder="pyav")
-    clip = ClipDecoder(config)(sample, None)
+    clip = ClipDecoder(clip_spec(6, 48, crop="face"), "pyav")(sample, None)
     track = sample["meta"]["tracks"][0]
     indices = clip["meta"]["frame_indices"]
     assert max(indices) < track["frames"] and clip["meta"]["face_crop"] and clip["meta"]["track_id"] == 0
@@ -107,33 +105,28 @@ def test_clip_decoder_samples_in_clip_time_without_a_second_crop(face_shards):
     frames = torch.from_numpy(build_decoder("pyav").read(sample["mp4"], indices, name="x.mp4"))
     assert torch.equal(clip["frames"], crop_and_resize(frames, np.array([[0, 0, SIZE, SIZE]] * len(indices)), 48))
     # training may draw any stored track; evaluation always takes track 0
-    random_tracks = ClipDecoder(LoaderConfig(sampler=SamplerConfig("uniform", 4), image_size=32, face_track="random"))
+    random_tracks = ClipDecoder(clip_spec(4, 32, crop="face"), "pyav", face_track="random")
     drawn = {random_tracks(sample, np.random.default_rng(seed))["meta"]["track_id"] for seed in range(8)}
     assert drawn == {0, 1}
 
 
 def test_video_loader_reads_face_clip_shards(face_shards):
     shards, _, _, _ = face_shards
-    config = LoaderConfig(shards=str(shards / "val-*.tar"), batch_size=2, num_workers=0,
-                          sampler=SamplerConfig("uniform", 4), image_size=32, crop="face", decoder="pyav")
-    batches = list(VideoLoader(config, train=False))
+    batches = list(VideoLoader(shards / "val-*.tar", clip_spec(4, 32, crop="face"), data_config(batch_size=2)))
     assert [sorted(batch["key"]) for batch in batches] == [["plain2", "real585"]]
     assert batches[0]["frames"].shape == (2, 4, 3, 32, 32) and batches[0]["mask"].all()
 
 
 def test_dali_reads_vp9_face_clip_shards_like_pyav(tmp_path, fixtures):
     pytest.importorskip("nvidia.dali", reason="nvidia-dali is not installed")
-    import dataclasses
-
     no_face_clip(tmp_path / "plain.mp4")
     rows = [row("real469", fixtures, f"{YOUTUBE}/469.mp4", 0, "469", "train"),
             row("plain", tmp_path, "plain.mp4", 1, "plain", "train")]
     options = FaceClipOptions(size=SIZE, codec="vp9", tracks=TrackOptions(detect_every=32))
     write_shards(rows, tmp_path / "shards", progress=False, store="faces", face_clip_options=options)
-    config = LoaderConfig(shards=str(tmp_path / "shards" / "train-*.tar"), batch_size=2, num_workers=0,
-                          sampler=SamplerConfig("uniform", 5), image_size=32, crop="face")
-    pyav = frames_by_key(VideoLoader(config, train=False))
-    dali_loader = VideoLoader(dataclasses.replace(config, decoder="dali"), train=False)
+    shards, spec = tmp_path / "shards" / "train-*.tar", clip_spec(5, 32, crop="face")
+    pyav = frames_by_key(VideoLoader(shards, spec, data_config(batch_size=2)))
+    dali_loader = VideoLoader(shards, spec, data_config(batch_size=2, decoder="dali"))
     assert dali_loader.dali is not None
     dali = frames_by_key(dali_loader)
     assert sorted(dali) == sorted(pyav) == ["plain", "real469"]

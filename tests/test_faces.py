@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dfdtrain.data.faces import FACE_DETECTORS, build_face_detector, detect_faces, sample_frame_indices
+from dfdtrain.data.faces import FACE_DETECTORS, build_face_detector, detect_faces
+from dfdtrain.data.sampler import uniform_indices
 from dfdtrain.data.video import probe, read_frames
 from dfdtrain.errors import DfdError
 
@@ -71,12 +72,12 @@ def test_missing_facenet_pytorch_names_the_extra(monkeypatch):
         build_face_detector("mtcnn")
 
 
-def test_sample_frame_indices_are_uniform_unique_and_sorted():
-    assert sample_frame_indices(4, 100) == [12, 37, 62, 87]
-    assert sample_frame_indices(1, 390) == [195]
-    assert sample_frame_indices(10, 3) == [0, 1, 2]  # a short video gives every frame once
+def test_detection_frames_are_the_evaluation_samplers_uniform_frames():
+    assert uniform_indices(100, 4) == [12, 37, 62, 87]
+    assert uniform_indices(390, 1) == [195]
+    assert uniform_indices(3, 10) == [0, 1, 2]  # a short video gives every frame once
     with pytest.raises(ValueError):
-        sample_frame_indices(0, 100)
+        uniform_indices(100, 0)
 
 
 def test_ffpp_faces_are_found_and_stay_put(detector):

@@ -55,7 +55,7 @@ def test_single_node_launcher_runs_two_processes_for_real(tmp_path, trained_run)
     result = run_script("launch/single_node.sh", "configs/demo.yaml", f"run_dir={tmp_path / 'run'}", "--quiet",
                         f"data.train_shards={shards}/train-*.tar", f"data.val_shards={shards}/val-*.tar",
                         "train.engine=ddp", "train.epochs=1", "data.epoch_samples=8", "data.batch_size=2",
-                        "data.image_size=32", "data.num_workers=0", NPROC=2)
+                        "clip.image_size=32", "data.num_workers=0", NPROC=2)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["world_size"] == 2 and report["engine"] == "ddp"

@@ -3,15 +3,16 @@
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 import webdataset as wds
 
-from conftest import frames_by_key, make_synth_shards
-from dfdtrain.data.loader import LoaderConfig, VideoLoader, expand_shards, label_counts, positive_class_weight
-from dfdtrain.data.sampler import SamplerConfig
+from conftest import clip_spec, data_config, frames_by_key, make_synth_shards, train_tiny
+from dfdtrain.data.decoders import DECODERS
+from dfdtrain.data.loader import LoaderError, VideoLoader, expand_shards, label_counts, positive_class_weight
 from dfdtrain.fileio import read_json
 
 HERE = Path(__file__).resolve().parent
@@ -34,9 +35,7 @@ def shards(tmp_path_factory):
 
 
 def test_train_batches_have_the_promised_shapes_and_count(shards):
-    config = LoaderConfig(shards=str(shards / "train-*.tar"), batch_size=3, num_workers=0,
-                          sampler=SamplerConfig("uniform", 6), image_size=48, crop="center")
-    loader = VideoLoader(config, train=True)
+    loader = VideoLoader(shards / "train-*.tar", clip_spec(6, 48), data_config(batch_size=3), train=True)
     train_count = read_json(shards / "index.json")["splits"]["train"]["samples"]
     assert len(loader) == train_count // 3
     batches = list(loader)
@@ -49,18 +48,15 @@ def test_train_batches_have_the_promised_shapes_and_count(shards):
 
 
 def test_short_videos_are_padded_and_masked(shards):
-    config = LoaderConfig(shards=str(shards / "val-*.tar"), batch_size=4, num_workers=0,
-                          sampler=SamplerConfig("uniform", 16), image_size=32, crop="center")
-    batch = next(iter(VideoLoader(config, train=False)))
+    batch = next(iter(VideoLoader(shards / "val-*.tar", clip_spec(16, 32), data_config(batch_size=4))))
     assert batch["mask"][:, :12].all() and not batch["mask"][:, 12:].any()
     normalised_zero = (0 - 0.485) / 0.229
     assert torch.allclose(batch["frames"][:, 12:, 0], torch.full_like(batch["frames"][:, 12:, 0], normalised_zero))
 
 
 def test_evaluation_sees_every_video_once_and_counts_the_broken_one(shards):
-    config = LoaderConfig(shards=[str(shards / "val-*.tar"), str(shards / "broken-*.tar")], batch_size=2,
-                          num_workers=2, sampler=SamplerConfig("uniform", 4), image_size=32, crop="center")
-    loader = VideoLoader(config, train=False)
+    loader = VideoLoader([str(shards / "val-*.tar"), str(shards / "broken-*.tar")], clip_spec(4, 32),
+                         data_config(batch_size=2, num_workers=2))
     batches = list(loader)
     keys = [key for batch in batches for key in batch["key"]]
     val_keys = {json.loads(sample["json"])["key"] for sample in
@@ -76,9 +72,8 @@ def test_class_counts_and_balancing(shards):
     counts = label_counts(urls)
     assert sum(counts.values()) == read_json(shards / "index.json")["splits"]["train"]["samples"]
     assert positive_class_weight(urls) == pytest.approx(counts[0] / counts[1])
-    config = LoaderConfig(shards=urls, batch_size=2, num_workers=0, sampler=SamplerConfig("uniform", 2),
-                          image_size=16, crop="center", class_balance=True, epoch_samples=200)
-    labels = [label for batch in VideoLoader(config, train=True) for label in batch["label"].tolist()]
+    data = data_config(batch_size=2, class_balance=True, epoch_samples=200)
+    labels = [label for batch in VideoLoader(urls, clip_spec(2, 16), data, train=True) for label in batch["label"].tolist()]
     assert len(labels) == 200 and 0.35 < sum(labels) / len(labels) < 0.65
 
 
@@ -104,19 +99,85 @@ def test_two_rank_gloo_run_over_uneven_shards(shards, tmp_path, workers):
 
 def test_dali_path_gives_the_pyav_path_batches_on_vp9(tmp_path):
     pytest.importorskip("nvidia.dali", reason="nvidia-dali is not installed")
-    import dataclasses
-
     make_synth_shards(tmp_path, count=6, frames=12, val_fraction=0, target_bytes=40_000, seed=4, height=48,
                       codec="vp9")
-    config = LoaderConfig(shards=str(tmp_path / "shards" / "train-*.tar"), batch_size=4, num_workers=0,
-                          sampler=SamplerConfig("uniform", 5), image_size=32, crop="center")
-    pyav = frames_by_key(VideoLoader(config, train=False))
-    dali_loader = VideoLoader(dataclasses.replace(config, decoder="dali"), train=False)
+    shards, spec = tmp_path / "shards" / "train-*.tar", clip_spec(5, 32)
+    pyav = frames_by_key(VideoLoader(shards, spec, data_config(batch_size=4)))
+    dali_loader = VideoLoader(shards, spec, data_config(batch_size=4, decoder="dali"))
     assert dali_loader.dali is not None
     dali = frames_by_key(dali_loader)
     assert sorted(dali) == sorted(pyav) and len(dali) == 6
     for key in pyav:  # DALI's YUV->RGB differs by ~1.6/255 on average (bilinear vs nearest chroma)
         assert (dali[key] - pyav[key]).abs().mean() < 0.06, key
-    train = VideoLoader(dataclasses.replace(config, decoder="dali"), train=True)
+    train = VideoLoader(shards, spec, data_config(batch_size=4, decoder="dali"), train=True)
     batches = list(train)
     assert len(batches) == len(train) and batches[0]["frames"].shape == (4, 5, 3, 32, 32)
+
+
+@DECODERS.register("test-broken-decoder")
+class BrokenDecoder:
+    """A decoder with a bug, not a bad video: no skip can fix it, so the run must stop and say where."""
+
+    def read(self, source, indices, name=None):
+        raise ZeroDivisionError("a bug in the decoder")
+
+
+def test_a_two_worker_loader_runs_under_spawn(shards):
+    """The stages are small picklable objects: DataLoader workers may start by spawn (or forkserver, Python 3.14's
+    default on Linux), and they give the batches the forked workers give."""
+    spec = clip_spec(4, 32)
+    evaluation = [str(shards / "val-*.tar"), str(shards / "broken-*.tar")]
+    forked = frames_by_key(VideoLoader(evaluation, spec, data_config(batch_size=2, num_workers=2)))
+    spawned_loader = VideoLoader(evaluation, spec, data_config(batch_size=2, num_workers=2,
+                                                               worker_start_method="spawn"))
+    spawned = frames_by_key(spawned_loader)
+    assert sorted(spawned) == sorted(forked) and all(torch.equal(spawned[key], forked[key]) for key in forked)
+    assert [item["key"] for item in spawned_loader.skipped] == ["broken_clip"]
+    train = VideoLoader(shards / "train-*.tar", spec, data_config(batch_size=2, num_workers=2,
+                                                                  worker_start_method="spawn"), train=True)
+    batches = list(train)
+    assert len(batches) == len(train) and batches[0]["frames"].shape == (2, 4, 3, 32, 32)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_stage_failure_that_is_not_a_bad_video_stops_with_one_line(shards, workers):
+    loader = VideoLoader(shards / "val-*.tar", clip_spec(4, 32),
+                         data_config(decoder="test-broken-decoder", num_workers=workers))
+    with pytest.raises(LoaderError) as caught:
+        list(loader)
+    message = str(caught.value)
+    assert "\n" not in message and "data loader stage 'decode' failed on sample " in message
+    assert "val-000000.tar: ZeroDivisionError: a bug in the decoder" in message
+    assert loader.skipped == []  # not counted as bad data
+
+
+def test_metadata_without_label_or_frame_count_is_skipped_and_named(tmp_path):
+    with wds.TarWriter(str(tmp_path / "odd-000000.tar")) as writer:
+        writer.write({"__key__": "no_label", "mp4": b"x", "json": json.dumps({"frames": 3}).encode()})
+        writer.write({"__key__": "text_count", "mp4": b"x", "json": json.dumps({"label": 1, "frames": "3"}).encode()})
+        writer.write({"__key__": "not_json", "mp4": b"x", "json": b"{label"})
+    loader = VideoLoader(tmp_path / "odd-*.tar", clip_spec(2, 16), data_config())
+    assert list(loader) == []
+    assert [(item["key"], item["reason"], item["shard"].endswith("odd-000000.tar")) for item in loader.skipped] == [
+        ("no_label", "unreadable", True), ("text_count", "unreadable", True), ("not_json", "unreadable", True)]
+    assert "frame count" in loader.skipped[1]["detail"]
+
+
+def test_skip_guard_stops_a_training_run_of_broken_videos_in_bounded_time(shards, tmp_path):
+    with wds.TarWriter(str(tmp_path / "train-000000.tar")) as writer:
+        for number in range(6):
+            meta = {"key": f"garbage{number}", "label": number % 2, "frames": 24, "split": "train"}
+            writer.write({"__key__": f"garbage{number}", "mp4": b"\x00\x00\x00\x18ftypisom" + b"\x07" * 300,
+                          "json": json.dumps(meta).encode()})
+    started = time.time()
+    result = train_tiny(tmp_path / "run", shards, f"data.train_shards={tmp_path}/train-*.tar", "data.num_workers=2",
+                        "data.epoch_samples=64")
+    lines = [line for line in result.stderr.splitlines() if line.strip() and "[WARNING]" not in line]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
+    assert "skip guard (data.max_skip_fraction 0.5): 64 of the last 64 training samples could not be used" in lines[0]
+    assert "garbage" in lines[0] and "undecodable" in lines[0]
+    assert time.time() - started < 120
+    # a partly broken stream (one broken video among the others) trains on, the broken one counted
+    mixed = VideoLoader([str(shards / "val-*.tar"), str(shards / "broken-*.tar")], clip_spec(2, 16),
+                        data_config(batch_size=2, epoch_samples=40, skip_window=8), train=True)
+    assert len(list(mixed)) == len(mixed) and any(item["key"] == "broken_clip" for item in mixed.skipped)

@@ -1,5 +1,6 @@
 """Detectors: every backbone alias with every head, freezing policies, configs and the embedding cache."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -8,11 +9,11 @@ import torch
 
 from conftest import REPO, make_synth_shards, run_cli
 from dfdtrain.config import load_config
-from dfdtrain.data.loader import VideoLoader, loader_config
+from dfdtrain.data.loader import VideoLoader
 from dfdtrain.errors import DfdError
 from dfdtrain.models.backbones import KERAS_ALIASES, build_backbone, resolve_backbone_name
 from dfdtrain.models.detector import VideoDetector, build_detector, build_detector_from_config
-from dfdtrain.models.embed import input_settings, write_embeddings
+from dfdtrain.models.embed import write_embeddings
 from dfdtrain.engine.optim import LearningRateSchedule, build_optimizer
 from dfdtrain.config import OptimConfig
 from dfdtrain.models.finetune import (FinetuneSchedule, apply_phase, freeze_batchnorm_statistics,
@@ -150,14 +151,15 @@ def test_every_recipe_in_configs_loads_and_names_real_components():
 
 def test_config_overrides_and_errors(tmp_path):
     config = load_config(REPO / "configs/mobilenetv2_gru16.yaml",
-                         ["model.head=lstm", "model.head_options.num_layers=3", "data.num_frames=32",
-                          "finetune.frozen_epochs=2", "data.margin=0"])
-    assert (config.model.head, config.model.head_options["num_layers"], config.data.num_frames) == ("lstm", 3, 32)
-    assert config.finetune.frozen_epochs == 2 and config.data.margin == 0.0
-    with pytest.raises(DfdError, match="unknown config key 'model.bakcbone'"):
+                         ["model.head=lstm", "model.head_options.num_layers=3", "clip.sampler.num_frames=32",
+                          "finetune.frozen_epochs=2", "clip.margin=0"])
+    assert (config.model.head, config.model.head_options["num_layers"], config.clip.sampler.num_frames) == \
+        ("lstm", 3, 32)
+    assert config.finetune.frozen_epochs == 2 and config.clip.margin == 0.0
+    with pytest.raises(DfdError, match="unknown config key 'model.bakcbone' \\(did you mean 'backbone'\\?\\)"):
         load_config(None, ["model.bakcbone=resnet50"])
-    with pytest.raises(DfdError, match="data.num_frames"):
-        load_config(None, ["data.num_frames=many"])
+    with pytest.raises(DfdError, match="clip.sampler.num_frames' must be an integer, not 'many'"):
+        load_config(None, ["clip.sampler.num_frames=many"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: [unclosed\n")
     with pytest.raises(DfdError, match="not valid YAML"):
@@ -173,8 +175,8 @@ def video_shards(tmp_path_factory):
 
 def embed_config(*extra):
     return load_config(None, ["model.backbone=mobilenetv2_050", "model.head=gru",
-                              "model.head_options={hidden: [16]}", "data.num_frames=6", "data.image_size=48",
-                              "data.crop=center", "data.decoder=pyav", "data.num_workers=0", "data.batch_size=4",
+                              "model.head_options={hidden: [16]}", "clip.sampler.num_frames=6", "clip.image_size=48",
+                              "clip.crop=center", "data.decoder=pyav", "data.num_workers=0", "data.batch_size=4",
                               *extra])
 
 
@@ -187,19 +189,18 @@ def test_embedding_cache_round_trip_reproduces_the_live_head_output(video_shards
 
     torch.manual_seed(config.seed)  # the same weights embed built
     model = build_detector_from_config(config.model).eval()
-    image_size, input_config = input_settings(config, model)
+    clip = config.clip.resolve(model.backbone_info["data_config"])
     live = {}
     with torch.inference_mode():
         for spec in shards:
-            for batch in VideoLoader(loader_config(config.data, spec, image_size), train=False,
-                                     input_config=input_config, rank=0, world_size=1):
+            for batch in VideoLoader(spec, clip, config.data, train=False, rank=0, world_size=1):
                 logits, _ = model(batch["frames"], batch["mask"])
                 live.update(zip(batch["key"], logits.tolist()))
     cached = {}
     with torch.inference_mode():
         for split in ("train", "val"):
-            loader = VideoLoader(loader_config(config.data, str(tmp_path / f"emb/{split}-*.tar"), image_size),
-                                 train=False, rank=0, world_size=1, source="embeddings")
+            loader = VideoLoader(tmp_path / f"emb/{split}-*.tar", None, dataclasses.replace(config.data,
+                                 source="embeddings"), train=False, rank=0, world_size=1)
             for batch in loader:
                 assert batch["features"].shape[1:] == (6, model.num_features)
                 logits, _ = model.head(batch["features"], batch["mask"])
@@ -212,15 +213,15 @@ def test_embedding_cache_round_trip_reproduces_the_live_head_output(video_shards
 def test_embed_cli_and_training_stream_from_embeddings(video_shards, tmp_path):
     out = tmp_path / "emb"
     result = run_cli("embed", "--shards", video_shards / "shards/train-*.tar", "--out", out, "--json", "--quiet",
-                     "model.backbone=mobilenetv2_050", "data.num_frames=4", "data.image_size=32", "data.crop=center",
+                     "model.backbone=mobilenetv2_050", "clip.sampler.num_frames=4", "clip.image_size=32", "clip.crop=center",
                      "data.decoder=pyav", "data.num_workers=0")
     assert result.returncode == 0, result.stderr
     index = json.loads(result.stdout)
     assert index["backbone"] == "mobilenetv2_050" and index["dtype"] == "float16"
     meta = json.loads(Path(out / "index.json").read_text())
     config = embed_config("data.batch_size=2")
-    loader = VideoLoader(loader_config(config.data, str(out / "train-*.tar"), 32), train=True, rank=0, world_size=1,
-                         source="embeddings")
+    loader = VideoLoader(out / "train-*.tar", None, dataclasses.replace(config.data, source="embeddings"),
+                         train=True, rank=0, world_size=1)
     batches = list(loader)
     assert len(batches) == len(loader) == meta["totals"]["samples"] // 2
     assert batches[0]["features"].dtype == torch.float32 and batches[0]["features"].shape[1] == 4

@@ -130,6 +130,5 @@ def test_onnx_and_torchscript_of_a_transformer_head_match_pytorch(tmp_path):
     from dfdtrain.models.detector import build_detector
 
     model = build_detector("mobilenetv2_050", "transformer", head_options={"hidden": [8]}).eval()
-    settings = {"model": {"head": "transformer"}}
-    assert export_onnx(model, settings, tmp_path / "model.onnx", frames=3, size=32) <= TOLERANCE
+    assert export_onnx(model, "transformer", tmp_path / "model.onnx", frames=3, size=32) <= TOLERANCE
     assert export_torchscript(model, tmp_path / "model.ts", frames=3, size=32) <= TOLERANCE

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from dfdtrain.engine.logging import RunLogger, flatten, system_values
+from dfdtrain.engine.run_logger import RunLogger, flatten, system_values
 from dfdtrain.errors import DfdError
 from dfdtrain.fileio import read_json, read_jsonl
 
@@ -123,7 +123,7 @@ def files_containing(folder, text):
 
 def our_warnings(caplog):
     return [record for record in caplog.records
-            if record.name == "dfdtrain.engine.logging" and record.levelno == logging.WARNING]
+            if record.name == "dfdtrain.engine.run_logger" and record.levelno == logging.WARNING]
 
 
 @pytest.fixture

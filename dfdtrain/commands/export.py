@@ -66,14 +66,14 @@ def example_inputs(batch, frames, size, seed=0):
     return inputs, mask
 
 
-def export_onnx(model, settings, path, frames, size):
-    """Write ``path`` (ONNX) and return the max |onnxruntime - PyTorch| over both outputs."""
+def export_onnx(model, head, path, frames, size):
+    """Write ``path`` (ONNX) and return the max |onnxruntime - PyTorch| over both outputs (``head``: its name,
+    for the message when a head does not export)."""
     import numpy as np
     import torch
 
     import onnxruntime
 
-    head = settings["model"]["head"]
     wrapper = _wrapper(model)
     inputs, mask = example_inputs(2, frames, size)
     # autograd stays on: under no_grad the transformer head takes a fused fast path that ONNX cannot express
@@ -125,10 +125,10 @@ def run(args):
     model, settings = load_detector(args.checkpoint)  # fails early, with one line, on a bad checkpoint
     export_bundle(args.checkpoint, out_dir)
     print(f"wrote bundle {out_dir} (model.safetensors + detector.json)")
-    frames = args.frames or settings["num_frames"]
-    size = args.size or int(settings["image_size"])
+    frames = args.frames or settings.clip.sampler.num_frames
+    size = args.size or settings.clip.image_size
     if args.onnx:
-        difference = export_onnx(model, settings, out_dir / "model.onnx", frames, size)
+        difference = export_onnx(model, settings.model.head, out_dir / "model.onnx", frames, size)
         _check("ONNX", difference)
         print(f"wrote {out_dir / 'model.onnx'} (frames [B,{frames},3,{size},{size}]); "
               f"max |onnxruntime - PyTorch| = {difference:.3g}")

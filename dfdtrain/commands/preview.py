@@ -2,6 +2,7 @@
 
 import json
 
+from dfdtrain.config import ClipSpec, choices
 from dfdtrain.errors import DfdError
 
 HELP = "draw the sampled frames of a video or shard sample with face boxes and crops into a PNG"
@@ -14,7 +15,7 @@ def add_arguments(parser):
     parser.add_argument("--key", help="sample key inside a shard (default: the first sample)")
     parser.add_argument("--faces", choices=("none", "mtcnn"), default="none",
                         help="detect faces when the source has no stored boxes (default none: centre crop)")
-    parser.add_argument("--crop", choices=("face", "center", "full"), default="face", help="crop mode (default face)")
+    parser.add_argument("--crop", choices=choices(ClipSpec, "crop"), default="face", help="crop mode (default face)")
     parser.add_argument("--margin", type=float, default=1 / 3, help="face box growth per side (default 1/3)")
     parser.add_argument("--decoder", default="pyav", help="decoder backend (default pyav)")
     parser.add_argument("--json", action="store_true", help="print what was drawn as JSON")

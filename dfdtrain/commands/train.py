@@ -20,10 +20,10 @@ def add_arguments(parser):
 
 def run(args):
     from dfdtrain.config import load_config
-    from dfdtrain.engine.train import train
+    from dfdtrain.engine.trainer import Trainer
 
     config = load_config(args.config, args.overrides)
-    report = train(config, resume=args.resume, progress=not args.quiet)
+    report = Trainer(config, progress=not args.quiet).train(resume=args.resume)
     if report is not None:
         if args.json:
             print(json.dumps(report, indent=2))

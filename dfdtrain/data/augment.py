@@ -1,57 +1,18 @@
-"""Clip-consistent augmentation and normalisation of video batches, on whatever device the batch is on.
+"""Clip-consistent augmentation and error-level analysis of video batches, on whatever device the batch is on.
 
 Every frame of a clip gets the same random parameters (a flip that changes from frame to frame would be a
-temporal artefact the detector could learn instead of the manipulation). Input: uint8 [B,T,H,W,3];
-output: float [B,T,3,H,W] normalised with the backbone's own mean/std (timm's data config).
-Optional error-level analysis (ELA) replaces the image by |x - JPEG(x)|, as in the reference report.
+temporal artefact the detector could learn instead of the manipulation). ``augment_clips``: uint8
+[B,T,H,W,3] -> float [B,T,3,H,W] in [0, 1], settings from ``AugmentConfig`` (config ``data.augment``).
+``ela``: error-level analysis |x - JPEG(x)|, the reference report's input transform. Normalisation and the
+order of these steps belong to the clip contract (``dfdtrain.data.clips.model_input``).
 """
 
-import dataclasses
 import io
 import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclasses.dataclass
-class AugmentConfig:
-    hflip: float = 0.5  # probability of a horizontal flip
-    rotate: float = 10.0  # max degrees either way
-    zoom: tuple = (1.0, 1.15)  # scale range (>1 zooms in: a random resized crop)
-    translate: float = 0.05  # max shift as a fraction of the size
-    brightness: float = 0.2  # factor in [1 - b, 1 + b]
-    contrast: float = 0.2  # factor in [1 - c, 1 + c]
-    jpeg: float = 0.0  # probability of re-compressing the clip as JPEG
-    jpeg_quality: tuple = (40, 95)
-    blur: float = 0.1  # probability of a Gaussian blur
-    blur_sigma: tuple = (0.3, 1.5)
-    noise: float = 0.1  # probability of Gaussian noise
-    noise_std: tuple = (0.005, 0.03)
-
-
-@dataclasses.dataclass
-class InputConfig:
-    mean: tuple = IMAGENET_MEAN
-    std: tuple = IMAGENET_STD
-    transform: str = "rgb"  # rgb | ela
-    ela_quality: int = 90
-    ela_scale: float = 10.0
-
-
-def timm_input_config(backbone, **overrides):
-    """Mean/std from the backbone's timm pretrained config (never hard-coded per model)."""
-    import timm
-
-    pretrained_cfg = timm.models.get_pretrained_cfg(backbone)
-    if pretrained_cfg is None:
-        raise ValueError(f"timm has no pretrained config for {backbone!r}")
-    config = timm.data.resolve_data_config({}, pretrained_cfg=pretrained_cfg.to_dict())
-    return InputConfig(mean=tuple(config["mean"]), std=tuple(config["std"]), **overrides)
 
 
 def _jpeg_roundtrip(clip_uint8, quality):
@@ -152,19 +113,3 @@ def augment_clips(batch_uint8, config, generator):
             clip = clip + noise * noise_std
         out.append(clip.clamp(0, 1))
     return torch.stack(out)
-
-
-def to_model_input(batch_uint8, input_config, augment_config=None, generator=None):
-    """uint8 [B,T,H,W,3] -> normalised float [B,T,3,H,W] (augmented when a config and generator are given)."""
-    if input_config.transform == "ela":
-        batch = ela(batch_uint8, input_config.ela_quality, input_config.ela_scale)
-        batch_uint8 = (batch * 255).round().byte()
-    elif input_config.transform != "rgb":
-        raise ValueError(f"input transform must be rgb or ela, not {input_config.transform!r}")
-    if augment_config is not None and generator is not None:
-        batch = augment_clips(batch_uint8, augment_config, generator)
-    else:
-        batch = batch_uint8.permute(0, 1, 4, 2, 3).float() / 255.0
-    mean = torch.as_tensor(input_config.mean, dtype=torch.float32, device=batch.device).view(1, 1, 3, 1, 1)
-    std = torch.as_tensor(input_config.std, dtype=torch.float32, device=batch.device).view(1, 1, 3, 1, 1)
-    return (batch - mean) / std

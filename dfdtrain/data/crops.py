@@ -12,7 +12,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-CROP_MODES = ("face", "center", "full")
+from dfdtrain.config import ClipSpec, choices
+
+CROP_MODES = choices(ClipSpec, "crop")
 
 
 def primary_face_track(faces):

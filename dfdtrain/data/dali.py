@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from dfdtrain.data.dali_index import dali_index_path
-from dfdtrain.data.sampler import SamplerConfig, sample_indices
+from dfdtrain.data.sampler import sample_indices
 from dfdtrain.data.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from dfdtrain.data.video import read_frames as read_frames_with_pyav
 from dfdtrain.errors import BadVideo, DfdError
@@ -242,22 +242,32 @@ def check_shard_samples(shard_paths, video_extensions):
     return total
 
 
-def check_cpu_codecs(shard_paths):
-    """Refuse shards holding videos that DALI cannot decode on the CPU (it would fail mid-epoch).
-
-    Reads only each sample's json member (located through the DALI index) for the probed ``codec``.
-    """
+def sample_metas(shard_paths):
+    """(shard, member name, json) of every sample, read through the DALI index (only the json members)."""
     for shard_path in shard_paths:
         with open(shard_path, "rb") as handle:
             for components in read_shard_index(shard_path):
                 for extension, offset, size, member in components:
-                    if extension != "json":
-                        continue
-                    handle.seek(offset)
-                    codec = json.loads(handle.read(size)).get("codec")
-                    if codec not in CPU_CODECS:
-                        raise DfdError(f"{shard_path}: {member} is a {codec} video; DALI decodes only VP8/VP9/MJPEG "
-                                       f"on the CPU (use device='gpu', or the pyav loader)")
+                    if extension == "json":
+                        handle.seek(offset)
+                        yield shard_path, member, json.loads(handle.read(size))
+
+
+def check_videos(shard_paths, cpu, resized):
+    """Refuse shards DALI would fail on mid-epoch: on the CPU, a codec other than VP8/VP9/MJPEG; without a
+    decode-time resize (``data.dali_canvas``), videos of more than one size (a batch is one dense tensor)."""
+    sizes = {}
+    for shard_path, member, meta in sample_metas(shard_paths):
+        codec = meta.get("codec")
+        if cpu and codec not in CPU_CODECS:
+            raise DfdError(f"{shard_path}: {member} is a {codec} video; DALI decodes only VP8/VP9/MJPEG "
+                           f"on the CPU (use device='gpu', or the pyav loader)")
+        sizes.setdefault((meta.get("width"), meta.get("height")), member)
+    if not resized and len(sizes) > 1:
+        listed = ", ".join(f"{width}x{height} ({member})" for (width, height), member in list(sizes.items())[:3])
+        raise DfdError(f"these shards hold videos of {len(sizes)} sizes ({listed}{', ...' if len(sizes) > 3 else ''}); "
+                       "the DALI loader batches frames of one size: set data.dali_canvas (a square side the "
+                       "frames are resized to at decode time, e.g. 512), or use data.decoder=pyav")
 
 
 class _SampleFrameIndices:
@@ -279,15 +289,14 @@ class _SampleFrameIndices:
         return padded, mask
 
 
-def build_dali_shard_pipeline(shard_paths, batch_size, num_frames, shard_id=0, num_shards=1, device="cpu", seed=0,
-                              train=True, random_shuffle=None, mode="uniform", stride=1, every=1,
-                              exts=SHARD_VIDEO_EXTENSIONS, resize=None, num_threads=None, shuffle_buffer=64,
-                              device_id=None):
-    """A built DALI pipeline that reads our shards and decodes ``num_frames`` sampled frames per video.
+def build_dali_shard_pipeline(shard_paths, batch_size, sampler, shard_id=0, num_shards=1, device="cpu", seed=0,
+                              train=True, random_shuffle=None, exts=SHARD_VIDEO_EXTENSIONS, resize=None,
+                              num_threads=None, shuffle_buffer=64, device_id=None):
+    """A built DALI pipeline that reads our shards and decodes ``sampler.num_frames`` sampled frames per video.
 
     Outputs per batch: frames uint8 [B,T,H,W,3] (GPU for device "gpu"), frame indices int32 [B,T] (those
     at or past a video's end are padding), mask bool [B,T] (True = a real frame; padding frames are zeros)
-    and the json member as uint8 bytes [B, n]. ``mode``/``stride``/``every``: the sampler (SamplerConfig).
+    and the json member as uint8 bytes [B, n]. ``sampler``: a SamplerConfig (the clip spec's).
     ``resize=(H, W)`` resizes every frame in the pipeline (needed when a batch mixes resolutions).
 
     Face-clip shards (``shard --store faces``) need nothing special: ``<key>.mp4``/``<key>.webm`` is track 0's
@@ -316,7 +325,6 @@ def build_dali_shard_pipeline(shard_paths, batch_size, num_frames, shard_id=0, n
         raise DfdError("no samples in the shards given to the DALI pipeline (every video was skipped at shard time)")
     if random_shuffle is None:
         random_shuffle = train
-    sampler = SamplerConfig(mode=mode, num_frames=num_frames, stride=stride, every=every)
     if num_threads is None:
         num_threads = max(1, min(8, len(os.sched_getaffinity(0))))
     samples_per_shard = max(1, sum(len(read_shard_index(path)) for path in shard_paths) // num_shards)
@@ -370,7 +378,7 @@ def _to_torch(tensor_list, device_id):
 class DaliShardLoader:
     """One rank's batches of our shards through DALI: read, sample and decode in one pipeline.
 
-    ``DaliShardLoader(shard_paths, batch_size, num_frames, rank, world_size, device, seed, train)`` yields
+    ``DaliShardLoader(shard_paths, batch_size, sampler, rank, world_size, device, seed, train)`` yields
     ``{"frames": uint8 [B,T,H,W,3] (on the GPU for device "gpu", else CPU), "mask": bool [B,T],
     "indices": int64 [B,T] (frame numbers; padding positions hold the video's frame count), "label": float32 [B],
     "key": [str], "meta": [dict]}`` (``meta`` is the sample's json: the manifest row, probe and faces);
@@ -390,8 +398,8 @@ class DaliShardLoader:
              Every pass yields the same samples in the same order, even after a pass was left early.
     """
 
-    def __init__(self, shard_paths, batch_size, num_frames, rank=0, world_size=1, device="auto", seed=0, train=True,
-                 mode="uniform", stride=1, every=1, resize=None, num_threads=None, shuffle_buffer=64):
+    def __init__(self, shard_paths, batch_size, sampler, rank=0, world_size=1, device="auto", seed=0, train=True,
+                 resize=None, num_threads=None, shuffle_buffer=64):
         import_dali()
         self.device = resolve_device(device)
         self.shard_paths = [os.fspath(path) for path in shard_paths]
@@ -405,8 +413,7 @@ class DaliShardLoader:
         if batch_size < 1:
             raise DfdError(f"batch size must be positive, not {batch_size}")
         self.total_samples = check_shard_samples(self.shard_paths, SHARD_VIDEO_EXTENSIONS)
-        if self.device == "cpu":
-            check_cpu_codecs(self.shard_paths)
+        check_videos(self.shard_paths, cpu=self.device == "cpu", resized=resize is not None)
         self.batch_size, self.train = batch_size, train
         if self.total_samples < world_size:
             raise DfdError(f"{self.total_samples} samples cannot be split over {world_size} ranks")
@@ -420,9 +427,9 @@ class DaliShardLoader:
         self.runs_per_pass = math.ceil(math.ceil(self.total_samples / world_size) / batch_size)
         self.device_id = torch.cuda.current_device() if self.device == "gpu" else None
         self.pipeline = build_dali_shard_pipeline(
-            self.shard_paths, batch_size, num_frames, shard_id=rank, num_shards=world_size, device=self.device,
-            seed=seed, train=train, mode=mode, stride=stride, every=every, resize=resize, num_threads=num_threads,
-            shuffle_buffer=shuffle_buffer, device_id=self.device_id)
+            self.shard_paths, batch_size, sampler, shard_id=rank, num_shards=world_size, device=self.device,
+            seed=seed, train=train, resize=resize, num_threads=num_threads, shuffle_buffer=shuffle_buffer,
+            device_id=self.device_id)
         reader_meta = self.pipeline.reader_meta("reader")
         if reader_meta["epoch_size"] != self.total_samples:  # the .idx files and DALI disagree: stale index
             raise DfdError(f"DALI counts {reader_meta['epoch_size']} samples, the shard indexes "

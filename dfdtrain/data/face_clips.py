@@ -24,7 +24,7 @@ import av
 import numpy as np
 
 from dfdtrain.data.decoders import open_video, upright
-from dfdtrain.data.faces import sample_frame_indices
+from dfdtrain.data.sampler import uniform_indices
 from dfdtrain.data.tracks import TrackOptions, build_tracks, detection_frames
 from dfdtrain.data.video import probe
 from dfdtrain.errors import BadVideo
@@ -132,9 +132,9 @@ def detect_on_frames(data, name, frame_count, detector, detect_every):
 
 def centre_track(frame_count, width, height):
     """The track a video without faces keeps: the centre square of every frame."""
-    side = min(width, height)
-    window = [round((width - side) / 2, 1), round((height - side) / 2, 1), round((width + side) / 2, 1),
-              round((height + side) / 2, 1)]
+    from dfdtrain.data.crops import centre_square
+
+    window = [round(value, 1) for value in centre_square(width, height, 1)[0].tolist()]
     return {"id": 0, "source_frames": list(range(frame_count)), "windows": [window] * frame_count,
             "detections": [], "score": 0.0}
 
@@ -220,7 +220,7 @@ def encode_tracks(data, name, info, tracks, options):
     # per track: clip position of each source frame, and the clip positions whose crops are kept for fidelity
     positions = [{frame: clip_position for clip_position, frame in enumerate(track["source_frames"])}
                  for track in tracks]
-    kept_positions = [set(sample_frame_indices(options.fidelity_frames, len(track["source_frames"])))
+    kept_positions = [set(uniform_indices(len(track["source_frames"]), options.fidelity_frames))
                       for track in tracks]
     references = [{} for _ in tracks]
     last_frame = max(track["source_frames"][-1] for track in tracks)

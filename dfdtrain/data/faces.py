@@ -1,6 +1,7 @@
 """Face detection at shard time: a few frames per video, boxes stored next to the video in the shard.
 
-``detect_faces(source, num_frames, detector, frame_count)`` samples ``num_frames`` frames uniformly,
+``detect_faces(source, num_frames, detector, frame_count)`` samples ``num_frames`` frames uniformly (the
+evaluation sampler's frames),
 detects faces on them and returns a JSON-ready dict. Detectors live in the ``FACE_DETECTORS`` registry
 and share one API: ``detector.detect(frames)`` takes uint8 RGB frames [T,H,W,3] and returns, per frame,
 a list of ``[x1, y1, x2, y2, score]`` in the original frame's pixels, largest and surest face first.
@@ -10,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from dfdtrain.data.decoders import build_decoder
+from dfdtrain.data.sampler import uniform_indices
 from dfdtrain.errors import DfdError
 from dfdtrain.registry import Registry
 
@@ -21,26 +23,13 @@ def build_face_detector(name="mtcnn", device="cpu", **options):
     return FACE_DETECTORS.get(name)(device=device, **options)
 
 
-def sample_frame_indices(num_frames, frame_count):
-    """``num_frames`` indices spread uniformly over ``[0, frame_count)``: the centre of each equal slice.
-
-    Deterministic, sorted and unique; a video shorter than ``num_frames`` gives all its frames.
-    """
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    if frame_count < 1:
-        raise ValueError(f"frame_count must be >= 1, got {frame_count}")
-    centres = (np.arange(num_frames) + 0.5) * frame_count / num_frames
-    return sorted({int(index) for index in np.floor(centres)})
-
-
 def detect_faces(source, num_frames, detector, frame_count):
     """Detect faces on ``num_frames`` frames of a video (path or bytes) with ``frame_count`` frames.
 
     Returns ``{"detector", "frames": [indices], "boxes": [per frame: [[x1, y1, x2, y2, score], ...]],
     "frames_without_face": n}``; a frame without a face keeps its place as an empty list.
     """
-    indices = sample_frame_indices(num_frames, frame_count)
+    indices = uniform_indices(frame_count, num_frames)
     # the loaders' decoder: boxes are in the same (upright) pixel coordinates the crops will use
     frames = build_decoder("pyav").read(source, indices)
     boxes = detector.detect(frames)

@@ -1,8 +1,10 @@
 """Streaming loaders over the shards: shards -> sampled, decoded, cropped clips -> normalised batches.
 
-A chain of small stages (webdataset style), run in DataLoader workers:
-    shard urls -> tar samples -> shuffle -> (class balance) -> decode + crop -> batch
-and, in the main process, to device -> augment (training) -> normalise.
+A chain of small, picklable stages (webdataset style; DataLoader workers may start by fork, spawn or
+forkserver), run in DataLoader workers:
+    shard urls -> tar samples -> shuffle -> parse meta -> (class balance) -> decode into clips -> batch
+and, in the main process, to device -> (ELA) -> augment (training) -> normalise (``clips.model_input``).
+The clip a sample becomes is the clip contract's (``dfdtrain.data.clips``), the same as predict's and DALI's.
 
 Training streams are resampled: every worker of every rank draws shards at random (seeded by seed, epoch,
 rank and worker) forever, and an epoch is a fixed number of batches per rank. So every rank runs the same
@@ -10,64 +12,37 @@ number of steps whatever the shard sizes, even with fewer shards than ranks x wo
 Evaluation streams give each shard to exactly one (rank, worker) slot, so every video is scored exactly
 once; ranks may get different counts and gather their results on rank 0 at the end.
 
-A sample that cannot be decoded is skipped and counted (key + reason), never a crash or a hang; the
-records travel with the batches to the main process (``loader.skipped``).
+Bad data: a sample that cannot be used (``BadVideo``, unreadable metadata) is skipped and recorded (key,
+reason, shard) in ``loader.skipped``, never a crash or a hang. Anything else is a bug or a broken set-up,
+not bad data: it stops the run with one line naming the stage, the sample and the cause (``LoaderError``).
+In training the skip guard stops a stream whose recent samples are mostly skipped (``data.max_skip_fraction``
+over ``data.skip_window`` samples): an endless stream of broken videos would otherwise never yield a batch.
 """
 
-import dataclasses
+import collections
 import glob
 import hashlib
 import io
 import json
 import os
 import random
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import torch
 import webdataset as wds
 
-from dfdtrain.data.augment import AugmentConfig, InputConfig, to_model_input
-from dfdtrain.data.crops import crop_and_resize, crop_regions
-from dfdtrain.data.sampler import SamplerConfig, sample_indices
-from dfdtrain.data.video import probe
+from dfdtrain.config import DataConfig
+from dfdtrain.data.clips import batch_meta, clip_from_frames, make_clip, model_input, track_meta, video_member
 from dfdtrain.errors import BadVideo, DfdError
 
-NOT_VIDEO_FIELDS = ("__key__", "__url__", "__local_path__", "json")
-FACE_TRACK_CHOICES = ("first", "random")
+
+class LoaderError(DfdError):
+    """A stage failed for a reason other than a bad video: the run stops (one line: stage, sample, cause)."""
 
 
-@dataclasses.dataclass
-class LoaderConfig:
-    shards: object = None  # a glob ('shards/train-*.tar'), a brace pattern, or a list of paths
-    batch_size: int = 8  # per rank
-    num_workers: int = 2
-    sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
-    image_size: int = 224
-    crop: str = "face"  # face (stored boxes, else centre square) | center | full
-    margin: float = 1 / 3  # face box growth per side, as a fraction of its size
-    decoder: str = "pyav"
-    shuffle_buffer: int = 64
-    epoch_samples: int = 0  # training samples per epoch over all ranks; 0 = the shards' sample count
-    class_balance: bool = False  # resample the stream to equal real/fake counts (pyav/torchcodec path)
-    dali_canvas: int = 0  # DALI path: resize decoded frames to this square first (needed for mixed sizes)
-    face_track: str = "first"  # face-clip shards: first (track 0) | random (any stored track, training only)
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.face_track not in FACE_TRACK_CHOICES:
-            raise DfdError(f"face_track must be one of {', '.join(FACE_TRACK_CHOICES)}, not {self.face_track!r}")
-
-
-def loader_config(data, shards, image_size, seed=0):
-    """A LoaderConfig from the experiment's DataConfig (dfdtrain.config) for these shards."""
-    return LoaderConfig(shards=shards, batch_size=data.batch_size, num_workers=data.num_workers,
-                        sampler=SamplerConfig(data.sampler, data.num_frames, data.stride, data.every),
-                        image_size=image_size, crop=data.crop, margin=data.margin, decoder=data.decoder,
-                        shuffle_buffer=data.shuffle_buffer, epoch_samples=data.epoch_samples,
-                        class_balance=data.class_balance, seed=seed, dali_canvas=data.dali_canvas,
-                        face_track=data.face_track)
+class SkipGuardTripped(DfdError):
+    """Too many of the recent training samples were skipped (``data.max_skip_fraction``)."""
 
 
 def expand_shards(spec):
@@ -142,93 +117,131 @@ def _worker():
     return (info.id, info.num_workers) if info else (0, 1)
 
 
-# ---------------------------------------------------------------------------------------------- stages
-def resampled_shards(urls, seed, epoch, rank):
-    """Forever: a random shard for this (rank, worker), seeded so runs are reproducible."""
+def _worker_seed(seed, purpose):
+    """A seed unique to (seed, this worker, purpose), stable across runs (unlike Python's str hash)."""
     worker, _ = _worker()
-    rng = random.Random(f"{seed}:{epoch}:{rank}:{worker}")
-    while True:
-        yield {"url": rng.choice(urls)}
+    return int(hashlib.sha256(f"{seed}:{worker}:{purpose}".encode()).hexdigest()[:16], 16)
 
 
-def assigned_shards(urls, rank, world_size):
-    """Each shard to exactly one (rank, worker) slot: shard i goes to slot i mod (ranks x workers)."""
-    worker, workers = _worker()
-    slot, slots = rank * workers + worker, world_size * workers
-    for url in urls[slot::slots]:
-        yield {"url": url}
+def _one_line(error):
+    return " ".join(f"{type(error).__name__}: {error}".split())
 
 
-def parse_meta(samples):
-    for sample in samples:
-        sample["meta"] = json.loads(sample["json"])
-        yield sample
+def skip_record(sample, reason, detail=""):
+    return {"skip": {"key": sample.get("__key__"), "reason": reason, "detail": detail,
+                     "shard": sample.get("__url__")}}
 
 
-def balance_classes(samples, keep_probability, rng):
-    """Keep each sample with its label's probability: the stream becomes class-balanced."""
-    for sample in samples:
-        if rng.random() < keep_probability[int(sample["meta"]["label"])]:
+# ---------------------------------------------------------------------------------------------- stages
+# Each stage is a small class holding its settings (so the pipeline pickles for spawned workers); a source
+# stage is called with no argument, the others with the previous stage's iterator. Random generators are
+# made inside the worker, per worker, when iteration starts.
+
+
+class ResampledShards:
+    """Training source: forever a random shard for this (rank, worker), seeded so runs are reproducible."""
+
+    def __init__(self, urls, seed, epoch, rank):
+        self.urls, self.seed, self.epoch, self.rank = urls, seed, epoch, rank
+
+    def __call__(self):
+        worker, _ = _worker()
+        rng = random.Random(f"{self.seed}:{self.epoch}:{self.rank}:{worker}")
+        while True:
+            yield {"url": rng.choice(self.urls)}
+
+
+class AssignedShards:
+    """Evaluation source: each shard to exactly one (rank, worker) slot, shard i to slot i mod slots."""
+
+    def __init__(self, urls, rank, world_size):
+        self.urls, self.rank, self.world_size = urls, rank, world_size
+
+    def __call__(self):
+        worker, workers = _worker()
+        slot, slots = self.rank * workers + worker, self.world_size * workers
+        for url in self.urls[slot::slots]:
+            yield {"url": url}
+
+
+class Shuffle:
+    """A shuffle buffer of ``size`` samples (each holds a whole encoded video: keep it small)."""
+
+    def __init__(self, size, seed):
+        self.size, self.seed = size, seed
+
+    def __call__(self, samples):
+        rng = random.Random(_worker_seed(self.seed, "shuffle"))
+        return wds.filters._shuffle(samples, self.size, min(self.size, 16), rng=rng)
+
+
+def metadata_problem(meta):
+    """What makes a sample's metadata unusable (None when it is fine): every stage needs a 0/1 label and a
+    whole frame count."""
+    if not isinstance(meta, dict):
+        return "its metadata is not a JSON object"
+    if meta.get("label") not in (0, 1) or isinstance(meta.get("label"), bool):
+        return f"its metadata has no 0/1 label (label: {meta.get('label')!r})"
+    frames = meta.get("frames")
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 0:
+        return f"its metadata has no frame count (frames: {frames!r})"
+    return None
+
+
+class ParseMeta:
+    """Each sample's json member -> ``sample["meta"]``; a sample without usable metadata is skipped."""
+
+    def __call__(self, samples):
+        for sample in samples:
+            try:
+                meta = json.loads(sample["json"])
+            except KeyError:
+                yield skip_record(sample, "unreadable", "the sample has no json member")
+                continue
+            except (TypeError, ValueError) as error:
+                yield skip_record(sample, "unreadable", f"its json member is not JSON ({error})")
+                continue
+            problem = metadata_problem(meta)
+            if problem:
+                yield skip_record(sample, "unreadable", problem)
+                continue
+            sample["meta"] = meta
             yield sample
 
 
-class ClipDecoder:
-    """Sample frame indices, decode exactly those frames, crop and resize: one video -> a padded clip."""
+class BalanceClasses:
+    """Keep each sample with its label's probability: the stream becomes class-balanced."""
 
-    def __init__(self, config):
-        self.config = config
-        self.decoder = None  # built in the worker process on first use (a DALI pipeline cannot be pickled)
+    def __init__(self, keep_probability, seed):
+        self.keep_probability, self.seed = keep_probability, seed
+
+    def __call__(self, samples):
+        rng = random.Random(_worker_seed(self.seed, "balance"))
+        for sample in samples:
+            if "skip" in sample or rng.random() < self.keep_probability[int(sample["meta"]["label"])]:
+                yield sample
+
+
+class ClipDecoder:
+    """One shard sample -> its clip (the clip contract: ``dfdtrain.data.clips.make_clip``) as a batch item."""
+
+    def __init__(self, spec, decoder="pyav", face_track="first"):
+        self.spec, self.decoder_name, self.face_track = spec, decoder, face_track
+        self.decoder = None  # built in the worker on first use (a DALI pipeline can neither be pickled nor forked)
+
+    def __getstate__(self):
+        return {**self.__dict__, "decoder": None}
 
     def __call__(self, sample, rng):
         if self.decoder is None:
             from dfdtrain.data.decoders import build_decoder
 
-            self.decoder = build_decoder(self.config.decoder)
+            self.decoder = build_decoder(self.decoder_name)
+        meta, field = video_member(sample, self.face_track, rng)
         key = sample["__key__"]
-        meta, video_field = self._video_member(sample, rng)
-        data, name = sample[video_field], f"{key}.{video_field}"
-        indices, mask = sample_indices(meta["frames"], self.config.sampler, rng)
-        if len(indices) == 0:
-            raise BadVideo(key, "undecodable", "no frames")
-        try:
-            frames = self.decoder.read(data, indices, name=name)
-        except BadVideo as error:
-            if error.reason != "truncated":
-                raise
-            # the stored frame count was wrong (a lying header, a cut file): count again, sample again
-            meta = {**meta, "frames": probe(data, name=name)["frames"]}
-            indices, mask = sample_indices(meta["frames"], self.config.sampler, rng)
-            frames = self.decoder.read(data, indices, name=name)
-        frames = torch.from_numpy(frames)
-        height, width = frames.shape[1:3]
-        regions, from_faces = crop_regions(meta, indices, width, height, self.config.crop, self.config.margin)
-        size = self.config.image_size
-        clip = torch.zeros((self.config.sampler.num_frames, size, size, 3), dtype=torch.uint8)
-        clip[: len(indices)] = crop_and_resize(frames, regions, size)
-        if "track" in meta:  # a face clip: where the sampled frames came from in the source video
-            meta["source_frame_indices"] = [meta["track"]["source_frames"][index] for index in indices]
-        meta = {k: v for k, v in meta.items() if k not in ("faces", "tracks", "track")}  # used; keep the batch light
-        meta.update(frame_indices=indices.tolist(), face_crop=from_faces)
-        return {"frames": clip, "mask": torch.from_numpy(mask), "label": float(meta["label"]), "key": key,
-                "meta": meta}
-
-    def _video_member(self, sample, rng):
-        """(meta, field of the video to decode). A face-clip sample holds one clip per face track: track 0
-        (or, in training with ``face_track="random"``, any track), whose frame count the sampler then uses."""
-        meta = sample["meta"]
-        if meta.get("store") == "faces":
-            tracks = meta["tracks"]
-            choice = 0
-            if self.config.face_track == "random" and rng is not None:
-                choice = int(rng.integers(len(tracks)))
-            track = tracks[choice]
-            if track["member"] not in sample:
-                raise BadVideo(sample["__key__"], "unreadable", f"face-clip sample lacks its {track['member']} member")
-            return {**meta, "frames": track["frames"], "track_id": track["id"], "track": track}, track["member"]
-        video_field = next((field for field in sample if field not in NOT_VIDEO_FIELDS + ("meta",)), None)
-        if video_field is None:
-            raise BadVideo(sample["__key__"], "unreadable", "sample has no video member")
-        return meta, video_field
+        clip = make_clip(self.decoder, sample[field], meta, self.spec, rng, name=f"{key}.{field}")
+        return {"frames": clip.frames, "mask": clip.mask, "label": float(meta["label"]), "key": key,
+                "meta": batch_meta(clip)}
 
 
 class EmbeddingReader:
@@ -243,30 +256,54 @@ class EmbeddingReader:
                 "label": float(meta["label"]), "key": sample["__key__"], "meta": meta}
 
 
-def decode_clips(samples, clip_decoder, rng):
-    """Decode samples; a broken one becomes a skip record (key, reason) instead of an exception."""
-    for sample in samples:
-        try:
-            yield clip_decoder(sample, rng)
-        except BadVideo as error:
-            yield {"skip": {"key": sample.get("__key__"), "reason": error.reason, "detail": error.detail}}
-        except Exception as error:  # a decoder bug or an exotic file must not kill a long job
-            yield {"skip": {"key": sample.get("__key__"), "reason": "error", "detail": f"{type(error).__name__}: {error}"}}
+class DecodeClips:
+    """Samples -> clips with ``reader`` (ClipDecoder or EmbeddingReader). A BadVideo becomes a skip record;
+    any other exception an error record, after which the stream ends (the main process stops the run)."""
+
+    def __init__(self, reader, seed=None):
+        self.reader, self.seed = reader, seed  # seed None: deterministic sampling (evaluation)
+
+    def __call__(self, samples):
+        rng = None if self.seed is None else np.random.default_rng(_worker_seed(self.seed, "frames"))
+        for sample in samples:
+            if "skip" in sample:
+                yield sample
+                continue
+            try:
+                yield self.reader(sample, rng)
+            except BadVideo as error:
+                yield skip_record(sample, error.reason, error.detail)
+            except Exception as error:  # not bad data: a bug or a broken set-up, which no skip would fix
+                yield {"error": {"stage": "decode", "key": sample.get("__key__"), "shard": sample.get("__url__"),
+                                 "cause": _one_line(error)}}
+                return
 
 
-def batch_clips(items, batch_size, partial):
-    """Collate clips into batches; skip records ride along with the next batch (or an empty one)."""
-    clips, skipped = [], []
-    for item in items:
-        if "skip" in item:
-            skipped.append(item["skip"])
-            continue
-        clips.append(item)
-        if len(clips) == batch_size:
-            yield collate(clips, skipped)
-            clips, skipped = [], []
-    if (clips and partial) or skipped:
-        yield collate(clips if partial else [], skipped)
+class BatchClips:
+    """Collate clips into batches; skip records ride along with the next batch, or go in a batch of their own
+    once ``batch_size`` of them wait (so the main process sees them even when no clip comes)."""
+
+    def __init__(self, batch_size, partial):
+        self.batch_size, self.partial = batch_size, partial
+
+    def __call__(self, items):
+        clips, skipped = [], []
+        for item in items:
+            if "error" in item:
+                yield {**collate([], skipped), "error": item["error"]}
+                return
+            if "skip" in item:
+                skipped.append(item["skip"])
+                if len(skipped) >= self.batch_size:
+                    yield collate([], skipped)
+                    skipped = []
+                continue
+            clips.append(item)
+            if len(clips) == self.batch_size:
+                yield collate(clips, skipped)
+                clips, skipped = [], []
+        if (clips and self.partial) or skipped:
+            yield collate(clips if self.partial else [], skipped)
 
 
 def collate(clips, skipped):
@@ -283,40 +320,71 @@ def _worker_init(_):
     torch.set_num_threads(1)  # workers are processes; threads inside them would oversubscribe the cores
 
 
+class SkipGuard:
+    """Stops a training stream whose last ``window`` samples were mostly skipped (> ``max_fraction``): every
+    video broken, or a decoder that cannot read the codec, would otherwise spin without end or train on a
+    sliver of the data. ``max_fraction`` 1 turns it off."""
+
+    def __init__(self, max_fraction, window):
+        self.max_fraction, self.window = max_fraction, window
+        self.recent = collections.deque(maxlen=window)  # True = skipped
+        self.first_skips = []
+
+    def update(self, used, skipped):
+        self.recent.extend([True] * len(skipped) + [False] * used)
+        for item in skipped:  # the first few distinct videos, for the message
+            if len(self.first_skips) < 3 and item["key"] not in {first["key"] for first in self.first_skips}:
+                self.first_skips.append(item)
+        count = sum(self.recent)
+        if len(self.recent) == self.window and count > self.max_fraction * self.window:
+            reasons = "; ".join(f"{item['key']}: {item['reason']}" + (f" ({item['detail']})" if item["detail"] else "")
+                                for item in self.first_skips)
+            raise SkipGuardTripped(
+                f"skip guard (data.max_skip_fraction {self.max_fraction:g}): {count} of the last {self.window} "
+                f"training samples could not be used; first reasons: {reasons}. Fix or drop those videos "
+                f"(dfdtrain shard names the bad ones), or raise data.max_skip_fraction")
+
+
 # ---------------------------------------------------------------------------------------------- loader
 class VideoLoader:
     """Batches {frames float [B,T,3,S,S] normalised, mask bool [B,T], label float [B], key, meta} on device
-    (``source="embeddings"``: {features float [B,T,D], ...} from an embedding cache instead of frames).
+    (``data.source="embeddings"``: {features float [B,T,D], ...} from an embedding cache instead of frames).
 
+    ``shards``: a glob, brace pattern or list of tars. ``clip``: the resolved ClipSpec (what each video
+    becomes). ``data``: the DataConfig (batch size, workers, decoder, balancing, augmentation, skip guard).
     ``train=True``: resampled, shuffled, augmented, ``len(loader)`` batches per epoch on every rank.
     ``train=False``: each video exactly once across ranks, deterministic sampling, no augmentation.
     Call ``set_epoch(epoch)`` before each training epoch for a new, reproducible draw.
     """
 
-    def __init__(self, config, train, input_config=None, augment_config=None, device="cpu", rank=None,
-                 world_size=None, source="videos", augment=True):
-        if source not in ("videos", "embeddings"):
-            raise DfdError(f"data source must be videos or embeddings, not {source!r}")
-        self.config = config
-        self.train = train
-        self.source = source
-        self.input_config = input_config or InputConfig()
-        self.augment_config = (augment_config or AugmentConfig()) if (train and augment) else None
+    def __init__(self, shards, clip, data=None, train=False, device="cpu", rank=None, world_size=None, seed=0):
+        data = data or DataConfig()
+        self.source = data.source
+        if self.source == "videos" and not (clip is not None and clip.resolved):
+            raise DfdError("a video loader needs a resolved clip spec (ClipSpec.resolve with the backbone's "
+                           "data config)")
+        self.clip, self.data, self.train, self.seed = clip, data, train, seed
+        self.augment = data.augment if (train and data.augment.enabled and self.source == "videos") else None
         self.device = torch.device(device)
         default_rank, default_world = distributed_rank_and_world()
         self.rank = default_rank if rank is None else rank
         self.world_size = default_world if world_size is None else world_size
-        self.urls = expand_shards(config.shards)
+        self.urls = expand_shards(shards)
         self.epoch = 0
         self.skipped = []
-        self.dali = self._dali_loader() if source == "videos" else None
+        self.skip_guard = SkipGuard(data.max_skip_fraction, data.skip_window) if train else None
+        self.keep_probability = None
+        self.dali = self._dali_loader() if self.source == "videos" else None
+        if self.source == "videos" and self.dali is None:
+            from dfdtrain.data.decoders import build_decoder
+
+            build_decoder(data.decoder)  # an unusable decoder fails here, in one line, not in every worker
         if train and self.dali is not None:
             self.batches_per_epoch = len(self.dali)
         elif train:
-            samples = config.epoch_samples or count_samples(self.urls)
-            self.batches_per_epoch = max(1, samples // (self.world_size * config.batch_size))
-            self.keep_probability = None
-            if config.class_balance:
+            samples = data.epoch_samples or count_samples(self.urls)
+            self.batches_per_epoch = max(1, samples // (self.world_size * data.batch_size))
+            if data.class_balance:
                 counts = label_counts(self.urls)
                 smallest = min(count for count in counts.values() if count) or 1
                 self.keep_probability = {label: (smallest / count if count else 0.0) for label, count in counts.items()}
@@ -325,33 +393,22 @@ class VideoLoader:
         """DALI reads, samples and decodes the shards itself (NVDEC on a GPU) when the decoder says so."""
         from dfdtrain.data.decoders import dali_usable
 
-        if not (self.config.decoder == "dali" or (self.config.decoder == "auto" and dali_usable())):
+        data = self.data
+        if not (data.decoder == "dali" or (data.decoder == "auto" and dali_usable())):
             return None
+        if self.train and data.class_balance:
+            raise DfdError("data.class_balance is not available on the DALI path: use train.class_weights, or "
+                           "data.decoder=pyav")
+        if self.train and data.face_track == "random":
+            raise DfdError("data.face_track=random is not available on the DALI path (it reads track 0): use "
+                           "first, or data.decoder=pyav")
         from dfdtrain.data.dali import DaliShardLoader
 
-        sampler = self.config.sampler
-        canvas = self.config.dali_canvas
-        return DaliShardLoader(self.urls, self.config.batch_size, sampler.num_frames, self.rank, self.world_size,
-                               device="gpu" if self.device.type == "cuda" else "cpu", seed=self.config.seed,
-                               train=self.train, mode=sampler.mode, stride=sampler.stride, every=sampler.every,
-                               resize=(canvas, canvas) if canvas else None)
-
-    def _crop_dali_batch(self, raw):
-        """Face/centre crops of a DALI batch, on its device (boxes are in the source video's pixels)."""
-        frames = raw["frames"]
-        canvas_h, canvas_w = frames.shape[2:4]
-        size, clips = self.config.image_size, []
-        for position, meta in enumerate(raw["meta"]):
-            count = int(raw["mask"][position].sum())
-            indices = raw["indices"][position][:count].numpy()
-            width, height = meta.get("width", canvas_w), meta.get("height", canvas_h)
-            regions, _ = crop_regions(meta, indices, width, height, self.config.crop, self.config.margin)
-            scale = np.array([canvas_w / width, canvas_h / height] * 2)
-            clip = torch.zeros((frames.shape[1], size, size, 3), dtype=torch.uint8, device=frames.device)
-            clip[:count] = crop_and_resize(frames[position, :count], regions * scale, size,
-                                           stretch=bool(self.config.dali_canvas))
-            clips.append(clip)
-        return torch.stack(clips)
+        canvas = data.dali_canvas
+        return DaliShardLoader(self.urls, data.batch_size, self.clip.sampler, self.rank, self.world_size,
+                               device="gpu" if self.device.type == "cuda" else "cpu", seed=self.seed,
+                               train=self.train, resize=(canvas, canvas) if canvas else None,
+                               shuffle_buffer=data.shuffle_buffer)
 
     def set_epoch(self, epoch):
         self.epoch = epoch
@@ -362,82 +419,76 @@ class VideoLoader:
         raise TypeError("an evaluation loader has no fixed length per rank (ranks may get different counts)")
 
     def _pipeline(self):
-        config = self.config
-        clip_decoder = ClipDecoder(config) if self.source == "videos" else EmbeddingReader()
-        if self.train:
-            seed = f"{config.seed}:{self.epoch}:{self.rank}"
-            # stages are called inside each worker when iteration starts: per-worker random generators
-            stages = [
-                lambda: resampled_shards(self.urls, config.seed, self.epoch, self.rank),
-                wds.tarfile_to_samples(handler=wds.warn_and_continue),
-                lambda samples: wds.filters._shuffle(samples, config.shuffle_buffer, min(config.shuffle_buffer, 16),
-                                                     rng=random.Random(_worker_seed(seed, "shuffle"))),
-                parse_meta,
-            ]
-            if self.keep_probability:
-                stages.append(lambda samples: balance_classes(samples, self.keep_probability,
-                                                              random.Random(_worker_seed(seed, "balance"))))
-            stages.append(lambda samples: decode_clips(samples, clip_decoder,
-                                                       np.random.default_rng(_worker_seed(seed, "frames"))))
-            stages.append(lambda items: batch_clips(items, config.batch_size, partial=False))
+        data = self.data
+        if self.source == "videos":
+            reader = ClipDecoder(self.clip, data.decoder, data.face_track)
         else:
-            stages = [
-                lambda: assigned_shards(self.urls, self.rank, self.world_size),
-                wds.tarfile_to_samples(handler=wds.warn_and_continue),
-                parse_meta,
-                lambda samples: decode_clips(samples, clip_decoder, None),
-                lambda items: batch_clips(items, config.batch_size, partial=True),
-            ]
+            reader = EmbeddingReader()
+        read_tars = wds.tarfile_to_samples(handler=wds.warn_and_continue)
+        if not self.train:
+            return wds.DataPipeline(AssignedShards(self.urls, self.rank, self.world_size), read_tars, ParseMeta(),
+                                    DecodeClips(reader), BatchClips(data.batch_size, partial=True))
+        seed = f"{self.seed}:{self.epoch}:{self.rank}"
+        stages = [ResampledShards(self.urls, self.seed, self.epoch, self.rank), read_tars,
+                  Shuffle(data.shuffle_buffer, seed), ParseMeta()]
+        if self.keep_probability:
+            stages.append(BalanceClasses(self.keep_probability, seed))
+        stages += [DecodeClips(reader, seed), BatchClips(data.batch_size, partial=False)]
         return wds.DataPipeline(*stages)
 
     def __iter__(self):
-        generator = np.random.default_rng([self.config.seed, self.epoch, self.rank, 7]) if self.train else None
+        generator = np.random.default_rng([self.seed, self.epoch, self.rank, 7]) if self.train else None
         for raw in (self._dali_batches() if self.dali is not None else self._worker_batches()):
+            batch = {"mask": raw["mask"].to(self.device, non_blocking=True),
+                     "label": raw["label"].to(self.device, non_blocking=True), "key": raw["key"], "meta": raw["meta"]}
             frames = raw["frames"].to(self.device, non_blocking=True)
             if self.source == "embeddings":  # frame features [B,T,D] for a head-only model
-                yield {"features": frames, "mask": raw["mask"].to(self.device), "label": raw["label"].to(self.device),
-                       "key": raw["key"], "meta": raw["meta"]}
-                continue
-            yield {
-                "frames": to_model_input(frames, self.input_config, self.augment_config, generator),
-                "mask": raw["mask"].to(self.device, non_blocking=True),
-                "label": raw["label"].to(self.device, non_blocking=True),
-                "key": raw["key"],
-                "meta": raw["meta"],
-            }
+                yield {"features": frames, **batch}
+            else:
+                yield {"frames": model_input(frames, self.clip, self.augment, generator), **batch}
 
     def _worker_batches(self):
         """uint8 clip batches from the DataLoader workers (decode + crop on the CPU)."""
+        data = self.data
+        start_method = data.worker_start_method if data.num_workers and data.worker_start_method != "default" else None
         loader = torch.utils.data.DataLoader(
-            self._pipeline(), batch_size=None, num_workers=self.config.num_workers, worker_init_fn=_worker_init,
-            persistent_workers=False, pin_memory=self.device.type == "cuda")
-        batches = iter(loader)
-        if self.train:
-            batches = islice(batches, self.batches_per_epoch)
-        for raw in batches:
+            self._pipeline(), batch_size=None, num_workers=data.num_workers, worker_init_fn=_worker_init,
+            multiprocessing_context=start_method, persistent_workers=False,
+            pin_memory=self.device.type == "cuda")
+        batches, produced = iter(loader), 0
+        while not self.train or produced < self.batches_per_epoch:
+            try:
+                raw = next(batches)
+            except StopIteration:
+                return
+            except DfdError:
+                raise
+            except Exception as error:  # a worker died or a stage outside ours failed: its last line says why
+                lines = [line for line in str(error).splitlines() if line.strip()]
+                raise LoaderError(f"data loader failed: {lines[-1].strip() if lines else type(error).__name__}") \
+                    from None
+            if "error" in raw:
+                error = raw["error"]
+                raise LoaderError(f"data loader stage {error['stage']!r} failed on sample {error['key']} of "
+                                  f"{error['shard']}: {error['cause']}")
             self.skipped.extend(raw["skipped"])
+            if self.skip_guard is not None:
+                self.skip_guard.update(len(raw["key"]), raw["skipped"])
             if raw["key"]:
+                produced += 1
                 yield raw
 
     def _dali_batches(self):
         """uint8 clip batches from DALI (decoded on the GPU with NVDEC, or VP9 on the CPU), cropped on device."""
         for raw in self.dali:
-            yield {**raw, "frames": self._crop_dali_batch(raw)}
-
-
-def _worker_seed(seed, purpose):
-    """A seed unique to (seed, this worker, purpose), stable across runs (unlike Python's str hash)."""
-    worker, _ = _worker()
-    return int(hashlib.sha256(f"{seed}:{worker}:{purpose}".encode()).hexdigest()[:16], 16)
-
-
-def gather_to_rank0(records):
-    """Concatenate per-rank lists on rank 0 (other ranks get None); works with unequal lengths."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return list(records)
-    world = torch.distributed.get_world_size()
-    gathered = [None] * world if torch.distributed.get_rank() == 0 else None
-    torch.distributed.gather_object(list(records), gathered, dst=0)
-    if gathered is None:
-        return None
-    return [record for part in gathered for record in part]
+            clips = []
+            for position, meta in enumerate(raw["meta"]):
+                count = int(raw["mask"][position].sum())
+                if meta.get("store") == "faces":
+                    meta = track_meta(meta, 0)  # DALI reads <key>.<ext>: track 0
+                frames = raw["frames"][position, :count]
+                source_size = (meta.get("width", frames.shape[2]), meta.get("height", frames.shape[1]))
+                clips.append(clip_from_frames(frames, raw["indices"][position][:count].numpy(), meta, self.clip,
+                                              source_size=source_size))
+            yield {**raw, "frames": torch.stack([clip.frames for clip in clips]),
+                   "meta": [batch_meta(clip) for clip in clips]}

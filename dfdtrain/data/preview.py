@@ -1,6 +1,6 @@
 """Contact sheets: the sampled frames of one video with its face boxes and the crops the loader would make.
 
-What a user looks at to trust the pipeline: the same sampler, decoder and crop code as training.
+What a user looks at to trust the pipeline: the same clip contract (sampler, decoder, crop) as training.
 Green = the detected face box, yellow = the crop region (box + margin, squared); under each frame, the crop.
 """
 
@@ -9,12 +9,12 @@ import json
 import os
 import tarfile
 
-import torch
 from PIL import Image, ImageDraw
 
-from dfdtrain.data.crops import boxes_for_frames, crop_and_resize, crop_regions
+from dfdtrain.config import ClipSpec, SamplerConfig
+from dfdtrain.data.clips import clip_from_frames, read_sampled_frames, video_member
+from dfdtrain.data.crops import boxes_for_frames
 from dfdtrain.data.decoders import build_decoder
-from dfdtrain.data.sampler import SamplerConfig, sample_indices
 from dfdtrain.data.video import probe
 from dfdtrain.errors import DfdError
 
@@ -23,8 +23,9 @@ CROP_SIZE = 128
 
 
 def load_from_shard(shard_path, key=None):
-    """(video bytes, meta, member name) of sample ``key`` (default: the first) in a shard tar."""
-    members = {}
+    """(video bytes, meta, member name) of sample ``key`` (default: the first) in a shard tar; for a face-clip
+    sample, its first track's clip, with the meta describing that track."""
+    sample = {}
     with tarfile.open(shard_path) as tar:
         for member in tar:
             if not member.isfile():
@@ -33,24 +34,29 @@ def load_from_shard(shard_path, key=None):
             if key is None:
                 key = sample_key
             if sample_key == key:
-                members[extension] = (member.name, tar.extractfile(member).read())
-            elif members:
+                sample[extension] = tar.extractfile(member).read()
+            elif sample:
                 break  # a sample's members are consecutive
-    if "json" not in members or len(members) < 2:
+    if "json" not in sample or len(sample) < 2:
         raise DfdError(f"{shard_path}: no sample with key {key!r}")
-    meta = json.loads(members.pop("json")[1])
-    name, data = next(iter(members.values()))
-    return data, meta, name
+    sample.update({"__key__": key, "meta": json.loads(sample["json"])})
+    meta, field = video_member(sample)
+    return sample[field], meta, f"{key}.{field}"
 
 
 def make_contact_sheet(source, meta, num_frames=16, margin=1 / 3, crop="face", decoder="pyav", name=None):
-    """A PIL image of ``num_frames`` sampled frames with boxes, crop regions and crops."""
-    frame_count = meta["frames"]
-    indices, _ = sample_indices(frame_count, SamplerConfig("uniform", num_frames), None)
-    frames = build_decoder(decoder).read(source, indices, name=name)
+    """A PIL image of ``num_frames`` sampled frames with boxes, crop regions and the crops the loader makes.
+
+    The crops come from the clip contract (``dfdtrain.data.clips``) with the evaluation sampler, drawn at
+    ``CROP_SIZE`` pixels: the regions and crops a detector trained with this crop and margin would see.
+    """
+    spec = ClipSpec(sampler=SamplerConfig("uniform", num_frames), crop=crop, margin=margin, image_size=CROP_SIZE)
+    frames, indices, meta = read_sampled_frames(build_decoder(decoder), source, meta, spec.sampler, name=name)
+    clip = clip_from_frames(frames, indices, meta, spec)
+    frames, regions, frame_count = frames.numpy(), clip.regions, meta["frames"]
     height, width = frames.shape[1:3]
-    regions, from_faces = crop_regions(meta, indices, width, height, crop, margin)
-    crops = crop_and_resize(torch.from_numpy(frames), regions, CROP_SIZE).numpy()
+    crops = clip.frames[:len(indices)].numpy()
+    from_faces = clip.face_crop
     boxes = boxes_for_frames(meta.get("faces"), indices)
     detected = set(meta.get("faces", {}).get("frames", [])) if meta.get("faces") else set()
 
@@ -62,7 +68,10 @@ def make_contact_sheet(source, meta, num_frames=16, margin=1 / 3, crop="face", d
     cell_height = TILE_HEIGHT + CROP_SIZE + 26
     sheet = Image.new("RGB", (columns * (tile_width + 8) + 8, header + rows * cell_height), (24, 24, 24))
     draw = ImageDraw.Draw(sheet)
-    faces_note = "face boxes from shard/detector" if from_faces else "no face boxes: centre-square crop"
+    if from_faces:
+        faces_note = "face clip (the whole frame)" if meta.get("store") == "faces" else "face boxes from shard/detector"
+    else:
+        faces_note = "full frame" if crop == "full" else "no face boxes: centre-square crop"
     draw.text((8, 6), f"{meta.get('key', name)}  label={meta.get('label', '?')}  {width}x{height}  "
                       f"{frame_count} frames @ {meta.get('fps', '?')} fps  {meta.get('codec', '')}", fill=(230, 230, 230))
     draw.text((8, 22), f"{len(indices)} sampled frames; {faces_note}; green = face, yellow = crop region, "
@@ -95,7 +104,7 @@ def preview(path, out, num_frames=16, key=None, faces="none", margin=1 / 3, crop
             data = handle.read()
         name = path
         meta = {"key": os.path.basename(path), **probe(data, name=path)}
-    if faces != "none" and "faces" not in meta:
+    if faces != "none" and "faces" not in meta and meta.get("store") != "faces":
         from dfdtrain.data.faces import build_face_detector, detect_faces
 
         meta["faces"] = detect_faces(data, num_frames, build_face_detector(faces), meta["frames"])

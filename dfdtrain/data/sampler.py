@@ -1,6 +1,6 @@
-"""The frame sampler: (video length, config, rng) -> frame indices + a padding mask.
+"""The frame sampler: (video length, SamplerConfig, rng) -> frame indices + a padding mask.
 
-One sampler feeds every decoder backend. Modes:
+One sampler feeds every decoder backend, the DALI pipeline and the face detector at shard time. Modes:
   uniform  N frames spread over the whole video (the reference notebooks used 16/20/32/64);
   clip     T consecutive frames ``stride`` apart, starting at a random (train) or centred (eval) offset;
   every    every k-th frame from the start (or a random phase in training), at most N of them.
@@ -9,25 +9,11 @@ A video shorter than needed gives fewer indices; ``mask`` (length N) marks the r
 be padded to N frames and a masked head ignores the padding.
 """
 
-import dataclasses
-
 import numpy as np
 
-SAMPLER_MODES = ("uniform", "clip", "every")
+from dfdtrain.config import SamplerConfig  # the sampler's settings: one definition, in the config tree
 
-
-@dataclasses.dataclass
-class SamplerConfig:
-    mode: str = "uniform"  # uniform | clip | every
-    num_frames: int = 16  # N: frames per sample (padded with mask=False when the video is shorter)
-    stride: int = 1  # clip mode: step between consecutive sampled frames
-    every: int = 1  # every mode: take every k-th frame
-
-    def __post_init__(self):
-        if self.mode not in SAMPLER_MODES:
-            raise ValueError(f"sampler mode must be one of {', '.join(SAMPLER_MODES)}, not {self.mode!r}")
-        if self.num_frames < 1 or self.stride < 1 or self.every < 1:
-            raise ValueError("sampler num_frames, stride and every must be >= 1")
+__all__ = ["SamplerConfig", "sample_indices", "uniform_indices"]
 
 
 def sample_indices(frame_count, config, rng=None):
@@ -71,3 +57,12 @@ def _strided(frame_count, wanted, step, rng, from_start=False):
     else:
         start = 0 if from_start else slack // 2
     return start + np.arange(wanted) * step
+
+
+def uniform_indices(frame_count, count):
+    """``count`` frame indices spread evenly over a video (the centre of each equal slice), as a list.
+
+    The deterministic uniform sampler; a video shorter than ``count`` gives each of its frames once.
+    """
+    indices, _ = sample_indices(frame_count, SamplerConfig("uniform", count), None)
+    return indices.tolist()

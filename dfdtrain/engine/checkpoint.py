@@ -1,10 +1,10 @@
 """Checkpoints in a run directory: ``checkpoints/last`` and ``checkpoints/best``, each written atomically.
 
 A checkpoint is written into ``checkpoints/.tmp-<tag>`` by every rank (the engine's model/optimizer/
-scheduler files, plus one ``rng-rank<r>.pt`` per rank), then rank 0 swaps it into place with renames. A
-crash at any moment leaves either the previous complete checkpoint or the new one (or, between the two
-renames, ``.old-<tag>``, which ``find_checkpoint`` falls back to). ``checkpoints/latest`` names the last
-tag, as DeepSpeed's own tools expect.
+scheduler files, plus one ``rng-rank<r>.pt`` per rank, and the trainer's ``detector.json``), then rank 0 swaps
+it into place with renames. A crash at any moment leaves either the previous complete checkpoint or the new
+one (or, between the two renames, ``.old-<tag>``, which ``find_checkpoint`` falls back to).
+``checkpoints/latest`` names the last tag, as DeepSpeed's own tools expect.
 """
 
 import os
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from dfdtrain.engine.distributed import barrier
-from dfdtrain.fileio import atomic_open
+from dfdtrain.fileio import atomic_open, write_json
 
 
 def rng_state():
@@ -33,8 +33,9 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(engine, run_dir, tag, state, context):
-    """Write checkpoint ``tag`` (e.g. last, best) holding the engine's states and ``state`` (the loop's)."""
+def save_checkpoint(engine, run_dir, tag, state, context, json_files=None):
+    """Write checkpoint ``tag`` (e.g. last, best) holding the engine's states, ``state`` (the loop's) and, from
+    rank 0, ``json_files`` ({file name: JSON-ready value}, e.g. the detector settings)."""
     folder = os.path.join(run_dir, "checkpoints")
     temporary = os.path.join(folder, f".tmp-{tag}")
     if context.is_main:
@@ -42,6 +43,9 @@ def save_checkpoint(engine, run_dir, tag, state, context):
         os.makedirs(temporary)
     barrier()
     engine.save(temporary, state)
+    if context.is_main:
+        for name, value in (json_files or {}).items():
+            write_json(os.path.join(temporary, name), value)
     with atomic_open(os.path.join(temporary, f"rng-rank{context.rank}.pt"), "wb") as handle:
         torch.save(rng_state(), handle)
     barrier()

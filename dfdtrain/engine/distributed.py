@@ -67,12 +67,26 @@ def broadcast_object(value, source=0):
 
 
 def any_rank(flag, device):
-    """True on every rank when ``flag`` is True on at least one (e.g. a non-finite loss)."""
+    """True on every rank when ``flag`` is true on at least one (e.g. a non-finite loss).
+
+    ``flag`` may be a bool or a 0-d tensor on ``device``: a tensor is reduced where it is, so the host waits
+    once, for the answer, and not for the flag first.
+    """
+    flag = torch.as_tensor(flag, device=device).float().reshape(1)
+    if dist.is_initialized():
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item() > 0)
+
+
+def gather_to_rank0(records):
+    """Concatenate per-rank lists on rank 0 (other ranks get None); works with unequal lengths."""
     if not dist.is_initialized():
-        return bool(flag)
-    tensor = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return bool(tensor.item() > 0)
+        return list(records)
+    gathered = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(list(records), gathered, dst=0)
+    if gathered is None:
+        return None
+    return [record for part in gathered for record in part]
 
 
 def cleanup():

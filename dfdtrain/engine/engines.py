@@ -1,4 +1,4 @@
-"""Two ways to run the same training step: DeepSpeed (default) and plain DistributedDataParallel.
+"""Two ways to run the same training step (the ``ENGINES`` registry): DeepSpeed (default) and plain DDP.
 
 Both offer one small interface used by the training loop:
     with engine.micro_step():            # gradient sync only on the last micro-batch of an optimizer step
@@ -20,15 +20,15 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dfdtrain.errors import DfdError
 from dfdtrain.fileio import atomic_open
+from dfdtrain.registry import Registry
 
-ENGINES = ("deepspeed", "ddp")
+ENGINES = Registry("engine")
 
 
-def _autocast(device, precision):
+def autocast(device, precision):
+    """The forward pass's precision context, for training and scoring alike: bf16 autocast or nothing."""
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    if precision != "fp32":
-        raise DfdError(f"train.precision must be fp32 or bf16, not {precision!r}")
     return contextlib.nullcontext()
 
 
@@ -37,10 +37,11 @@ def _save_torch(obj, path):
         torch.save(obj, handle)
 
 
+@ENGINES.register("ddp")
 class DDPEngine:
     name = "ddp"
 
-    def __init__(self, model, optimizer, scheduler, train, context):
+    def __init__(self, model, optimizer, scheduler, train, context, batch_size):
         self.module = model.to(context.device)
         self.optimizer, self.scheduler = optimizer, scheduler
         self.train_config, self.context = train, context
@@ -59,7 +60,7 @@ class DDPEngine:
         return contextlib.nullcontext()
 
     def forward(self, frames, mask):
-        with _autocast(self.context.device, self.train_config.precision):
+        with autocast(self.context.device, self.train_config.precision):
             return self.model(frames, mask)
 
     def backward(self, loss):
@@ -113,8 +114,6 @@ def deepspeed_config(train, batch_size, world_size, raw_path=""):
         "steps_per_print": 10 ** 9,
         "wall_clock_breakdown": False,
     }
-    if train.zero_stage not in (0, 1, 2):
-        raise DfdError(f"train.zero_stage must be 0, 1 or 2, not {train.zero_stage}")
     if raw_path:
         try:
             with open(raw_path) as handle:
@@ -132,6 +131,7 @@ def _merge(base, override):
     return merged
 
 
+@ENGINES.register("deepspeed")
 class DeepSpeedEngine:
     name = "deepspeed"
 
@@ -155,7 +155,7 @@ class DeepSpeedEngine:
         return contextlib.nullcontext()  # DeepSpeed decides itself when to reduce gradients
 
     def forward(self, frames, mask):
-        with _autocast(self.context.device, self.train_config.precision):
+        with autocast(self.context.device, self.train_config.precision):
             return self.model(frames, mask)
 
     def backward(self, loss):
@@ -180,8 +180,5 @@ class DeepSpeedEngine:
 
 
 def build_engine(name, model, optimizer, scheduler, train, context, batch_size):
-    if name == "ddp":
-        return DDPEngine(model, optimizer, scheduler, train, context)
-    if name == "deepspeed":
-        return DeepSpeedEngine(model, optimizer, scheduler, train, context, batch_size)
-    raise DfdError(f"train.engine must be one of {', '.join(ENGINES)}, not {name!r}")
+    """The engine registered as ``name`` (train.engine) around ``model``; ``batch_size`` is per rank."""
+    return ENGINES.get(name)(model, optimizer, scheduler, train, context, batch_size)

@@ -1,46 +1,89 @@
 """Load a trained detector from what training leaves behind, and save it as a self-contained bundle.
 
 ``load_detector(path)`` accepts:
-  * a bundle folder (``model.safetensors`` + ``detector.json``: the model and data settings), as written by
-    ``export_bundle`` — needs no run directory;
-  * a training checkpoint folder (``RUN/checkpoints/best`` or ``last``; DeepSpeed's ``mp_rank_00_model_states.pt``
-    or the DDP engine's ``checkpoint.pt``), whose run's ``config.yaml`` sits two levels up;
+  * a bundle folder (``model.safetensors`` + ``detector.json``), as written by ``export_bundle`` — needs no
+    run directory;
+  * a training checkpoint folder (``RUN/checkpoints/best`` or ``last``: DeepSpeed's
+    ``mp_rank_00_model_states.pt`` or the DDP engine's ``checkpoint.pt``, with the ``detector.json`` training
+    writes beside them; checkpoints of earlier versions without it use the run's ``config.yaml`` two levels up);
   * a run directory (its ``checkpoints/best``, else ``last``).
-It returns ``(model in eval mode, settings)``; settings hold what inference needs to see frames as training
-did: sampler, number of frames, image size, crop mode and margin, normalisation, threshold.
+It returns ``(model in eval mode, DetectorSettings)``: what inference needs to see videos as training did —
+the model config, the resolved clip spec (sampler, crop, input size, normalisation, input transform) and the
+decision threshold.
 """
 
+import dataclasses
 import json
 from pathlib import Path
 
 import torch
 
-from dfdtrain.config import config_from_dict, config_to_dict, load_config
+from dfdtrain.config import ClipSpec, Fraction, ModelConfig, Section, build_section, config_to_dict, load_config
 from dfdtrain.errors import DfdError
 from dfdtrain.fileio import atomic_open, write_json
 from dfdtrain.models.detector import build_detector_from_config
 
 BUNDLE_WEIGHTS = "model.safetensors"
-BUNDLE_SETTINGS = "detector.json"
+SETTINGS_FILE = "detector.json"
+SETTINGS_FORMAT = "dfdtrain-detector/2"
 
 
-def _settings(config, model):
-    data_config = model.backbone_info["data_config"]
-    return {
-        "name": config.name,
-        "model": config_to_dict(config)["model"],
-        "sampler": config.data.sampler, "num_frames": config.data.num_frames, "stride": config.data.stride,
-        "every": config.data.every,
-        "image_size": config.data.image_size or int(data_config["input_size"][-1]),
-        "crop": config.data.crop, "margin": config.data.margin, "input_transform": config.data.input_transform,
-        "mean": list(data_config["mean"]), "std": list(data_config["std"]),
-        "threshold": config.train.threshold,
-    }
+@dataclasses.dataclass
+class DetectorSettings(Section):
+    """``detector.json``: everything besides the weights that a trained detector needs (typed, checked)."""
+
+    name: str = ""  # the training run's name
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    clip: ClipSpec = dataclasses.field(default_factory=ClipSpec)  # resolved: image_size, mean and std set
+    threshold: Fraction = 0.5  # P(fake) at or above which a video is called FAKE
+
+    def check(self):
+        if not self.clip.resolved:
+            raise DfdError("detector settings need a resolved clip spec (image_size, mean and std)")
+
+    def to_json(self):
+        return {"format": SETTINGS_FORMAT, **config_to_dict(self)}
 
 
-def _config_from_settings(settings):
-    # the weights come from the bundle: never reach for a hub or a weights file
-    return config_from_dict({"model": {**settings["model"], "pretrained": False, "pretrained_file": ""}})
+def detector_settings(config, model):
+    """The DetectorSettings of a training config and its built model (the clip resolved with the backbone)."""
+    model_config = dataclasses.replace(config.model, pretrained=False, pretrained_file="")  # weights come with it
+    return DetectorSettings(name=config.name, model=model_config,
+                            clip=config.clip.resolve(model.backbone_info["data_config"]),
+                            threshold=config.train.threshold)
+
+
+def _settings_from_version_1(values):
+    """detector.json as written before the clip spec existed: flat sampler/crop/normalisation keys."""
+    clip = {"sampler": {"mode": values["sampler"], "num_frames": values["num_frames"],
+                        "stride": values.get("stride", 1), "every": values.get("every", 1)},
+            "crop": values["crop"], "margin": values["margin"], "image_size": values["image_size"],
+            "mean": values["mean"], "std": values["std"], "input_transform": values.get("input_transform", "rgb")}
+    return {"name": values.get("name", ""), "model": values["model"], "clip": clip, "threshold": values["threshold"]}
+
+
+def read_settings(path):
+    """DetectorSettings from a ``detector.json`` (this version's or the first)."""
+    try:
+        values = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise DfdError(f"{path}: unreadable detector settings ({error})") from None
+    if not isinstance(values, dict):
+        raise DfdError(f"{path}: detector settings must be a JSON object")
+    if values.pop("format", None) != SETTINGS_FORMAT:
+        try:
+            values = _settings_from_version_1(values)
+        except KeyError as error:
+            raise DfdError(f"{path}: not a detector.json (no {error.args[0]!r})") from None
+    values["model"] = {**values.get("model", {}), "pretrained": False, "pretrained_file": ""}  # never a download
+    try:
+        return build_section(DetectorSettings, values, "")
+    except DfdError as error:
+        raise DfdError(f"{path}: {error}") from None
+
+
+def write_settings(settings, folder):
+    write_json(Path(folder) / SETTINGS_FILE, settings.to_json())
 
 
 def _training_weights(checkpoint):
@@ -60,30 +103,38 @@ def _load_weights(model, weights, source):
                        f"({len(missing)} missing, {len(unexpected)} unexpected, e.g. {(missing or unexpected)[0]})")
 
 
+def _checkpoint_settings(checkpoint):
+    """A training checkpoint's settings: its own detector.json, or (earlier versions) the run's config."""
+    if (checkpoint / SETTINGS_FILE).is_file():
+        return read_settings(checkpoint / SETTINGS_FILE)
+    config_path = checkpoint.parent.parent / "config.yaml"
+    if not config_path.is_file():
+        raise DfdError(f"{checkpoint}: not a bundle, and no {SETTINGS_FILE} or run config at {config_path}")
+    config = load_config(config_path, ["model.pretrained=false", "model.pretrained_file="])
+    return detector_settings(config, build_detector_from_config(config.model))
+
+
 def load_detector(path, device="cpu"):
-    """(model, settings) from a bundle, a training checkpoint or a run directory."""
+    """(model, DetectorSettings) from a bundle, a training checkpoint or a run directory."""
     path = Path(path)
     if not path.exists():
         raise DfdError(f"{path}: checkpoint not found")
-    if (path / BUNDLE_SETTINGS).is_file():
-        from safetensors.torch import load_file
-
-        settings = json.loads((path / BUNDLE_SETTINGS).read_text())
-        model = build_detector_from_config(_config_from_settings(settings).model)
-        _load_weights(model, load_file(str(path / BUNDLE_WEIGHTS)), path)
-        return model.to(device).eval(), settings
     if (path / "checkpoints").is_dir():  # a run directory
         for tag in ("best", "last"):
             if (path / "checkpoints" / tag).is_dir():
                 return load_detector(path / "checkpoints" / tag, device)
         raise DfdError(f"{path}: run directory has no checkpoints/best or checkpoints/last")
-    config_path = path.parent.parent / "config.yaml"
-    if not config_path.is_file():
-        raise DfdError(f"{path}: not a bundle, and no run config at {config_path}")
-    config = load_config(config_path, ["model.pretrained=false", "model.pretrained_file="])
-    model = build_detector_from_config(config.model)
+    if (path / BUNDLE_WEIGHTS).is_file():
+        from safetensors.torch import load_file
+
+        settings = read_settings(path / SETTINGS_FILE)
+        model = build_detector_from_config(settings.model)
+        _load_weights(model, load_file(str(path / BUNDLE_WEIGHTS)), path)
+        return model.to(device).eval(), settings
+    settings = _checkpoint_settings(path)
+    model = build_detector_from_config(settings.model)
     _load_weights(model, _training_weights(path), path)
-    return model.to(device).eval(), _settings(config, model)
+    return model.to(device).eval(), settings
 
 
 def export_bundle(checkpoint, out_dir):
@@ -96,5 +147,5 @@ def export_bundle(checkpoint, out_dir):
     weights = {name: value.detach().contiguous() for name, value in model.state_dict().items()}
     with atomic_open(out_dir / BUNDLE_WEIGHTS, "wb") as handle:
         handle.write(save(weights))
-    write_json(out_dir / BUNDLE_SETTINGS, settings)
+    write_settings(settings, out_dir)
     return out_dir

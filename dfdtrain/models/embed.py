@@ -19,23 +19,14 @@ import torch
 from tqdm import tqdm
 
 from dfdtrain import __version__
-from dfdtrain.data.augment import InputConfig
-from dfdtrain.data.loader import VideoLoader, expand_shards, loader_config
+from dfdtrain.config import config_to_dict
+from dfdtrain.data.loader import VideoLoader
 from dfdtrain.data.shard import TarShardWriter
 from dfdtrain.errors import DfdError
 from dfdtrain.fileio import write_json
 from dfdtrain.models.detector import build_detector_from_config
 
 SAMPLES_PER_SHARD = 2000
-
-
-def input_settings(config, model):
-    """Input size and normalisation: the config's size if set, else the backbone's own (timm)."""
-    data_config = model.backbone_info["data_config"]
-    image_size = config.data.image_size or int(data_config["input_size"][-1])
-    input_config = InputConfig(mean=tuple(data_config["mean"]), std=tuple(data_config["std"]),
-                               transform=config.data.input_transform)
-    return image_size, input_config
 
 
 class _SplitWriter:
@@ -78,19 +69,19 @@ def write_embeddings(config, shard_specs, out_dir, device="cpu", dtype="float16"
     device = torch.device(device)
     torch.manual_seed(config.seed)  # a randomly initialised backbone (pretrained=False) is reproducible too
     model = build_detector_from_config(config.model).to(device).eval()
-    image_size, input_config = input_settings(config, model)
+    clip = config.clip.resolve(model.backbone_info["data_config"])
     writers, skipped = {}, []
     bar = tqdm(desc="embed", unit="video", disable=not progress, mininterval=0.5)
     for spec in shard_specs:
-        loader = VideoLoader(loader_config(config.data, expand_shards(spec), image_size, config.seed), train=False,
-                             input_config=input_config, device=device, rank=0, world_size=1)
+        loader = VideoLoader(spec, clip, config.data, train=False, device=device, rank=0, world_size=1,
+                             seed=config.seed)
         with torch.inference_mode():
             for batch in loader:
                 features = model.frame_features(batch["frames"], batch["mask"]).float().cpu().numpy()
                 for position, (key, meta) in enumerate(zip(batch["key"], batch["meta"])):
                     mask = batch["mask"][position].cpu().tolist()
                     meta = {**meta, "mask": mask, "backbone": model.backbone_info["timm_name"],
-                            "image_size": image_size, "num_features": int(features.shape[-1])}
+                            "image_size": clip.image_size, "num_features": int(features.shape[-1])}
                     split = meta.get("split", "all")
                     if split not in writers:
                         writers[split] = _SplitWriter(out_dir, split, per_shard)
@@ -102,8 +93,9 @@ def write_embeddings(config, shard_specs, out_dir, device="cpu", dtype="float16"
         writer.close()
     shards = [record for writer in writers.values() for record in writer.records]
     index = {"format": "dfdtrain-embeddings/1", "created_by": f"dfdtrain {__version__}",
-             "backbone": model.backbone_info["timm_name"], "image_size": image_size, "dtype": dtype,
-             "num_frames": config.data.num_frames, "sources": [str(spec) for spec in shard_specs],
+             "backbone": model.backbone_info["timm_name"], "image_size": clip.image_size, "dtype": dtype,
+             "num_frames": clip.sampler.num_frames, "clip": config_to_dict(clip),
+             "sources": [str(spec) for spec in shard_specs],
              "shards": shards, "totals": {"shards": len(shards), "samples": sum(s["samples"] for s in shards),
                                           "skipped": len(skipped), "seconds": round(time.time() - started, 2)},
              "skipped": skipped}

@@ -35,6 +35,48 @@ def build_head(name, in_features, **options):
     return HEADS.get(name)(in_features, **options)
 
 
+def _option_problem(default, value):
+    """Why ``value`` cannot stand where a head's option defaults to ``default`` (None if it can)."""
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "must be true or false"
+    if isinstance(value, bool):
+        return "must not be true or false"
+    if isinstance(default, int):
+        return None if isinstance(value, int) and value >= 1 else "must be an integer >= 1"
+    if isinstance(default, float):
+        return None if isinstance(value, (int, float)) and 0 <= value <= 1 else "must be a number between 0 and 1"
+    if isinstance(default, tuple):  # layer widths
+        widths = isinstance(value, (list, tuple)) and all(isinstance(width, int) and not isinstance(width, bool)
+                                                          and width >= 1 for width in value)
+        return None if widths else "must be a list of layer widths (integers >= 1)"
+    return None if isinstance(value, type(default)) else f"must be a {type(default).__name__}"
+
+
+def check_head_options(name, options):
+    """None if the head ``name`` takes ``options``, else (option or None, problem) for a config error.
+
+    An option's type is its default's (ints are counts >= 1, floats fractions in [0, 1], ``hidden`` a list of
+    widths); rules between options (transformer ``d_model`` divisible by ``num_heads``) come from building the
+    head once on small features.
+    """
+    import inspect
+
+    parameters = dict(inspect.signature(HEADS.get(name).__init__).parameters)
+    for skipped in ("self", "in_features"):
+        parameters.pop(skipped)
+    for option, value in options.items():
+        if option not in parameters:
+            return option, f"is not an option of the {name} head (options: {', '.join(parameters)})"
+        problem = _option_problem(parameters[option].default, value)
+        if problem:
+            return option, f"{problem}, not {value!r}"
+    try:
+        build_head(name, 8, **options)
+    except (ValueError, TypeError) as error:
+        return None, str(error)
+    return None
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Shared pieces
 

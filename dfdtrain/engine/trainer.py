@@ -1,0 +1,345 @@
+"""The Trainer: built once from an ExperimentConfig, it trains an epoch -> validates -> logs -> checkpoints, until
+the last epoch or early stopping. One instance runs on every rank (torchrun, the deepspeed launcher or srun).
+
+    trainer = Trainer(config)            # process group, model, clip spec, loaders, optimizer, engine
+    report = trainer.train()             # the whole run; or, piece by piece:
+    trainer.begin_epoch(epoch); trainer.train_step(batch); trainer.validate(); trainer.state_dict()
+
+The run directory holds the resolved ``config.yaml``, ``metrics.jsonl``, ``checkpoints/{last,best}`` (each with
+the ``detector.json`` that evaluate/predict/export read) and, at the end, ``report.json``. A run resumes from
+``checkpoints/last``, mid-epoch too: the loader is deterministic per epoch, so the batches already trained are
+replayed without training.
+
+Non-finite losses are tracked on the device (no host sync per step) and checked, across all ranks at once, at
+every log step and before every checkpoint: a diverged run stops every rank together with one line, and a
+checkpoint never holds non-finite weights.
+"""
+
+import dataclasses
+import os
+import random
+import time
+from typing import Optional
+
+import numpy as np
+import torch
+
+from dfdtrain.config import config_to_dict, save_config
+from dfdtrain.data.loader import VideoLoader, expand_shards, positive_class_weight
+from dfdtrain.engine.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from dfdtrain.engine.distributed import any_rank, barrier, broadcast_object, init_distributed
+from dfdtrain.engine.engines import build_engine
+from dfdtrain.engine.loss import video_bce
+from dfdtrain.engine.optim import LearningRateSchedule, build_optimizer
+from dfdtrain.engine.run_logger import RunLogger, system_values
+from dfdtrain.engine.scoring import metric_value, validation_metrics
+from dfdtrain.errors import DfdError
+from dfdtrain.fileio import write_json
+from dfdtrain.metrics import format_metrics_table
+from dfdtrain.models.bundle import SETTINGS_FILE, detector_settings
+from dfdtrain.models.detector import build_detector_from_config
+from dfdtrain.models.finetune import (FinetuneSchedule, apply_phase, freeze_batchnorm_statistics, parameter_groups,
+                                      prepare_trainable, set_trainable_stages)
+
+
+class NonFiniteLoss(DfdError):
+    pass
+
+
+@dataclasses.dataclass
+class TrainState:
+    """The loop's own state, saved in every checkpoint (the engine saves weights, optimizer and schedule)."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    batch_in_epoch: int = 0  # micro-batches of the current epoch already trained (mid-epoch resume)
+    samples: int = 0  # training samples seen, over all ranks
+    train_seconds: float = 0.0
+    best: Optional[float] = None  # best value of train.early_stopping_metric so far
+    best_epoch: Optional[int] = None
+    best_metrics: Optional[dict] = None
+    bad_epochs: int = 0  # epochs since the best
+
+
+@dataclasses.dataclass
+class StepResult:
+    loss: torch.Tensor  # this micro-batch's loss, still on the device (reading it syncs)
+    stepped: bool  # an optimizer step happened (the last micro-batch of gradient accumulation)
+
+
+def run_directory(config):
+    return config.run_dir or os.path.join("runs", config.name)
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def improved(value, best, mode):
+    if value is None:
+        return False
+    return best is None or (value < best if mode == "min" else value > best)
+
+
+class Trainer:
+    """Training of one ExperimentConfig on this rank.
+
+    ``train_loader`` / ``val_loader``: batches to use instead of VideoLoaders over ``data.train_shards`` /
+    ``data.val_shards`` (the end-to-end benchmark feeds one batch already on the device; tests and the engine
+    benchmark feed fixed data). A loader needs ``len()``, ``set_epoch(epoch)``, iteration and a ``skipped``
+    list, like VideoLoader. Without val shards or a val loader, ``validate`` and ``train`` are unavailable.
+    """
+
+    def __init__(self, config, train_loader=None, val_loader=None, progress=True):
+        self.config, self.progress = config, progress
+        self.context = context = init_distributed(config.train.device)
+        self.run_dir = run_directory(config)
+        self.embeddings = config.data.source == "embeddings"
+
+        seed_everything(config.seed)  # the same initial weights on every rank
+        model = build_detector_from_config(config.model)
+        self.settings = detector_settings(config, model)  # the resolved clip spec, threshold: saved with checkpoints
+        self.clip = self.settings.clip
+        self.schedule = FinetuneSchedule.from_config(config.finetune)
+        prepare_trainable(model, self.schedule)
+        if self.embeddings:  # cached features: the backbone is not run, so it cannot train
+            set_trainable_stages(model, 0)
+        if config.model.sync_batchnorm and context.world_size > 1:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+        if train_loader is None:
+            train_loader = self._loader(config.data.train_shards, train=True)
+        if val_loader is None and config.data.val_shards:
+            val_loader = self._loader(config.data.val_shards, train=False)
+        self.train_loader, self.val_loader = train_loader, val_loader
+        steps_per_epoch = max(1, len(self.train_loader) // config.train.grad_accum)
+        optimizer = build_optimizer(parameter_groups(model, config.optim.lr, config.optim.weight_decay), config.optim)
+        self.lr_schedule = LearningRateSchedule(optimizer, config.optim,
+                                                total_steps=steps_per_epoch * config.train.epochs)
+        self.pos_weight = None
+        if config.train.class_weights:
+            weight = positive_class_weight(expand_shards(config.data.train_shards))
+            self.pos_weight = torch.tensor(weight, device=context.device)
+        self.engine = build_engine(config.train.engine, model, optimizer, self.lr_schedule, config.train, context,
+                                   config.data.batch_size)
+        self.model = self.engine.module
+        seed_everything(config.seed + 1000 * context.rank)  # dropout etc. differ per rank, reproducibly
+
+        self.state = TrainState()
+        self.logger = None
+        self._nonfinite = torch.zeros((), dtype=torch.bool, device=context.device)  # since the last check
+        self._checked_step = 0
+
+    def _loader(self, shards, train):
+        return VideoLoader(shards, self.clip, self.config.data, train=train, device=self.context.device,
+                           seed=self.config.seed)
+
+    # -- state ---------------------------------------------------------------------------------------------
+
+    def state_dict(self):
+        return dataclasses.asdict(self.state)
+
+    def load_state_dict(self, state):
+        fields = {field.name for field in dataclasses.fields(TrainState)}
+        unknown = sorted(set(state) - fields)
+        if unknown:
+            raise DfdError(f"checkpoint state has unknown fields {unknown}: written by another version?")
+        self.state = TrainState(**state)
+        self._checked_step = self.state.step
+
+    def save_checkpoint(self, tag):
+        """Checkpoint ``tag`` (last, best) with the engine's states, the loop state and detector.json; never
+        one holding non-finite weights (a finite loss can still take an inf step)."""
+        self.check_finite()
+        finite = all(bool(torch.isfinite(value).all()) for value in self.model.state_dict().values()
+                     if value.is_floating_point())  # BatchNorm statistics too
+        if any_rank(not finite, self.context.device):
+            raise NonFiniteLoss(f"the weights became non-finite at step {self.state.step}: training diverged; "
+                                f"{self._last_good()}")
+        save_checkpoint(self.engine, self.run_dir, tag, self.state_dict(), self.context,
+                        json_files={SETTINGS_FILE: self.settings.to_json()})
+
+    def resume(self, mode="auto"):
+        """Load ``checkpoints/last`` (mode auto: when present; must: or fail; never: start afresh)."""
+        checkpoint = find_checkpoint(self.run_dir, "last") if mode != "never" else None
+        if mode == "must" and checkpoint is None:
+            raise DfdError(f"{self.run_dir}: --resume given but there is no checkpoint to resume from")
+        if checkpoint:
+            self.load_state_dict(load_checkpoint(self.engine, checkpoint, self.context))
+        return checkpoint
+
+    # -- steps ---------------------------------------------------------------------------------------------
+
+    def begin_epoch(self, epoch):
+        """Fine-tuning phase, learning rate, loader draw and train mode for ``epoch`` (0-based)."""
+        phase = apply_phase(self.model, self.schedule, epoch, self.engine.optimizer)
+        self.lr_schedule.apply()
+        self.train_loader.set_epoch(epoch)
+        self.engine.model.train()
+        freeze_batchnorm_statistics(self.model.backbone, everything=phase.backbone_lr_scale == 0)
+
+    def train_step(self, batch):
+        """One micro-batch: forward, loss, backward, and the optimizer step at an accumulation boundary.
+
+        Nothing here waits for the device: the loss's finiteness is folded into a flag on the device, which
+        ``check_finite`` reads at log and checkpoint steps.
+        """
+        inputs = batch["features"] if self.embeddings else batch["frames"]
+        with self.engine.micro_step():
+            video_logits, _ = self.engine.forward(inputs, batch["mask"])
+            loss = video_bce(video_logits, batch["label"], self.config.train.label_smoothing, self.pos_weight)
+            self._nonfinite |= ~torch.isfinite(loss.detach())
+            self.engine.backward(loss)
+        stepped = self.engine.step()
+        if stepped:
+            self.state.step += 1
+        return StepResult(loss.detach(), stepped)
+
+    def check_finite(self):
+        """Stop every rank together when any rank saw a non-finite loss since the last check (one sync)."""
+        if any_rank(self._nonfinite, self.context.device):
+            raise NonFiniteLoss(f"non-finite loss between steps {self._checked_step + 1} and {self.state.step}: "
+                                f"training diverged; {self._last_good()}")
+        self._checked_step = self.state.step
+
+    def _last_good(self):
+        return (f"the last good checkpoint is {find_checkpoint(self.run_dir) or 'none yet'} (lower optim.lr, or "
+                "set train.grad_clip)")
+
+    def validate(self):
+        """Validation metrics (rank 0 computes them, every rank gets them), ``loss`` included."""
+        if self.val_loader is None:
+            raise DfdError("data.val_shards is not set: there is nothing to validate on")
+        metrics, _ = validation_metrics(self.model, self.val_loader, self.context.device, self.config.train.threshold,
+                                        self.config.train.precision, self.embeddings)
+        return broadcast_object(metrics)
+
+    # -- the run -------------------------------------------------------------------------------------------
+
+    def train_epoch(self, epoch):
+        """Train ``len(train_loader)`` micro-batches (skipping those a mid-epoch resume already trained)."""
+        config, state = self.config, self.state
+        skip = state.batch_in_epoch
+        bar = self.logger.progress(len(self.train_loader), f"epoch {epoch + 1}/{config.train.epochs}",
+                                   enabled=self.progress)
+        bar.update(skip)
+        tick, window_samples = time.time(), 0
+        for index, batch in enumerate(self.train_loader):
+            if index < skip:
+                continue
+            result = self.train_step(batch)
+            state.batch_in_epoch = index + 1
+            samples = len(batch["key"]) * self.context.world_size
+            window_samples += samples
+            state.samples += samples
+            bar.update(1)
+            if not result.stepped:
+                continue
+            if state.step % config.train.log_every == 0:
+                self.check_finite()
+                seconds = max(time.time() - tick, 1e-9)
+                loss, lr = result.loss.item(), self.engine.optimizer.param_groups[-1]["lr"]
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{window_samples / seconds:.1f}")
+                self.logger.log(state.step, {"loss": loss, "lr": lr, "samples_per_s": window_samples / seconds,
+                                             "frames_per_s": window_samples * self.clip.sampler.num_frames / seconds,
+                                             **system_values(self.context.device)}, kind="train", epoch=epoch + 1)
+                state.train_seconds += seconds
+                tick, window_samples = time.time(), 0
+            if config.train.checkpoint_every and state.step % config.train.checkpoint_every == 0:
+                self.save_checkpoint("last")
+        bar.close()
+        state.train_seconds += time.time() - tick
+        state.epoch, state.batch_in_epoch = epoch + 1, 0
+
+    def end_epoch(self, epoch, metrics):
+        """Track the best epoch, checkpoint last (and best); True when early stopping says stop."""
+        config, state = self.config.train, self.state
+        value = metric_value(metrics, config.early_stopping_metric)
+        better = improved(value, state.best, config.early_stopping_mode)
+        if self.context.is_main:
+            self.logger.log(state.step, {"val": metrics}, kind="eval", epoch=epoch + 1)
+            loss = metrics.get("loss")
+            self.logger.print_eval_table(epoch + 1, f"val loss {loss if loss is None else f'{loss:.4f}'}\n"
+                                                    + format_metrics_table(metrics))
+        if better:
+            state.best, state.best_epoch, state.bad_epochs, state.best_metrics = value, epoch + 1, 0, metrics
+        else:
+            state.bad_epochs += 1
+        self.save_checkpoint("last")
+        if better:
+            self.save_checkpoint("best")
+        if config.patience and state.bad_epochs >= config.patience:
+            if self.context.is_main:
+                print(f"early stopping: {config.early_stopping_metric} has not improved for {state.bad_epochs} "
+                      f"epochs (best {state.best} at epoch {state.best_epoch})")
+            return True
+        return False
+
+    def train(self, resume="auto"):
+        """The whole run on this rank; returns the report dict (rank 0) or None."""
+        started, config, context = time.time(), self.config, self.context
+        if self.val_loader is None:
+            raise DfdError("data.val_shards is not set: training validates after every epoch")
+        if context.is_main:
+            os.makedirs(self.run_dir, exist_ok=True)
+            save_config(config, os.path.join(self.run_dir, "config.yaml"))
+        checkpoint = self.resume(resume)
+        wandb = config.logger.wandb
+        self.logger = RunLogger(self.run_dir, context.rank, config_to_dict(config), wandb_mode=wandb.mode,
+                                project=wandb.project, run_name=wandb.name or config.name, tags=tuple(wandb.tags),
+                                group=wandb.group or None)
+        if checkpoint and context.is_main:
+            print(f"resuming {self.run_dir} from epoch {self.state.epoch}, step {self.state.step}")
+        last_metrics, stopped_early = None, False
+        try:
+            for epoch in range(self.state.epoch, config.train.epochs):
+                self.begin_epoch(epoch)
+                self.train_epoch(epoch)
+                self.check_finite()
+                last_metrics = self.validate()
+                if self.end_epoch(epoch, last_metrics):
+                    stopped_early = True
+                    break
+        finally:
+            report = None
+            if context.is_main:
+                report = self.report(last_metrics, stopped_early, time.time() - started)
+                write_json(os.path.join(self.run_dir, "report.json"), report)
+                self.logger.close(summary={"best": self.state.best, "best_epoch": self.state.best_epoch})
+        # after a run that ended normally only: a rank that failed alone (its loader stopped) must exit rather
+        # than wait here for the others, so that the launcher sees the failure and stops every rank
+        barrier()
+        return report
+
+    def report(self, last_metrics, stopped_early, seconds):
+        state = self.state
+        best = state.best_metrics or last_metrics or {}
+        skipped = self.train_loader.skipped + self.val_loader.skipped
+        seconds_training = max(state.train_seconds, 1e-9)
+        return {
+            "name": self.config.name,
+            "engine": self.engine.name,
+            "world_size": self.context.world_size,
+            "device": str(self.context.device),
+            "epochs_run": state.epoch,
+            "steps": state.step,
+            "stopped_early": stopped_early,
+            "checkpoint": find_checkpoint(self.run_dir, "best") or find_checkpoint(self.run_dir, "last"),
+            "best_epoch": state.best_epoch,
+            "early_stopping_metric": self.config.train.early_stopping_metric,
+            "val": {"loss": best.get("loss"), "video": (best.get("video") or {}).get("head") or {},
+                    "video_rules": best.get("video"), "frame": best.get("frame")},
+            "last_val": last_metrics,
+            "skipped": {"train": len(self.train_loader.skipped), "val": len(self.val_loader.skipped),
+                        "samples": skipped[:100]},
+            "throughput": {"samples_per_s": state.samples / seconds_training,
+                           "frames_per_s": state.samples * self.clip.sampler.num_frames / seconds_training},
+            "wall_seconds": round(seconds, 1),
+        }
+
+
+def train(config, resume="auto", progress=True, train_loader=None):
+    """Shorthand: ``Trainer(config, train_loader=train_loader, progress=progress).train(resume)``."""
+    return Trainer(config, train_loader=train_loader, progress=progress).train(resume)

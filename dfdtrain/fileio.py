@@ -1,9 +1,13 @@
-"""Atomic writes (temp file in the same folder + rename) and small JSON helpers."""
+"""Atomic writes (temp file in the same folder + rename), loads of torch files that run no code, JSON helpers."""
 
 import contextlib
 import json
 import os
+import pickle
+import re
 import tempfile
+
+from dfdtrain.errors import DfdError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -29,6 +33,25 @@ def atomic_open(path, mode="wb"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def load_plain(path, map_location="cpu", allow=(), mmap=False):
+    """``torch.load`` that runs nothing from the file: ``weights_only=True``, so only tensors, plain Python values
+    and the value types in ``allow`` come back. Checkpoints and bundles come from other people, and unpickling
+    anything else can run code; such a file is refused with one line naming what it holds. ``mmap=True`` maps the
+    tensors instead of reading them (to vet a file cheaply)."""
+    import torch
+
+    try:
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"GLOBAL (\S+)", str(error))
+        what = found.group(1) if found else " ".join(str(error).split())[:200]
+        raise DfdError(f"{path}: refused to load: it holds {what}, not only tensors and plain values (unpickling "
+                       "it could run code)") from None
+    except (OSError, RuntimeError, ValueError, EOFError) as error:
+        raise DfdError(f"{path}: unreadable ({' '.join(str(error).split())[:200]})") from None
 
 
 def write_json(path, obj):

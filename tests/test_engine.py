@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, make_synth_shards, run_cli
+from conftest import REPO, SMALL_CLIP, make_synth_shards, run_cli
 from dfdtrain.errors import DfdError
 
 HERE = Path(__file__).resolve().parent
@@ -133,7 +133,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
                                      "optim.optimizer=sgd", "optim.lr=1e12", "optim.schedule=constant"), port=29651)
     assert result.returncode != 0
     assert "non-finite" in result.stderr and "last good checkpoint" in result.stderr
-    checkpoint = torch.load(run_dir / "checkpoints/last/checkpoint.pt", weights_only=False)
+    checkpoint = torch.load(run_dir / "checkpoints/last/checkpoint.pt", weights_only=True)
     assert all(torch.isfinite(value).all() for value in checkpoint["model"].values() if value.is_floating_point())
     assert not (run_dir / "checkpoints" / ".tmp-last").exists()
 
@@ -196,3 +196,55 @@ def test_trainer_steps_track_non_finite_losses_on_the_device_and_check_them_once
     assert trainer.state.step == 7
     with pytest.raises(DfdError, match="unknown fields \\['rocket'\\]"):
         trainer.load_state_dict({**state, "rocket": 1})
+
+
+class RunsCode:
+    """What a booby-trapped checkpoint holds: unpickling it would run a shell command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_no_checkpoint_file_can_run_code(tmp_path, small_shards):
+    """Every .pt file dfdtrain or DeepSpeed unpickles is loaded (or first vetted) with weights_only=True: a file
+    holding anything but tensors and plain values is refused with one line, and its code never runs."""
+    marker = tmp_path / "pwned"
+    runs = {}
+    for engine in ("ddp", "deepspeed"):
+        run_dir = tmp_path / engine
+        result = subprocess.run([sys.executable, *train_args(small_shards, run_dir, f"train.engine={engine}",
+                                                             "train.zero_stage=1", "train.epochs=1")],
+                                capture_output=True, text=True, timeout=600, env=environment())
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[engine] = run_dir
+    # the untouched checkpoints load: DeepSpeed's ZeRO files pass the vetting (resume), ours load weights_only
+    resumed = subprocess.run([sys.executable, *train_args(small_shards, runs["deepspeed"], "train.engine=deepspeed",
+                                                          "train.zero_stage=1", "train.epochs=2"), "--resume", "must"],
+                             capture_output=True, text=True, timeout=600, env=environment())
+    assert resumed.returncode == 0 and "resuming" in resumed.stdout, resumed.stderr[-3000:]
+
+    last = {engine: run_dir / "checkpoints" / "last" for engine, run_dir in runs.items()}
+    traps = [  # (file to booby-trap, command that would unpickle it)
+        (last["ddp"] / "rng-rank0.pt", train_args(small_shards, runs["ddp"], "train.engine=ddp", "train.epochs=2")
+         + ["--resume", "must"]),
+        (last["ddp"] / "checkpoint.pt", ["-m", "dfdtrain", "predict", "--checkpoint", last["ddp"], "--faces", "none",
+                                         "--quiet", SMALL_CLIP]),
+        (last["deepspeed"] / "mp_rank_00_model_states.pt", ["-m", "dfdtrain", "export", "--checkpoint",
+                                                            last["deepspeed"], "--out", tmp_path / "bundle"]),
+        (last["deepspeed"] / "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+         train_args(small_shards, runs["deepspeed"], "train.engine=deepspeed", "train.zero_stage=1",
+                    "train.epochs=3") + ["--resume", "must"]),
+    ]
+    for path, command in traps:
+        original = path.read_bytes()
+        torch.save({"state": RunsCode(marker), "module": {}, "model": {}}, path)
+        result = subprocess.run([sys.executable, *map(str, command)], capture_output=True, text=True, timeout=600,
+                                env=environment())
+        lines = [line for line in result.stderr.splitlines() if "error:" in line]
+        assert result.returncode == 2 and len(lines) == 1, (path.name, result.stderr[-3000:])
+        assert f"{path.name}: refused to load: it holds posix.system" in lines[0], lines[0]
+        assert not marker.exists(), path.name
+        path.write_bytes(original)

@@ -15,19 +15,27 @@ import numpy as np
 import torch
 
 from dfdtrain.engine.distributed import barrier
-from dfdtrain.fileio import atomic_open, write_json
+from dfdtrain.fileio import atomic_open, load_plain, write_json
 
 
 def rng_state():
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """This process's random generators as tensors and plain values (numpy's key array as a tensor), so the
+    file loads with ``weights_only=True``."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state):
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    numpy = state["numpy"]
+    np.random.set_state((numpy["name"], numpy["keys"].numpy().astype(np.uint32), numpy["position"],
+                         numpy["has_gauss"], numpy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -77,5 +85,5 @@ def load_checkpoint(engine, path, context):
     state = engine.load(path)
     rng_path = os.path.join(path, f"rng-rank{context.rank}.pt")
     if os.path.exists(rng_path):
-        set_rng_state(torch.load(rng_path, weights_only=False))  # numpy/python RNG states are tuples
+        set_rng_state(load_plain(rng_path))
     return state

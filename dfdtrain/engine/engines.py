@@ -19,7 +19,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from dfdtrain.errors import DfdError
-from dfdtrain.fileio import atomic_open
+from dfdtrain.fileio import atomic_open, load_plain
 from dfdtrain.registry import Registry
 
 ENGINES = Registry("engine")
@@ -85,8 +85,7 @@ class DDPEngine:
                         os.path.join(folder, "checkpoint.pt"))
 
     def load(self, folder):
-        checkpoint = torch.load(os.path.join(folder, "checkpoint.pt"), map_location=self.context.device,
-                                weights_only=False)  # optimizer state holds python scalars
+        checkpoint = load_plain(os.path.join(folder, "checkpoint.pt"), map_location=self.context.device)
         self.module.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
@@ -172,6 +171,16 @@ class DeepSpeedEngine:
         self.model.save_checkpoint(parent, tag=tag, client_state={"state": state})
 
     def load(self, folder):
+        # DeepSpeed unpickles its files with weights_only=False. Each one is vetted first with weights_only=True
+        # (tensors memory-mapped, so only the pickles are read), allowing only the value types DeepSpeed's own
+        # ZeRO checkpoints hold; a file holding anything else is refused before DeepSpeed opens it.
+        from deepspeed.runtime.fp16.loss_scaler import LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+        from deepspeed.utils.tensor_fragment import fragment_address
+
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".pt"):
+                load_plain(os.path.join(folder, name), allow=(LossScaler, ZeroStageEnum, fragment_address), mmap=True)
         parent, tag = os.path.split(os.path.normpath(folder))
         path, client_state = self.model.load_checkpoint(parent, tag=tag)
         if path is None:

@@ -16,11 +16,10 @@ import dataclasses
 import json
 from pathlib import Path
 
-import torch
 
 from dfdtrain.config import ClipSpec, Fraction, ModelConfig, Section, build_section, config_to_dict, load_config
 from dfdtrain.errors import DfdError
-from dfdtrain.fileio import atomic_open, write_json
+from dfdtrain.fileio import atomic_open, load_plain, write_json
 from dfdtrain.models.detector import build_detector_from_config
 
 BUNDLE_WEIGHTS = "model.safetensors"
@@ -90,9 +89,9 @@ def _training_weights(checkpoint):
     deepspeed_file = checkpoint / "mp_rank_00_model_states.pt"
     ddp_file = checkpoint / "checkpoint.pt"
     if deepspeed_file.is_file():
-        return torch.load(deepspeed_file, map_location="cpu", weights_only=False)["module"]
+        return load_plain(deepspeed_file)["module"]
     if ddp_file.is_file():
-        return torch.load(ddp_file, map_location="cpu", weights_only=False)["model"]
+        return load_plain(ddp_file)["model"]
     raise DfdError(f"{checkpoint}: no model weights (expected mp_rank_00_model_states.pt or checkpoint.pt)")
 
 

@@ -2,10 +2,10 @@
 
 Each case is a detector as training builds it (``build_detector``: timm backbone per frame + temporal head) on
 random clips [B,T,3,S,S] already on the device; a step is autocast forward (the engines' ``autocast``), BCE
-loss (the training objective, ``dfdtrain.engine.loss.video_bce``), backward and an SGD step (timm's benchmark trains with SGD too). For every case the four
-variants (fp32 / bf16 autocast x NCHW / channels_last) are built from the same seed and timed interleaved:
-``--repeats`` blocks of ``--steps`` steps each, after ``--warmup`` untimed steps; the median block gives
-samples/s (clips) and frames/s. FLOPs are counted once per case (``model_stats.forward_flops``, training =
+loss (the training objective, ``dfdtrain.engine.loss.video_bce``), backward and an SGD step (timm's benchmark
+trains with SGD too). For every case the four variants (fp32 / bf16 autocast x NCHW / channels_last) are
+built from the same seed and timed interleaved: ``--repeats`` blocks of ``--steps`` steps each, after
+``--warmup`` untimed steps; the median block gives samples/s (clips) and frames/s. FLOPs are counted once per case (``model_stats.forward_flops``, training =
 3 x forward); on a GPU in the peak table MFU = achieved FLOP/s / the dense peak of the math mode used.
 
     python benchmarks/model.py [--device auto] [--quick] [--out benchmarks/results/model_cpu.json]

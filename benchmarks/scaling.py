@@ -1,8 +1,8 @@
 """Scaling: training samples/s at 1, 2, ... processes on this machine, and a projection for 8 GPUs x N nodes.
 
-Measured: the engine benchmark's job (``engine.py``: the real DDP ``Trainer`` and its ``train_step``, a fixed batch
-per rank on the device, the slowest rank's time per step) at each process count: CPU processes over gloo here, one GPU per process
-where GPUs are lent. The process counts take turns for ``--rounds`` rounds (a load change on a shared machine
+Measured: the engine benchmark's job (``engine.py``: the real DDP ``Trainer`` and its ``train_step``, a fixed
+batch per rank on the device, the slowest rank's time per step) at each process count: CPU processes over gloo
+here, one GPU per process where GPUs are lent. The process counts take turns for ``--rounds`` rounds (a load change on a shared machine
 hits them alike) and the median over every timed block is kept. Weak scaling: the per-process batch is fixed. On a CPU the processes share the same cores
 (threads per process = cores / processes), so the ideal speed-up there is 1, not N; on GPUs it is N.
 

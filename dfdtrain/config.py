@@ -346,7 +346,7 @@ class OptimConfig(Section):
 
 
 # Metrics where a lower value is better; every other metric of the validation table is higher-is-better.
-LOWER_IS_BETTER = ("loss", "log_loss", "eer", "brier")
+LOWER_IS_BETTER = ("loss", "log_loss", "eer")
 
 
 @dataclasses.dataclass

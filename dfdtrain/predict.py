@@ -76,8 +76,7 @@ class Predictor:
         """
         name = name or (str(source) if not isinstance(source, (bytes, bytearray)) else "<bytes>")
         meta = meta if meta is not None else probe(source, name=name)
-        has_faces = meta.get("faces") or meta.get("store") == "faces"
-        detector = self.face_detector() if self.faces == "mtcnn" and not has_faces else None
+        detector = self.face_detector() if self.faces == "mtcnn" and self.clip.crop == "face" else None
         return make_clip(self.decoder, source, meta, self.clip, name=name, face_detector=detector)
 
     def predict(self, paths):

@@ -121,10 +121,12 @@ def make_clip(decoder, source, meta, spec, rng=None, name=None, face_detector=No
     """The Clip of one video (path or bytes) as ``spec`` says: sample, decode, crop, resize, pad.
 
     ``face_detector``: for a video without stored boxes (predict), detect faces on the sampled frames and
-    crop around them (``spec.crop == "face"``); none found is ``NoFaceFound``.
+    crop around them (``spec.crop == "face"``); none found is ``NoFaceFound``. Stored boxes, or a face-clip
+    sample, are used as they are.
     """
     frames, indices, meta = read_sampled_frames(decoder, source, meta, spec.sampler, rng, name)
-    if face_detector is not None and spec.crop == "face" and meta.get("store") != "faces":
+    stored = meta.get("faces") or meta.get("store") == "faces"
+    if face_detector is not None and spec.crop == "face" and not stored:
         meta = {**meta, "faces": detect_faces_on(frames, indices, face_detector)}
     return clip_from_frames(frames, indices, meta, spec)
 

@@ -285,6 +285,7 @@ class DataConfig(Section):
     face_track: Literal["first", "random"] = "first"  # face-clip shards: which track a training sample uses
     max_skip_fraction: Fraction = 0.5  # stop training when more of the last skip_window samples were skipped
     skip_window: Count = 64  # samples the skip guard looks back over
+    verify_shards: bool = False  # check each shard's sha256 against index.json first (evaluate does by default)
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
 
     def check(self):

@@ -4,8 +4,9 @@
 under torchrun, gathered on rank 0) and writes into ``out_dir`` on rank 0:
 
 * ``metrics.json``: video-level metrics of the temporal head and of every frame-aggregation rule side by
-  side, frame-level metrics, the loss, counts, the checkpoint, the skipped samples and (when the shards mix
-  datasets or FF++ manipulation methods) the AUC per dataset and per method under ``breakdown``;
+  side, frame-level metrics, the loss, counts, the checkpoint, the skipped samples, the ``accounting`` of
+  scored + skipped + missing against the shards' index.json, and (when the shards mix datasets or FF++
+  manipulation methods) the AUC per dataset and per method under ``breakdown``;
 * ``predictions.csv``: one row per video (head score, each rule's score, the frame scores);
 * ``roc.png``, ``pr.png``, ``calibration.png``, ``confusion.png``, ``histogram.png`` (+ ``breakdown.png``);
 * ``report.md``: the above in one page.
@@ -13,6 +14,7 @@ under torchrun, gathered on rank 0) and writes into ``out_dir`` on rank 0:
 
 import csv
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,8 @@ import torch
 
 from dfdtrain.config import DataConfig, config_to_dict
 from dfdtrain.data.loader import VideoLoader, expand_shards
-from dfdtrain.engine.distributed import DistributedContext, gather_to_rank0
+from dfdtrain.data.shard_index import reconcile, verify_shards
+from dfdtrain.engine.distributed import DistributedContext, broadcast_object, gather_to_rank0
 from dfdtrain.engine.scoring import records_loss, score_videos
 from dfdtrain.errors import DfdError
 from dfdtrain.fileio import atomic_open, write_json
@@ -324,6 +327,13 @@ def _format_optional(value, digits=4):
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
+def _accounting_summary(accounting):
+    problem = accounting["problem"]
+    counts = (f"index.json promises {accounting['promised']} videos: {accounting['scored']} scored, "
+              f"{accounting['skipped']} skipped, {accounting['missing']} missing")
+    return f"{counts}. **{problem}**" if problem else f"{counts} (every one accounted for)"
+
+
 def write_report(metrics, plot_files, path):
     lines = [
         "# Evaluation report", "",
@@ -331,6 +341,7 @@ def write_report(metrics, plot_files, path):
         f"- shards: {len(metrics['shards'])} (`{metrics['shards'][0]}`{' ...' if len(metrics['shards']) > 1 else ''})",
         f"- videos: {metrics['videos']} ({metrics['labels']['real']} real, {metrics['labels']['fake']} fake), "
         f"frames: {metrics['frames']}, skipped samples: {metrics['skipped']['count']}",
+        f"- accounted for: {_accounting_summary(metrics['accounting'])}",
         f"- threshold: {metrics['threshold']:g}, video loss (head BCE): {_format_optional(metrics['loss'])}",
         "", "## Metrics", "",
         "Video level: the temporal head and each frame-aggregation rule; frame level: every frame with its "
@@ -355,24 +366,68 @@ def write_report(metrics, plot_files, path):
 # ---------------------------------------------------------------------------------------------- evaluation
 
 
+def verify_on_every_rank(shard_paths, context):
+    """Each rank checks its share of the shards' sha256 against index.json; a mismatch anywhere stops every rank
+    with the same line."""
+    problem = None
+    try:
+        verify_shards(shard_paths[context.rank::context.world_size])
+    except DfdError as error:
+        problem = str(error)
+    problems = gather_to_rank0([problem] if problem else [])
+    first = broadcast_object(problems[0] if problems else None)
+    if first:
+        raise DfdError(first)
+
+
+def accounting_line(accounting):
+    """One line on what was not scored of what index.json promised, or None when every video was scored."""
+    not_scored = accounting["skipped"] + accounting["missing"]
+    parts = []
+    if not_scored:
+        named = [item for item in accounting["missing_samples"] if item["key"]][:3]
+        parts.append(f"{not_scored} of the {accounting['promised']} videos index.json promises were not scored "
+                     f"({accounting['skipped']} skipped, {accounting['missing']} missing"
+                     + (f" from {accounting['unreadable_shards']} unreadable shard(s)"
+                        if accounting["unreadable_shards"] else "")
+                     + (f": {', '.join(item['key'] for item in named)}{' ...' if accounting['missing'] > 3 else ''}"
+                        if named else "") + ")")
+    if accounting["unindexed"]:
+        parts.append(f"{len(accounting['unindexed'])} shard(s) have no index.json entry and cannot be checked "
+                     f"(e.g. {accounting['unindexed'][0]})")
+    return "; ".join(parts) or None
+
+
 def run_evaluation(checkpoint, shards, out_dir, threshold=None, batch_size=8, workers=2, decoder="pyav",
-                   context=None):
+                   context=None, verify=True, strict=False):
     """Score ``shards`` with the detector at ``checkpoint`` and write the evaluation into ``out_dir``.
 
     Every rank scores its share; rank 0 gathers the records and writes the files. Returns the metrics dict
     on rank 0 and None on the other ranks. ``threshold`` defaults to the one the detector was trained with.
+
+    Every video the shards' index.json promises is accounted for (``metrics["accounting"]``): scored, skipped
+    with its reason, or named missing (a truncated or corrupt tar). ``verify``: first check each shard's sha256
+    against index.json (a mismatch stops with one line). ``strict``: a video not scored is an error (after the
+    files are written) instead of a warning line.
     """
     context = context or single_process_context()
     shard_paths = expand_shards(shards)
     model, settings = load_detector(checkpoint, device=context.device)
     threshold = float(settings.threshold if threshold is None else threshold)
+    if verify:
+        verify_on_every_rank(shard_paths, context)
     loader = evaluation_loader(settings, shard_paths, batch_size, workers, decoder, context)
     records = gather_to_rank0(score_videos(model, loader, context.device))
     skipped = gather_to_rank0(loader.skipped)
     if records is None:  # not rank 0
         return None
+    accounting = reconcile(shard_paths, records, skipped)
+    skipped += accounting["missing_samples"]  # named with the skipped, reason "missing"
     if not records:
-        raise DfdError(f"{shards}: no video could be scored ({len(skipped)} skipped)")
+        reasons = "; ".join(f"{item['key'] or item['shard']}: {item['reason']}" + (f" ({item['detail']})" if
+                            item.get("detail") else "") for item in skipped[:2])
+        raise DfdError(f"{shards}: no video could be scored ({len(skipped)} skipped" +
+                       (f"; first: {reasons}" if reasons else "") + ")")
     records.sort(key=lambda record: record["key"])
     for record in records:
         record["scores"] = video_scores(record)
@@ -386,6 +441,8 @@ def run_evaluation(checkpoint, shards, out_dir, threshold=None, batch_size=8, wo
         "shards": shard_paths,
         "labels": {"real": labels.count(0), "fake": labels.count(1)},
         "skipped": {"count": len(skipped), "samples": skipped},
+        "accounting": {**{name: value for name, value in accounting.items() if name != "missing_samples"},
+                       "problem": accounting_line(accounting)},
         "settings": {"name": settings.name, "clip": config_to_dict(settings.clip)},
     })
 
@@ -406,4 +463,10 @@ def run_evaluation(checkpoint, shards, out_dir, threshold=None, batch_size=8, wo
     metrics["files"] = ["metrics.json", "predictions.csv", "report.md", *(name for _, name in plot_files)]
     write_json(out_dir / "metrics.json", metrics)
     write_report(metrics, plot_files, out_dir / "report.md")
+    problem = metrics["accounting"]["problem"]
+    if problem and strict:
+        raise DfdError(f"{problem}; named in {out_dir / 'metrics.json'} (skipped.samples)")
+    if problem:
+        print(f"WARNING: {problem}; the metrics cover the {len(records)} scored videos; each one not scored is named "
+              f"in {out_dir / 'metrics.json'} (skipped.samples)", file=sys.stderr)
     return metrics

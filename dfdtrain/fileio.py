@@ -72,12 +72,15 @@ def write_jsonl(path, rows):
 
 
 def read_jsonl(path):
+    """The rows of a JSON-lines file; a user's file that is not one is a one-line error naming it."""
     rows = []
-    with open(path) as handle:
-        for number, line in enumerate(handle, 1):
-            if line.strip():
-                try:
+    with open(path, encoding="utf-8") as handle:
+        try:
+            for number, line in enumerate(handle, 1):
+                if line.strip():
                     rows.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}:{number}: not a JSON line ({error.msg})") from None
+        except json.JSONDecodeError as error:
+            raise DfdError(f"{path}:{number}: not a JSON line ({error.msg})") from None
+        except UnicodeDecodeError as error:
+            raise DfdError(f"{path}: not a UTF-8 text file ({error.reason})") from None
     return rows

@@ -12,5 +12,6 @@ if [ -n "${HOSTFILE:-}" ]; then
 else
   hosts=(--num_gpus "$nproc" --master_port "${MASTER_PORT:-29500}")
 fi
-run_or_print "$PYTHON" -m deepspeed.launcher.runner "${hosts[@]}" --module dfdtrain train --config "$config" \
-  "$@" train.engine=deepspeed
+# --no_local_rank: the rank comes from LOCAL_RANK; a --local_rank argument would land before `train` and be refused
+run_or_print "$PYTHON" -m deepspeed.launcher.runner "${hosts[@]}" --no_local_rank --module dfdtrain train \
+  --config "$config" "$@" train.engine=deepspeed

@@ -94,3 +94,40 @@ def trained_run(tmp_path_factory):
     if result.returncode != 0:
         pytest.fail(f"training the test detector failed: {result.stderr[-2000:]}")
     return run_dir
+
+
+def write_garbage_shard(path, count, split):
+    """A real tar of ``count`` samples whose videos are garbage bytes behind an MP4 signature (undecodable)."""
+    import json
+
+    import webdataset as wds
+
+    with wds.TarWriter(str(path)) as writer:
+        for number in range(count):
+            meta = {"key": f"garbage{number}", "label": number % 2, "frames": 24, "split": split}
+            writer.write({"__key__": f"garbage{number}", "mp4": b"\x00\x00\x00\x18ftypisom" + b"\x07" * 300,
+                          "json": json.dumps(meta).encode()})
+    return path
+
+
+def live_processes():
+    """{pid: (ppid, start time, command line)} of every live process (a zombie is dead: it is left out)."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()  # [state, ppid, ...]
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            found[int(entry)] = (int(fields[1]), fields[19], cmdline)
+    return found
+
+
+@pytest.fixture(scope="session")
+def small_shards(tmp_path_factory):
+    """16 generated clips (8 frames) in train/val shards, for the training-engine and run-safety tests."""
+    return make_synth_shards(tmp_path_factory.mktemp("train"), count=16, frames=8, val_fraction=0.25,
+                             target_bytes=60_000, seed=3)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, SMALL_CLIP, make_synth_shards, run_cli
+from conftest import REPO, SMALL_CLIP, live_processes, run_cli
 from dfdtrain.errors import DfdError
 
 HERE = Path(__file__).resolve().parent
@@ -68,12 +68,6 @@ def test_frozen_backbone_stays_frozen_under_zero(tmp_path, zero, port):
     assert any(not torch.equal(before[name], after[name]) for name in before if name.startswith("head."))
 
 
-@pytest.fixture(scope="module")
-def small_shards(tmp_path_factory):
-    return make_synth_shards(tmp_path_factory.mktemp("train"), count=16, frames=8, val_fraction=0.25,
-                             target_bytes=60_000, seed=3)
-
-
 def train_args(shards, run_dir, *extra):
     return ["-m", "dfdtrain", "train", "--quiet", f"run_dir={run_dir}", f"data.train_shards={shards}/train-*.tar",
             f"data.val_shards={shards}/val-*.tar", "model.backbone=mobilenetv2_050", "model.head=gru",
@@ -82,42 +76,64 @@ def train_args(shards, run_dir, *extra):
             "data.epoch_samples=16", "train.epochs=3", "train.log_every=1", "optim.lr=0.003", *extra]
 
 
-def test_resume_after_sigkill_gives_the_same_final_metrics(tmp_path, small_shards):
-    settings = ("train.engine=deepspeed", "train.zero_stage=1", "train.checkpoint_every=2")
-    reference = torchrun(2, *train_args(small_shards, tmp_path / "reference", *settings), port=29641)
-    assert reference.returncode == 0, reference.stderr[-4000:]
-    expected = json.loads((tmp_path / "reference/report.json").read_text())
-
-    # the same run, killed with SIGKILL mid-epoch once a mid-epoch checkpoint (step 6 of 12) exists
-    run_dir = tmp_path / "killed"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29642",
-               *train_args(small_shards, run_dir, *settings)]
-    process = subprocess.Popen(command, env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+def kill_after_step(command, run_dir, step, port):
+    """Start a 2-rank training, SIGKILL it (launcher and ranks) once step ``step`` is logged; returns the
+    steps of the checkpoint it leaves (``checkpoints/last``)."""
+    process = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                                f"--master_port={port}", *command], env=environment(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
-    checkpoint_state = run_dir / "checkpoints" / "last"
+    metrics = run_dir / "metrics.jsonl"
     while time.time() < deadline and process.poll() is None:
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").exists() else []
-        steps = [json.loads(line)["step"] for line in lines if json.loads(line)["kind"] == "train"]
-        if checkpoint_state.exists() and steps and max(steps) >= 7:
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+        if any(row["kind"] == "train" and row["step"] >= step for row in rows):
             break
-        time.sleep(0.2)
+        time.sleep(0.05)
     assert process.poll() is None, "the run ended before it could be killed"
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert not (run_dir / "report.json").exists()
+    deadline = time.time() + 15  # the ranks die with their launcher; the next start must not find them alive
+    while any(str(run_dir) in command for _, _, command in live_processes().values()):
+        assert time.time() < deadline, "a rank outlived its launcher"
+        time.sleep(0.1)
 
-    resumed = torchrun(2, *train_args(small_shards, run_dir, *settings), "--resume", "must", port=29643)
+
+def train_losses(run_dir):
+    """{step: loss} from metrics.jsonl, where each step has one row: a resumed run drops the killed run's rows
+    after its checkpoint (it trains those steps again)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [row["step"] for row in rows if row["kind"] == "train"]
+    assert steps == sorted(set(steps)), steps
+    return {row["step"]: row["loss"] for row in rows if row["kind"] == "train"}
+
+
+def test_resume_after_sigkill_at_any_step_is_exact(tmp_path, small_shards):
+    """2 ranks with loader workers, augmentation, shuffle buffers and dropout, killed with SIGKILL mid-epoch three
+    times (a checkpoint every step, so it resumes wherever the kill fell): every step's loss and the final
+    validation metrics equal those of the uninterrupted run."""
+    settings = ("train.engine=deepspeed", "train.zero_stage=1", "train.checkpoint_every=1", "data.num_workers=2",
+                "data.augment.enabled=true", "data.shuffle_buffer=4")
+    reference = torchrun(2, *train_args(small_shards, tmp_path / "reference", *settings), port=29641)
+    assert reference.returncode == 0, reference.stderr[-4000:]
+    expected = json.loads((tmp_path / "reference/report.json").read_text())
+    assert expected["steps"] == 12  # 3 epochs of 4 steps: the kills below fall inside epochs 1, 2 and 3
+
+    run_dir = tmp_path / "killed"
+    command = train_args(small_shards, run_dir, *settings)
+    for number, step in enumerate((2, 6, 11)):
+        kill_after_step(command + (["--resume", "must"] if number else []), run_dir, step, port=29642 + number)
+        assert not (run_dir / "report.json").exists()
+    resumed = torchrun(2, *command, "--resume", "must", port=29646)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "resuming" in resumed.stdout
+
+    assert train_losses(run_dir) == pytest.approx(train_losses(tmp_path / "reference"), abs=1e-6)
     report = json.loads((run_dir / "report.json").read_text())
     assert report["steps"] == expected["steps"] and report["epochs_run"] == expected["epochs_run"]
-    for level in ("video", "frame"):
-        for metric in ("auc", "log_loss"):
-            got, want = report["val"][level][metric] if level == "frame" else report["val"]["video"][metric], \
-                expected["val"][level][metric] if level == "frame" else expected["val"]["video"][metric]
-            assert got == pytest.approx(want, abs=1e-5), (level, metric)
-    assert report["val"]["loss"] == pytest.approx(expected["val"]["loss"], abs=1e-5)
+    for metric in ("auc", "log_loss"):
+        assert report["val"]["video"][metric] == pytest.approx(expected["val"]["video"][metric], abs=1e-6), metric
+        assert report["val"]["frame"][metric] == pytest.approx(expected["val"]["frame"][metric], abs=1e-6), metric
+    assert report["val"]["loss"] == pytest.approx(expected["val"]["loss"], abs=1e-6)
 
     # the checkpoint is DeepSpeed's own: its zero_to_fp32 tool rebuilds the full weights from the ZeRO shards
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint

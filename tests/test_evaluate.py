@@ -3,6 +3,7 @@
 import csv
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,6 +115,11 @@ def test_evaluate_bad_run_is_one_line_error(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
     assert "no-such-run" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+    typo = run_cli("evaluate", "--run", tmp_path, "--shards", f"{tmp_path}/*.tar", "--out", tmp_path / "out",
+                   "--decoder", "pyavv")  # named before anything is read (it used to skip every video instead)
+    assert typo.returncode == 2 and typo.stderr.strip().splitlines() == [
+        "dfdtrain evaluate: error: --decoder: unknown decoder 'pyavv'; did you mean pyav? (known: auto, dali, pyav, "
+        "sequential, torchcodec)"]
 
 
 def test_two_rank_evaluate_scores_every_video_once_like_one_process(trained_run, tmp_path):
@@ -134,3 +140,68 @@ def test_two_rank_evaluate_scores_every_video_once_like_one_process(trained_run,
     assert sorted(row["key"] for row in rows["two"]) == sorted(row["key"] for row in rows["one"])
     scores = {row["key"]: float(row["score"]) for row in rows["one"]}
     assert all(float(row["score"]) == pytest.approx(scores[row["key"]], abs=1e-6) for row in rows["two"])
+
+
+def corrupt_copy(shards, out):
+    """A copy of ``shards`` (tars + index.json) with two tars damaged: one truncated to 40% of its bytes, one with
+    a member header overwritten in the middle (tarfile then ends there without a word). Returns the two names."""
+    import shutil
+    import tarfile
+
+    shutil.copytree(shards, out)
+    tars = sorted(out.glob("*.tar"), key=lambda path: path.stat().st_size)[-2:]  # the two largest: several videos
+    truncated, overwritten = tars
+    truncated.write_bytes(truncated.read_bytes()[:int(truncated.stat().st_size * 0.4)])
+    with tarfile.open(overwritten) as tar:
+        offset = tar.getmembers()[2].offset  # the second video's first member
+    data = bytearray(overwritten.read_bytes())
+    data[offset:offset + 512] = b"\x5a" * 512
+    overwritten.write_bytes(bytes(data))
+    return truncated.name, overwritten.name
+
+
+def test_corrupt_shards_are_accounted_for_and_every_missing_video_named(trained_run, tmp_path):
+    """A truncated tar and one with a corrupt member header: the sha256 check names the shard before reading;
+    without it, every video index.json promises is scored, skipped or named missing (with the shard and the
+    byte offset where reading stopped), a WARNING line says so, and --strict makes it an error."""
+    shards = tmp_path / "shards"
+    truncated, overwritten = corrupt_copy(trained_run.parent / "shards", shards)
+    index = json.loads((shards / "index.json").read_text())
+    promised = {key: shard["name"] for shard in index["shards"] for key in shard["keys"]}
+    assert len(promised) == 12
+
+    def evaluate(out, *options, folder=shards):
+        return run_cli("evaluate", "--run", trained_run, "--shards", f"{folder}/*.tar", "--out", tmp_path / out,
+                       "--workers", "1", *options)
+
+    verified = evaluate("verified")
+    assert verified.returncode == 2 and len(verified.stderr.strip().splitlines()) == 1, verified.stderr
+    assert "sha256" in verified.stderr and (truncated in verified.stderr or overwritten in verified.stderr)
+
+    result = evaluate("eval", "--no-verify-shards")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "eval/metrics.json").read_text())
+    scored = {row["key"] for row in read_predictions(tmp_path / "eval/predictions.csv")}
+    named = {item["key"]: item for item in metrics["skipped"]["samples"] if item["key"]}
+    assert scored and not scored & set(named)
+    assert scored | set(named) == set(promised)  # every promised video: scored, or named with a reason
+    assert {promised[key] for key in named} == {truncated, overwritten}
+    for key, item in named.items():
+        assert item["shard"].endswith(promised[key]) and item["reason"] in ("missing", "unreadable"), item
+    stops = {Path(item["shard"]).name: item for item in metrics["skipped"]["samples"]
+             if item["reason"] == "unreadable-shard"}
+    assert set(stops) == {truncated, overwritten}
+    assert all(f"at byte {item['offset']}" in item["detail"] and item["offset"] > 0 for item in stops.values())
+    accounting = metrics["accounting"]
+    assert accounting["promised"] == 12 and accounting["scored"] == len(scored) == metrics["videos"]
+    assert accounting["missing"] == sum(item["reason"] == "missing" for item in named.values()) > 0
+    warning = [line for line in result.stderr.splitlines() if line.startswith("WARNING")]
+    assert len(warning) == 1 and f"{len(named)} of the 12 videos index.json promises were not scored" in warning[0]
+    assert "were not scored" in (tmp_path / "eval/report.md").read_text()
+
+    strict = evaluate("strict", "--no-verify-shards", "--strict")
+    assert strict.returncode == 2 and "were not scored" in strict.stderr and "Traceback" not in strict.stderr
+    assert (tmp_path / "strict/metrics.json").is_file()  # the files are written first
+
+    clean = evaluate("clean", folder=trained_run.parent / "shards")  # the intact shards pass the sha256 check
+    assert clean.returncode == 0 and "WARNING" not in clean.stderr, clean.stderr[-2000:]

@@ -14,6 +14,7 @@ from dfdtrain.data.decoders import build_decoder
 from dfdtrain.data.face_clips import FaceClipOptions
 from dfdtrain.data.loader import ClipDecoder, VideoLoader
 from dfdtrain.data.shard import write_shards
+from dfdtrain.data.synth import encode_video
 from dfdtrain.data.tracks import TrackOptions
 from dfdtrain.data.video import probe
 from dfdtrain.fileio import read_json
@@ -161,3 +162,20 @@ def test_shard_cli_face_store_skips_faceless_videos_when_asked(tmp_path, fixture
     bad = run_cli("shard", "--manifest", tmp_path / "m.jsonl", "--out", tmp_path / "s2", "--store", "faces",
                   "--face-size", "47")
     assert bad.returncode == 2 and "even" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_a_one_frame_video_with_a_face_is_stored_as_its_face_clip(tmp_path, fixtures):
+    # one real frame with a clear face (MTCNN: p > 0.99): fewer detection frames than min_detections (3) exist
+    frame = build_decoder("pyav").read(str(fixtures / YOUTUBE / "469.mp4"), [10])[0]
+    encode_video(str(tmp_path / "one.mp4"), [frame], "h264", frame.shape[1], frame.shape[0], 25, 12)
+    rows = [row("one", tmp_path, "one.mp4", 0, "one", "train")]
+    index = write_shards(rows, tmp_path / "shards", progress=False, store="faces",
+                         face_clip_options=FaceClipOptions(size=SIZE, no_face="skip"))
+    assert index["skipped"] == [] and index["totals"]["samples"] == 1
+    sample = read_samples(tmp_path / "shards")["one"]
+    meta = json.loads(sample["json"])
+    (track,) = meta["tracks"]
+    assert not meta["no_face"] and meta["frames"] == 1 and track["source_frames"] == [0]
+    (detection,) = track["detections"]
+    assert detection[0] == 0 and detection[5] > 0.99
+    assert probe(sample["mp4"])["frames"] == 1

@@ -222,6 +222,26 @@ def test_bad_videos_are_skipped_with_reasons(tmp_path):
                        "fake/corrupt.mp4": "undecodable", "fake/text.mp4": "undecodable"}
 
 
+def test_dangling_symlinks_are_listed_as_missing(tmp_path, fixtures):
+    place_video(tmp_path / "data/real/good.mp4")
+    place_video(tmp_path / "data/fake/good_swap.mp4")
+    (tmp_path / "data/fake/gone.mp4").symlink_to(tmp_path / "elsewhere/gone.mp4")
+    result = run_cli("index", "--dataset", "folder", "--root", tmp_path / "data", "--out", tmp_path / "m.jsonl",
+                     "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert f"fake/gone.mp4: missing file (dangling symlink to {tmp_path}/elsewhere/gone.mp4)" in result.stdout
+    assert sorted(row["path"] for row in read_jsonl(tmp_path / "m.jsonl")) == ["fake/good_swap.mp4", "real/good.mp4"]
+
+    # the FF++ layout walks its own folders: a link to nothing there is missing too
+    videos = tmp_path / "ffpp/original_sequences/youtube/c40/videos"
+    place_video(videos / "183.mp4")
+    (videos / "253.mp4").symlink_to(fixtures / "no/such/253.mp4")
+    rows, summary = build_manifest("ffpp", tmp_path / "ffpp", progress=False)
+    assert [row["path"] for row in rows] == ["original_sequences/youtube/c40/videos/183.mp4"]
+    assert summary["skipped"] == [{"path": "original_sequences/youtube/c40/videos/253.mp4", "reason": "missing file",
+                                   "detail": f"dangling symlink to {fixtures}/no/such/253.mp4"}]
+
+
 # ---------------------------------------------------------------------------------------------- splits
 def test_group_splits_never_leak_and_stay_stratified():
     for seed in range(30):

@@ -10,9 +10,11 @@ import pytest
 import torch
 import webdataset as wds
 
-from conftest import clip_spec, data_config, frames_by_key, make_synth_shards, train_tiny
+from conftest import clip_spec, data_config, frames_by_key, make_synth_shards, train_tiny, write_garbage_shard
 from dfdtrain.data.decoders import DECODERS
-from dfdtrain.data.loader import LoaderError, VideoLoader, expand_shards, label_counts, positive_class_weight
+from dfdtrain.data.loader import LoaderError, VideoLoader, expand_shards
+from dfdtrain.data.shard_index import label_counts, positive_class_weight
+from dfdtrain.errors import DfdError
 from dfdtrain.fileio import read_json
 
 HERE = Path(__file__).resolve().parent
@@ -65,6 +67,25 @@ def test_evaluation_sees_every_video_once_and_counts_the_broken_one(shards):
     lying = next(meta for batch in batches for meta in batch["meta"] if meta["key"] == "lying_count")
     assert lying["frames"] == 12 and lying["frame_indices"] == [1, 4, 7, 10]
     assert [(item["key"], item["reason"]) for item in loader.skipped] == [("broken_clip", "undecodable")]
+
+
+def test_a_training_shard_cut_short_is_a_named_skip_and_verify_shards_refuses_it(shards, tmp_path):
+    """The tar reader gives a broken tar's samples up to the damage and one skip naming the shard and the byte
+    offset (webdataset's reader only warned); data.verify_shards refuses the shard before reading, in one line."""
+    import shutil
+
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    shard = max(copy.glob("train-*.tar"), key=lambda path: path.stat().st_size)
+    shard.write_bytes(shard.read_bytes()[:shard.stat().st_size // 2])
+    loader = VideoLoader(str(shard), clip_spec(4, 32), data_config(batch_size=1), train=False)
+    keys = [key for batch in loader for key in batch["key"]]
+    stops = [item for item in loader.skipped if item["reason"] == "unreadable-shard"]
+    assert keys and len(stops) == 1 and stops[0]["shard"] == str(shard), loader.skipped
+    assert f"tar read error at byte {stops[0]['offset']}: ReadError: unexpected end of data" in stops[0]["detail"]
+    with pytest.raises(DfdError, match=rf"{shard.name}: sha256 .* differs from .* in its index.json"):
+        VideoLoader(str(shard), clip_spec(4, 32), data_config(batch_size=1, verify_shards=True), train=True)
+    VideoLoader(str(shards / "train-*.tar"), clip_spec(4, 32), data_config(verify_shards=True), train=True)
 
 
 def test_class_counts_and_balancing(shards):
@@ -164,11 +185,7 @@ def test_metadata_without_label_or_frame_count_is_skipped_and_named(tmp_path):
 
 
 def test_skip_guard_stops_a_training_run_of_broken_videos_in_bounded_time(shards, tmp_path):
-    with wds.TarWriter(str(tmp_path / "train-000000.tar")) as writer:
-        for number in range(6):
-            meta = {"key": f"garbage{number}", "label": number % 2, "frames": 24, "split": "train"}
-            writer.write({"__key__": f"garbage{number}", "mp4": b"\x00\x00\x00\x18ftypisom" + b"\x07" * 300,
-                          "json": json.dumps(meta).encode()})
+    write_garbage_shard(tmp_path / "train-000000.tar", 6, "train")
     started = time.time()
     result = train_tiny(tmp_path / "run", shards, f"data.train_shards={tmp_path}/train-*.tar", "data.num_workers=2",
                         "data.epoch_samples=64")

@@ -1,6 +1,7 @@
 """dfdtrain preview: contact sheets from a real video (with MTCNN boxes) and from a shard sample."""
 
 import json
+import tarfile
 
 import numpy as np
 from PIL import Image
@@ -39,3 +40,16 @@ def test_preview_of_a_shard_sample_uses_the_centre_crop_without_boxes(tmp_path):
     assert colour_pixels(tmp_path / "s.png", (0, 255, 0)) == 0 and colour_pixels(tmp_path / "s.png", (255, 220, 0)) > 50
     missing = run_cli("preview", shard, "--key", "nope", "--out", tmp_path / "x.png")
     assert missing.returncode == 2 and "nope" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
+    # a folder, and a shard truncated inside its second sample: one line each, naming the file and the reason
+    folder = run_cli("preview", tmp_path / "shards", "--out", tmp_path / "d.png")
+    assert folder.returncode == 2 and "a directory" in folder.stderr and "Traceback" not in folder.stderr
+    truncated = tmp_path / "truncated.tar"
+    truncated.write_bytes(shard.read_bytes()[:int(shard.stat().st_size * 0.7)])
+    with tarfile.open(shard) as tar:
+        last_key = tar.getnames()[-1].split(".")[0]  # the second sample in the tar, past the cut
+    broken = run_cli("preview", truncated, "--key", last_key, "--out", tmp_path / "t.png")
+    lines = broken.stderr.strip().splitlines()
+    assert broken.returncode == 2 and len(lines) == 1, broken.stderr
+    assert "truncated.tar: tar read error at byte" in lines[0] and "unexpected end of data" in lines[0]
+    first = run_cli("preview", truncated, "--out", tmp_path / "f.png")  # the first sample is whole: drawn
+    assert first.returncode == 0, first.stderr

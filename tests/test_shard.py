@@ -4,6 +4,10 @@ import hashlib
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import webdataset as wds
@@ -14,7 +18,8 @@ from dfdtrain.data.index import build_manifest, write_manifest
 from dfdtrain.data.datasets import IndexOptions
 from dfdtrain.data.shard import plan_shards, write_shards
 from dfdtrain.errors import DfdError
-from dfdtrain.fileio import read_jsonl
+from dfdtrain.fileio import read_json, read_jsonl
+from dfdtrain.locks import DirectoryLocked
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +66,7 @@ def test_round_trip_is_byte_identical_with_labels(tmp_path, ffpp_manifest):
         assert len(in_shard) == shard["samples"]
         assert {split for split in (meta["split"] for meta in in_shard)} == {shard["split"]}
         assert (tmp_path / shard["dali_index"]).is_file()
+        assert shard["keys"] == list(read_back([path]))  # the sample keys, in tar order
     assert index["totals"]["samples"] == len(rows) and index["skipped"] == []
     # the sample order inside shards is shuffled, not the manifest's order
     first_shard_keys = list(read_back([shard_paths[0]]))
@@ -206,3 +212,124 @@ def test_shard_cli_summary_and_errors(tmp_path, ffpp_manifest):
     size = run_cli("shard", "--manifest", ffpp_manifest, "--out", tmp_path / "s3", "--shard-size", "lots")
     assert size.returncode == 2 and "--shard-size" in size.stderr
     shutil.rmtree(tmp_path / "s")
+
+
+def test_old_records_without_keys_get_them_from_the_tar_without_a_rewrite(tmp_path, ffpp_manifest):
+    first = write_shards(ffpp_manifest, tmp_path, target_bytes=3_000_000, progress=False)
+    for record_path in (tmp_path / ".parts").glob("*.json"):  # as an earlier version wrote them
+        record = read_json(record_path)
+        del record["keys"]
+        record_path.write_text(json.dumps(record))
+    stamps = {path.name: path.stat().st_mtime_ns for path in tmp_path.glob("*.tar")}
+    again = write_shards(ffpp_manifest, tmp_path, target_bytes=3_000_000, progress=False)
+    assert again["totals"]["resumed_shards"] == first["totals"]["shards"]
+    assert stamps == {path.name: path.stat().st_mtime_ns for path in tmp_path.glob("*.tar")}
+    assert [shard["keys"] for shard in again["shards"]] == [shard["keys"] for shard in first["shards"]]
+    assert all(read_json(path).get("keys") for path in (tmp_path / ".parts").glob("*.json"))
+
+
+def test_a_rerun_with_other_settings_leaves_exactly_the_tars_index_json_lists(tmp_path, ffpp_manifest):
+    out = tmp_path / "out"
+    clean = write_shards(ffpp_manifest, tmp_path / "clean", target_bytes=4_000_000, progress=False)
+    assert run_cli("shard", "--manifest", ffpp_manifest, "--out", out, "--shard-size", "1.5M",
+                   "--quiet").returncode == 0
+    many = sorted(path.name for path in out.glob("*.tar"))
+    # what an earlier concurrent run left: its tars without their records (another run rewrote .parts)
+    shutil.rmtree(out / ".parts")
+    result = run_cli("shard", "--manifest", ffpp_manifest, "--out", out, "--shard-size", "4M", "--quiet")
+    assert result.returncode == 0, result.stderr
+    index = read_json(out / "index.json")
+    listed = sorted(shard["name"] for shard in index["shards"])
+    gone = sorted(set(many) - set(listed))
+    assert gone and f"removed {len(gone)} shard(s) of an earlier run that this plan does not list: " \
+        f"{', '.join(gone)}" in result.stdout
+    assert sorted(path.name for path in out.glob("*.tar")) == listed
+    assert sorted(path.name for path in out.glob("*.idx")) == sorted(shard["dali_index"] for shard in index["shards"])
+    assert sorted(path.name[:-len(".json")] for path in (out / ".parts").glob("*.json")) == listed
+    assert [shard["sha256"] for shard in index["shards"]] == [shard["sha256"] for shard in clean["shards"]]
+    assert set(read_back(sorted(out.glob("*.tar")))) == {row["key"] for row in read_jsonl(ffpp_manifest)}
+
+    # a tar another run wrote under a kept shard's name (its record says another size) is written again
+    shutil.copyfile(out / listed[-1], out / listed[0])
+    again = write_shards(ffpp_manifest, out, target_bytes=4_000_000, progress=False)
+    assert again["totals"]["resumed_shards"] == len(listed) - 1 and "notes" not in again
+    assert [shard["sha256"] for shard in again["shards"]] == [shard["sha256"] for shard in clean["shards"]]
+
+    # a smaller target: more shards, again only the listed ones on disk
+    smaller = write_shards(ffpp_manifest, out, target_bytes=1_000_000, progress=False)
+    assert sorted(path.name for path in out.glob("*.tar")) == sorted(shard["name"] for shard in smaller["shards"])
+    assert len(smaller["shards"]) > len(listed)
+
+
+def test_a_concurrent_run_is_refused_and_a_killed_runs_leftovers_are_removed(tmp_path, fixtures):
+    data = tmp_path / "data"
+    sources = {f"real/{name}.mp4": f"original_sequences/youtube/c40/videos/{name}.mp4"
+               for name in ("183", "253", "469", "481")}
+    sources.update({f"fake/{name}.mp4": f"manipulated_sequences/Deepfakes/c40/videos/{name}.mp4"
+                    for name in ("183_253", "469_481")})
+    for path, source in sources.items():
+        place_video(data / path, fixtures / "ffpp" / source)
+    rows, summary = build_manifest("folder", data, IndexOptions(), val_fraction=0, test_fraction=0, progress=False)
+    write_manifest(tmp_path / "m.jsonl", rows, summary)
+    out = tmp_path / "shards"
+    # the first shard's second video becomes a FIFO: the run blocks reading it, mid-shard, holding the lock
+    _, _, members = plan_shards(rows, target_bytes=600_000)[0]
+    blocking = members[1]["path"]
+    (data / blocking).unlink()
+    os.mkfifo(data / blocking)
+    first = subprocess.Popen([sys.executable, "-m", "dfdtrain", "shard", "--manifest", tmp_path / "m.jsonl",
+                              "--out", out, "--shard-size", "600K", "--quiet"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not list(out.glob(".*.tar.*.tmp")):
+            assert first.poll() is None, first.stderr.read()
+            assert time.time() < deadline, "the first run wrote no shard in 120 s"
+            time.sleep(0.05)
+        # a timeout: a second run that is not refused would block on the FIFO too
+        second = subprocess.run([sys.executable, "-m", "dfdtrain", "shard", "--manifest", tmp_path / "m.jsonl",
+                                 "--out", out, "--shard-size", "1M"], capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2 and len(second.stderr.strip().splitlines()) == 1, second.stderr
+        assert f"in use by 'shard' (pid {first.pid} " in second.stderr
+        with pytest.raises(DirectoryLocked, match=f"pid {first.pid} "):
+            write_shards(tmp_path / "m.jsonl", out, target_bytes=1_000_000, progress=False)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    (data / blocking).unlink()
+    place_video(data / blocking, fixtures / "ffpp" / sources[blocking])
+    assert len(list(out.glob(".*.tar.*.tmp"))) == 1 and (out / ".dfdtrain.lock").exists()  # what the kill left
+
+    # besides the killed run's half shard, temp files as a kill elsewhere leaves them; another program's stays
+    (out / ".parts/.train-000001.tar.json.k2x_9abc.tmp").write_text("{")
+    (out / ".index.json.b7q2m1zz.tmp").write_text("{}")
+    (out / ".train-000007.idx.a1b2c3d4.tmp").write_bytes(b"x" * 10)
+    (out / ".notes.txt.a1b2c3d4.tmp").write_text("not ours")
+    ours = [path for path in list(out.glob(".*.tmp")) + list(out.glob(".parts/.*.tmp")) if "notes" not in path.name]
+    assert len(ours) == 4
+    freed = sum(path.stat().st_size for path in ours)
+    result = run_cli("shard", "--manifest", tmp_path / "m.jsonl", "--out", out, "--shard-size", "600K", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert f"took over a stale lock of 'shard' (pid {first.pid} " in result.stdout
+    assert f"removed 4 temp file(s) left by an interrupted run, freeing {freed:,} bytes" in result.stdout
+    assert [path.name for path in list(out.glob(".*.tmp")) + list(out.glob(".parts/.*.tmp"))] == \
+        [".notes.txt.a1b2c3d4.tmp"]
+    index = read_json(out / "index.json")
+    assert sorted(path.name for path in out.glob("*.tar")) == sorted(shard["name"] for shard in index["shards"])
+    samples = read_back(sorted(out.glob("*.tar")))
+    assert set(samples) == {row["key"] for row in rows} and index["skipped"] == []
+    for row in rows:
+        assert samples[row["key"]][0] == (data / row["path"]).read_bytes()
+    assert not (out / ".dfdtrain.lock").exists()
+
+
+def test_a_malformed_manifest_line_is_one_error_line(tmp_path, ffpp_manifest):
+    lines = ffpp_manifest.read_text().splitlines()
+    (tmp_path / "m.jsonl").write_text("\n".join([lines[0], lines[1][:40], *lines[2:]]) + "\n")
+    result = run_cli("shard", "--manifest", tmp_path / "m.jsonl", "--out", tmp_path / "s")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert f"{tmp_path / 'm.jsonl'}:2: not a JSON line (" in result.stderr
+    (tmp_path / "binary.jsonl").write_bytes(b"\xff\xfe\x00\x01 not text\n")
+    binary = run_cli("shard", "--manifest", tmp_path / "binary.jsonl", "--out", tmp_path / "s")
+    assert binary.returncode == 2 and binary.stderr.strip().splitlines() == [
+        f"dfdtrain shard: error: {tmp_path / 'binary.jsonl'}: not a UTF-8 text file (invalid start byte)"]

@@ -20,6 +20,12 @@ def add_arguments(parser):
     parser.add_argument("--workers", type=int, default=2, help="decoding workers per rank (default 2)")
     parser.add_argument("--decoder", default="pyav", help="pyav, torchcodec, dali or auto (default pyav)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--no-verify-shards", dest="verify_shards", action="store_false",
+                        help="skip checking each shard's sha256 against its index.json before reading (on by "
+                             "default: a corrupt or rewritten shard stops the evaluation with one line)")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit non-zero when any video index.json promises was not scored (skipped or "
+                             "missing); without it such videos are named in metrics.json and a WARNING line")
     parser.add_argument("--json", action="store_true", help="print metrics.json to stdout")
 
 
@@ -33,12 +39,16 @@ def run(args):
         raise DfdError(f"--threshold must be in [0, 1], not {args.threshold}")
     if args.batch_size < 1 or args.workers < 0:
         raise DfdError("--batch-size must be >= 1 and --workers >= 0")
+    from dfdtrain.data.decoders import DECODERS
+
+    if args.decoder not in DECODERS:
+        raise DfdError(f"--decoder: {DECODERS.unknown_name_message(args.decoder)}")
     checkpoint = resolve_checkpoint(args.run_dir, args.checkpoint)  # before joining the process group: fail fast
     context = init_distributed(args.device)
     try:
         metrics = run_evaluation(checkpoint, args.shards, args.out, threshold=args.threshold,
                                  batch_size=args.batch_size, workers=args.workers, decoder=args.decoder,
-                                 context=context)
+                                 context=context, verify=args.verify_shards, strict=args.strict)
     finally:
         cleanup()
     if metrics is None:  # not rank 0: rank 0 reports

@@ -58,8 +58,14 @@ def make_key(*parts):
     return re.sub(r"[^A-Za-z0-9_-]+", "-", "_".join(str(part) for part in parts)).strip("-")
 
 
+def is_file_or_dangling(path):
+    """A file, or a symlink to nothing: is_file() alone drops the latter silently, and the index stage must name
+    it as missing instead."""
+    return path.is_file() or (path.is_symlink() and not path.exists())
+
+
 def _media_files(folder):
-    return sorted(path for path in Path(folder).rglob("*") if path.is_file() and is_media_file(path.name))
+    return sorted(path for path in Path(folder).rglob("*") if is_file_or_dangling(path) and is_media_file(path.name))
 
 
 # ---------------------------------------------------------------------------------------------- DFDC
@@ -88,7 +94,8 @@ def index_dfdc(root, options):
         except (ValueError, UnicodeDecodeError) as error:
             found.skip(root, metadata_path, "bad label file", str(error))
             continue
-        on_disk = {path.name: path for path in folder.iterdir() if path.is_file() and is_media_file(path.name)}
+        on_disk = {path.name: path for path in folder.iterdir()
+                   if is_file_or_dangling(path) and is_media_file(path.name)}
         for name, info in metadata.items():
             label = DFDC_LABELS.get(str((info or {}).get("label", "")).upper())
             if label is None:
@@ -338,7 +345,7 @@ def index_folder(root, options):
         folder = label_folders.get(label_name)
         if folder is None:
             continue
-        for path in sorted(path for path in folder.rglob("*") if path.is_file()):
+        for path in sorted(path for path in folder.rglob("*") if is_file_or_dangling(path)):
             if not is_media_file(path.name):
                 found.skip(root, path, "not a video", "unknown file extension")
                 continue

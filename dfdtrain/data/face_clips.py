@@ -142,7 +142,11 @@ def centre_track(frame_count, width, height):
 def find_tracks(data, name, info, detector, options):
     """The video's face tracks (ranked), or [] when none was found."""
     frames, detections = detect_on_frames(data, name, info["frames"], detector, options.tracks.detect_every)
-    return build_tracks(frames, detections, options.tracks)
+    # A video shorter than min_detections detection frames (a 1-frame clip, a still) cannot reach that many
+    # detections: there a face on every detection frame makes the track.
+    track_options = dataclasses.replace(options.tracks,
+                                        min_detections=min(options.tracks.min_detections, len(frames)))
+    return build_tracks(frames, detections, track_options)
 
 
 # ------------------------------------------------------------------------------------------- encoding

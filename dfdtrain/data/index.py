@@ -64,6 +64,17 @@ def build_manifest(dataset, root, options=None, val_fraction=0.1, test_fraction=
     entries = found.entries
     skipped = list(found.skipped)
     make_keys_unique(entries)
+    present = []
+    for entry in entries:
+        path = root / entry["path"]
+        if path.exists():
+            present.append(entry)
+        elif path.is_symlink():  # a link to nothing: the file it names is what is missing
+            skipped.append({"path": entry["path"], "reason": "missing file",
+                            "detail": f"dangling symlink to {os.readlink(path)}"})
+        else:  # removed while the folder was walked
+            skipped.append({"path": entry["path"], "reason": "missing file", "detail": "gone since the walk"})
+    entries = present
 
     rows = []
     for entry, (info, problem) in zip(entries, probe_all([root / e["path"] for e in entries], workers, progress)):

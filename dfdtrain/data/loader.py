@@ -26,7 +26,7 @@ import io
 import json
 import os
 import random
-from pathlib import Path
+import tarfile
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ import webdataset as wds
 
 from dfdtrain.config import DataConfig
 from dfdtrain.data.clips import batch_meta, clip_from_frames, make_clip, model_input, track_meta, video_member
+from dfdtrain.data.shard_index import count_samples, label_counts, verify_shards
 from dfdtrain.errors import BadVideo, DfdError
 
 
@@ -63,49 +64,6 @@ def expand_shards(spec):
     return sorted(dict.fromkeys(paths))
 
 
-def count_samples(shard_paths):
-    """Samples in these shards, from the index.json beside them (or by listing the tars)."""
-    counts = {}
-    for folder in {Path(path).parent for path in shard_paths}:
-        index_path = folder / "index.json"
-        if index_path.is_file():
-            for shard in json.loads(index_path.read_text())["shards"]:
-                counts[str(folder / shard["name"])] = shard["samples"]
-    total = 0
-    for path in shard_paths:
-        if path in counts:
-            total += counts[path]
-        else:
-            import tarfile
-
-            with tarfile.open(path) as tar:
-                total += sum(1 for member in tar.getmembers() if member.name.endswith(".json"))
-    return total
-
-
-def label_counts(shard_paths):
-    """{label: count} over these shards from index.json (for class weights and balancing)."""
-    counts = {0: 0, 1: 0}
-    for folder in {Path(path).parent for path in shard_paths}:
-        index_path = folder / "index.json"
-        if not index_path.is_file():
-            raise DfdError(f"{index_path}: needed for label counts (written by 'dfdtrain shard')")
-        names = {Path(path).name for path in shard_paths if Path(path).parent == folder}
-        for shard in json.loads(index_path.read_text())["shards"]:
-            if shard["name"] in names:
-                for label, count in shard["labels"].items():
-                    counts[int(label)] += count
-    return counts
-
-
-def positive_class_weight(shard_paths):
-    """BCE pos_weight = real count / fake count (Celeb-DF and DFDC are far from balanced)."""
-    counts = label_counts(shard_paths)
-    if not counts[1]:
-        raise DfdError("no fake samples in these shards: cannot weight the classes")
-    return counts[0] / counts[1]
-
-
 def distributed_rank_and_world():
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -117,10 +75,15 @@ def _worker():
     return (info.id, info.num_workers) if info else (0, 1)
 
 
+def _stable_seed(*parts):
+    """A 64-bit seed from ``parts``, the same in every run and process (unlike Python's str hash)."""
+    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:16], 16)
+
+
 def _worker_seed(seed, purpose):
-    """A seed unique to (seed, this worker, purpose), stable across runs (unlike Python's str hash)."""
+    """A seed unique to (seed, this worker, purpose)."""
     worker, _ = _worker()
-    return int(hashlib.sha256(f"{seed}:{worker}:{purpose}".encode()).hexdigest()[:16], 16)
+    return _stable_seed(seed, worker, purpose)
 
 
 def _one_line(error):
@@ -164,6 +127,67 @@ class AssignedShards:
             yield {"url": url}
 
 
+def _zero_after(handle, offset, chunk_bytes=1 << 20):
+    """True when every byte of the file from ``offset`` on is zero (a tar's end blocks and padding)."""
+    handle.seek(offset)
+    while chunk := handle.read(chunk_bytes):
+        if chunk.count(0) != len(chunk):
+            return False
+    return True
+
+
+class ReadTars:
+    """Shard urls -> samples {__key__, __url__, <ext>: bytes}, members grouped by key as webdataset names them
+    (``KEY.mp4`` + ``KEY.json``; ``KEY.track1.mp4`` -> ``track1.mp4``).
+
+    A tar that cannot be read to its end is not passed over in silence (webdataset's readers warn, or stop at a
+    corrupt header as if the archive ended there): the samples before the damage are used, and one skip record
+    names the shard and the byte offset where reading stopped (reason ``unreadable-shard``). The evaluation then
+    names every video the shard's index promised and did not deliver (``shard_index.reconcile``).
+    """
+
+    def __call__(self, sources):
+        for source in sources:
+            yield from self.read(source["url"])
+
+    @staticmethod
+    def read(url):
+        sample, tar, reading = None, None, None
+        try:
+            with open(url, "rb") as handle:
+                tar = tarfile.open(fileobj=handle, mode="r|")
+                for member in tar:
+                    if not member.isreg():
+                        continue  # directories, links: never part of a sample (and never followed)
+                    key, extension = wds.tariterators.base_plus_ext(member.name)
+                    if key is None or key.startswith("__"):
+                        continue
+                    if sample is not None and sample["__key__"] != key:
+                        yield sample
+                        sample = None
+                    if sample is None:
+                        sample = {"__key__": key, "__url__": url}
+                    extension = extension.lower()
+                    if extension in sample:
+                        raise tarfile.ReadError(f"member {member.name} appears twice")
+                    reading = member
+                    sample[extension] = tar.extractfile(member).read()
+                    tar.members, reading = [], None  # a stream holds every header read so far otherwise
+                if not _zero_after(handle, tar.offset):  # tarfile ends quietly at a corrupt header: say so
+                    raise tarfile.ReadError("invalid tar header (the rest of the file is not the archive's end)")
+        except (tarfile.TarError, OSError, EOFError) as error:
+            # where it broke: the header of the member being read, or of the next one
+            offset = reading.offset if reading is not None else (tar.offset if tar is not None else 0)
+            if sample is not None:
+                yield sample  # what was read of it: a sample missing its json or video is skipped downstream
+            yield {"skip": {"key": None, "reason": "unreadable-shard", "shard": url, "offset": offset,
+                            "detail": f"tar read error at byte {offset}: {_one_line(error)}; the rest of the shard "
+                                      "was not read"}}
+            return
+        if sample is not None:
+            yield sample
+
+
 class Shuffle:
     """A shuffle buffer of ``size`` samples (each holds a whole encoded video: keep it small)."""
 
@@ -193,6 +217,9 @@ class ParseMeta:
 
     def __call__(self, samples):
         for sample in samples:
+            if "skip" in sample:
+                yield sample
+                continue
             try:
                 meta = json.loads(sample["json"])
             except KeyError:
@@ -241,7 +268,7 @@ class ClipDecoder:
         key = sample["__key__"]
         clip = make_clip(self.decoder, sample[field], meta, self.spec, rng, name=f"{key}.{field}")
         return {"frames": clip.frames, "mask": clip.mask, "label": float(meta["label"]), "key": key,
-                "meta": batch_meta(clip)}
+                "meta": {**batch_meta(clip), "shard": sample.get("__url__")}}  # for the evaluation's accounting
 
 
 class EmbeddingReader:
@@ -253,7 +280,8 @@ class EmbeddingReader:
             raise BadVideo(sample["__key__"], "unreadable", "sample has no .npy features")
         features = np.load(io.BytesIO(sample["npy"]), allow_pickle=False).astype(np.float32)
         return {"frames": torch.from_numpy(features), "mask": torch.tensor(meta["mask"], dtype=torch.bool),
-                "label": float(meta["label"]), "key": sample["__key__"], "meta": meta}
+                "label": float(meta["label"]), "key": sample["__key__"],
+                "meta": {**meta, "shard": sample.get("__url__")}}
 
 
 class DecodeClips:
@@ -370,6 +398,8 @@ class VideoLoader:
         self.rank = default_rank if rank is None else rank
         self.world_size = default_world if world_size is None else world_size
         self.urls = expand_shards(shards)
+        if data.verify_shards:  # each rank its share: every shard is checked once per job
+            verify_shards(self.urls[self.rank::self.world_size])
         self.epoch = 0
         self.skipped = []
         self.skip_guard = SkipGuard(data.max_skip_fraction, data.skip_window) if train else None
@@ -424,7 +454,7 @@ class VideoLoader:
             reader = ClipDecoder(self.clip, data.decoder, data.face_track)
         else:
             reader = EmbeddingReader()
-        read_tars = wds.tarfile_to_samples(handler=wds.warn_and_continue)
+        read_tars = ReadTars()
         if not self.train:
             return wds.DataPipeline(AssignedShards(self.urls, self.rank, self.world_size), read_tars, ParseMeta(),
                                     DecodeClips(reader), BatchClips(data.batch_size, partial=True))
@@ -451,10 +481,14 @@ class VideoLoader:
         """uint8 clip batches from the DataLoader workers (decode + crop on the CPU)."""
         data = self.data
         start_method = data.worker_start_method if data.num_workers and data.worker_start_method != "default" else None
+        # its own generator: a DataLoader otherwise draws its workers' base seed from the global torch RNG at
+        # every iter(), so a run resumed mid-epoch (RNG restored from the checkpoint, then iter() again) would
+        # draw one number more than the uninterrupted run, and every dropout mask after it would differ
+        generator = torch.Generator().manual_seed(_stable_seed(self.seed, self.epoch, self.rank, "workers"))
         loader = torch.utils.data.DataLoader(
             self._pipeline(), batch_size=None, num_workers=data.num_workers, worker_init_fn=_worker_init,
             multiprocessing_context=start_method, persistent_workers=False,
-            pin_memory=self.device.type == "cuda")
+            pin_memory=self.device.type == "cuda", generator=generator)
         batches, produced = iter(loader), 0
         while not self.train or produced < self.batches_per_epoch:
             try:

@@ -7,7 +7,6 @@ Green = the detected face box, yellow = the crop region (box + margin, squared);
 import io
 import json
 import os
-import tarfile
 
 from PIL import Image, ImageDraw
 
@@ -25,21 +24,26 @@ CROP_SIZE = 128
 def load_from_shard(shard_path, key=None):
     """(video bytes, meta, member name) of sample ``key`` (default: the first) in a shard tar; for a face-clip
     sample, its first track's clip, with the meta describing that track."""
-    sample = {}
-    with tarfile.open(shard_path) as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            sample_key, _, extension = os.path.basename(member.name).partition(".")
-            if key is None:
-                key = sample_key
-            if sample_key == key:
-                sample[extension] = tar.extractfile(member).read()
-            elif sample:
-                break  # a sample's members are consecutive
-    if "json" not in sample or len(sample) < 2:
-        raise DfdError(f"{shard_path}: no sample with key {key!r}")
-    sample.update({"__key__": key, "meta": json.loads(sample["json"])})
+    from dfdtrain.data.loader import ReadTars
+
+    sample = None
+    for item in ReadTars.read(os.fspath(shard_path)):
+        if "skip" in item:  # the tar broke before a whole sample was found
+            raise DfdError(f"{shard_path}: {item['skip']['detail']}"
+                           + (f" (no whole sample {key!r} before it)" if key else ""))
+        if key is None or item["__key__"] == key:
+            sample = item
+            if "json" in sample and len(sample) >= 4:  # __key__, __url__, json and a video
+                break
+    if sample is None:
+        raise DfdError(f"{shard_path}: no sample with key {key!r}" if key else f"{shard_path}: no sample")
+    if "json" not in sample or len(sample) < 4:
+        raise DfdError(f"{shard_path}: sample {sample['__key__']} lacks its json or its video member")
+    key = sample["__key__"]
+    try:
+        sample["meta"] = json.loads(sample["json"])
+    except ValueError as error:
+        raise DfdError(f"{shard_path}: sample {key}: its json member is not JSON ({error})") from None
     meta, field = video_member(sample)
     return sample[field], meta, f"{key}.{field}"
 
@@ -97,6 +101,8 @@ def make_contact_sheet(source, meta, num_frames=16, margin=1 / 3, crop="face", d
 def preview(path, out, num_frames=16, key=None, faces="none", margin=1 / 3, crop="face", decoder="pyav"):
     """Write a contact sheet PNG for a video file or one sample of a shard; returns what was drawn."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise DfdError(f"{path}: a directory; give a video file or a shard .tar (with --key for a sample in it)")
     if path.endswith(".tar"):
         data, meta, name = load_from_shard(path, key)
     else:

@@ -10,6 +10,10 @@ reason ``no-face``.
 The plan (which video goes into which shard) depends only on the manifest, the seed and the target size,
 so a re-run resumes: a shard whose tar and record (``.parts/<shard>.json``) exist with the same plan is
 kept, anything else is (re)written. Tars, DALI indexes, records and index.json are all written atomically.
+A run holds the folder's lock (``dfdtrain.locks``) throughout: two runs into one folder would each remove or
+overwrite the other's shards. Under the lock it removes what earlier runs left: temp files of an interrupted
+write, and shards named like ours (``<split>-NNNNNN.tar``) that its plan does not list. Each shard's record
+and index.json entry lists its sample keys in tar order, so a reader can name every sample a bad tar lost.
 Every video is re-checked from the bytes that go into the tar; a bad one is skipped and named with its
 reason in index.json (unreadable, zero-length, undecodable, truncated).
 """
@@ -22,6 +26,7 @@ import json
 import multiprocessing
 import os
 import random
+import re
 import tarfile
 import time
 from pathlib import Path
@@ -34,11 +39,17 @@ from dfdtrain.data.splits import SPLITS, leaking_groups
 from dfdtrain.data.video import probe
 from dfdtrain.errors import BadVideo, DfdError
 from dfdtrain.fileio import atomic_open, read_json, read_jsonl, write_json
+from dfdtrain.locks import DirectoryLock
 
 REQUIRED_FIELDS = ("key", "path", "root", "label", "dataset", "group", "split")
 DEFAULT_TARGET_BYTES = 1 << 30
 RECORDS_FOLDER = ".parts"
 STORES = ("original", "faces")
+# what plan_shards names (and the DALI index beside it); split names with other characters are still ours
+# when this plan lists them, but a file of another run is only recognised by this pattern
+SHARD_FILE = re.compile(r"^[A-Za-z0-9_]+-\d{6,}\.(?:tar|idx)$")
+# atomic_open's temp files: .<target name>.<random>.tmp
+TEMP_FILE = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]+\.tmp$")
 
 
 def load_manifest(path):
@@ -46,6 +57,8 @@ def load_manifest(path):
     if not rows:
         raise DfdError(f"{path}: manifest has no rows")
     for number, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise DfdError(f"{path}:{number}: manifest row is not a JSON object")
         missing = [name for name in REQUIRED_FIELDS if name not in row]
         if missing:
             raise DfdError(f"{path}:{number}: manifest row lacks {', '.join(missing)}")
@@ -224,14 +237,24 @@ def write_shards(manifest, out_dir, target_bytes=DEFAULT_TARGET_BYTES, seed=0, w
     if target_bytes <= 0:
         raise DfdError(f"target shard size must be positive, not {target_bytes}")
     out_dir = Path(out_dir)
-    records_dir = out_dir / RECORDS_FOLDER
-    records_dir.mkdir(parents=True, exist_ok=True)
     options = {"seed": seed, "target_bytes": target_bytes, "face_detector": face_detector,
                "face_frames": face_frames if face_detector and store == "original" else None, "store": store}
     if face_clips is not None:
         options["face_clips"] = dataclasses.asdict(face_clips)  # in the plan hash: new settings rewrite shards
     plan = plan_shards(rows, target_bytes, seed)
+    with DirectoryLock(out_dir, "shard") as lock:
+        notes = [lock.takeover_message()] if lock.takeover_message() else []
+        return _write_planned(plan, out_dir, options, source, workers, face_detector, face_frames, face_clips,
+                              progress, notes)
+
+
+def _write_planned(plan, out_dir, options, source, workers, face_detector, face_frames, face_clips, progress, notes):
+    """write_shards' work, under the folder's lock: clean up after earlier runs, write what is missing."""
     started = time.time()
+    records_dir = out_dir / RECORDS_FOLDER
+    records_dir.mkdir(parents=True, exist_ok=True)
+    planned = {name for name, _, _ in plan}
+    notes += _remove_leftover_temp_files(out_dir, planned)
 
     records, pending = {}, []
     for name, split, members in plan:
@@ -239,11 +262,20 @@ def write_shards(manifest, out_dir, target_bytes=DEFAULT_TARGET_BYTES, seed=0, w
         record_path = records_dir / f"{name}.json"
         if (out_dir / name).is_file() and record_path.is_file():
             record = read_json(record_path)
-            if record.get("plan_hash") == digest and Path(dali_index_path(out_dir / name)).is_file():
+            # the size too: a tar another run wrote under the same name does not match this record
+            if (record.get("plan_hash") == digest and (out_dir / name).stat().st_size == record.get("bytes")
+                    and Path(dali_index_path(out_dir / name)).is_file()):
+                if "keys" not in record:  # a record of an earlier version: the tar's member names give them
+                    try:
+                        record["keys"] = tar_keys(out_dir / name)
+                    except (OSError, tarfile.TarError):
+                        pending.append((name, split, members, digest))
+                        continue
+                    write_json(record_path, record)
                 records[name] = record
                 continue
         pending.append((name, split, members, digest))
-    _remove_stale_shards(out_dir, {name for name, _, _ in plan})
+    notes += _remove_stale_shards(out_dir, planned)
 
     jobs = [(row, face_detector, face_frames, face_clips) for _, _, members, _ in pending for row in members]
     bar = tqdm(total=len(jobs), desc="shard", unit="video", disable=not progress, mininterval=0.5)
@@ -262,13 +294,26 @@ def write_shards(manifest, out_dir, target_bytes=DEFAULT_TARGET_BYTES, seed=0, w
 
     index = _build_index(plan, records, options, source, resumed=len(plan) - len(pending),
                          seconds=time.time() - started)
+    if notes:
+        index["notes"] = notes  # what this run cleaned up or took over; the command prints them
     write_json(out_dir / "index.json", index)
     return index
 
 
+def tar_keys(path):
+    """The sample keys of a tar in member order (a key is a member's name up to its first dot)."""
+    keys = []
+    with tarfile.open(path, "r:") as tar:
+        for member in tar:  # reads the headers only: the members' data is skipped
+            key = member.name.split(".", 1)[0]
+            if not keys or keys[-1] != key:
+                keys.append(key)
+    return keys
+
+
 def _write_one_shard(tar_path, split, members, digest, results, bar):
     labels = collections.Counter()
-    skipped, samples, face_samples = [], 0, []
+    skipped, keys, face_samples = [], [], []
     with TarShardWriter(tar_path) as shard:
         for _ in members:
             result = next(results)
@@ -280,13 +325,13 @@ def _write_one_shard(tar_path, split, members, digest, results, bar):
                 shard.add(result["key"], extension, data)
             shard.add(result["key"], "json", json.dumps(result["meta"]).encode())
             labels[str(result["meta"]["label"])] += 1
-            samples += 1
+            keys.append(result["key"])
             if result["meta"].get("store") == "faces":
                 face_samples.append(face_clip_summary(result["meta"]))
-    record = {"name": tar_path.name, "split": split, "plan_hash": digest, "samples": samples,
+    record = {"name": tar_path.name, "split": split, "plan_hash": digest, "samples": len(keys),
               "labels": dict(sorted(labels.items())), "bytes": shard.bytes, "sha256": shard.sha256,
               "dali_index": os.path.basename(dali_index_path(tar_path)) if shard.members else None,
-              "skipped": skipped}
+              "keys": keys, "skipped": skipped}
     if face_samples:
         record["face_clips"] = face_samples
     return record
@@ -315,13 +360,60 @@ def aggregate_face_clips(summaries):
             "mean_abs_error_max": worst["mean_abs_error"], "worst_key": worst["key"]}
 
 
+def _name_some(names, limit=10):
+    return ", ".join(names[:limit]) + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def _is_shard_name(name):
+    """A tar name this module writes: ``<split>-NNNNNN.tar``."""
+    return name.endswith(".tar") and bool(SHARD_FILE.match(name))
+
+
+def _remove_leftover_temp_files(out_dir, planned_names):
+    """Temp files of our atomic writes that an interrupted run left (up to a shard each); [one line] or [].
+
+    Only called under the lock, so no run is writing them. Only ours: the target is a shard (planned or named
+    like one), its DALI index, its record or index.json.
+    """
+    def ours(target, folder):
+        if folder != out_dir:  # the records folder: <shard>.json
+            return target.endswith(".json") and ours(target[:-len(".json")], out_dir)
+        tar_name = target[:-len(".idx")] + ".tar" if target.endswith(".idx") else target
+        return target == "index.json" or tar_name in planned_names or _is_shard_name(tar_name)
+
+    removed, freed = 0, 0
+    for folder in (out_dir, out_dir / RECORDS_FOLDER):
+        for path in sorted(folder.glob(".*.tmp")):
+            match = TEMP_FILE.match(path.name)
+            if match and path.is_file() and ours(match.group("target"), folder):
+                freed += path.stat().st_size
+                path.unlink()
+                removed += 1
+    if not removed:
+        return []
+    return [f"removed {removed} temp file(s) left by an interrupted run, freeing {freed:,} bytes"]
+
+
 def _remove_stale_shards(out_dir, planned_names):
-    """Shards of an earlier plan (ours: they have a record) that this plan no longer has."""
+    """Shards of an earlier run that this plan does not list: named like ours (<split>-NNNNNN.tar, its .idx) or
+    with a record of ours. Left beside the new ones they would be read as part of the data set."""
+    stale = {}  # shard name -> its files
+    for path in out_dir.iterdir():
+        if SHARD_FILE.match(path.name) and path.is_file():
+            name = path.name[:-len(".idx")] + ".tar" if path.name.endswith(".idx") else path.name
+            if name not in planned_names:
+                stale.setdefault(name, []).append(path)
     for record_path in (out_dir / RECORDS_FOLDER).glob("*.tar.json"):
         name = record_path.name[:-len(".json")]
         if name not in planned_names:
-            for stale in (out_dir / name, Path(dali_index_path(out_dir / name)), record_path):
-                stale.unlink(missing_ok=True)
+            stale.setdefault(name, []).extend([record_path, out_dir / name, Path(dali_index_path(out_dir / name))])
+    for paths in stale.values():
+        for path in paths:
+            path.unlink(missing_ok=True)
+    if not stale:
+        return []
+    names = sorted(stale)
+    return [f"removed {len(names)} shard(s) of an earlier run that this plan does not list: {_name_some(names)}"]
 
 
 def _build_index(plan, records, options, source, resumed, seconds):
@@ -356,9 +448,10 @@ def _build_index(plan, records, options, source, resumed, seconds):
 
 
 def format_index(index):
-    lines = [f"{index['totals']['samples']} videos in {index['totals']['shards']} shards, "
-             f"{index['totals']['bytes'] / 1e6:.1f} MB ({index['totals']['resumed_shards']} shards kept from an "
-             f"earlier run)"]
+    lines = list(index.get("notes", []))  # what the run cleaned up first, as it did it first
+    lines.append(f"{index['totals']['samples']} videos in {index['totals']['shards']} shards, "
+                 f"{index['totals']['bytes'] / 1e6:.1f} MB ({index['totals']['resumed_shards']} shards kept from an "
+                 f"earlier run)")
     for split, totals in index["splits"].items():
         labels = ", ".join(f"{'fake' if label == '1' else 'real'} {count}" for label, count in totals["labels"].items())
         lines.append(f"  {split:<6} {totals['shards']:>4} shards {totals['samples']:>7} videos ({labels})")

@@ -4,7 +4,8 @@ A checkpoint is written into ``checkpoints/.tmp-<tag>`` by every rank (the engin
 scheduler files, plus one ``rng-rank<r>.pt`` per rank, and the trainer's ``detector.json``), then rank 0 swaps
 it into place with renames. A crash at any moment leaves either the previous complete checkpoint or the new
 one (or, between the two renames, ``.old-<tag>``, which ``find_checkpoint`` falls back to).
-``checkpoints/latest`` names the last tag, as DeepSpeed's own tools expect.
+``checkpoints/latest`` names the last tag, as DeepSpeed's own tools expect; it is written only after the rename.
+The next run clears what a crash left (``clean_checkpoints``) before it resumes.
 """
 
 import os
@@ -70,14 +71,58 @@ def save_checkpoint(engine, run_dir, tag, state, context, json_files=None):
     return os.path.join(folder, tag)
 
 
+def _complete(path):
+    """A checkpoint folder every rank finished (each writes its rng file last)."""
+    return os.path.isdir(path) and any(name.startswith("rng-rank") for name in os.listdir(path))
+
+
 def find_checkpoint(run_dir, tag="last"):
     """The complete checkpoint folder for ``tag``, or None."""
     folder = os.path.join(run_dir, "checkpoints")
     for candidate in (tag, f".old-{tag}"):  # .old-<tag>: a crash between the two renames of a save
         path = os.path.join(folder, candidate)
-        if os.path.isdir(path) and any(name.startswith("rng-rank") for name in os.listdir(path)):
+        if _complete(path):
             return path
     return None
+
+
+def clean_checkpoints(run_dir):
+    """Clear what a crashed save left in ``run_dir/checkpoints`` (rank 0, under the run's lock, before resuming):
+    ``.tmp-<tag>`` folders go; ``.old-<tag>`` is renamed back to ``<tag>`` when that is missing (what
+    ``find_checkpoint`` would load) and goes otherwise; a ``latest`` naming a missing folder is rewritten.
+    Returns what was done, as short phrases (empty when there was nothing to clean)."""
+    folder = os.path.join(run_dir, "checkpoints")
+    if not os.path.isdir(folder):
+        return []
+    done = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name.startswith(".tmp-"):
+            shutil.rmtree(path, ignore_errors=True)
+            done.append(f"removed {name}")
+        elif name.startswith(".old-"):
+            final = os.path.join(folder, name[len(".old-"):])
+            if _complete(final) or not _complete(path):
+                shutil.rmtree(path, ignore_errors=True)
+                done.append(f"removed {name}")
+            else:
+                shutil.rmtree(final, ignore_errors=True)  # an incomplete <tag>: find_checkpoint skipped it too
+                os.replace(path, final)
+                done.append(f"restored {os.path.basename(final)} from {name}")
+    latest = os.path.join(folder, "latest")
+    if os.path.exists(latest):
+        with open(latest) as handle:
+            named = handle.read().strip()
+        if not named or not os.path.isdir(os.path.join(folder, named)):
+            tag = next((tag for tag in ("last", "best") if os.path.isdir(os.path.join(folder, tag))), None)
+            if tag is None:
+                os.remove(latest)
+                done.append(f"removed latest (it named {named!r})")
+            else:
+                with atomic_open(latest, "w") as handle:
+                    handle.write(tag)
+                done.append(f"latest named {named!r}, now {tag!r}")
+    return done
 
 
 def load_checkpoint(engine, path, context):

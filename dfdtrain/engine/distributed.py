@@ -1,7 +1,16 @@
-"""Process group set-up for torchrun, the deepspeed launcher and srun: rank, world size, device, backend."""
+"""Process group set-up for torchrun, the deepspeed launcher and srun: rank, world size, device, backend.
 
+A rank started by a launcher (torchrun, the deepspeed launcher) dies with it: torchrun starts its workers in
+sessions of their own, so killing the launcher's process group (or the launcher alone, with SIGKILL) would
+otherwise leave the ranks training, writing the run directory, holding its lock and the GPUs.
+"""
+
+import ctypes
 import dataclasses
 import os
+import signal
+import threading
+import time
 
 import torch
 import torch.distributed as dist
@@ -31,8 +40,45 @@ def _environment_rank():
     return 0, 1, 0
 
 
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+_launcher_checked = False
+
+
+def _started_by_launcher():
+    """torchrun sets TORCHELASTIC_RUN_ID, the deepspeed launcher LOCAL_RANK; a process started from a shell (or
+    by a bare srun) has neither, and must outlive its parent (a nohup'ed run)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ
+
+
+def _watch_launcher(launcher):
+    while os.getppid() == launcher:
+        time.sleep(1)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def die_with_launcher():
+    """Make this rank die when its launcher does: the kernel's parent-death signal, plus a thread that watches
+    the parent pid (the signal is armed only after the parent may already have gone, and it fires when the
+    parent *thread* that started us exits; torchrun and the deepspeed launcher start ranks from their main
+    thread). SIGKILL: a rank without its launcher can do nothing useful, and no handler may keep it alive.
+    Decided once per process, at the first call: DeepSpeed's one-process set-up sets LOCAL_RANK itself later."""
+    global _launcher_checked
+    if _launcher_checked:
+        return
+    _launcher_checked = True
+    if not _started_by_launcher():
+        return
+    launcher = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the watchdog alone
+        pass
+    threading.Thread(target=_watch_launcher, args=(launcher,), name="dfdtrain-launcher-watchdog", daemon=True).start()
+
+
 def init_distributed(device="auto"):
     """Join the process group (gloo on CPU, NCCL on GPUs); a single process needs no launcher."""
+    die_with_launcher()
     rank, world_size, local_rank = _environment_rank()
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

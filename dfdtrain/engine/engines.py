@@ -166,9 +166,10 @@ class DeepSpeedEngine:
         return boundary
 
     def save(self, folder, state):
-        # DeepSpeed's own layout (folder/<tag>/...), so its tools (zero_to_fp32.py) can read it
+        # DeepSpeed's own layout (folder/<tag>/...), so its tools (zero_to_fp32.py) can read it. Not its
+        # ``latest`` file: it would name the temporary folder; save_checkpoint writes it after the rename.
         parent, tag = os.path.split(os.path.normpath(folder))
-        self.model.save_checkpoint(parent, tag=tag, client_state={"state": state})
+        self.model.save_checkpoint(parent, tag=tag, client_state={"state": state}, save_latest=False)
 
     def load(self, folder):
         # DeepSpeed unpickles its files with weights_only=False. Each one is vetted first with weights_only=True

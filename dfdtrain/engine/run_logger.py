@@ -13,7 +13,7 @@ Every rank creates a RunLogger and calls it the same way; only rank 0 writes fil
 
 Files in ``run_dir`` (rank 0):
   metrics.jsonl    one line per ``log`` call: {"kind", "step", "epoch"?, "time", **values}, values kept nested;
-                   opened for appending, so a resumed run continues the same file
+                   a resumed run continues the same file (``resume_step``: without the rows after its checkpoint)
   summary.json     the merged ``summary`` values (written atomically)
   wandb/           the W&B run (``wandb/offline-run-*`` when offline; ``wandb sync`` uploads it later)
   wandb-cache/ ... W&B's cache, config, data and artifact directories
@@ -44,7 +44,7 @@ import urllib.parse
 from tqdm import tqdm
 
 from dfdtrain.errors import DfdError
-from dfdtrain.fileio import write_json
+from dfdtrain.fileio import write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class RunLogger:
     """Metrics to ``run_dir/metrics.jsonl`` and to W&B, progress bars and eval tables; acts on rank 0 only."""
 
     def __init__(self, run_dir, rank, config_dict, wandb_mode="disabled", project="dfdtrain", run_name=None,
-                 tags=(), group=None, job_type="train", online_init_timeout_s=20.0):
+                 tags=(), group=None, job_type="train", online_init_timeout_s=20.0, resume_step=None):
         if wandb_mode not in WANDB_MODES:
             raise DfdError(f"wandb mode {wandb_mode!r}: expected one of {', '.join(WANDB_MODES)}")
         self.run_dir = os.path.abspath(os.fspath(run_dir))
@@ -93,7 +93,26 @@ class RunLogger:
             except BaseException:
                 self._restore_environment()
                 raise
+        if resume_step is not None:
+            self._drop_rows_after(resume_step)
         self._metrics_file = open(self.metrics_path, "a", encoding="utf-8")
+
+    def _drop_rows_after(self, step):
+        """A run resumed from its checkpoint at ``step`` trains the later steps again: their rows from the killed
+        run (and a line cut short by the kill) go, so metrics.jsonl holds each step once. A run that starts
+        afresh (step 0) starts an empty file."""
+        if not os.path.isfile(self.metrics_path):
+            return
+        kept = []
+        with open(self.metrics_path, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+                    kept.append(row)
+        write_jsonl(self.metrics_path, kept)
 
     # -- W&B start -----------------------------------------------------------------------------------------
 

@@ -14,7 +14,8 @@ from dfdtrain.metrics import evaluate_predictions
 
 
 def score_videos(model, loader, device, precision="fp32", embeddings=False):
-    """Per-video records {key, label, video_score, video_logit, frame_scores, dataset, method} of this rank."""
+    """Per-video records {key, label, video_score, video_logit, frame_scores, dataset, method, shard} of this
+    rank."""
     records = []
     model.eval()
     with torch.inference_mode(), autocast(device, precision):
@@ -32,7 +33,7 @@ def score_videos(model, loader, device, precision="fp32", embeddings=False):
                     "video_score": float(video_scores[position]),
                     "video_logit": float(video_logits[position]),
                     "frame_scores": frame_scores[position][mask[position]].tolist(),
-                    "dataset": meta.get("dataset"), "method": meta.get("method"),
+                    "dataset": meta.get("dataset"), "method": meta.get("method"), "shard": meta.get("shard"),
                 })
     return records
 

@@ -25,9 +25,10 @@ import numpy as np
 import torch
 
 from dfdtrain.config import config_to_dict, save_config
-from dfdtrain.data.loader import VideoLoader, expand_shards, positive_class_weight
-from dfdtrain.engine.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-from dfdtrain.engine.distributed import any_rank, barrier, broadcast_object, init_distributed
+from dfdtrain.data.loader import VideoLoader, expand_shards
+from dfdtrain.data.shard_index import positive_class_weight
+from dfdtrain.engine.checkpoint import clean_checkpoints, find_checkpoint, load_checkpoint, save_checkpoint
+from dfdtrain.engine.distributed import any_rank, barrier, broadcast_object, gather_to_rank0, init_distributed
 from dfdtrain.engine.engines import build_engine
 from dfdtrain.engine.loss import video_bce
 from dfdtrain.engine.optim import LearningRateSchedule, build_optimizer
@@ -35,6 +36,7 @@ from dfdtrain.engine.run_logger import RunLogger, system_values
 from dfdtrain.engine.scoring import metric_value, validation_metrics
 from dfdtrain.errors import DfdError
 from dfdtrain.fileio import write_json
+from dfdtrain.locks import DirectoryLock
 from dfdtrain.metrics import format_metrics_table
 from dfdtrain.models.bundle import SETTINGS_FILE, detector_settings
 from dfdtrain.models.detector import build_detector_from_config
@@ -209,12 +211,21 @@ class Trainer:
                 "set train.grad_clip)")
 
     def validate(self):
-        """Validation metrics (rank 0 computes them, every rank gets them), ``loss`` included."""
+        """Validation metrics (rank 0 computes them, every rank gets them), ``loss`` included. Stops every rank
+        with one line when no validation video could be scored (all skipped, or none there)."""
         if self.val_loader is None:
             raise DfdError("data.val_shards is not set: there is nothing to validate on")
+        skipped_before = len(self.val_loader.skipped)
         metrics, _ = validation_metrics(self.model, self.val_loader, self.context.device, self.config.train.threshold,
                                         self.config.train.precision, self.embeddings)
-        return broadcast_object(metrics)
+        skipped = gather_to_rank0(self.val_loader.skipped[skipped_before:])  # this pass's, from every rank
+        problem = None
+        if self.context.is_main and not metrics.get("videos"):
+            problem = f"no validation video could be scored: {_skipped_summary(skipped)} — check data.val_shards"
+        metrics, problem = broadcast_object((metrics, problem))
+        if problem:
+            raise DfdError(problem)
+        return metrics
 
     # -- the run -------------------------------------------------------------------------------------------
 
@@ -277,19 +288,48 @@ class Trainer:
             return True
         return False
 
+    def _open_run_dir(self):
+        """Rank 0 locks the run directory (one run writes it at a time), clears what a crashed save left in its
+        checkpoints and writes config.yaml; every rank learns the outcome, so all ranks of a refused run stop
+        together with the one line. Returns the lock (rank 0) or None."""
+        lock, problem = None, None
+        if self.context.is_main:
+            try:
+                lock = DirectoryLock(self.run_dir, "train").acquire()
+                if lock.takeover_message():
+                    print(lock.takeover_message())
+                cleaned = clean_checkpoints(self.run_dir)
+                if cleaned:
+                    print(f"{self.run_dir}: cleaned what a crash left in checkpoints/: {'; '.join(cleaned)}")
+                save_config(self.config, os.path.join(self.run_dir, "config.yaml"))
+            except (DfdError, OSError) as error:
+                problem = str(error)
+                if lock is not None:
+                    lock.release()
+                    lock = None
+        problem = broadcast_object(problem)
+        if problem:
+            raise DfdError(problem)
+        return lock
+
     def train(self, resume="auto"):
         """The whole run on this rank; returns the report dict (rank 0) or None."""
-        started, config, context = time.time(), self.config, self.context
         if self.val_loader is None:
             raise DfdError("data.val_shards is not set: training validates after every epoch")
-        if context.is_main:
-            os.makedirs(self.run_dir, exist_ok=True)
-            save_config(config, os.path.join(self.run_dir, "config.yaml"))
+        lock = self._open_run_dir()
+        try:
+            return self._train(resume)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _train(self, resume):
+        started, config, context = time.time(), self.config, self.context
         checkpoint = self.resume(resume)
         wandb = config.logger.wandb
         self.logger = RunLogger(self.run_dir, context.rank, config_to_dict(config), wandb_mode=wandb.mode,
                                 project=wandb.project, run_name=wandb.name or config.name, tags=tuple(wandb.tags),
-                                group=wandb.group or None)
+                                group=wandb.group or None, resume_step=self.state.step)  # rows after it go
         if checkpoint and context.is_main:
             print(f"resuming {self.run_dir} from epoch {self.state.epoch}, step {self.state.step}")
         last_metrics, stopped_early = None, False
@@ -338,6 +378,15 @@ class Trainer:
                            "frames_per_s": state.samples * self.clip.sampler.num_frames / seconds_training},
             "wall_seconds": round(seconds, 1),
         }
+
+
+def _skipped_summary(skipped):
+    """'N skipped (first: KEY: REASON (detail); ...)' for skip records, or why there were none."""
+    if not skipped:
+        return "the validation shards hold no video"
+    first = "; ".join(f"{item['key']}: {item['reason']}" + (f" ({item['detail']})" if item.get("detail") else "")
+                      for item in skipped[:3])
+    return f"{len(skipped)} skipped (first: {first})"
 
 
 def train(config, resume="auto", progress=True, train_loader=None):

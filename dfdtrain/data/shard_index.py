@@ -1,0 +1,136 @@
+"""What a folder's ``index.json`` promises about its shards, and checks of the shards against it.
+
+``dfdtrain shard`` (and ``embed``) write ``index.json`` beside the tars: per shard its sample count, labels, sha256
+and (since issue 13) its sample keys. Readers use it for epoch sizes and class weights, to verify a shard's bytes
+before reading it (``verify_shards``), and to account for every sample after an evaluation
+(``reconcile``): what was scored + what was skipped must be what the index promises, and every video that is
+neither is named.
+"""
+
+import hashlib
+import json
+import tarfile
+from pathlib import Path
+
+from dfdtrain.errors import DfdError
+
+INDEX_FILE = "index.json"
+
+
+def _read_index(folder):
+    path = Path(folder) / INDEX_FILE
+    if not path.is_file():
+        return None
+    try:
+        index = json.loads(path.read_text())
+        shards = index["shards"]
+        if not isinstance(shards, list) or not all(isinstance(shard, dict) and "name" in shard for shard in shards):
+            raise TypeError("its shards are not a list of {name, ...}")
+    except (ValueError, KeyError, TypeError) as error:
+        raise DfdError(f"{path}: not a shard index ({' '.join(str(error).split())[:200]})") from None
+    return index
+
+
+def shard_entries(shard_paths):
+    """{shard path: its entry in the index.json beside it (samples, labels, sha256, keys...) or None}."""
+    entries, indexes = {}, {}
+    for path in shard_paths:
+        folder = str(Path(path).parent)
+        if folder not in indexes:
+            index = _read_index(folder)
+            indexes[folder] = {shard["name"]: shard for shard in index["shards"]} if index else {}
+        entries[path] = indexes[folder].get(Path(path).name)
+    return entries
+
+
+def count_samples(shard_paths):
+    """Samples in these shards, from the index.json beside them (or by listing the tars)."""
+    total = 0
+    for path, entry in shard_entries(shard_paths).items():
+        if entry is not None:
+            total += entry["samples"]
+        else:
+            with tarfile.open(path) as tar:
+                total += sum(1 for member in tar.getmembers() if member.name.endswith(".json"))
+    return total
+
+
+def label_counts(shard_paths):
+    """{label: count} over these shards from index.json (for class weights and balancing)."""
+    counts = {0: 0, 1: 0}
+    for path, entry in shard_entries(shard_paths).items():
+        if entry is None:
+            raise DfdError(f"{Path(path).parent / INDEX_FILE}: needed for label counts of {Path(path).name} "
+                           "(written by 'dfdtrain shard')")
+        for label, count in entry["labels"].items():
+            counts[int(label)] += count
+    return counts
+
+
+def positive_class_weight(shard_paths):
+    """BCE pos_weight = real count / fake count (Celeb-DF and DFDC are far from balanced)."""
+    counts = label_counts(shard_paths)
+    if not counts[1]:
+        raise DfdError("no fake samples in these shards: cannot weight the classes")
+    return counts[0] / counts[1]
+
+
+def file_sha256(path, chunk_bytes=1 << 22):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_shards(shard_paths):
+    """Check each shard's bytes against the sha256 its index.json records; one DfdError line for the first shard
+    that differs. Returns the number of shards checked (shards without a recorded sha256 cannot be)."""
+    checked = 0
+    for path, entry in shard_entries(shard_paths).items():
+        expected = (entry or {}).get("sha256")
+        if not expected:
+            continue
+        actual = file_sha256(path)
+        if actual != expected:
+            raise DfdError(f"{path}: sha256 {actual[:12]}... differs from {expected[:12]}... in its index.json: "
+                           "the shard is corrupt or was rewritten (re-run dfdtrain shard, or pass "
+                           "--no-verify-shards to score what it still holds)")
+        checked += 1
+    return checked
+
+
+def reconcile(shard_paths, scored, skipped):
+    """Account for every sample the index promises: ``scored`` ({key, shard} of each video scored) and ``skipped``
+    (skip records {key, reason, detail, shard}) against each shard's index.json entry.
+
+    Returns {promised, scored, skipped (videos), missing, unreadable_shards, missing_samples, unindexed}:
+    ``missing_samples`` names each video
+    that was neither scored nor skipped ({key, shard, reason: "missing", detail}); with an older index (counts
+    only, no keys) an entry per short shard gives the shard and the count instead (key None). ``unindexed``: the
+    shards index.json does not describe, which cannot be checked.
+    """
+    seen = {}  # shard -> keys that came out of it, scored or skipped
+    for item in [*scored, *skipped]:
+        if item.get("key"):
+            seen.setdefault(item.get("shard"), set()).add(item["key"])
+    stopped = {item.get("shard"): item for item in skipped if item.get("reason") == "unreadable-shard"}
+    promised, missing, unindexed = 0, [], []
+    for path, entry in shard_entries(shard_paths).items():
+        if entry is None:
+            unindexed.append(path)
+            continue
+        promised += entry["samples"]
+        came = seen.get(path, set())
+        why = (f"never read: the shard could not be read past byte {stopped[path]['offset']}" if path in stopped
+               else f"never read: promised by {INDEX_FILE} but not found in the shard")
+        if entry.get("keys") is not None:
+            missing += [{"key": key, "shard": path, "reason": "missing", "detail": why}
+                        for key in entry["keys"] if key not in came]
+        elif entry["samples"] > len(came):
+            count = entry["samples"] - len(came)
+            missing.append({"key": None, "shard": path, "reason": "missing", "count": count,
+                            "detail": f"{why}; {count} sample(s) ({INDEX_FILE} lists no keys to name them)"})
+    return {"promised": promised, "scored": len(scored), "skipped": sum(1 for item in skipped if item.get("key")),
+            "missing": sum(item.get("count", 1) for item in missing), "unreadable_shards": len(stopped),
+            "missing_samples": missing, "unindexed": unindexed}

@@ -1,0 +1,209 @@
+"""A run's safety for real (2 gloo ranks under torchrun, real processes and signals): its ranks die with their
+launcher, one run at a time writes a run directory, a crashed save's leftovers are cleared before resuming, and a
+validation set of only broken videos stops every rank with one line."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import REPO, live_processes, write_garbage_shard
+from test_engine import environment, torchrun, train_args
+
+HERE = Path(__file__).resolve().parent
+
+
+def descendants(root, processes):
+    """The pids below ``root`` in the process tree (ranks, their DataLoader workers, whatever they started)."""
+    found, todo = set(), [root]
+    while todo:
+        parent = todo.pop()
+        children = [pid for pid, (ppid, _, _) in processes.items() if ppid == parent and pid not in found]
+        found.update(children)
+        todo.extend(children)
+    return found
+
+
+def survivors(run_dir, tree):
+    """Live processes that name ``run_dir`` on their command line or were in ``tree`` ({pid: start time})."""
+    return {pid: cmdline for pid, (_, started, cmdline) in live_processes().items()
+            if pid != os.getpid() and (str(run_dir) in cmdline or tree.get(pid) == started)}
+
+
+def metrics_rows(run_dir):
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def start_torchrun(args, port):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+               *map(str, args)]
+    return subprocess.Popen(command, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def wait_for_training(process, run_dir, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        if any(row["kind"] == "train" for row in metrics_rows(run_dir)):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the run never started training: {process.communicate()[1][-3000:]}")
+
+
+def error_lines(stderr):
+    return [line for line in stderr.splitlines() if "dfdtrain train: error:" in line]
+
+
+def no_traceback_of_ours(stderr):
+    """torchrun prints its own ChildFailedError traceback; the ranks must print none (no frame of dfdtrain)."""
+    return f'File "{REPO / "dfdtrain"}' not in stderr and "site-packages/dfdtrain" not in stderr
+
+
+def test_killing_the_launcher_with_sigkill_kills_every_rank_and_worker(tmp_path, small_shards):
+    run_dir = tmp_path / "orphans"
+    launcher = start_torchrun(train_args(small_shards, run_dir, "train.engine=ddp", "train.epochs=50"), port=29761)
+    tree = {}
+    try:
+        wait_for_training(launcher, run_dir)
+        processes = live_processes()
+        tree = {pid: processes[pid][1] for pid in descendants(launcher.pid, processes)}
+        assert len(tree) >= 4, processes  # 2 ranks, each with a DataLoader worker (data.num_workers=1)
+        os.killpg(launcher.pid, signal.SIGKILL)  # the launcher's group: torchrun put each rank in its own session
+        launcher.wait()
+        # ranks die at once (parent-death signal); their DataLoader workers notice within torch's 5 s check
+        deadline = time.time() + 20
+        while survivors(run_dir, tree) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not survivors(run_dir, tree)
+        assert not (run_dir / "report.json").exists()
+    finally:
+        for pid in survivors(run_dir, tree):
+            os.kill(pid, signal.SIGKILL)
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+
+
+def test_a_second_run_on_a_live_run_directory_is_refused_and_a_stale_lock_is_taken_over(tmp_path, small_shards):
+    run_dir = tmp_path / "shared"
+    # long enough (240 steps) to still be training when the two runs started beside it have been refused
+    args = train_args(small_shards, run_dir, "train.engine=ddp", "train.epochs=2", "data.epoch_samples=480")
+    first = start_torchrun(args, port=29762)
+    try:
+        wait_for_training(first, run_dir)
+        owner = json.loads((run_dir / ".dfdtrain.lock").read_text())
+        # the same run beside it: under torchrun (every rank stops with the one line), and as one process
+        second = start_torchrun([*args, "--resume", "auto"], port=29763)
+        alone = subprocess.Popen([sys.executable, *args, "--resume", "auto"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, env=environment())
+        _, alone_stderr = alone.communicate(timeout=300)
+        _, second_stderr = second.communicate(timeout=300)
+        assert first.poll() is None, "the first run ended before the others were refused: the test proves nothing"
+        refusal = f"{run_dir}: in use by 'train' (pid {owner['pid']} on {owner['host']}"
+        lines = [line for line in alone_stderr.splitlines() if line.strip() and "[WARNING]" not in line]
+        assert alone.returncode == 2 and len(lines) == 1 and refusal in lines[0], alone_stderr[-3000:]
+        lines = error_lines(second_stderr)
+        assert second.returncode != 0 and len(lines) == 2 and all(refusal in line for line in lines), \
+            second_stderr[-3000:]
+        assert no_traceback_of_ours(second_stderr), second_stderr[-3000:]
+
+        stdout, stderr = first.communicate(timeout=600)
+        assert first.returncode == 0, stderr[-3000:]
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    report = json.loads((run_dir / "report.json").read_text())
+    rows = metrics_rows(run_dir)
+    assert sorted(row["step"] for row in rows if row["kind"] == "train") == list(range(1, report["steps"] + 1))
+    assert sorted(row["epoch"] for row in rows if row["kind"] == "eval") == [1, 2]
+    assert not (run_dir / ".dfdtrain.lock").exists()
+
+    # a lock left by a process that is gone (a killed run) is taken over, with a line that says so
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (run_dir / ".dfdtrain.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid,
+                                                        "command": "train", "started": time.time()}))
+    resumed = subprocess.run([sys.executable, *args, "--resume", "must"], capture_output=True, text=True,
+                             timeout=300, env=environment())
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (f"{run_dir}: took over a stale lock of 'train' (pid {dead.pid} on {socket.gethostname()}: process "
+            f"{dead.pid} is not running)") in resumed.stdout
+    assert "resuming" in resumed.stdout and not (run_dir / ".dfdtrain.lock").exists()
+    assert metrics_rows(run_dir) == rows  # nothing left to train: nothing written twice
+
+
+DEEPSPEED_SAVE = """
+import sys
+from dfdtrain.config import config_from_dict
+from dfdtrain.engine.trainer import Trainer
+from dist_engine_job import FixedBatches
+
+config = config_from_dict({"run_dir": sys.argv[1], "train": {"engine": "deepspeed", "device": "cpu"},
+                           "model": {"backbone": "mobilenetv2_050", "head": "mean", "head_options": {"hidden": [8]}},
+                           "data": {"batch_size": 4}})
+trainer = Trainer(config, train_loader=FixedBatches(steps=1, rank=0, per_rank=4))
+trainer.engine.save(sys.argv[1] + "/checkpoints/.tmp-last", trainer.state_dict())
+"""
+
+
+def test_a_crashed_saves_leftovers_are_cleared_before_resuming(tmp_path, small_shards):
+    run_dir = tmp_path / "crashed"
+    args = train_args(small_shards, run_dir, "train.engine=deepspeed", "train.zero_stage=1", "train.epochs=1")
+    finished = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600,
+                              env=environment())
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    checkpoints = run_dir / "checkpoints"
+    # what crashes leave: half-written saves, a checkpoint between its two renames (last), a second copy of
+    # one that was swapped in (best), and `latest` naming a temporary folder
+    (checkpoints / ".tmp-last").mkdir()
+    (checkpoints / ".tmp-last" / "half.pt").write_bytes(b"x")
+    (checkpoints / ".tmp-best").mkdir()
+    (checkpoints / "last").rename(checkpoints / ".old-last")
+    subprocess.run(["cp", "-r", checkpoints / "best", checkpoints / ".old-best"], check=True)
+    (checkpoints / "latest").write_text(".tmp-last")
+
+    resumed = subprocess.run([sys.executable, *args, "--resume", "must"], capture_output=True, text=True,
+                             timeout=600, env=environment())
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (f"{run_dir}: cleaned what a crash left in checkpoints/: removed .old-best; restored last from .old-last; "
+            "removed .tmp-best; removed .tmp-last; latest named '.tmp-last', now 'last'") in resumed.stdout
+    assert "resuming" in resumed.stdout
+    assert sorted(path.name for path in checkpoints.iterdir() if path.name.startswith(".")) == []
+    assert (checkpoints / "latest").read_text() == "last"
+    # DeepSpeed's own tool finds the checkpoint through `latest`
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    assert get_fp32_state_dict_from_zero_checkpoint(str(checkpoints))
+    # and training goes on from it
+    more = subprocess.run([sys.executable, *args[:-1], "train.epochs=2", "--resume", "must", "--json"],
+                          capture_output=True, text=True, timeout=600, env=environment())
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert "resuming" in more.stdout and json.loads(more.stdout[more.stdout.index("{"):])["epochs_run"] == 2
+
+    # DeepSpeed's save into the temporary folder leaves `latest` alone: only the rename's writer names a tag
+    saved = subprocess.run([sys.executable, "-c", DEEPSPEED_SAVE, tmp_path / "bare"], capture_output=True,
+                           text=True, timeout=600, env=environment(), cwd=HERE)
+    assert saved.returncode == 0, saved.stderr[-3000:]
+    assert (tmp_path / "bare/checkpoints/.tmp-last").is_dir() and not (tmp_path / "bare/checkpoints/latest").exists()
+
+
+def test_a_validation_set_of_only_broken_videos_stops_every_rank_with_one_line(tmp_path, small_shards):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    write_garbage_shard(broken / "val-000000.tar", 4, "val")
+    started = time.time()
+    result = torchrun(2, *train_args(small_shards, tmp_path / "run", "train.engine=ddp", "train.epochs=1",
+                                     f"data.val_shards={broken}/val-*.tar"), port=29764, timeout=300)
+    lines = error_lines(result.stderr)
+    assert result.returncode != 0 and len(lines) == 2, result.stderr[-3000:]
+    for line in lines:
+        assert "no validation video could be scored: 4 skipped (first: garbage" in line, line
+        assert "undecodable" in line and line.endswith("— check data.val_shards"), line
+    assert no_traceback_of_ours(result.stderr), result.stderr[-3000:]
+    assert time.time() - started < 240

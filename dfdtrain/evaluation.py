@@ -340,7 +340,7 @@ def write_report(metrics, plot_files, path):
         f"- checkpoint: `{metrics['checkpoint']}`",
         f"- shards: {len(metrics['shards'])} (`{metrics['shards'][0]}`{' ...' if len(metrics['shards']) > 1 else ''})",
         f"- videos: {metrics['videos']} ({metrics['labels']['real']} real, {metrics['labels']['fake']} fake), "
-        f"frames: {metrics['frames']}, skipped samples: {metrics['skipped']['count']}",
+        f"frames: {metrics['frames']}",
         f"- accounted for: {_accounting_summary(metrics['accounting'])}",
         f"- threshold: {metrics['threshold']:g}, video loss (head BCE): {_format_optional(metrics['loss'])}",
         "", "## Metrics", "",

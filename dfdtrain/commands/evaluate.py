@@ -58,6 +58,8 @@ def run(args):
         print()
     else:
         print(format_metrics_table(metrics))
-        print(f"loss {metrics['loss']:.4f}, {metrics['skipped']['count']} skipped; wrote "
+        accounting = metrics["accounting"]
+        print(f"loss {metrics['loss']:.4f}; {accounting['scored']} of the {accounting['promised']} videos index.json "
+              f"promises scored ({accounting['skipped']} skipped, {accounting['missing']} missing); wrote "
               f"{', '.join(metrics['files'])} to {args.out}")
     return 0

@@ -235,10 +235,21 @@ def envelope(name, device, settings, started, **fields):
     return result
 
 
+def human_summary(result):
+    """The result for people: its RESULTS.md section (table, ratios, notes) as plain lines."""
+    from results_table import RENDERERS, render_generic
+
+    title, renderer = RENDERERS.get(result.get("benchmark"), (result.get("benchmark", "benchmark"), render_generic))
+    return "\n".join([f"== {title} ({result.get('device', 'no device')}, {result.get('seconds', '?')} s)",
+                      *renderer(result)])
+
+
 def emit(result, out=None):
-    """Print the result as JSON; with ``out``, also save it there (results/ files are committed)."""
+    """Print the result as JSON on stdout and, for people, its summary on stderr; with ``out``, also save the
+    JSON there (results/ files are committed)."""
     text = json.dumps(result, indent=2)
     print(text)
+    print(human_summary(result), file=sys.stderr)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text + "\n")

@@ -30,7 +30,7 @@ from common import add_device_argument, emit, envelope, resolve_device
 from dfdtrain.data.decoders import build_decoder
 from dfdtrain.data.sampler import SamplerConfig, sample_indices
 from dfdtrain.data.synth import synthesize
-from dfdtrain.data.video import probe
+from dfdtrain.data.video import is_media_file, probe
 from dfdtrain.errors import DfdError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,9 +159,26 @@ def notes_for(comparisons):
     return notes
 
 
+def real_videos(folder, count):
+    """``count`` real videos of ``folder`` (relative paths): the shared fixtures' DFDC and FF++ clips when it is
+    that folder, else the first videos found in it (any folder of videos works)."""
+    known = [FFPP_CLIP] if count == 1 else [DFDC_CLIP, FFPP_CLIP]
+    if all((folder / clip).is_file() for clip in known):
+        return known
+    if not folder.is_dir():
+        raise DfdError(f"{folder}: not a folder of videos (pass --fixtures DIR)")
+    found = sorted(str(path.relative_to(folder)) for path in folder.rglob("*")
+                   if path.is_file() and is_media_file(path.name))
+    if not found:
+        raise DfdError(f"{folder}: no video files in it (pass --fixtures DIR)")
+    return found[:count]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fixtures", default=DEFAULT_FIXTURES, help="the shared real fixtures folder")
+    parser.add_argument("--fixtures", default=DEFAULT_FIXTURES,
+                        help="a folder of real videos (default: the shared fixtures, their DFDC and FF++ clips; "
+                             "elsewhere the first videos found)")
     parser.add_argument("--repeats", type=int, default=5, help="timed reads per method and video (median)")
     parser.add_argument("--quick", action="store_true", help="1 repeat, no DFDC clip, smaller synthetic clips")
     parser.add_argument("--out", help="write the JSON result here too")
@@ -172,11 +189,11 @@ def main(argv=None):
         parser.error("--repeats must be >= 1")
     repeats = 1 if args.quick else args.repeats
     fixtures = Path(args.fixtures)
-    real_clips = [FFPP_CLIP] if args.quick else [DFDC_CLIP, FFPP_CLIP]
-    for clip in real_clips:
-        if not (fixtures / clip).is_file():
-            print(f"decode benchmark: fixture {fixtures / clip} not found (pass --fixtures)", file=sys.stderr)
-            return 2
+    try:
+        real_clips = real_videos(fixtures, 1 if args.quick else 2)
+    except DfdError as error:
+        print(f"decode benchmark: {error}", file=sys.stderr)
+        return 2
     started = time.time()
     methods, unavailable = build_methods(device)
     synth_settings = SYNTH_QUICK if args.quick else SYNTH_FULL

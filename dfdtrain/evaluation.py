@@ -30,6 +30,7 @@ from dfdtrain.fileio import atomic_open, write_json
 from dfdtrain.metrics import (aggregate, evaluate_predictions, format_metrics_table, precision_recall_curve,
                               roc_auc, roc_curve)
 from dfdtrain.models.bundle import load_detector
+from dfdtrain.models.heads import SCORE_KINDS, score_kind
 
 RULES = ("mean", "max", "majority", "confident")
 SCORE_NAMES = ("head", *RULES)  # the video scores compared everywhere: the temporal head, then each rule
@@ -119,11 +120,25 @@ def breakdown(records, score_name="head"):
     return {"score": score_name, "dataset": by_dataset, "method": by_method}
 
 
-def needs_breakdown(records):
-    """More than one dataset, or fakes of more than one manipulation method."""
-    datasets = {record["dataset"] for record in records}
-    methods = {record["method"] for record in records if record["label"] == 1 and record["method"]}
-    return len(datasets) > 1 or len(methods) > 1
+def no_breakdown_reason(records):
+    """Why a per-dataset / per-method breakdown would compare nothing (one dataset and at most one manipulation
+    method), or None when it has something to compare."""
+    datasets = sorted({record["dataset"] or "unknown" for record in records})
+    methods = sorted({record["method"] for record in records if record["label"] == 1 and record["method"]})
+    if len(datasets) > 1 or len(methods) > 1:
+        return None
+    method = f"one manipulation method ({methods[0]})" if methods else "no manipulation methods in the metadata"
+    return f"no breakdown: one dataset ({datasets[0]}) and {method}, so it would repeat the overall AUC"
+
+
+def format_breakdown(breakdown_metrics):
+    """The breakdown as console lines: one per dataset and per method, AUC and counts."""
+    lines = [f"video AUC per dataset and method ({breakdown_metrics['score']} score):"]
+    for group in ("dataset", "method"):
+        for name, values in breakdown_metrics[group].items():
+            auc = "   n/a" if values["auc"] is None else f"{values['auc']:.4f}"
+            lines.append(f"  {group:<8} {name:<24} {auc}  ({values['real']} real / {values['fake']} fake)")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------- plots
@@ -291,12 +306,12 @@ def plot_breakdown(breakdown_metrics, path):
         for position, name, auc in zip(positions, names, aucs):
             counts = f"{values[name]['real']} real / {values[name]['fake']} fake"
             text = f"{auc:.3f}  ({counts})" if auc is not None else f"n/a  ({counts})"
-            axes.text(min(auc or 0.0, 1.0) + 0.015, position, text, va="center", fontsize=8,
-                      bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})  # readable over the 0.5 line
+            # in a column right of the axes, which end at AUC 1: the values never cover a bar or the 0.5 line
+            axes.text(1.03, position, text, va="center", fontsize=8, clip_on=False)
         axes.axvline(0.5, color="0.5", linestyle="--", linewidth=1, zorder=0)
         axes.set_yticks(positions, names)
         axes.invert_yaxis()
-        axes.set(xlim=(0, 1.45), xlabel=f"video AUC ({breakdown_metrics['score']} score)",
+        axes.set(xlim=(0, 1), xlabel=f"video AUC ({breakdown_metrics['score']} score)",
                  title=f"AUC per {title}" + (" (its fakes vs the dataset's reals)" if title == "method" else ""))
         axes.set_xticks(np.linspace(0, 1, 6))
         axes.grid(axis="x", alpha=0.3)
@@ -310,11 +325,13 @@ def _format_score(value):
     return repr(float(value))  # full precision: the CSV reproduces the metrics exactly
 
 
-def write_predictions(records, path):
+def write_predictions(records, path, kind="frame"):
+    """predictions.csv; the last column holds each video's per-position scores, named by what they are
+    (``frame_scores``, or ``step_scores`` / ``token_scores``: heads.SCORE_KINDS)."""
     with atomic_open(path, "w") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["key", "label", "score", *(f"score_{rule}" for rule in RULES), "dataset", "method",
-                         "frame_scores"])
+                         f"{kind}_scores"])
         for record in records:
             scores = record["scores"]
             writer.writerow([record["key"], record["label"], _format_score(scores["head"]),
@@ -345,9 +362,12 @@ def write_report(metrics, plot_files, path):
         f"- threshold: {metrics['threshold']:g}, video loss (head BCE): {_format_optional(metrics['loss'])}",
         "", "## Metrics", "",
         "Video level: the temporal head and each frame-aggregation rule; frame level: every frame with its "
-        "video's label.", "",
+        f"video's label. This head's per-frame scores are {metrics['position_scores']['kind']} scores: "
+        f"{metrics['position_scores']['meaning']}.", "",
         "```", format_metrics_table(metrics), "```", "",
     ]
+    if metrics.get("breakdown_note"):
+        lines += ["## Breakdown", "", metrics["breakdown_note"] + ".", ""]
     if "breakdown" in metrics:
         lines += ["## Breakdown", "", "| group | name | real | fake | AUC |", "|---|---|---:|---:|---:|"]
         for group in ("dataset", "method"):
@@ -433,6 +453,7 @@ def run_evaluation(checkpoint, shards, out_dir, threshold=None, batch_size=8, wo
         record["scores"] = video_scores(record)
 
     metrics = evaluate_predictions(records, threshold=threshold, rules=RULES)
+    kind = score_kind(settings.model.head)
     labels = [record["label"] for record in records]
     metrics.update({
         "loss": records_loss(records),
@@ -444,6 +465,8 @@ def run_evaluation(checkpoint, shards, out_dir, threshold=None, batch_size=8, wo
         "accounting": {**{name: value for name, value in accounting.items() if name != "missing_samples"},
                        "problem": accounting_line(accounting)},
         "settings": {"name": settings.name, "clip": config_to_dict(settings.clip)},
+        # what the frame level and the rules read: frames judged alone, or a GRU's steps (cumulative), ...
+        "position_scores": {"kind": kind, "meaning": SCORE_KINDS[kind]},
     })
 
     out_dir = Path(out_dir)
@@ -455,11 +478,12 @@ def run_evaluation(checkpoint, shards, out_dir, threshold=None, batch_size=8, wo
         ("Confusion matrix", plot_confusion(metrics, out_dir / "confusion.png", threshold).name),
         ("Score histogram", plot_histogram(records, out_dir / "histogram.png", threshold).name),
     ]
-    if needs_breakdown(records):
+    metrics["breakdown_note"] = no_breakdown_reason(records)
+    if metrics["breakdown_note"] is None:
         metrics["breakdown"] = breakdown(records)
         plot_files.append(("AUC per dataset and method", plot_breakdown(metrics["breakdown"],
                                                                         out_dir / "breakdown.png").name))
-    write_predictions(records, out_dir / "predictions.csv")
+    write_predictions(records, out_dir / "predictions.csv", metrics["position_scores"]["kind"])
     metrics["files"] = ["metrics.json", "predictions.csv", "report.md", *(name for _, name in plot_files)]
     write_json(out_dir / "metrics.json", metrics)
     write_report(metrics, plot_files, out_dir / "report.md")

@@ -12,6 +12,7 @@ for videos shorter than the clip. A bad file gives an error entry and never stop
 
 import dataclasses
 import sys
+import time
 
 import torch
 
@@ -20,6 +21,7 @@ from dfdtrain.data.decoders import build_decoder
 from dfdtrain.data.video import probe
 from dfdtrain.errors import BadVideo, DfdError
 from dfdtrain.models.bundle import load_detector
+from dfdtrain.models.heads import score_kind
 
 FACE_MODES = ("mtcnn", "none")
 VIDEO_INFO = ("frames", "fps", "width", "height", "codec")
@@ -54,6 +56,8 @@ class Predictor:
             self.clip = dataclasses.replace(self.clip, sampler=dataclasses.replace(self.clip.sampler,
                                                                                    num_frames=num_frames))
         self.threshold = self.settings.threshold
+        # per-frame scores only where the head judges frames alone; a GRU/LSTM's are its steps ("step_scores")
+        self.scores_key = f"{score_kind(self.settings.model.head)}_scores"
         self.faces = faces
         self.batch_size = batch_size
         self.progress = progress
@@ -80,7 +84,9 @@ class Predictor:
         return make_clip(self.decoder, source, meta, self.clip, name=name, face_detector=detector)
 
     def predict(self, paths):
-        """One dict per path, in input order: p_fake, verdict, frame scores, ... or {"path", "error"}."""
+        """One dict per path, in input order: p_fake, verdict, the per-position scores (``frame_scores``, or
+        ``step_scores`` / ``token_scores`` for heads whose positions are not judged alone: SCORE_KINDS), ... or
+        {"path", "error"}."""
         from tqdm import tqdm
 
         paths = [str(path) for path in paths]
@@ -89,15 +95,19 @@ class Predictor:
         with tqdm(total=len(paths), desc="predict", unit="video", file=sys.stderr,
                   disable=not self.progress) as bar:
             for position, path in enumerate(paths):
+                started = time.perf_counter()
                 try:
                     info = probe(path)
-                    pending.append((position, path, self.prepare(path, info), info))
+                    clip = self.prepare(path, info)
+                    pending.append((position, path, clip, {**info, "seconds": time.perf_counter() - started}))
                 except BadVideo as error:
                     results[position] = _error_entry(path, _bad_video_message(error))
                 except DfdError as error:
                     results[position] = _error_entry(path, str(error))
                 except Exception as error:  # anything else still must not stop the other files
                     results[position] = _error_entry(path, f"{type(error).__name__}: {error}")
+                if results[position] is not None:
+                    results[position]["seconds"] = round(time.perf_counter() - started, 3)
                 if len(pending) == self.batch_size or (pending and position == len(paths) - 1):
                     self._score_batch(pending, results)
                     pending = []
@@ -105,12 +115,14 @@ class Predictor:
         return results
 
     def _score_batch(self, batch, results):
+        started = time.perf_counter()
         try:
             video_scores, frame_scores = self.scores([clip for _, _, clip, _ in batch])
         except Exception as error:  # a model failure fails this batch's files, not the whole run
             for position, path, _, _ in batch:
                 results[position] = _error_entry(path, f"{type(error).__name__}: {error}")
             return
+        model_seconds = (time.perf_counter() - started) / len(batch)  # each video's share of its batch
         for row, (position, path, clip, info) in enumerate(batch):
             p_fake = float(video_scores[row])
             used = int(clip.mask.sum())
@@ -119,10 +131,11 @@ class Predictor:
                 "path": path,
                 "p_fake": p_fake,
                 "verdict": "FAKE" if p_fake >= self.threshold else "REAL",
-                "frame_scores": [float(score) for score in frame_scores[row, :used]],
+                self.scores_key: [float(score) for score in frame_scores[row, :used]],
                 "frames_used": used,
                 "faces_found": sum(1 for boxes in faces["boxes"] if boxes) if self.faces == "mtcnn" and faces else None,
                 "video": {key: info[key] for key in VIDEO_INFO},
+                "seconds": round(info["seconds"] + model_seconds, 3),  # decode, faces, crop + model share
             }
 
     @torch.no_grad()

@@ -4,7 +4,8 @@
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
 export TORCH_NCCL_ASYNC_ERROR_HANDLING="${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}"
-PYTHON="${PYTHON:-python3}"
+source "$(dirname "${BASH_SOURCE[0]}")/../launch/python.sh"
+PYTHON="$(find_dfdtrain_python)" || exit 2
 
 gpus_or_cpu_processes() {
   local gpus=0

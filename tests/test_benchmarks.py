@@ -1,6 +1,7 @@
 """The benchmark scripts run for real (quick modes) and write complete JSON reports (no speed is asserted)."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -55,6 +56,21 @@ def test_quick_decode_benchmark_writes_complete_json(tmp_path, fixtures):
             for item in where:
                 assert all(item["methods"][method][field] > 0 for field in METHOD_FIELDS)
                 assert item["ratios"][f"{method}_speedup_over_pyav"] > 0
+    # for people, beside the JSON: the summary with the ratios on stderr
+    assert "== Decode: 16 sampled frames per video (cpu" in result.stderr
+    assert "pyav_speedup_over_sequential" in result.stderr
+
+
+def test_decode_benchmark_takes_any_folder_of_videos(tmp_path, fixtures):
+    (tmp_path / "holiday").mkdir()
+    shutil.copyfile(fixtures / "ffpp/original_sequences/youtube/c40/videos/183.mp4", tmp_path / "holiday" / "beach.mp4")
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "decode.py"), "--quick", "--fixtures",
+                             str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["comparisons"][0]["video"] == "holiday/beach.mp4"
+    empty = subprocess.run([sys.executable, str(REPO / "benchmarks" / "decode.py"), "--quick", "--fixtures",
+                            str(tmp_path / "holiday" / "nothing")], capture_output=True, text=True, timeout=300)
+    assert empty.returncode == 2 and "not a folder of videos" in empty.stderr
 
 
 def test_model_stats_counts_parameters_and_flops(tmp_path):

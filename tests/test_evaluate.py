@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_cli
-from dfdtrain.evaluation import RULES, resolve_checkpoint, run_evaluation
+from dfdtrain.evaluation import RULES, format_breakdown, resolve_checkpoint, run_evaluation
 from dfdtrain.metrics import roc_auc
 
 BASE_PLOTS = ("roc.png", "pr.png", "calibration.png", "confusion.png", "histogram.png")
@@ -79,11 +79,17 @@ def test_evaluate_cli_writes_every_file(trained_run, tmp_path):
     labels = np.array([int(row["label"]) for row in rows])
     assert roc_auc(labels, np.array([float(row["score_mean"]) for row in rows])) == metrics["video"]["mean"]["auc"]
     assert roc_auc(labels, np.array([float(row["score"]) for row in rows])) == metrics["video"]["head"]["auc"]
-    assert sum(len(row["frame_scores"].split()) for row in rows) == metrics["frames"]
+    # a GRU head: its per-position scores are its recurrent steps, and every output says so
+    assert metrics["position_scores"]["kind"] == "step" and "frame_scores" not in rows[0]
+    assert sum(len(row["step_scores"].split()) for row in rows) == metrics["frames"]
+    report = (out_dir / "report.md").read_text()
+    assert "per-frame scores are step scores: the recurrent state after frames 1..t" in report
 
     for plot in BASE_PLOTS:
         assert_valid_png(out_dir / plot)
     assert not (out_dir / "breakdown.png").exists() and "breakdown" not in metrics  # one dataset, no methods
+    note = "no breakdown: one dataset (folder) and no manipulation methods in the metadata"
+    assert metrics["breakdown_note"].startswith(note) and note in (out_dir / "report.md").read_text()
     assert_report_links(out_dir, BASE_PLOTS)
 
 
@@ -102,6 +108,9 @@ def test_evaluate_ffpp_breaks_down_by_method(trained_run, ffpp_shards, tmp_path)
         assert 0.0 <= by_method[method]["auc"] <= 1.0
     assert metrics["breakdown"]["dataset"]["ffpp"]["auc"] == pytest.approx(metrics["video"]["head"]["auc"])
     assert json.loads((out_dir / "metrics.json").read_text())["breakdown"] == metrics["breakdown"]
+    printed = format_breakdown(metrics["breakdown"]).splitlines()  # what the command prints under the table
+    assert printed[0] == "video AUC per dataset and method (head score):" and len(printed) == 1 + 1 + 4
+    assert any(line.split()[:2] == ["method", "Deepfakes"] for line in printed)
     plots = (*BASE_PLOTS, "breakdown.png")
     for plot in plots:
         assert_valid_png(out_dir / plot)

@@ -54,7 +54,10 @@ def test_a_real_dfdc_video_round_trips_at_the_default_settings(fixtures, detecto
     data = path.read_bytes()
     info = probe(data)
     options = FaceClipOptions(tracks=TrackOptions(detect_every=20))  # default clip settings, fewer detections
-    members, fields = make_face_clips(data, str(path), info, detector, options)
+    heard = []  # progress within the video: each source frame as each pass is done with it
+    members, fields = make_face_clips(data, str(path), info, detector, options,
+                                      progress=lambda stage, frames: heard.append((stage, frames)))
+    assert heard == [("scan", 1)] * 300 + [("encode", 1)] * 300
     assert [extension for extension, _ in members] == ["mp4"] and not fields["no_face"]
     clip = members[0][1]
     (track,) = fields["tracks"]

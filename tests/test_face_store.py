@@ -13,10 +13,12 @@ from dfdtrain.data.crops import crop_and_resize
 from dfdtrain.data.decoders import build_decoder
 from dfdtrain.data.face_clips import FaceClipOptions
 from dfdtrain.data.loader import ClipDecoder, VideoLoader
+from dfdtrain.data.preview import preview
 from dfdtrain.data.shard import write_shards
 from dfdtrain.data.synth import encode_video
 from dfdtrain.data.tracks import TrackOptions
 from dfdtrain.data.video import probe
+from dfdtrain.errors import DfdError
 from dfdtrain.fileio import read_json
 from test_face_clips import no_face_clip
 
@@ -87,9 +89,11 @@ def test_samples_hold_clips_that_map_back_to_the_source(face_shards):
 
 def test_rerun_resumes_with_the_same_face_options(face_shards):
     shards, rows, options, index = face_shards
+    # a finished run left no .parts/: the re-run resumes from index.json's records
+    assert not (shards / ".parts").exists()
     again = write_shards(rows, shards, progress=False, store="faces", face_clip_options=options)
     assert again["totals"]["resumed_shards"] == index["totals"]["shards"]
-    assert again["face_clips"] == index["face_clips"]
+    assert again["face_clips"] == index["face_clips"] and again["skipped"] == index["skipped"]
     assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in index["shards"]]
 
 
@@ -152,10 +156,12 @@ def test_shard_cli_face_store_skips_faceless_videos_when_asked(tmp_path, fixture
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(item) + "\n" for item in rows))
     result = run_cli("shard", "--manifest", tmp_path / "m.jsonl", "--out", tmp_path / "shards", "--store", "faces",
                      "--face-size", "48", "--face-crf", "20", "--face-gop", "2", "--detect-every", "32",
-                     "--no-face", "skip", "--json", "--quiet")
+                     "--no-face", "skip", "--min-track-share", "0.5", "--min-track-score", "0.9", "--json", "--quiet")
     assert result.returncode == 0, result.stderr
     index = json.loads(result.stdout)
     assert index["totals"]["samples"] == 1 and index["options"]["face_clips"]["crf"] == 20
+    tracks = index["options"]["face_clips"]["tracks"]  # in the plan hash: other thresholds rewrite the shards
+    assert (tracks["min_share"], tracks["min_score"]) == (0.5, 0.9)
     assert [(item["key"], item["reason"]) for item in index["skipped"]] == [("plain", "no-face")]
     meta = json.loads(read_samples(tmp_path / "shards")["real469"]["json"])
     assert meta["encode"]["gop"] == 2 and meta["width"] == 48
@@ -179,3 +185,42 @@ def test_a_one_frame_video_with_a_face_is_stored_as_its_face_clip(tmp_path, fixt
     (detection,) = track["detections"]
     assert detection[0] == 0 and detection[5] > 0.99
     assert probe(sample["mp4"])["frames"] == 1
+
+
+def test_shard_progress_counts_frames_within_each_video(tmp_path):
+    # two workers: the frames are counted in the worker processes and shown by the main one
+    no_face_clip(tmp_path / "plain.mp4")
+    no_face_clip(tmp_path / "plain2.mp4", frames=24)
+    rows = [row("plain", tmp_path, "plain.mp4", 0, "plain", "train"),
+            row("plain2", tmp_path, "plain2.mp4", 1, "plain2", "train")]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(item) + "\n" for item in rows))
+    result = run_cli("shard", "--manifest", tmp_path / "m.jsonl", "--out", tmp_path / "shards", "--store", "faces",
+                     "--face-size", "32", "--detect-every", "8", "--workers", "2")
+    assert result.returncode == 0, result.stderr
+    assert "train-000000.tar, frames: 64 scanned for faces, 64 encoded" in result.stderr, result.stderr[-2000:]
+    assert "2/2" in result.stderr and not (tmp_path / "shards/.parts").exists()
+
+
+def test_preview_draws_any_track_of_a_face_clip_sample(face_shards, tmp_path):
+    shards, _, _, _ = face_shards
+    shard = shards / "val-000000.tar"
+    tracks = json.loads(read_samples(shards)["real585"]["json"])["tracks"]
+    drawn = {}
+    for number, args in ((1, ["--key", "real585.track1"]), (1, ["--key", "real585", "--track", "1"]),
+                         (0, ["--key", "real585"])):
+        out = tmp_path / f"{len(drawn)}.png"
+        result = run_cli("preview", shard, *args, "--frames", "4", "--out", out, "--json")
+        assert result.returncode == 0, result.stderr
+        summary = json.loads(result.stdout)
+        assert (summary["key"], summary["track"], summary["frames"]) == ("real585", number, tracks[number]["frames"])
+        drawn[tuple(args)] = out.read_bytes()
+    assert drawn[("--key", "real585.track1")] == drawn[("--key", "real585", "--track", "1")]
+    assert drawn[("--key", "real585.track1")] != drawn[("--key", "real585")]
+    # a track the sample does not have: one line naming the sample and its tracks
+    missing = run_cli("preview", shard, "--key", "real585.track2", "--out", tmp_path / "x.png")
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1, missing.stderr
+    assert "sample real585 has 2 face track(s) (0-1), no track 2" in missing.stderr
+    with pytest.raises(DfdError, match="sample plain2 has 1 face track"):
+        preview(shard, tmp_path / "y.png", 4, key="plain2", track=1)
+    with pytest.raises(DfdError, match="names track 1 and --track 0"):
+        preview(shard, tmp_path / "y.png", 4, key="real585.track1", track=0)

@@ -200,3 +200,13 @@ def test_parameter_counts():
 
     # the default transformer (d_model 256, 2 layers) is small: about a million parameters
     assert 0.5e6 < count_parameters(build_head("transformer", FEATURES)) < 2e6
+
+
+def test_every_head_says_what_its_per_position_scores_are():
+    """Outputs name a head's per-position scores by its kind (frame_scores, step_scores, token_scores)."""
+    from dfdtrain.models.heads import SCORE_KINDS, score_kind
+
+    kinds = {name: score_kind(name) for name in HEADS.names()}
+    assert set(kinds.values()) <= set(SCORE_KINDS)
+    assert kinds["gru"] == kinds["lstm"] == "step" and kinds["transformer"] == "token"
+    assert all(kinds[name] == "frame" for name in ("mean", "max", "attention", "dense", "se"))

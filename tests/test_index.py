@@ -70,6 +70,25 @@ def test_dfdc_generated_tree_groups_test_csv_and_unlabelled(tmp_path):
     assert reasons == {("dfdc_train_part_3/gone.mp4", "missing file"), ("dfdc_train_part_3/stray.mp4", "no label"),
                        ("test/t9.mp4", "missing file")}
     assert_no_leakage(rows.values())
+    assert summary["split_source"] == {"kind": "official", "path": str(tmp_path.resolve() / "test/labels.csv"),
+                                       "seed": 0, "official_videos": 2, "random_groups": 2}
+
+
+def test_dfdc_video_in_a_folder_without_metadata_is_listed_unlabelled(tmp_path, fixtures):
+    shutil.copytree(fixtures / "dfdc/dfdc_train_part_0", tmp_path / "dfdc/dfdc_train_part_0")
+    place_video(tmp_path / "dfdc/dfdc_train_part_7/stray.mp4")  # a part folder whose metadata.json is absent
+    result = run_cli("index", "--dataset", "dfdc", "--root", tmp_path / "dfdc", "--out", tmp_path / "d.jsonl",
+                     "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "dfdc_train_part_7/stray.mp4: unlabelled (no metadata.json in dfdc_train_part_7)" in result.stdout
+    # no labels.csv anywhere: the whole split is random, and the line says where the labels were looked for
+    root = (tmp_path / "dfdc").resolve()
+    assert f"split: seeded random by group (seed 0) because no official test labels.csv was found under {root}" \
+        in result.stdout.splitlines()
+    summary = read_json(str(tmp_path / "d.jsonl") + ".summary.json")
+    assert summary["skipped_by_reason"] == {"missing file": 1, "unlabelled": 1}
+    assert summary["split_source"]["kind"] == "random-by-group"
+    assert [row["path"] for row in read_jsonl(tmp_path / "d.jsonl")] == ["dfdc_train_part_0/brtujopkby.mp4"]
 
 
 # -------------------------------------------------------------------------------------------- Celeb-DF
@@ -120,9 +139,30 @@ def test_celebdf_generated_tree_official_test_and_leakage_policies(tmp_path, fix
         summary["leaking_groups"]["celebdf:id0"] == ["test", "val"]
     assert by_path(reported)["Celeb-real/id0_0099.mp4"]["leak"] is True
 
-    ignored, _ = build_manifest("celebdf", tmp_path, IndexOptions(official_splits=False), progress=False)
+    listed = str(tmp_path.resolve() / "List_of_testing_videos.txt")
+    assert summary["split_source"] == {"kind": "official", "path": listed, "seed": 0, "official_videos": 40,
+                                       "random_groups": 3}
+
+    ignored, summary = build_manifest("celebdf", tmp_path, IndexOptions(official_splits=False), progress=False)
     assert len(ignored) == 45
     assert_no_leakage(ignored)
+    assert summary["split_source"]["kind"] == "random-by-group" and summary["split_source"]["official_videos"] == 0
+    assert summary["split_source"]["reason"] == "--no-official-splits was given"
+
+
+def test_celebdf_without_its_test_list_says_so(tmp_path):
+    place_video(tmp_path / "Celeb-real/id59_0001.mp4")
+    place_video(tmp_path / "Celeb-synthesis/id59_id3_0001.mp4")
+    place_video(tmp_path / "YouTube-real/00170.mp4")
+    result = run_cli("index", "--dataset", "celebdf", "--root", tmp_path, "--out", tmp_path / "c.jsonl", "--quiet",
+                     "--val-fraction", "0.3", "--test-fraction", "0.3")
+    assert result.returncode == 0, result.stderr
+    listed = tmp_path.resolve() / "List_of_testing_videos.txt"
+    assert f"split: seeded random by group (seed 0) because the official test list was not found at {listed}" \
+        in result.stdout.splitlines()
+    source = read_json(str(tmp_path / "c.jsonl") + ".summary.json")["split_source"]
+    assert source == {"kind": "random-by-group", "path": str(listed), "seed": 0, "official_videos": 0,
+                      "random_groups": 2, "reason": f"the official test list was not found at {listed}"}
 
 
 def test_celebdf_missing_listed_files_are_counted(tmp_path, fixtures):
@@ -185,6 +225,28 @@ def test_ffpp_generated_tree_pair_order_is_arbitrary(tmp_path, fixtures):
     assert_no_leakage(rows.values())
 
 
+def test_ffpp_cli_says_which_split_source_was_used(tmp_path, fixtures):
+    lists = fixtures / "labels/ffpp"
+    official = run_cli("index", "--dataset", "ffpp", "--root", fixtures / "ffpp", "--out", tmp_path / "o.jsonl",
+                       "--quiet", "--ffpp-splits", lists, "--workers", "2")
+    assert official.returncode == 0, official.stderr
+    assert f"split: official lists at {lists} (30 videos); the other 4 groups split at random (seed 0)" in \
+        official.stdout.splitlines()
+    assert read_json(str(tmp_path / "o.jsonl") + ".summary.json")["split_source"] == {
+        "kind": "official", "path": str(lists), "seed": 0, "official_videos": 30, "random_groups": 4}
+
+    # the fixture tree holds no train.json: the split is random, and the line names both places looked at
+    guessed = run_cli("index", "--dataset", "ffpp", "--root", fixtures / "ffpp", "--out", tmp_path / "r.jsonl",
+                      "--quiet", "--workers", "2", "--seed", "5", "--json")
+    assert guessed.returncode == 0, guessed.stderr
+    root = (fixtures / "ffpp").resolve()
+    source = json.loads(guessed.stdout)["split_source"]
+    assert source == {"kind": "random-by-group", "path": str(root / "splits"), "seed": 5, "official_videos": 0,
+                      "random_groups": 7, "reason": "the official lists were not found at "
+                                                    f"{root}/splits/train.json or {root}/train.json"}
+    assert read_json(str(tmp_path / "r.jsonl") + ".summary.json")["split_source"] == source
+
+
 # ---------------------------------------------------------------------------------------------- folder
 def test_folder_layout_persons_images_and_non_media(tmp_path):
     from PIL import Image
@@ -202,9 +264,60 @@ def test_folder_layout_persons_images_and_non_media(tmp_path):
     still = rows["fake/bob/still.png"]
     assert (still["frames"], still["width"], still["height"], still["label"]) == (1, 40, 30, 1)
     assert summary["skipped"] == [{"path": "fake/notes.txt", "reason": "not a video", "detail": "unknown file extension"}]
+    assert summary["split_source"]["kind"] == "random-by-group" and summary["split_source"]["path"] is None
 
     regex_rows = by_path(build_manifest("folder", tmp_path, IndexOptions(group_regex=r"/(\w)"), progress=False)[0])
     assert regex_rows["real/alice/a.mp4"]["group"] == "folder:a"
+
+
+def test_folder_name_names_rows_keys_and_groups(tmp_path):
+    for name in ("studio", "street"):  # two folder sets with the same layout and person names
+        place_video(tmp_path / name / "real/alice/a.mp4")
+        place_video(tmp_path / name / "fake/alice/a_swap.mp4")
+    manifests = {}
+    for name in ("studio", "street"):
+        result = run_cli("index", "--dataset", "folder", "--root", tmp_path / name, "--out", tmp_path / f"{name}.jsonl",
+                         "--name", name, "--quiet", "--val-fraction", "0", "--test-fraction", "0")
+        assert result.returncode == 0, result.stderr
+        assert f"train  {name:<9}       1       1" in result.stdout.splitlines()
+        manifests[name] = by_path(read_jsonl(tmp_path / f"{name}.jsonl"))
+    studio = manifests["studio"]["real/alice/a.mp4"]
+    assert (studio["dataset"], studio["key"], studio["group"]) == ("studio", "studio_real_alice_a", "studio:alice")
+    keys = [{row["key"] for row in rows.values()} for rows in manifests.values()]
+    groups = [{row["group"] for row in rows.values()} for rows in manifests.values()]
+    assert not keys[0] & keys[1] and not groups[0] & groups[1]
+    assert by_path(build_manifest("folder", tmp_path / "studio", progress=False)[0])["real/alice/a.mp4"]["key"] == \
+        "folder_real_alice_a"  # without a name: as before
+
+
+def test_small_dataset_gets_a_group_in_every_requested_split(tmp_path):
+    for person in ("p1", "p2", "p3"):
+        place_video(tmp_path / f"data/real/{person}/a.mp4")
+        place_video(tmp_path / f"data/fake/{person}/a.mp4")
+    # 10% of 3 groups rounds to none: val and test still get one group each, train keeps one
+    result = run_cli("index", "--dataset", "folder", "--root", tmp_path / "data", "--out", tmp_path / "m.jsonl",
+                     "--quiet")
+    assert result.returncode == 0, result.stderr
+    rows = read_jsonl(tmp_path / "m.jsonl")
+    assert collections.Counter(row["split"] for row in rows) == {"train": 2, "val": 2, "test": 2}
+    assert_no_leakage(rows)
+    assert "warning" not in result.stdout
+    assert read_json(str(tmp_path / "m.jsonl") + ".summary.json")["empty_splits"] == []
+
+    # 2 groups: train keeps one, val gets the other, test none: one warning line, recorded in the summary
+    shutil.rmtree(tmp_path / "data/real/p3")
+    shutil.rmtree(tmp_path / "data/fake/p3")
+    result = run_cli("index", "--dataset", "folder", "--root", tmp_path / "data", "--out", tmp_path / "m.jsonl",
+                     "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert {row["split"] for row in read_jsonl(tmp_path / "m.jsonl")} == {"train", "val"}
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("warning")]
+    assert warnings == ["warning: no videos in test: 2 group(s) to split are too few to give every requested split "
+                        "one (see --val-fraction, --test-fraction)"]
+    assert read_json(str(tmp_path / "m.jsonl") + ".summary.json")["empty_splits"] == ["test"]
+    as_json = run_cli("index", "--dataset", "folder", "--root", tmp_path / "data", "--out", tmp_path / "j.jsonl",
+                      "--quiet", "--json")
+    assert json.loads(as_json.stdout)["empty_splits"] == ["test"] and warnings[0] in as_json.stderr
 
 
 def test_bad_videos_are_skipped_with_reasons(tmp_path):
@@ -252,7 +365,7 @@ def test_group_splits_never_leak_and_stay_stratified():
                 rows.append({"group": f"g{group}", "label": int(rng.random() < 0.7), "split": None})
         assign_splits(rows, {"train": 0.8, "val": 0.1, "test": 0.1}, seed=seed)
         assert_no_leakage(rows)
-        assert {row["split"] for row in rows} <= {"train", "val", "test"}
+        assert {row["split"] for row in rows} == {"train", "val", "test"}  # >= 3 groups: none left empty
     # with many small groups, each split gets close to its share of each label
     rows = [{"group": f"g{i // 2}", "label": int(i % 10 < 3), "split": None} for i in range(2000)]
     assign_splits(rows, {"train": 0.8, "val": 0.1, "test": 0.1}, seed=1)
@@ -260,6 +373,20 @@ def test_group_splits_never_leak_and_stay_stratified():
         for label, total in ((0, 1400), (1, 600)):
             count = sum(row["split"] == split and row["label"] == label for row in rows)
             assert abs(count - share * total) <= 0.02 * total, (split, label, count)
+
+
+def test_official_rows_stay_and_only_an_empty_split_takes_a_group():
+    # FF++-like: official train and val, no official test; two unlisted groups: test gets the smaller one
+    rows = [{"group": "pair", "label": label, "split": split} for label, split in ((0, "train"), (1, "train"))]
+    rows += [{"group": "listed-val", "label": 0, "split": "val"}]
+    rows += [{"group": "big", "label": label, "split": None} for label in (0, 0, 1)]
+    rows += [{"group": "small", "label": 0, "split": None}]
+    assign_splits(rows, {"train": 0.8, "val": 0.1, "test": 0.1}, seed=0)
+    assert [row["split"] for row in rows[:3]] == ["train", "train", "val"]
+    assert {row["split"] for row in rows if row["group"] == "small"} == {"test"}
+    assert_no_leakage(rows)
+    lonely = [{"group": "only", "label": 0, "split": None}]  # one group: nothing to spare
+    assert [row["split"] for row in assign_splits(lonely, {"train": 0.8, "val": 0.2})] == ["train"]
 
 
 def test_split_is_deterministic_by_seed():
@@ -299,6 +426,9 @@ def test_index_cli_writes_manifest_summary_and_json(tmp_path, fixtures):
     (["--dataset", "dfdc", "--root", "/no/such/folder", "--out", "x.jsonl"], "/no/such/folder"),
     (["--dataset", "folder", "--root", "."], "--out"),
     (["--dataset", "dfdc", "--root", ".", "--out", "x.jsonl", "--val-fraction", "1.5"], "--val-fraction"),
+    (["--dataset", "folder", "--root", ".", "--out", "x.jsonl", "--name", "my set"], "short identifier"),
+    (["--dataset", "folder", "--root", ".", "--out", "x.jsonl", "--name", "my_set"], "short identifier"),
+    (["--dataset", "dfdc", "--root", ".", "--out", "x.jsonl", "--name", "mine"], "--name applies to --dataset folder"),
 ])
 def test_index_cli_bad_arguments_exit_2_with_one_line(tmp_path, args, message):
     result = run_cli("index", *args, cwd=tmp_path)

@@ -134,7 +134,7 @@ def test_a_second_run_on_a_live_run_directory_is_refused_and_a_stale_lock_is_tak
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (f"{run_dir}: took over a stale lock of 'train' (pid {dead.pid} on {socket.gethostname()}: process "
             f"{dead.pid} is not running)") in resumed.stdout
-    assert "resuming" in resumed.stdout and not (run_dir / ".dfdtrain.lock").exists()
+    assert "training is complete (2/2 epochs" in resumed.stdout and not (run_dir / ".dfdtrain.lock").exists()
     assert metrics_rows(run_dir) == rows  # nothing left to train: nothing written twice
 
 
@@ -173,7 +173,7 @@ def test_a_crashed_saves_leftovers_are_cleared_before_resuming(tmp_path, small_s
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (f"{run_dir}: cleaned what a crash left in checkpoints/: removed .old-best; restored last from .old-last; "
             "removed .tmp-best; removed .tmp-last; latest named '.tmp-last', now 'last'") in resumed.stdout
-    assert "resuming" in resumed.stdout
+    assert "training is complete (1/1 epochs" in resumed.stdout
     assert sorted(path.name for path in checkpoints.iterdir() if path.name.startswith(".")) == []
     assert (checkpoints / "latest").read_text() == "last"
     # DeepSpeed's own tool finds the checkpoint through `latest`

@@ -60,6 +60,32 @@ def test_no_detection_gives_no_track():
     assert build_tracks([0, 4, 8], [[], [], []], TrackOptions()) == []
 
 
+def test_short_or_unsure_tracks_are_dropped_as_false_faces():
+    frames = detection_frames(300, 4)
+    detections = []
+    for frame in frames:
+        faces = [moving(frame, 10, size=200, score=0.999), moving(frame, 600, size=60, score=0.92)]  # a face, a poster
+        if frame in (100, 104, 108):  # a 9-frame box over a shadow, sure enough for MTCNN's 0.9 threshold
+            faces.append([900.0, 400.0, 1100.0, 600.0, 0.99])
+        detections.append(faces)
+    kept = build_tracks(frames, detections, TrackOptions(max_tracks=3))
+    assert len(kept) == 1 and kept[0]["source_frames"] == list(range(300)) and kept[0]["score"] == 0.999
+    # the thresholds are options: without them all three are kept, the shadow as long as it was seen
+    everything = build_tracks(frames, detections, TrackOptions(max_tracks=3, min_share=0, min_score=0))
+    assert sorted(len(track["source_frames"]) for track in everything) == [9, 300, 300]
+    assert len(build_tracks(frames, detections, TrackOptions(max_tracks=3, min_share=0.03))) == 2  # 9/300 = 0.03
+    # the share is of the whole video: a second face over its last 40% is kept, not in a 1,000-frame video
+    late = [faces[:1] + ([moving(frame, 600, size=60)] if frame >= 180 else [])
+            for frame, faces in zip(frames, detections)]
+    assert [track["source_frames"][0] for track in build_tracks(frames, late, TrackOptions(max_tracks=2))] == [0, 180]
+    assert len(build_tracks(frames, late, TrackOptions(max_tracks=2), frame_count=1000)) == 1
+    # the heaviest track is kept however short or unsure: a face MTCNN barely sees still beats a centre crop
+    barely = [[[900.0, 400.0, 1100.0, 600.0, 0.92]] if frame in (100, 104, 108) else [] for frame in frames]
+    assert [len(track["source_frames"]) for track in build_tracks(frames, barely)] == [9]
+    with pytest.raises(ValueError, match="min_share"):
+        TrackOptions(min_share=1.5)
+
+
 # ------------------------------------------------------------------------------------------ real videos
 def detect_every_frame_of(detector, data, frame_count, every):
     """(detection frames, boxes): the detector on every ``every``-th frame, decoded with the pyav backend."""
@@ -112,6 +138,10 @@ def test_two_people_give_two_tracks_when_asked(fixtures, detector):
     detected = detect_every_frame_of(detector, data, frame_count, 8)
     assert len(build_tracks(*detected, TrackOptions(detect_every=8, max_tracks=1))) == 1
     tracks = build_tracks(*detected, TrackOptions(detect_every=8, max_tracks=2))
+    # a third "face", boxed on 3 detection frames over 49 frames at a mean 0.92, is no track
+    assert len(build_tracks(*detected, TrackOptions(detect_every=8, max_tracks=3, min_share=0, min_score=0))) == 3
+    assert [track["source_frames"] for track in build_tracks(*detected, TrackOptions(detect_every=8, max_tracks=3))] \
+        == [track["source_frames"] for track in tracks]
     assert [track["id"] for track in tracks] == [0, 1]
     main, background = tracks
     def side(track):

@@ -32,7 +32,7 @@ def add_arguments(parser):
 def run(args):
     from dfdtrain.engine.distributed import cleanup, init_distributed
     from dfdtrain.errors import DfdError
-    from dfdtrain.evaluation import resolve_checkpoint, run_evaluation
+    from dfdtrain.evaluation import format_breakdown, resolve_checkpoint, run_evaluation
     from dfdtrain.metrics import format_metrics_table
 
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
@@ -58,6 +58,7 @@ def run(args):
         print()
     else:
         print(format_metrics_table(metrics))
+        print(format_breakdown(metrics["breakdown"]) if "breakdown" in metrics else metrics["breakdown_note"])
         accounting = metrics["accounting"]
         print(f"loss {metrics['loss']:.4f}; {accounting['scored']} of the {accounting['promised']} videos index.json "
               f"promises scored ({accounting['skipped']} skipped, {accounting['missing']} missing); wrote "

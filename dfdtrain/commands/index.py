@@ -4,7 +4,7 @@ import json
 import sys
 
 from dfdtrain.data.datasets import DATASETS, IndexOptions
-from dfdtrain.data.index import build_manifest, format_summary, summary_path, write_manifest
+from dfdtrain.data.index import build_manifest, format_summary, split_warning, summary_path, write_manifest
 from dfdtrain.data.splits import LEAKAGE_POLICIES
 from dfdtrain.errors import DfdError
 
@@ -31,6 +31,8 @@ def add_arguments(parser):
     parser.add_argument("--celebdf-group-by", choices=("identity", "video"), default="identity",
                         help="Celeb-DF leakage group: identity (default) or source video")
     parser.add_argument("--group-regex", help="folder: group = first capture group of this regex on the path")
+    parser.add_argument("--name", help="folder: the rows' dataset name and key prefix, a short identifier "
+                                       "(default: folder)")
     parser.add_argument("--workers", type=int, default=1, help="probe processes (default 1)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -39,10 +41,12 @@ def add_arguments(parser):
 def run(args):
     if not 0 <= args.val_fraction < 1 or not 0 <= args.test_fraction < 1 or args.val_fraction + args.test_fraction >= 1:
         raise DfdError("--val-fraction and --test-fraction must be in [0, 1) and sum to less than 1")
+    if args.name is not None and args.dataset != "folder":
+        raise DfdError(f"--name applies to --dataset folder only ({args.dataset} rows are named {args.dataset})")
     options = IndexOptions(
         official_splits=not args.no_official_splits, ffpp_splits=args.ffpp_splits,
         celebdf_test_list=args.celebdf_test_list, celebdf_group_by=args.celebdf_group_by,
-        compressions=tuple(args.compression or ()), group_regex=args.group_regex)
+        compressions=tuple(args.compression or ()), group_regex=args.group_regex, name=args.name)
     rows, summary = build_manifest(args.dataset, args.root, options, val_fraction=args.val_fraction,
                                    test_fraction=args.test_fraction, seed=args.seed, leakage=args.leakage,
                                    workers=max(1, args.workers), progress=not args.quiet)
@@ -54,6 +58,8 @@ def run(args):
     if args.json:
         json.dump(summary, sys.stdout, indent=2)
         print()
+        if split_warning(summary):  # stdout is the JSON alone: the warning still reaches the user
+            print(split_warning(summary), file=sys.stderr)
     else:
         print(format_summary(summary))
         print(f"wrote {args.out} and {summary_path(args.out)}")

@@ -12,7 +12,10 @@ def add_arguments(parser):
     parser.add_argument("source", help="a video file, or a shard .tar (first sample, or --key)")
     parser.add_argument("--out", required=True, help="PNG file to write")
     parser.add_argument("--frames", type=int, default=16, help="frames to sample (default 16)")
-    parser.add_argument("--key", help="sample key inside a shard (default: the first sample)")
+    parser.add_argument("--key", help="sample key inside a shard (default: the first sample); KEY.track1 for a "
+                                      "face-clip sample's second track")
+    parser.add_argument("--track", type=int, default=None,
+                        help="the face track of a face-clip sample to draw (default 0, the first)")
     parser.add_argument("--faces", choices=("none", "mtcnn"), default="none",
                         help="detect faces when the source has no stored boxes (default none: centre crop)")
     parser.add_argument("--crop", choices=choices(ClipSpec, "crop"), default="face", help="crop mode (default face)")
@@ -28,6 +31,9 @@ def run(args):
         raise DfdError("--frames must be at least 1")
     if not args.out.lower().endswith(".png"):
         raise DfdError(f"--out {args.out}: expected a .png file name")
-    result = preview(args.source, args.out, args.frames, args.key, args.faces, args.margin, args.crop, args.decoder)
-    print(json.dumps(result) if args.json else f"wrote {result['out']} ({result['sampled']} frames of {result['key']})")
+    result = preview(args.source, args.out, args.frames, args.key, args.faces, args.margin, args.crop, args.decoder,
+                     track=args.track)
+    track = f" track {result['track']}" if result["track"] is not None else ""
+    print(json.dumps(result) if args.json else
+          f"wrote {result['out']} ({result['sampled']} frames of {result['key']}{track})")
     return 0

@@ -6,7 +6,9 @@ import sys
 from dfdtrain.data.shard import DEFAULT_TARGET_BYTES, STORES, format_index, write_shards
 from dfdtrain.errors import DfdError
 
-HELP = "write WebDataset tar shards (<split>-%%06d.tar) of the original videos or their face clips from a manifest"
+# no "%" here: argparse %-formats a subcommand's help (in 'dfdtrain --help') but not its description (in
+# 'dfdtrain shard --help'), so no spelling of a printf pattern reads right in both
+HELP = "write WebDataset tar shards (<split>-NNNNNN.tar) of the original videos or their face clips from a manifest"
 _UNITS = {"k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 
 
@@ -42,7 +44,8 @@ def add_arguments(parser):
     faces = parser.add_argument_group("face-clip store (--store faces)")
     faces.add_argument("--store", choices=STORES, default="original",
                        help="original: the video's bytes, untouched (default); faces: each face track cropped to a "
-                            "square and re-encoded as a short-GOP clip (about 10x faster sampled decoding)")
+                            "square and re-encoded as a short-GOP clip (sampled decoding ~20x faster, as measured "
+                            "in the README)")
     faces.add_argument("--face-size", type=int, default=clip_defaults.size,
                        help=f"clip side in pixels, e.g. the backbone's input size (default {clip_defaults.size})")
     faces.add_argument("--face-codec", choices=tuple(CLIP_CODECS), default=clip_defaults.codec,
@@ -60,6 +63,12 @@ def add_arguments(parser):
                        help=f"run the face detector on every N-th frame (default {track_defaults.detect_every})")
     faces.add_argument("--max-tracks", type=int, default=track_defaults.max_tracks,
                        help=f"face tracks (people) kept per video, largest first (default {track_defaults.max_tracks})")
+    faces.add_argument("--min-track-share", type=float, default=track_defaults.min_share,
+                       help="drop a second or later face track spanning less than this share of the video, "
+                            f"mostly a false face (default {track_defaults.min_share})")
+    faces.add_argument("--min-track-score", type=float, default=track_defaults.min_score,
+                       help="drop a second or later face track whose detections score less than this on "
+                            f"average, mostly a false face (default {track_defaults.min_score})")
     faces.add_argument("--no-face", choices=NO_FACE_POLICIES, default=clip_defaults.no_face,
                        help="a video without a face track: keep a centre-square clip (default) or skip it")
 
@@ -69,7 +78,8 @@ def face_clip_options(args):
     from dfdtrain.data.tracks import TrackOptions
 
     try:
-        tracks = TrackOptions(detect_every=args.detect_every, max_tracks=args.max_tracks, margin=args.face_margin)
+        tracks = TrackOptions(detect_every=args.detect_every, max_tracks=args.max_tracks, margin=args.face_margin,
+                              min_share=args.min_track_share, min_score=args.min_track_score)
         return FaceClipOptions(size=args.face_size, codec=args.face_codec, crf=args.face_crf, gop=args.face_gop,
                                pix_fmt=args.face_pix_fmt, no_face=args.no_face, tracks=tracks)
     except ValueError as error:

@@ -20,16 +20,18 @@ def add_arguments(parser):
 
 def run(args):
     from dfdtrain.config import load_config
+    from dfdtrain.engine.run_logger import format_number
     from dfdtrain.engine.trainer import Trainer
 
     config = load_config(args.config, args.overrides)
-    report = Trainer(config, progress=not args.quiet).train(resume=args.resume)
+    trainer = Trainer(config, progress=not args.quiet)
+    report = trainer.train(resume=args.resume)
     if report is not None:
         if args.json:
             print(json.dumps(report, indent=2))
-        else:
+        elif not trainer.complete:  # a finished run said so in its one line
             video = report["val"]["video"]
             print(f"done: {report['epochs_run']} epochs, {report['steps']} steps on {report['world_size']} "
-                  f"process(es) with {report['engine']}; best val video AUC {video.get('auc')} "
+                  f"process(es) with {report['engine']}; best val video AUC {format_number(video.get('auc'))} "
                   f"(epoch {report['best_epoch']}); checkpoint {report['checkpoint']}")
     return 0

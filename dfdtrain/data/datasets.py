@@ -29,14 +29,17 @@ class IndexOptions:
     celebdf_group_by: str = "identity"  # "identity" or "video" (a fake joins the real clip it came from)
     compressions: tuple = ()  # FF++: keep only these (raw, c23, c40); empty = all found
     group_regex: str = None  # folder: group = first capture group of this regex on the relative path
+    name: str = None  # folder: the rows' dataset name and key prefix (default "folder")
 
 
 @dataclasses.dataclass
 class Found:
-    """What an indexer found: entries (dicts, one per video) and skipped (dicts with path, reason)."""
+    """What an indexer found: entries (dicts, one per video), skipped (dicts with path, reason) and where the
+    official splits came from (official_split / random_split)."""
 
     entries: list = dataclasses.field(default_factory=list)
     skipped: list = dataclasses.field(default_factory=list)
+    split_source: dict = None
 
     def add(self, root, path, label, dataset, group, split=None, key_parts=None, **extra):
         """key_parts: what names the video within the dataset (default: its relative path)."""
@@ -51,6 +54,17 @@ class Found:
         path = Path(path)
         shown = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
         self.skipped.append({"path": shown, "reason": reason, "detail": detail})
+
+
+def official_split(path):
+    """The official split lists were read from ``path``."""
+    return {"kind": "official", "path": str(path)}
+
+
+def random_split(path, reason):
+    """No official split used: every group is split at random (seeded). ``path``: where the lists were looked for;
+    ``reason``: why they were not used, completing "split at random by group because ..."."""
+    return {"kind": "random-by-group", "path": None if path is None else str(path), "reason": reason}
 
 
 def make_key(*parts):
@@ -85,6 +99,14 @@ def index_dfdc(root, options):
     label_csvs = sorted(root.rglob("labels.csv"))
     if not metadata_files and not label_csvs:
         raise DfdError(f"{root}: no DFDC metadata.json or labels.csv under this folder")
+    csv_paths = ", ".join(str(path) for path in label_csvs)
+    if not label_csvs:
+        found.split_source = random_split(root / "**" / "labels.csv",
+                                          f"no official test labels.csv was found under {root}")
+    elif not options.official_splits:
+        found.split_source = random_split(csv_paths, f"--no-official-splits was given (ignored {csv_paths})")
+    else:
+        found.split_source = official_split(csv_paths)
     for metadata_path in metadata_files:
         folder = metadata_path.parent
         try:
@@ -132,6 +154,14 @@ def index_dfdc(root, options):
                       key_parts=[Path(name).stem], part=folder.name)
         for name in sorted(set(on_disk) - set(labelled)):
             found.skip(root, on_disk[name], "no label", f"not in {csv_path.relative_to(root)}")
+    # A video in a folder without metadata.json (and not under a labels.csv) has no label: list it, not drop it.
+    metadata_folders = {path.parent for path in metadata_files}
+    csv_folders = [path.parent for path in label_csvs]
+    for path in _media_files(root):
+        if path.parent in metadata_folders or any(path.is_relative_to(folder) for folder in csv_folders):
+            continue
+        folder = path.parent.relative_to(root).as_posix() if path.parent != root else str(root)
+        found.skip(root, path, "unlabelled", f"no metadata.json in {folder}")
     return found
 
 
@@ -173,11 +203,16 @@ def index_celebdf(root, options):
     if options.celebdf_group_by not in ("identity", "video"):
         raise DfdError(f"celebdf group_by must be 'identity' or 'video', not {options.celebdf_group_by!r}")
     test_list_path = Path(options.celebdf_test_list or root / "List_of_testing_videos.txt")
-    test_list = {}
-    if options.official_splits and test_list_path.is_file():
-        test_list = read_celebdf_test_list(test_list_path)
-    elif options.celebdf_test_list:
+    if options.celebdf_test_list and not test_list_path.is_file():
         raise DfdError(f"{test_list_path}: test list not found")
+    test_list = {}
+    if not options.official_splits:
+        found.split_source = random_split(test_list_path, "--no-official-splits was given")
+    elif test_list_path.is_file():
+        test_list = read_celebdf_test_list(test_list_path)
+        found.split_source = official_split(test_list_path)
+    else:
+        found.split_source = random_split(test_list_path, f"the official test list was not found at {test_list_path}")
     seen = set()
     for folder, label in CELEBDF_FOLDERS.items():
         for path in _media_files(root / folder):
@@ -271,11 +306,19 @@ def index_ffpp(root, options):
     found = Found()
     if not (root / "original_sequences").is_dir() and not (root / "manipulated_sequences").is_dir():
         raise DfdError(f"{root}: no original_sequences or manipulated_sequences folder under this folder")
-    split_folder = options.ffpp_splits or next(
-        (folder for folder in (root / "splits", root) if (folder / "train.json").is_file()), None)
-    if options.ffpp_splits and not (Path(options.ffpp_splits) / "train.json").is_file():
+    looked_at = [Path(options.ffpp_splits)] if options.ffpp_splits else [root / "splits", root]
+    split_folder = next((folder for folder in looked_at if (folder / "train.json").is_file()), None)
+    if options.ffpp_splits and split_folder is None:
         raise DfdError(f"{options.ffpp_splits}: no train.json (FF++ split files) in this folder")
-    official_pairs = read_ffpp_splits(split_folder) if split_folder and options.official_splits else []
+    official_pairs = []
+    if not options.official_splits:
+        found.split_source = random_split(split_folder or looked_at[0], "--no-official-splits was given")
+    elif split_folder:
+        official_pairs = read_ffpp_splits(split_folder)
+        found.split_source = official_split(split_folder)
+    else:
+        places = " or ".join(str(folder / "train.json") for folder in looked_at)
+        found.split_source = random_split(looked_at[0], f"the official lists were not found at {places}")
     split_of = {video_id: split for first, second, split in official_pairs for video_id in (first, second)}
     compressions = tuple(options.compressions) or FFPP_COMPRESSIONS
 
@@ -331,9 +374,16 @@ def index_folder(root, options):
 
     Group: the first capture group of `group_regex` on the relative path; else the first sub-folder
     (real/<person>/clip.mp4 -> <person>, so one person's real and fake clips stay together); else the file.
+    The rows' dataset, key prefix and group prefix are ``options.name`` (default "folder"), so two folder sets
+    keep their own names in evaluate's per-dataset breakdown and never share keys or groups.
     """
     root = Path(root)
-    found = Found()
+    name = options.name or "folder"
+    # no "_": make_key joins parts with "_", so a name without one is a key prefix no other name can produce
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]{0,31}", name):
+        raise DfdError(f"dataset name {name!r}: expected a short identifier (a letter, then up to 31 letters, "
+                       "digits or -)")
+    found = Found(split_source=random_split(None, "the folder layout has no official split"))
     label_folders = {folder.name.lower(): folder for folder in root.iterdir() if folder.is_dir()} \
         if root.is_dir() else {}
     if not root.is_dir():
@@ -360,5 +410,5 @@ def index_folder(root, options):
                 group = relative.parts[0]
             else:
                 group = path.stem
-            found.add(root, path, label, "folder", f"folder:{group}")
+            found.add(root, path, label, name, f"{name}:{group}")
     return found

@@ -4,8 +4,9 @@ Why: DFDC and FF++ sources have a keyframe every 250 frames, so 16 sampled frame
 whole video (~0.9 s of CPU for a 1080p DFDC clip). A face track stored as its own clip, ``size`` x ``size``
 pixels with a keyframe every ``gop`` frames and no B-frames, decodes 16 sampled frames from a few short GOPs.
 
-``make_face_clips(data, name, info, detector, options)`` does it for one video, in two decoding passes of the
-source (a 1080p video does not fit in memory decoded):
+``make_face_clips(data, name, info, detector, options, progress)`` does it for one video, in two decoding passes
+of the source (a 1080p video does not fit in memory decoded; ``progress(stage, frames)``, if given, hears of each
+source frame as a pass is done with it, stage "scan" or "encode": a 1080p video takes minutes):
   1. detect faces on every ``tracks.detect_every``-th frame and build tracks (``dfdtrain.data.tracks``);
   2. crop every frame of every kept track to its square window (zero padding outside the frame), resize to
      ``size`` (antialiased bilinear) and feed one encoder per track (PyAV: libx264 in mp4, or libvpx-vp9 in
@@ -108,7 +109,7 @@ def iterate_frames(data, name):
         raise BadVideo(name, "undecodable", str(error)) from None
 
 
-def detect_on_frames(data, name, frame_count, detector, detect_every):
+def detect_on_frames(data, name, frame_count, detector, detect_every, progress=None):
     """(detection frames, boxes found on each): one decoding pass, the detector on every k-th frame."""
     wanted = detection_frames(frame_count, detect_every)
     wanted_set = set(wanted)
@@ -120,6 +121,8 @@ def detect_on_frames(data, name, frame_count, detector, detect_every):
         if len(batch) == DETECTION_BATCH:
             found += zip(batch_frames, detector.detect(np.stack(batch)))
             batch, batch_frames = [], []
+        if progress:
+            progress("scan", 1)
         if position >= wanted[-1]:
             break
     if batch:
@@ -139,14 +142,15 @@ def centre_track(frame_count, width, height):
             "detections": [], "score": 0.0}
 
 
-def find_tracks(data, name, info, detector, options):
+def find_tracks(data, name, info, detector, options, progress=None):
     """The video's face tracks (ranked), or [] when none was found."""
-    frames, detections = detect_on_frames(data, name, info["frames"], detector, options.tracks.detect_every)
+    frames, detections = detect_on_frames(data, name, info["frames"], detector, options.tracks.detect_every,
+                                          progress)
     # A video shorter than min_detections detection frames (a 1-frame clip, a still) cannot reach that many
     # detections: there a face on every detection frame makes the track.
     track_options = dataclasses.replace(options.tracks,
                                         min_detections=min(options.tracks.min_detections, len(frames)))
-    return build_tracks(frames, detections, track_options)
+    return build_tracks(frames, detections, track_options, frame_count=info["frames"])
 
 
 # ------------------------------------------------------------------------------------------- encoding
@@ -217,7 +221,7 @@ def check_clip(clip, name, expected_frames, references):
     return {**result, "frames_compared": len(positions)}
 
 
-def encode_tracks(data, name, info, tracks, options):
+def encode_tracks(data, name, info, tracks, options, progress=None):
     """Crop and encode every track in one decoding pass; returns [(clip bytes, fidelity)] in track order."""
     fps = info.get("fps") or 25
     encoders = [ClipEncoder(options, fps) for _ in tracks]
@@ -237,6 +241,8 @@ def encode_tracks(data, name, info, tracks, options):
             encoders[number].add(crop)
             if clip_position in kept_positions[number]:
                 references[number][clip_position] = crop
+        if progress:
+            progress("encode", 1)
         if source_frame >= last_frame:
             break
     results = []
@@ -260,7 +266,7 @@ class NoFace(Exception):
     """No face track was found and the policy is to skip the video."""
 
 
-def make_face_clips(data, name, info, detector, options):
+def make_face_clips(data, name, info, detector, options, progress=None):
     """(members [(extension, bytes)], json fields) of one video's face-clip sample; NoFace when skipped.
 
     ``info`` is the source's probe (frames, fps, width, height, ...). The json fields replace the probe's
@@ -268,13 +274,13 @@ def make_face_clips(data, name, info, detector, options):
     add ``store``, ``tracks`` (id, member, frames, source_frames, windows, detections, score, bytes, fidelity),
     ``encode``, ``fidelity`` (the tracks' mean) and ``no_face``.
     """
-    tracks = find_tracks(data, name, info, detector, options)
+    tracks = find_tracks(data, name, info, detector, options, progress)
     no_face = not tracks
     if no_face:
         if options.no_face == "skip":
             raise NoFace(name)
         tracks = [centre_track(info["frames"], info["width"], info["height"])]
-    encoded = encode_tracks(data, name, info, tracks, options)
+    encoded = encode_tracks(data, name, info, tracks, options, progress)
     members, track_fields = [], []
     for number, (track, (clip, clip_fidelity)) in enumerate(zip(tracks, encoded)):
         extension = member_extension(options, number)

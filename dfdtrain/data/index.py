@@ -14,8 +14,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from dfdtrain.data.datasets import DATASETS, IndexOptions
-from dfdtrain.data.splits import assign_splits, enforce_no_leakage
+from dfdtrain.data.datasets import DATASETS, IndexOptions, random_split
+from dfdtrain.data.splits import assign_splits, empty_splits, enforce_no_leakage
 from dfdtrain.data.video import probe
 from dfdtrain.errors import BadVideo, DfdError
 from dfdtrain.fileio import write_json, write_jsonl
@@ -86,13 +86,18 @@ def build_manifest(dataset, root, options=None, val_fraction=0.1, test_fraction=
     fractions = {"train": 1.0 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
     if any(entry["split"] == "test" for entry in rows):  # an official test set exists: split the rest
         fractions = {"train": 1.0 - val_fraction, "val": val_fraction}
+    # where the splits come from, said once: a missing split file must not pass for an official split
+    split_source = {**(found.split_source or random_split(None, f"the {dataset} indexer reads no official split")),
+                    "seed": seed, "official_videos": sum(row["split"] is not None for row in rows),
+                    "random_groups": len({row["group"] for row in rows if row["split"] is None})}
     assign_splits(rows, fractions, seed)
     rows, excluded, leaks = enforce_no_leakage(rows, leakage, source=f"{dataset} index of {root}")
     for row in excluded:
         skipped.append({"path": row["path"], "reason": "leaking group",
                         "detail": f"group {row['group']} is also in {'/'.join(leaks[row['group']])}"})
     rows = [_ordered(row) for row in rows]
-    return rows, summarise(rows, skipped, leaks, dataset=dataset, root=str(root))
+    return rows, summarise(rows, skipped, leaks, dataset=dataset, root=str(root), split_source=split_source,
+                           empty_splits=empty_splits(rows, fractions) if rows else [])
 
 
 _ROW_ORDER = ("key", "path", "root", "label", "dataset", "group", "split")
@@ -118,8 +123,12 @@ def summarise(rows, skipped, leaks, **about):
 
 def format_summary(summary):
     """A plain-text table: videos per split x dataset x label, then skipped counts by reason."""
-    lines = [f"{summary['videos']} videos in {summary['groups']} groups from {summary.get('root', '?')}",
-             f"{'split':<6} {'dataset':<9} {'real':>7} {'fake':>7}"]
+    lines = [f"{summary['videos']} videos in {summary['groups']} groups from {summary.get('root', '?')}"]
+    if summary.get("split_source"):
+        lines.append(format_split_source(summary["split_source"]))
+    if split_warning(summary):
+        lines.append(split_warning(summary))
+    lines.append(f"{'split':<6} {'dataset':<9} {'real':>7} {'fake':>7}")
     per = collections.defaultdict(lambda: [0, 0])
     for item in summary["counts"]:
         per[(item["split"], item["dataset"])][item["label"]] += item["videos"]
@@ -136,6 +145,25 @@ def format_summary(summary):
     if summary["leaking_groups"]:
         lines.append(f"leaking groups (reported, kept): {len(summary['leaking_groups'])}")
     return "\n".join(lines)
+
+
+def format_split_source(source):
+    """One line: official split lists (and from where) or a seeded random split by group (and why)."""
+    if source["kind"] != "official":
+        return f"split: seeded random by group (seed {source['seed']}) because {source['reason']}"
+    line = f"split: official lists at {source['path']} ({source['official_videos']} videos)"
+    if source["random_groups"]:
+        line += f"; the other {source['random_groups']} groups split at random (seed {source['seed']})"
+    return line
+
+
+def split_warning(summary):
+    """One line when a split asked for (fraction > 0) ended up without videos, else None."""
+    if not summary.get("empty_splits"):
+        return None
+    return (f"warning: no videos in {' or '.join(summary['empty_splits'])}: "
+            f"{summary['split_source']['random_groups']} group(s) to split are too few to give every requested "
+            "split one (see --val-fraction, --test-fraction)")
 
 
 def summary_path(manifest_path):

@@ -7,11 +7,12 @@ Green = the detected face box, yellow = the crop region (box + margin, squared);
 import io
 import json
 import os
+import re
 
 from PIL import Image, ImageDraw
 
 from dfdtrain.config import ClipSpec, SamplerConfig
-from dfdtrain.data.clips import clip_from_frames, read_sampled_frames, video_member
+from dfdtrain.data.clips import clip_from_frames, read_sampled_frames, track_meta, video_member
 from dfdtrain.data.crops import boxes_for_frames
 from dfdtrain.data.decoders import build_decoder
 from dfdtrain.data.video import probe
@@ -19,13 +20,21 @@ from dfdtrain.errors import DfdError
 
 TILE_HEIGHT = 220
 CROP_SIZE = 128
+# KEY.trackN: a face-clip sample's N-th track, as its tar member is named (a key itself has no dot)
+TRACK_KEY = re.compile(r"^(?P<key>[^.]+)\.track(?P<track>\d+)$")
 
 
-def load_from_shard(shard_path, key=None):
+def load_from_shard(shard_path, key=None, track=None):
     """(video bytes, meta, member name) of sample ``key`` (default: the first) in a shard tar; for a face-clip
-    sample, its first track's clip, with the meta describing that track."""
+    sample, its track ``track`` (default 0; ``key`` may also say it, ``KEY.track1``), with the meta describing
+    that track."""
     from dfdtrain.data.loader import ReadTars
 
+    match = TRACK_KEY.match(key) if key else None
+    if match:
+        if track is not None and track != int(match["track"]):
+            raise DfdError(f"--key {key} names track {match['track']} and --track {track} another")
+        key, track = match["key"], int(match["track"])
     sample = None
     for item in ReadTars.read(os.fspath(shard_path)):
         if "skip" in item:  # the tar broke before a whole sample was found
@@ -44,7 +53,21 @@ def load_from_shard(shard_path, key=None):
         sample["meta"] = json.loads(sample["json"])
     except ValueError as error:
         raise DfdError(f"{shard_path}: sample {key}: its json member is not JSON ({error})") from None
-    meta, field = video_member(sample)
+    meta = sample["meta"]
+    if meta.get("store") != "faces":
+        if track:
+            raise DfdError(f"{shard_path}: sample {key} is not a face-clip sample: it has no track {track}")
+        meta, field = video_member(sample)
+        return sample[field], meta, f"{key}.{field}"
+    tracks = meta.get("tracks") or []
+    track = track or 0
+    if not 0 <= track < len(tracks):
+        raise DfdError(f"{shard_path}: sample {key} has {len(tracks)} face track(s) (0-{len(tracks) - 1}), "
+                       f"no track {track}")
+    meta = track_meta(meta, track)
+    field = meta["track"]["member"]
+    if field not in sample:
+        raise DfdError(f"{shard_path}: sample {key} lacks its track {track} member {field}")
     return sample[field], meta, f"{key}.{field}"
 
 
@@ -76,7 +99,8 @@ def make_contact_sheet(source, meta, num_frames=16, margin=1 / 3, crop="face", d
         faces_note = "face clip (the whole frame)" if meta.get("store") == "faces" else "face boxes from shard/detector"
     else:
         faces_note = "full frame" if crop == "full" else "no face boxes: centre-square crop"
-    draw.text((8, 6), f"{meta.get('key', name)}  label={meta.get('label', '?')}  {width}x{height}  "
+    track = f" track {meta['track_id']}" if "track_id" in meta else ""
+    draw.text((8, 6), f"{meta.get('key', name)}{track}  label={meta.get('label', '?')}  {width}x{height}  "
                       f"{frame_count} frames @ {meta.get('fps', '?')} fps  {meta.get('codec', '')}", fill=(230, 230, 230))
     draw.text((8, 22), f"{len(indices)} sampled frames; {faces_note}; green = face, yellow = crop region, "
                        "* = detected on this frame",
@@ -98,13 +122,19 @@ def make_contact_sheet(source, meta, num_frames=16, margin=1 / 3, crop="face", d
     return sheet
 
 
-def preview(path, out, num_frames=16, key=None, faces="none", margin=1 / 3, crop="face", decoder="pyav"):
-    """Write a contact sheet PNG for a video file or one sample of a shard; returns what was drawn."""
+def preview(path, out, num_frames=16, key=None, faces="none", margin=1 / 3, crop="face", decoder="pyav",
+            track=None):
+    """Write a contact sheet PNG for a video file or one sample of a shard (``track``: a face-clip sample's
+    track, default 0); returns what was drawn."""
     path = os.fspath(path)
     if os.path.isdir(path):
         raise DfdError(f"{path}: a directory; give a video file or a shard .tar (with --key for a sample in it)")
+    if track is not None and track < 0:
+        raise DfdError(f"--track {track}: a track number is 0 or more")
     if path.endswith(".tar"):
-        data, meta, name = load_from_shard(path, key)
+        data, meta, name = load_from_shard(path, key, track)
+    elif track:
+        raise DfdError(f"{path}: --track {track} needs a face-clip shard sample, not a video file")
     else:
         with open(path, "rb") as handle:
             data = handle.read()
@@ -122,5 +152,6 @@ def preview(path, out, num_frames=16, key=None, faces="none", margin=1 / 3, crop
     with atomic_open(out, "wb") as handle:
         handle.write(buffer.getvalue())
     faces_meta = meta.get("faces") or {}
-    return {"source": path, "key": meta.get("key"), "out": os.fspath(out), "frames": meta["frames"],
-            "sampled": num_frames, "face_frames": len([b for b in faces_meta.get("boxes", []) if b])}
+    return {"source": path, "key": meta.get("key"), "track": meta.get("track_id"), "out": os.fspath(out),
+            "frames": meta["frames"], "sampled": num_frames,
+            "face_frames": len([b for b in faces_meta.get("boxes", []) if b])}

@@ -8,8 +8,11 @@ index.json then aggregates the clips' fidelity, and videos skipped for having no
 reason ``no-face``.
 
 The plan (which video goes into which shard) depends only on the manifest, the seed and the target size,
-so a re-run resumes: a shard whose tar and record (``.parts/<shard>.json``) exist with the same plan is
-kept, anything else is (re)written. Tars, DALI indexes, records and index.json are all written atomically.
+so a re-run resumes: a shard whose tar and record exist with the same plan is kept, anything else is
+(re)written. A shard's record is written to ``.parts/<shard>.json`` as the shard is finished (what an interrupted
+run resumes from); a run that finishes writes every record into index.json's shard entries and removes
+``.parts/``, and a later run reads them from there. Tars, DALI indexes, records and index.json are all written
+atomically.
 A run holds the folder's lock (``dfdtrain.locks``) throughout: two runs into one folder would each remove or
 overwrite the other's shards. Under the lock it removes what earlier runs left: temp files of an interrupted
 write, and shards named like ours (``<split>-NNNNNN.tar``) that its plan does not list. Each shard's record
@@ -28,6 +31,7 @@ import os
 import random
 import re
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -116,10 +120,25 @@ def _face_detector(name):
     return _FACE_DETECTOR
 
 
-def _worker_init():
+# Source frames the face-clip work has been through, [scanned for faces, cropped and encoded], added to as each
+# frame is done: a 1080p video takes minutes, and the bar itself only moves per video. A shared array that the
+# workers get from _worker_init (the main process shows it, see _Postfix), or None: not counted.
+_FRAME_COUNTS = None
+_FRAME_STAGES = {"scan": 0, "encode": 1}
+
+
+def _worker_init(frame_counts=None):
+    global _FRAME_COUNTS
     import torch
 
     torch.set_num_threads(1)  # one process per core; threads inside would oversubscribe
+    _FRAME_COUNTS = frame_counts
+
+
+def _count_frames(stage, frames):
+    if _FRAME_COUNTS is not None:
+        with _FRAME_COUNTS.get_lock():
+            _FRAME_COUNTS[_FRAME_STAGES[stage]] += frames
 
 
 def prepare_sample(row, face_detector=None, face_frames=16, face_clips=None):
@@ -142,7 +161,7 @@ def prepare_sample(row, face_detector=None, face_frames=16, face_clips=None):
 
             try:
                 members, fields = make_face_clips(data, path, info, _face_detector(face_detector or "mtcnn"),
-                                                  face_clips)
+                                                  face_clips, progress=_count_frames)
             except NoFace:
                 return {"skip": {"key": row["key"], "path": path, "reason": "no-face",
                                  "detail": "no face track found (--no-face skip)"}}
@@ -250,44 +269,42 @@ def write_shards(manifest, out_dir, target_bytes=DEFAULT_TARGET_BYTES, seed=0, w
 
 def _write_planned(plan, out_dir, options, source, workers, face_detector, face_frames, face_clips, progress, notes):
     """write_shards' work, under the folder's lock: clean up after earlier runs, write what is missing."""
+    global _FRAME_COUNTS
     started = time.time()
     records_dir = out_dir / RECORDS_FOLDER
     records_dir.mkdir(parents=True, exist_ok=True)
     planned = {name for name, _, _ in plan}
     notes += _remove_leftover_temp_files(out_dir, planned)
 
+    earlier = _earlier_records(out_dir, plan)
     records, pending = {}, []
     for name, split, members in plan:
         digest = plan_hash(members, options)
-        record_path = records_dir / f"{name}.json"
-        if (out_dir / name).is_file() and record_path.is_file():
-            record = read_json(record_path)
-            # the size too: a tar another run wrote under the same name does not match this record
-            if (record.get("plan_hash") == digest and (out_dir / name).stat().st_size == record.get("bytes")
-                    and Path(dali_index_path(out_dir / name)).is_file()):
-                if "keys" not in record:  # a record of an earlier version: the tar's member names give them
-                    try:
-                        record["keys"] = tar_keys(out_dir / name)
-                    except (OSError, tarfile.TarError):
-                        pending.append((name, split, members, digest))
-                        continue
-                    write_json(record_path, record)
-                records[name] = record
-                continue
-        pending.append((name, split, members, digest))
-    notes += _remove_stale_shards(out_dir, planned)
+        record = _kept_record(out_dir / name, earlier.get(name), digest)
+        if record is None:
+            pending.append((name, split, members, digest))
+        else:
+            records[name] = record
+    notes += _remove_stale_shards(out_dir, planned, set(earlier))
 
     jobs = [(row, face_detector, face_frames, face_clips) for _, _, members, _ in pending for row in members]
     bar = tqdm(total=len(jobs), desc="shard", unit="video", disable=not progress, mininterval=0.5)
-    pool = multiprocessing.get_context("spawn").Pool(workers, _worker_init) if workers > 1 and jobs else None
+    context = multiprocessing.get_context("spawn")
+    frame_counts = context.Array("q", len(_FRAME_STAGES)) if face_clips is not None and jobs else None
+    pool = context.Pool(workers, _worker_init, (frame_counts,)) if workers > 1 and jobs else None
+    if pool is None:
+        _FRAME_COUNTS = frame_counts  # one worker: the work runs in this process
+    postfix = _Postfix(bar, frame_counts)
     try:
         results = pool.imap(_prepare, jobs, chunksize=1) if pool else map(_prepare, jobs)
         for name, split, members, digest in pending:
-            bar.set_postfix_str(name)
+            postfix.show(name)
             records[name] = _write_one_shard(out_dir / name, split, members, digest, results, bar)
             write_json(records_dir / f"{name}.json", records[name])
     finally:
+        postfix.close()
         bar.close()
+        _FRAME_COUNTS = None
         if pool:
             pool.close()
             pool.join()
@@ -297,7 +314,97 @@ def _write_planned(plan, out_dir, options, source, workers, face_detector, face_
     if notes:
         index["notes"] = notes  # what this run cleaned up or took over; the command prints them
     write_json(out_dir / "index.json", index)
+    _remove_records(records_dir)  # index.json holds them now
     return index
+
+
+class _Postfix:
+    """The bar's postfix: the shard being written and, for face clips, the source frames done so far, which a
+    thread refreshes every half second while the workers (or this process) add to ``frame_counts``."""
+
+    def __init__(self, bar, frame_counts):
+        self.bar, self.frame_counts, self.shard = bar, frame_counts, ""
+        self.stopped, self.thread = threading.Event(), None
+        if frame_counts is not None and not bar.disable:
+            self.thread = threading.Thread(target=self._refresh, name="shard-progress", daemon=True)
+            self.thread.start()
+
+    def show(self, shard=None):
+        self.shard = shard or self.shard
+        text = self.shard
+        if self.frame_counts is not None:
+            scanned, encoded = self.frame_counts[:]
+            text += f", frames: {scanned:,} scanned for faces, {encoded:,} encoded"
+        self.bar.set_postfix_str(text)
+
+    def _refresh(self):
+        while not self.stopped.wait(0.5):
+            self.show()
+
+    def close(self):
+        self.stopped.set()
+        if self.thread:
+            self.thread.join()
+            self.show()  # the final counts stay on the closed bar
+
+
+def _earlier_records(out_dir, plan):
+    """{shard name: record} that earlier runs left: index.json's shard entries (a finished run), overlaid by the
+    records in ``.parts/`` (a run that stopped before writing its index.json: newer than that index).
+
+    An index.json entry holds the record but its skipped videos, which are in index.json's ``skipped``: a
+    shard's are those of its planned videos (a record of another plan is not kept anyway).
+    """
+    records = {}
+    try:
+        index = read_json(out_dir / "index.json")
+        skipped = {item["key"]: item for item in index.get("skipped", [])}
+        members = {name: rows for name, _, rows in plan}
+        for entry in index["shards"]:
+            name = entry["name"]
+            # an index.json of a version before records moved into it has no plan_hash: nothing to resume from
+            if entry.get("plan_hash") and _is_plain_tar_name(name):
+                records[name] = {**entry, "skipped": [skipped[row["key"]] for row in members.get(name, [])
+                                                      if row["key"] in skipped]}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # no index.json, or none we can read: its shards are written again (or kept by their .parts records)
+    for record_path in sorted((out_dir / RECORDS_FOLDER).glob("*.tar.json")):
+        try:
+            records[record_path.name[:-len(".json")]] = read_json(record_path)
+        except (OSError, ValueError):
+            records[record_path.name[:-len(".json")]] = {}  # unreadable: the shard is written again
+    return records
+
+
+def _kept_record(tar_path, record, digest):
+    """The record of a finished shard that this plan keeps as it is, or None: the shard is written again."""
+    if not isinstance(record, dict) or record.get("plan_hash") != digest or not tar_path.is_file():
+        return None
+    # the size too: a tar another run wrote under the same name does not match this record; a shard whose every
+    # video was skipped has no DALI index
+    if tar_path.stat().st_size != record.get("bytes") or (
+            record.get("samples") != 0 and not Path(dali_index_path(tar_path)).is_file()):
+        return None
+    record = dict(record)
+    if "keys" not in record:  # a record of an earlier version: the tar's member names give them
+        try:
+            record["keys"] = tar_keys(tar_path)
+        except (OSError, tarfile.TarError):
+            return None
+    if isinstance(record.get("face_clips"), list):  # an earlier version kept a summary per video
+        record["face_clips"] = face_clip_totals(record["face_clips"])
+    return record
+
+
+def _remove_records(records_dir):
+    """The per-shard records of a finished run (index.json holds them): ``.parts/`` goes, unless something not
+    ours is in it."""
+    for path in records_dir.glob("*.tar.json"):
+        path.unlink(missing_ok=True)
+    try:
+        records_dir.rmdir()
+    except OSError:
+        pass
 
 
 def tar_keys(path):
@@ -333,7 +440,7 @@ def _write_one_shard(tar_path, split, members, digest, results, bar):
               "dali_index": os.path.basename(dali_index_path(tar_path)) if shard.members else None,
               "keys": keys, "skipped": skipped}
     if face_samples:
-        record["face_clips"] = face_samples
+        record["face_clips"] = face_clip_totals(face_samples)
     return record
 
 
@@ -343,21 +450,35 @@ def face_clip_summary(meta):
             "tracks": len(meta["tracks"]), "no_face": meta["no_face"], **meta["fidelity"]}
 
 
-def aggregate_face_clips(summaries):
-    """index.json's ``face_clips``: totals and the fidelity of the stored clips vs the decoded source crops
-    (per video it is in each sample's json and in the shard records)."""
-    if not summaries:
-        return None
-    errors = [item["mean_abs_error"] for item in summaries]
+def face_clip_totals(summaries):
+    """One shard's face-clip totals, from its samples' summaries: what its record and index.json entry keep (a
+    resumed shard adds them to the run's without reading its samples)."""
     worst = max(summaries, key=lambda item: item["mean_abs_error"])
     return {"videos": len(summaries), "no_face": sum(item["no_face"] for item in summaries),
             "tracks": sum(item["tracks"] for item in summaries),
             "source_bytes": sum(item["source_bytes"] for item in summaries),
             "clip_bytes": sum(item["clip_bytes"] for item in summaries),
-            "psnr_db_mean": round(sum(item["psnr_db"] for item in summaries) / len(summaries), 3),
+            "psnr_db_sum": sum(item["psnr_db"] for item in summaries),
             "psnr_db_min": min(item["psnr_db"] for item in summaries),
-            "mean_abs_error_mean": round(sum(errors) / len(errors), 4),
+            "mean_abs_error_sum": sum(item["mean_abs_error"] for item in summaries),
             "mean_abs_error_max": worst["mean_abs_error"], "worst_key": worst["key"]}
+
+
+def aggregate_face_clips(shard_totals):
+    """index.json's ``face_clips``: totals and the fidelity of the stored clips vs the decoded source crops, over
+    the shards' ``face_clip_totals`` (per video it is in each sample's json)."""
+    if not shard_totals:
+        return None
+    videos = sum(item["videos"] for item in shard_totals)
+    worst = max(shard_totals, key=lambda item: item["mean_abs_error_max"])
+    return {"videos": videos, "no_face": sum(item["no_face"] for item in shard_totals),
+            "tracks": sum(item["tracks"] for item in shard_totals),
+            "source_bytes": sum(item["source_bytes"] for item in shard_totals),
+            "clip_bytes": sum(item["clip_bytes"] for item in shard_totals),
+            "psnr_db_mean": round(sum(item["psnr_db_sum"] for item in shard_totals) / videos, 3),
+            "psnr_db_min": min(item["psnr_db_min"] for item in shard_totals),
+            "mean_abs_error_mean": round(sum(item["mean_abs_error_sum"] for item in shard_totals) / videos, 4),
+            "mean_abs_error_max": worst["mean_abs_error_max"], "worst_key": worst["worst_key"]}
 
 
 def _name_some(names, limit=10):
@@ -367,6 +488,11 @@ def _name_some(names, limit=10):
 def _is_shard_name(name):
     """A tar name this module writes: ``<split>-NNNNNN.tar``."""
     return name.endswith(".tar") and bool(SHARD_FILE.match(name))
+
+
+def _is_plain_tar_name(name):
+    """A tar file name in the folder itself: a name read from index.json must not point elsewhere."""
+    return isinstance(name, str) and name.endswith(".tar") and os.path.basename(name) == name
 
 
 def _remove_leftover_temp_files(out_dir, planned_names):
@@ -394,19 +520,21 @@ def _remove_leftover_temp_files(out_dir, planned_names):
     return [f"removed {removed} temp file(s) left by an interrupted run, freeing {freed:,} bytes"]
 
 
-def _remove_stale_shards(out_dir, planned_names):
+def _remove_stale_shards(out_dir, planned_names, recorded_names):
     """Shards of an earlier run that this plan does not list: named like ours (<split>-NNNNNN.tar, its .idx) or
-    with a record of ours. Left beside the new ones they would be read as part of the data set."""
+    with a record of ours (``recorded_names``: in index.json or .parts/). Left beside the new ones they would be
+    read as part of the data set."""
     stale = {}  # shard name -> its files
     for path in out_dir.iterdir():
         if SHARD_FILE.match(path.name) and path.is_file():
             name = path.name[:-len(".idx")] + ".tar" if path.name.endswith(".idx") else path.name
             if name not in planned_names:
                 stale.setdefault(name, []).append(path)
-    for record_path in (out_dir / RECORDS_FOLDER).glob("*.tar.json"):
-        name = record_path.name[:-len(".json")]
-        if name not in planned_names:
-            stale.setdefault(name, []).extend([record_path, out_dir / name, Path(dali_index_path(out_dir / name))])
+    for name in recorded_names - planned_names:
+        paths = [out_dir / RECORDS_FOLDER / f"{name}.json", out_dir / name, Path(dali_index_path(out_dir / name))]
+        existing = [path for path in paths if path.is_file()]
+        if existing:
+            stale.setdefault(name, []).extend(existing)
     for paths in stale.values():
         for path in paths:
             path.unlink(missing_ok=True)
@@ -417,8 +545,8 @@ def _remove_stale_shards(out_dir, planned_names):
 
 
 def _build_index(plan, records, options, source, resumed, seconds):
-    shards = [{key: value for key, value in records[name].items() if key not in ("plan_hash", "skipped", "face_clips")}
-              for name, _, _ in plan]
+    # each shard's record but its skipped videos (all in "skipped"): what a re-run resumes from
+    shards = [{key: value for key, value in records[name].items() if key != "skipped"} for name, _, _ in plan]
     skipped = [item for name, _, _ in plan for item in records[name]["skipped"]]
     per_split = collections.defaultdict(lambda: {"shards": 0, "samples": 0, "bytes": 0, "labels": collections.Counter()})
     for shard in shards:
@@ -441,7 +569,8 @@ def _build_index(plan, records, options, source, resumed, seconds):
                    "resumed_shards": resumed, "seconds": round(seconds, 2)},
         "skipped": skipped,
     }
-    face_clips = aggregate_face_clips([item for name, _, _ in plan for item in records[name].get("face_clips", [])])
+    face_clips = aggregate_face_clips([records[name]["face_clips"] for name, _, _ in plan
+                                       if records[name].get("face_clips")])
     if face_clips:
         index["face_clips"] = face_clips
     return index

@@ -22,7 +22,7 @@ def assign_splits(rows, fractions, seed=0):
     largest units first (ties in seeded random order), each to the split whose per-label counts are
     furthest below target. A group that is partly official and partly not is dealt like any other unit,
     so a conflict with its official split shows up in the leakage check instead of silently growing an
-    official test set.
+    official test set. A split asked for that would get no group gets one from a split that can spare it.
     """
     total = sum(fractions.values())
     if total <= 0 or any(value < 0 for value in fractions.values()):
@@ -39,6 +39,7 @@ def assign_splits(rows, fractions, seed=0):
                       for label in labels} for split, fraction in fractions.items()}
     have = {split: dict.fromkeys(labels, 0) for split in fractions}
 
+    preset = {row["group"] for row in rows if row["split"] is not None}
     random.Random(seed).shuffle(units)
     units.sort(key=len, reverse=True)  # stable: units of equal size stay in shuffled order
     for unit in units:
@@ -53,7 +54,40 @@ def assign_splits(rows, fractions, seed=0):
             have[split][label] += count
         for row in unit:
             row["split"] = split
+    fill_empty_splits(rows, [unit for unit in units if unit[0]["group"] not in preset], fractions)
     return rows
+
+
+def fill_empty_splits(rows, movable, splits):
+    """Give every split in ``splits`` that has no group one, when another split can spare one.
+
+    On a small dataset a 10% share can round to no group at all, leaving no val or test set without a word.
+    ``movable``: the dealt units (lists of rows of one group, no official rows) largest first. A donor is the
+    split with the most groups that keeps at least one; it gives its smallest movable unit.
+    """
+    groups_in = collections.defaultdict(set)
+    for row in rows:
+        groups_in[row["split"]].add(row["group"])
+    for split in splits:
+        if groups_in[split]:
+            continue
+        donors = [donor for donor in splits if len(groups_in[donor]) >= 2
+                  and any(unit[0]["split"] == donor for unit in movable)]
+        if not donors:
+            continue  # too few groups: the caller warns about the splits still empty
+        donor = max(donors, key=lambda name: len(groups_in[name]))
+        unit = next(unit for unit in reversed(movable) if unit[0]["split"] == donor)
+        for row in unit:
+            row["split"] = split
+        groups_in[donor].discard(unit[0]["group"])
+        groups_in[split].add(unit[0]["group"])
+    return rows
+
+
+def empty_splits(rows, fractions):
+    """The splits asked for (fraction > 0) that hold no row."""
+    present = {row["split"] for row in rows}
+    return [split for split, fraction in fractions.items() if fraction > 0 and split not in present]
 
 
 def leaking_groups(rows):

@@ -5,7 +5,9 @@ Used by the face-clip store (``dfdtrain shard --store faces``). The steps, each 
   link_detections   greedy IoU linking of boxes across detection frames into raw tracks (a track survives
                     gaps of up to ``max_gap`` frames, so a missed detection or a turned head does not split it);
   rank_tracks       drop tracks with fewer than ``min_detections`` boxes, order by the sum of area x score over
-                    their detections (large, sure and long-lived first), keep ``max_tracks``;
+                    their detections (large, sure and long-lived first); after the first, drop tracks spanning
+                    less than ``min_share`` of the video or with a mean detection score under ``min_score`` (false
+                    faces: MTCNN boxes a wall shadow for a few frames); keep ``max_tracks``;
   track_windows     per frame of the track's span (first to last detection): centre and size interpolated
                     linearly between detections, smoothed by a centred moving average of ``smooth`` frames,
                     grown by ``margin`` of the face size per side and made square.
@@ -26,12 +28,20 @@ class TrackOptions:
     max_gap: int = 48  # frames a track may go undetected and still continue (about 2 s at 24-30 fps)
     smooth: int = 9  # frames in the moving average of window centre and size (odd; 1 = none)
     margin: float = 1 / 3  # window growth per side, as a fraction of the face size (the loader's crop default)
+    # A second or later track spans at least this share of the video (first to last detection) and its detections
+    # score this much on average: shorter or less sure ones are mostly false faces (a shadow, a poster), which
+    # data.face_track=random would train on. The first (heaviest) track is kept as it is: a real face that
+    # MTCNN barely sees (a dark DFDC room: 53 frames of 300 at a mean 0.93) still beats a centre crop.
+    min_share: float = 0.2
+    min_score: float = 0.95
 
     def __post_init__(self):
         if self.detect_every < 1 or self.max_tracks < 1 or self.min_detections < 1 or self.smooth < 1:
             raise ValueError("detect_every, max_tracks, min_detections and smooth must be >= 1")
         if not 0 < self.link_iou <= 1 or self.max_gap < 1 or self.margin < 0:
             raise ValueError("link_iou must be in (0, 1], max_gap >= 1, margin >= 0")
+        if not 0 <= self.min_share <= 1 or not 0 <= self.min_score <= 1:
+            raise ValueError("min_share and min_score must be in [0, 1]")
 
 
 def detection_frames(frame_count, detect_every):
@@ -83,10 +93,18 @@ def track_weight(track):
     return float(sum((x2 - x1) * (y2 - y1) * score for x1, y1, x2, y2, score in track["boxes"]))
 
 
-def rank_tracks(tracks, max_tracks=1, min_detections=3):
-    """The kept tracks, heaviest first (at most ``max_tracks``)."""
-    kept = [track for track in tracks if len(track["frames"]) >= min_detections]
-    kept.sort(key=track_weight, reverse=True)
+def mean_score(track):
+    return float(np.mean([box[4] for box in track["boxes"]]))
+
+
+def rank_tracks(tracks, max_tracks=1, min_detections=3, min_span=1, min_score=0.0):
+    """The kept tracks, heaviest first (at most ``max_tracks``): each seen on ``min_detections`` detection frames;
+    after the heaviest, only those spanning ``min_span`` frames (first to last detection) with a mean score of
+    ``min_score``."""
+    seen = sorted((track for track in tracks if len(track["frames"]) >= min_detections), key=track_weight,
+                  reverse=True)
+    kept = seen[:1] + [track for track in seen[1:] if track["frames"][-1] - track["frames"][0] + 1 >= min_span
+                       and mean_score(track) >= min_score]
     return kept[:max_tracks]
 
 
@@ -116,22 +134,28 @@ def track_windows(track, smooth=9, margin=1 / 3):
     return span, windows
 
 
-def build_tracks(frames, detections, options=None):
+def build_tracks(frames, detections, options=None, frame_count=None):
     """Ranked tracks, each {"id", "source_frames" [n], "windows" [n,4], "detections", "score"}.
 
     ``frames``/``detections``: the detection frames and the boxes found on each (``[x1, y1, x2, y2, score]``,
-    as the face detectors return them). An empty list means no face was tracked.
+    as the face detectors return them). ``frame_count``: the video's frames, for ``min_share`` (default: up to
+    the last detection frame, which ``detection_frames`` makes the video's last). An empty list means no face
+    was tracked.
     """
     options = options or TrackOptions()
+    frame_count = frame_count or (frames[-1] + 1 if frames else 0)
     raw = link_detections(frames, detections, options.link_iou, options.max_gap)
+    # a share of the video in frames
+    min_span = max(1, int(np.ceil(options.min_share * frame_count - 1e-9)))  # 1e-9: 0.2 * 300 is 60.000...01
     tracks = []
-    for number, track in enumerate(rank_tracks(raw, options.max_tracks, options.min_detections)):
+    for number, track in enumerate(rank_tracks(raw, options.max_tracks, options.min_detections, min_span,
+                                               options.min_score)):
         source_frames, windows = track_windows(track, options.smooth, options.margin)
         tracks.append({
             "id": number,
             "source_frames": source_frames.tolist(),
             "windows": np.round(windows, 1).tolist(),
             "detections": [[frame, *box] for frame, box in zip(track["frames"], track["boxes"])],
-            "score": round(float(np.mean([box[4] for box in track["boxes"]])), 4),
+            "score": round(mean_score(track), 4),
         })
     return tracks

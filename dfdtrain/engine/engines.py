@@ -130,6 +130,48 @@ def _merge(base, override):
     return merged
 
 
+def comm_op_build_folder():
+    """The folder DeepSpeed is about to JIT-build its CPU communication op (``deepspeed_shm_comm``) into, or None
+    when it will not build it (another accelerator, a prebuilt op, or already built there and up to date).
+
+    DeepSpeed's TorchBackend loads the op whenever it is compatible (the CPU accelerator on Linux): from the
+    wheel when it was prebuilt, else with torch's JIT loader, which builds into
+    ``$TORCH_EXTENSIONS_DIR/deepspeed_shm_comm`` (default ``~/.cache/torch_extensions/py<ver>_<cu|cpu>/...``)
+    and rebuilds only when the library is missing or older than its sources (ninja's rule).
+    """
+    import deepspeed.ops
+    import torch.utils.cpp_extension
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.git_version_info import accelerator_name, installed_ops
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+        return None
+    if installed_ops.get(builder.name, False) and accelerator_name == get_accelerator()._name:
+        return None
+    # torch's own rule for the folder (TORCH_EXTENSIONS_DIR or its per-Python/CUDA default); private, but
+    # unchanged for years, and copying it would drift
+    folder = torch.utils.cpp_extension._get_build_directory(builder.name, verbose=False)
+    library = os.path.join(folder, builder.name + ".so")
+    if not os.path.isfile(library):
+        return folder
+    sources = [builder.deepspeed_src_path(source) for source in builder.sources()]
+    newest = max((os.path.getmtime(source) for source in sources if os.path.isfile(source)), default=0)
+    return folder if os.path.getmtime(library) < newest else None
+
+
+def announce_comm_op_build(context):
+    """One line on rank 0 before DeepSpeed's first CPU run spends ~30 s compiling its comm op, silently."""
+    if not context.is_main:
+        return
+    folder = comm_op_build_folder()
+    if folder:
+        where = os.path.dirname(folder)
+        where = (f"TORCH_EXTENSIONS_DIR={where}" if os.environ.get("TORCH_EXTENSIONS_DIR")
+                 else f"{where}; TORCH_EXTENSIONS_DIR moves it")
+        print(f"building DeepSpeed's CPU communication op (once, ~30 s; cached in {where})", flush=True)
+
+
 @ENGINES.register("deepspeed")
 class DeepSpeedEngine:
     name = "deepspeed"
@@ -140,6 +182,7 @@ class DeepSpeedEngine:
 
         self.train_config, self.context = train, context
         self.config = deepspeed_config(train, batch_size, context.world_size, train.deepspeed_config)
+        announce_comm_op_build(context)  # deepspeed.init_distributed or deepspeed.initialize builds it
         if not torch.distributed.is_initialized():
             if context.world_size == 1:  # no launcher: a one-process group (else DeepSpeed goes looking for MPI)
                 for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),

@@ -36,7 +36,9 @@ file of ours.
 
 import json
 import logging
+import math
 import netrc
+import numbers
 import os
 import time
 import urllib.parse
@@ -242,6 +244,21 @@ class RunLogger:
     def __exit__(self, exc_type, exc, traceback):
         self.close(exit_code=0 if exc_type is None else 1)  # W&B marks the run failed on an exception
         return False
+
+
+def format_number(value):
+    """A number for people on the console: 4 decimals (0.4444, 12.3457), 4 significant digits where decimals
+    would hide it (1.235e-05); ints as they are. Files (metrics.jsonl, report.json) keep full precision."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return str(value)
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    value = float(value)
+    if value != 0 and math.isfinite(value) and not 1e-3 <= abs(value) < 1e5:
+        return f"{value:.4g}"
+    return f"{value:.4f}"
 
 
 def system_values(device):

@@ -5,10 +5,12 @@ the last epoch or early stopping. One instance runs on every rank (torchrun, the
     report = trainer.train()             # the whole run; or, piece by piece:
     trainer.begin_epoch(epoch); trainer.train_step(batch); trainer.validate(); trainer.state_dict()
 
-The run directory holds the resolved ``config.yaml``, ``metrics.jsonl``, ``checkpoints/{last,best}`` (each with
-the ``detector.json`` that evaluate/predict/export read) and, at the end, ``report.json``. A run resumes from
-``checkpoints/last``, mid-epoch too: the loader is deterministic per epoch, so the batches already trained are
-replayed without training.
+The run directory holds the resolved ``config.yaml``, ``metrics.jsonl``, ``curves.png`` (redrawn after every
+evaluation), ``checkpoints/{last,best}`` (each with the ``detector.json`` that evaluate/predict/export read) and,
+at the end, ``report.json``. A run resumes from ``checkpoints/last``, mid-epoch too: the loader is deterministic
+per epoch, so the batches already trained are replayed without training. A finished run (every epoch trained,
+or stopped early) started again says so and leaves its directory as it is, unless ``train.epochs`` (or
+``train.patience``) now asks for more.
 
 Non-finite losses are tracked on the device (no host sync per step) and checked, across all ranks at once, at
 every log step and before every checkpoint: a diverged run stops every rank together with one line, and a
@@ -16,6 +18,7 @@ checkpoint never holds non-finite weights.
 """
 
 import dataclasses
+import logging
 import os
 import random
 import time
@@ -28,20 +31,24 @@ from dfdtrain.config import config_to_dict, save_config
 from dfdtrain.data.loader import VideoLoader, expand_shards
 from dfdtrain.data.shard_index import positive_class_weight
 from dfdtrain.engine.checkpoint import clean_checkpoints, find_checkpoint, load_checkpoint, save_checkpoint
+from dfdtrain.engine.curves import CURVES_FILE, write_curves
 from dfdtrain.engine.distributed import any_rank, barrier, broadcast_object, gather_to_rank0, init_distributed
 from dfdtrain.engine.engines import build_engine
 from dfdtrain.engine.loss import video_bce
 from dfdtrain.engine.optim import LearningRateSchedule, build_optimizer
-from dfdtrain.engine.run_logger import RunLogger, system_values
+from dfdtrain.engine.run_logger import RunLogger, format_number, system_values
 from dfdtrain.engine.scoring import metric_value, validation_metrics
 from dfdtrain.errors import DfdError
-from dfdtrain.fileio import write_json
+from dfdtrain.fileio import read_json, write_json
 from dfdtrain.locks import DirectoryLock
 from dfdtrain.metrics import format_metrics_table
 from dfdtrain.models.bundle import SETTINGS_FILE, detector_settings
 from dfdtrain.models.detector import build_detector_from_config
 from dfdtrain.models.finetune import (FinetuneSchedule, apply_phase, freeze_batchnorm_statistics, parameter_groups,
                                       prepare_trainable, set_trainable_stages)
+
+log = logging.getLogger(__name__)
+REPORT_FILE = "report.json"
 
 
 class NonFiniteLoss(DfdError):
@@ -61,6 +68,7 @@ class TrainState:
     best_epoch: Optional[int] = None
     best_metrics: Optional[dict] = None
     bad_epochs: int = 0  # epochs since the best
+    stopped_early: bool = False  # early stopping ended the run (so starting it again has nothing to do)
 
 
 @dataclasses.dataclass
@@ -131,6 +139,7 @@ class Trainer:
 
         self.state = TrainState()
         self.logger = None
+        self.complete = False  # train() found the run already finished and did nothing
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=context.device)  # since the last check
         self._checked_step = 0
 
@@ -148,8 +157,19 @@ class Trainer:
         unknown = sorted(set(state) - fields)
         if unknown:
             raise DfdError(f"checkpoint state has unknown fields {unknown}: written by another version?")
+        if "stopped_early" not in state:  # a checkpoint from before the field: early stopping stopped it exactly
+            patience = self.config.train.patience  # when it saved bad_epochs >= patience (it then always stops)
+            state = {**state, "stopped_early": bool(patience) and state.get("bad_epochs", 0) >= patience}
         self.state = TrainState(**state)
         self._checked_step = self.state.step
+
+    def finished(self):
+        """Nothing left to train: every epoch of ``train.epochs`` done, or early stopping ended the run and, with
+        the patience configured now, still would."""
+        state, train = self.state, self.config.train
+        if state.epoch >= train.epochs:
+            return True
+        return state.stopped_early and bool(train.patience) and state.bad_epochs >= train.patience
 
     def save_checkpoint(self, tag):
         """Checkpoint ``tag`` (last, best) with the engine's states, the loop state and detector.json; never
@@ -251,9 +271,15 @@ class Trainer:
             if state.step % config.train.log_every == 0:
                 self.check_finite()
                 seconds = max(time.time() - tick, 1e-9)
-                loss, lr = result.loss.item(), self.engine.optimizer.param_groups[-1]["lr"]
+                groups = self.engine.optimizer.param_groups
+                loss, lr = result.loss.item(), groups[-1]["lr"]  # the head's
+                values = {"loss": loss, "lr": lr}
+                # the backbone's rate too (curves.png): it differs by finetune.backbone_lr_scale, 0 while frozen
+                backbone = [group["lr"] for group in groups if str(group.get("name", "")).startswith("backbone")]
+                if backbone:
+                    values["lr_backbone"] = backbone[0]
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{window_samples / seconds:.1f}")
-                self.logger.log(state.step, {"loss": loss, "lr": lr, "samples_per_s": window_samples / seconds,
+                self.logger.log(state.step, {**values, "samples_per_s": window_samples / seconds,
                                              "frames_per_s": window_samples * self.clip.sampler.num_frames / seconds,
                                              **system_values(self.context.device)}, kind="train", epoch=epoch + 1)
                 state.train_seconds += seconds
@@ -271,27 +297,35 @@ class Trainer:
         better = improved(value, state.best, config.early_stopping_mode)
         if self.context.is_main:
             self.logger.log(state.step, {"val": metrics}, kind="eval", epoch=epoch + 1)
-            loss = metrics.get("loss")
-            self.logger.print_eval_table(epoch + 1, f"val loss {loss if loss is None else f'{loss:.4f}'}\n"
+            self._write_curves()
+            self.logger.print_eval_table(epoch + 1, f"val loss {format_number(metrics.get('loss'))}\n"
                                                     + format_metrics_table(metrics))
         if better:
             state.best, state.best_epoch, state.bad_epochs, state.best_metrics = value, epoch + 1, 0, metrics
         else:
             state.bad_epochs += 1
+        # in the checkpoint: a finished early-stopped run must not train on when started again
+        state.stopped_early = bool(config.patience) and state.bad_epochs >= config.patience
         self.save_checkpoint("last")
         if better:
             self.save_checkpoint("best")
-        if config.patience and state.bad_epochs >= config.patience:
-            if self.context.is_main:
-                print(f"early stopping: {config.early_stopping_metric} has not improved for {state.bad_epochs} "
-                      f"epochs (best {state.best} at epoch {state.best_epoch})")
-            return True
-        return False
+        if state.stopped_early and self.context.is_main:
+            print(f"early stopping: {config.early_stopping_metric} has not improved for {state.bad_epochs} "
+                  f"epochs (best {format_number(state.best)} at epoch {state.best_epoch})")
+        return state.stopped_early
+
+    def _write_curves(self):
+        """Redraw curves.png from metrics.jsonl (rank 0). A plot that fails is a warning: it must not stop the
+        run, and rank 0 failing alone would leave the other ranks waiting."""
+        try:
+            write_curves(self.run_dir, title=self.config.name)
+        except Exception as error:  # noqa: BLE001 (anything matplotlib or the file system raises)
+            log.warning("%s: %s not redrawn (%s: %s)", self.run_dir, CURVES_FILE, type(error).__name__, error)
 
     def _open_run_dir(self):
-        """Rank 0 locks the run directory (one run writes it at a time), clears what a crashed save left in its
-        checkpoints and writes config.yaml; every rank learns the outcome, so all ranks of a refused run stop
-        together with the one line. Returns the lock (rank 0) or None."""
+        """Rank 0 locks the run directory (one run writes it at a time) and clears what a crashed save left in
+        its checkpoints; every rank learns the outcome, so all ranks of a refused run stop together with the one
+        line. Returns the lock (rank 0) or None."""
         lock, problem = None, None
         if self.context.is_main:
             try:
@@ -301,7 +335,6 @@ class Trainer:
                 cleaned = clean_checkpoints(self.run_dir)
                 if cleaned:
                     print(f"{self.run_dir}: cleaned what a crash left in checkpoints/: {'; '.join(cleaned)}")
-                save_config(self.config, os.path.join(self.run_dir, "config.yaml"))
             except (DfdError, OSError) as error:
                 problem = str(error)
                 if lock is not None:
@@ -326,30 +359,62 @@ class Trainer:
     def _train(self, resume):
         started, config, context = time.time(), self.config, self.context
         checkpoint = self.resume(resume)
+        state = self.state  # after resume: it replaces the state
+        if checkpoint and self.finished():  # every rank loaded the same state: all return here together
+            return self._already_finished()
+        problem = None
+        if context.is_main:  # not before: a finished run keeps the config.yaml it was trained with
+            try:
+                save_config(config, os.path.join(self.run_dir, "config.yaml"))
+            except (DfdError, OSError) as error:
+                problem = f"{self.run_dir}: cannot write config.yaml ({error})"
+        problem = broadcast_object(problem)
+        if problem:
+            raise DfdError(problem)
         wandb = config.logger.wandb
         self.logger = RunLogger(self.run_dir, context.rank, config_to_dict(config), wandb_mode=wandb.mode,
                                 project=wandb.project, run_name=wandb.name or config.name, tags=tuple(wandb.tags),
-                                group=wandb.group or None, resume_step=self.state.step)  # rows after it go
+                                group=wandb.group or None, resume_step=state.step)  # rows after it go
         if checkpoint and context.is_main:
-            print(f"resuming {self.run_dir} from epoch {self.state.epoch}, step {self.state.step}")
-        last_metrics, stopped_early = None, False
+            print(f"resuming {self.run_dir} from epoch {state.epoch}, step {state.step}")
+        state.stopped_early = False  # resumed: a raised train.patience lets it train on
+        last_metrics = None
         try:
-            for epoch in range(self.state.epoch, config.train.epochs):
+            for epoch in range(state.epoch, config.train.epochs):
                 self.begin_epoch(epoch)
                 self.train_epoch(epoch)
                 self.check_finite()
                 last_metrics = self.validate()
                 if self.end_epoch(epoch, last_metrics):
-                    stopped_early = True
                     break
         finally:
             report = None
             if context.is_main:
-                report = self.report(last_metrics, stopped_early, time.time() - started)
-                write_json(os.path.join(self.run_dir, "report.json"), report)
+                report = self.report(last_metrics, state.stopped_early, time.time() - started)
+                write_json(os.path.join(self.run_dir, REPORT_FILE), report)
                 self.logger.close(summary={"best": self.state.best, "best_epoch": self.state.best_epoch})
         # after a run that ended normally only: a rank that failed alone (its loader stopped) must exit rather
         # than wait here for the others, so that the launcher sees the failure and stops every rank
+        barrier()
+        return report
+
+    def _already_finished(self):
+        """A finished run started again: one line (rank 0) and its report.json as it is (written from the
+        checkpoint if a kill came between the last checkpoint and the report); no W&B run, nothing else written."""
+        self.complete = True
+        state, train, report = self.state, self.config.train, None
+        if self.context.is_main:
+            how = (f"stopped early after {state.epoch}/{train.epochs} epochs" if state.epoch < train.epochs
+                   else f"{state.epoch}/{train.epochs} epochs")
+            more = "train.patience" if state.epoch < train.epochs else "train.epochs"
+            print(f"{self.run_dir}: training is complete ({how}; best {train.early_stopping_metric} "
+                  f"{format_number(state.best)} at epoch {state.best_epoch}); nothing to do (raise {more} to "
+                  "train on)")
+            path = os.path.join(self.run_dir, REPORT_FILE)
+            report = read_json(path) if os.path.isfile(path) else None
+            if report is None:  # killed after its last checkpoint but before the report: write it now
+                report = self.report(None, state.stopped_early, 0.0)
+                write_json(path, report)
         barrier()
         return report
 

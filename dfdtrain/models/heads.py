@@ -26,6 +26,14 @@ from dfdtrain.registry import Registry
 
 HEADS = Registry("head")
 
+# What a head's per-position scores (sigmoid of ``frame_logits``) are, by its ``score_kind``. Outputs name them
+# ``<kind>_scores``: only "frame" scores judge each frame on its own.
+SCORE_KINDS = {
+    "frame": "each frame on its own",
+    "step": "the recurrent state after frames 1..t (cumulative: the last one is the video score's input)",
+    "token": "each frame's token after attention over the whole clip",
+}
+
 DEFAULT_HIDDEN = (256, 128, 64)  # the reference report's GAP -> Dense 256/128/64 stack
 DEFAULT_DROPOUT = 0.2
 
@@ -33,6 +41,11 @@ DEFAULT_DROPOUT = 0.2
 def build_head(name, in_features, **options):
     """The head registered as ``name`` for backbone features of width ``in_features``."""
     return HEADS.get(name)(in_features, **options)
+
+
+def score_kind(head_name):
+    """What the per-position scores of head ``head_name`` are: a key of SCORE_KINDS (frame, step, token)."""
+    return HEADS.get(head_name).score_kind
 
 
 def _option_problem(default, value):
@@ -170,6 +183,7 @@ def prefix_lengths(mask):
 class MeanPoolHead(nn.Module):
     """Masked mean of the frame features -> dense stack; frame logits = the same stack per frame."""
 
+    score_kind = "frame"
     pool = staticmethod(masked_mean)
 
     def __init__(self, in_features, hidden=DEFAULT_HIDDEN, dropout=DEFAULT_DROPOUT, batch_norm=False):
@@ -195,6 +209,8 @@ class AttentionPoolHead(nn.Module):
 
     ``attention_hidden``: width of the scoring MLP (Linear -> tanh -> Linear(1)).
     """
+
+    score_kind = "frame"
 
     def __init__(self, in_features, attention_hidden=128, hidden=DEFAULT_HIDDEN, dropout=DEFAULT_DROPOUT,
                  batch_norm=False):
@@ -223,6 +239,7 @@ class RecurrentHead(nn.Module):
     """
 
     rnn_class = None  # nn.GRU or nn.LSTM, set by the registered subclasses
+    score_kind = "step"
 
     def __init__(self, in_features, hidden_size=256, num_layers=1, bidirectional=False,
                  hidden=DEFAULT_HIDDEN, dropout=DEFAULT_DROPOUT, batch_norm=False):
@@ -282,6 +299,7 @@ class TransformerHead(nn.Module):
     """
 
     POOLINGS = ("cls", "mean")
+    score_kind = "token"
 
     def __init__(self, in_features, d_model=256, num_layers=2, num_heads=4, dim_feedforward=512, dropout=0.1,
                  max_frames=64, pooling="cls", hidden=DEFAULT_HIDDEN, batch_norm=False):
@@ -334,6 +352,8 @@ class FrameDenseHead(nn.Module):
 
     Video logit = masked mean of the frame logits.
     """
+
+    score_kind = "frame"
 
     def __init__(self, in_features, hidden=DEFAULT_HIDDEN, dropout=DEFAULT_DROPOUT, batch_norm=False):
         super().__init__()

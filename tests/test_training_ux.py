@@ -1,0 +1,158 @@
+"""What `dfdtrain train` tells people, for real: a finished run started again does nothing (early-stopped ones
+too) until train.epochs is raised; curves.png after every epoch; rounded numbers on the console; one line before
+DeepSpeed compiles its CPU communication op."""
+
+import json
+import re
+import shutil
+import struct
+
+import torch
+
+from conftest import REPO, train_tiny
+from dfdtrain.engine.run_logger import format_number
+
+EXTENSIONS = REPO / ".cache" / "torch_extensions"  # where the other DeepSpeed tests keep the built op
+UNROUNDED = re.compile(r"\d\.\d{5,}")  # e.g. 0.4444444444444444: a number printed for a machine, not a person
+BUILDING = "building DeepSpeed's CPU communication op"
+
+
+def png_size(path):
+    """(width, height) of a PNG, from its header (which also proves it is one)."""
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n", path
+    return struct.unpack(">II", header[16:24])
+
+
+def unbuilt_comm_op_cache(tmp_path):
+    """A TORCH_EXTENSIONS_DIR where DeepSpeed's comm op is compiled but its library is missing: the next run
+    has to build it (it only links here: a second rather than ~30 s of compiling). Empty when the other tests
+    have not built the op yet (then it compiles it all)."""
+    cache = tmp_path / "torch_extensions"
+    if (EXTENSIONS / "deepspeed_shm_comm").is_dir():
+        shutil.copytree(EXTENSIONS / "deepspeed_shm_comm", cache / "deepspeed_shm_comm")
+        (cache / "deepspeed_shm_comm" / "deepspeed_shm_comm.so").unlink(missing_ok=True)
+    cache.mkdir(exist_ok=True)
+    return cache
+
+
+def our_lines(stdout):
+    """stdout without the line DeepSpeed prints itself whenever it loads its comm op."""
+    return [line for line in stdout.splitlines() if not re.fullmatch(r"DeepSpeed \S+ built successfully", line)]
+
+
+def snapshot(run_dir, *names):
+    return {name: ((run_dir / name).read_bytes(), (run_dir / name).stat().st_mtime_ns) for name in names}
+
+
+def eval_epochs(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [row["epoch"] for row in rows if row["kind"] == "eval"]
+
+
+def test_console_numbers_are_rounded_for_people():
+    assert format_number(0.4444444444444444) == "0.4444"
+    assert format_number(0.69314718) == "0.6931" and format_number(1.0) == "1.0000"
+    assert format_number(12.345678) == "12.3457" and format_number(0.0) == "0.0000"
+    assert format_number(3.2e-05) == "3.2e-05" and format_number(1234567.8) == "1.235e+06"
+    assert format_number(4) == "4" and format_number(None) == "n/a"
+    assert format_number(torch.tensor(0.123456).item()) == "0.1235"
+
+
+def test_finished_run_started_again_does_nothing_until_epochs_are_raised(tmp_path, small_shards, monkeypatch):
+    """DeepSpeed on a CPU: the first run says it builds the comm op (then it is cached and nothing is said),
+    draws curves.png; started again it says it is complete and touches nothing (no W&B run even when asked
+    for one); with train.epochs raised it trains the extra epoch and redraws the curves."""
+    cache = unbuilt_comm_op_cache(tmp_path)
+    for name, value in (("DS_ACCELERATOR", "cpu"), ("TORCH_EXTENSIONS_DIR", str(cache)), ("OMP_NUM_THREADS", "1")):
+        monkeypatch.setenv(name, value)  # train_tiny's process inherits them
+    run_dir = tmp_path / "run"
+    settings = ("train.engine=deepspeed", "train.log_every=1")
+
+    first = train_tiny(run_dir, small_shards, *settings)
+    assert first.returncode == 0, first.stderr[-3000:]
+    building = [line for line in first.stdout.splitlines() if line.startswith(BUILDING)]
+    assert building == [f"{BUILDING} (once, ~30 s; cached in TORCH_EXTENSIONS_DIR={cache})"], first.stdout
+    assert first.stdout.index(BUILDING) < first.stdout.index("== evaluation, epoch 1 ==")
+    assert (cache / "deepspeed_shm_comm" / "deepspeed_shm_comm.so").is_file()
+    assert re.search(r"best val video AUC (\d\.\d{4}|n/a) \(epoch 1\)", first.stdout), first.stdout
+    assert png_size(run_dir / "curves.png") == (1210, 825)
+    files = ("report.json", "metrics.jsonl", "curves.png", "config.yaml")
+    before = snapshot(run_dir, *files)
+
+    again = train_tiny(run_dir, small_shards, *settings, "logger.wandb.mode=offline", "optim.lr=0.5")
+    assert again.returncode == 0, again.stderr[-3000:]
+    best = json.loads((run_dir / "report.json").read_text())["val"]["loss"]
+    assert our_lines(again.stdout) == [f"{run_dir}: training is complete (1/1 epochs; best val_loss "
+                                       f"{format_number(best)} at epoch 1); nothing to do (raise train.epochs to "
+                                       "train on)"], again.stdout
+    assert snapshot(run_dir, *files) == before  # report.json, metrics, curves and the run's config untouched
+    assert not (run_dir / "wandb").exists()
+    written = json.loads((run_dir / "report.json").read_text())
+    (run_dir / "report.json").unlink()  # killed between its last checkpoint and its report: the rerun writes it
+    assert train_tiny(run_dir, small_shards, *settings).returncode == 0
+    assert json.loads((run_dir / "report.json").read_text())["val"] == written["val"]
+
+    more = train_tiny(run_dir, small_shards, *settings, "train.epochs=2")
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert "resuming" in more.stdout and BUILDING not in more.stdout
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["epochs_run"] == 2 and report["stopped_early"] is False
+    assert eval_epochs(run_dir) == [1, 2]
+    assert (run_dir / "curves.png").read_bytes() != before["curves.png"][0]  # redrawn with epoch 2
+    assert not list(run_dir.glob(".curves.png*"))  # written atomically: no temporary file left
+    for result in (first, again, more):
+        assert not UNROUNDED.findall(result.stdout), result.stdout
+
+
+def test_early_stopped_run_is_complete_also_from_an_older_checkpoint(tmp_path, small_shards):
+    """Stopped early after epoch 2 of 3 (a metric that never improves, patience 1): started again it does not
+    train epoch 3, neither with its checkpoint nor with one written before TrainState had ``stopped_early``."""
+    run_dir = tmp_path / "run"
+    settings = ("train.epochs=3", "train.patience=1", "train.early_stopping_metric=videos",
+                "train.early_stopping_mode=max")
+    first = train_tiny(run_dir, small_shards, *settings)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert re.search(r"^early stopping: videos has not improved for 1 epochs \(best \d+ at epoch 1\)$",
+                     first.stdout, re.MULTILINE), first.stdout
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["stopped_early"] is True and report["epochs_run"] == 2
+    before = snapshot(run_dir, "report.json", "metrics.jsonl")
+
+    checkpoint_path = run_dir / "checkpoints" / "last" / "checkpoint.pt"
+    checkpoint = torch.load(checkpoint_path, weights_only=True)
+    assert checkpoint["state"]["stopped_early"] is True
+    again = train_tiny(run_dir, small_shards, *settings)
+    del checkpoint["state"]["stopped_early"]  # as an older version wrote it
+    torch.save(checkpoint, checkpoint_path)
+    older = train_tiny(run_dir, small_shards, *settings)
+    for result in (again, older):
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert re.fullmatch(rf"{run_dir}: training is complete \(stopped early after 2/3 epochs; best videos \d+ at "
+                            r"epoch 1\); nothing to do \(raise train.patience to train on\)\n", result.stdout), \
+            result.stdout
+    assert snapshot(run_dir, "report.json", "metrics.jsonl") == before
+    for result in (first, again, older):
+        assert not UNROUNDED.findall(result.stdout), result.stdout
+
+
+def test_curves_png_shows_a_long_run(tmp_path):
+    """curves.png from a metrics.jsonl of 3 epochs x 40 steps with warmup, a frozen backbone in epoch 1 and an
+    epoch without AUC: drawn, at its full size, with nothing left behind."""
+    from dfdtrain.engine.curves import write_curves
+
+    rows = []
+    for step in range(1, 121):
+        epoch = (step - 1) // 40 + 1
+        lr = 1e-3 * min(1.0, step / 10) * (1 - step / 130)
+        rows.append({"kind": "train", "step": step, "epoch": epoch, "time": step, "loss": 0.7 - 0.002 * step
+                     + 0.05 * ((step * 7919) % 13 - 6) / 6, "lr": lr, "lr_backbone": 0.0 if epoch == 1 else lr / 10})
+        if step % 40 == 0:
+            auc = None if epoch == 1 else 0.6 + 0.1 * epoch
+            rows.append({"kind": "eval", "step": step, "epoch": epoch, "time": step,
+                         "val": {"loss": 0.69 - 0.05 * epoch, "video": {"head": {"auc": auc}},
+                                 "frame": {"auc": None if auc is None else auc - 0.05}}})
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows) + '{"kind": "tr')
+    path = write_curves(tmp_path, title="long run")
+    assert png_size(tmp_path / "curves.png") == (1210, 825) and str(path).endswith("curves.png")
+    assert sorted(item.name for item in tmp_path.iterdir()) == ["curves.png", "metrics.jsonl"]

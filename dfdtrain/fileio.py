@@ -35,16 +35,15 @@ def atomic_open(path, mode="wb"):
         raise
 
 
-def load_plain(path, map_location="cpu", allow=(), mmap=False):
+def load_plain(path, map_location="cpu", allow=()):
     """``torch.load`` that runs nothing from the file: ``weights_only=True``, so only tensors, plain Python values
     and the value types in ``allow`` come back. Checkpoints and bundles come from other people, and unpickling
-    anything else can run code; such a file is refused with one line naming what it holds. ``mmap=True`` maps the
-    tensors instead of reading them (to vet a file cheaply)."""
+    anything else can run code; such a file is refused with one line naming what it holds."""
     import torch
 
     try:
         with torch.serialization.safe_globals(list(allow)):
-            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         found = re.search(r"GLOBAL (\S+)", str(error))
         what = found.group(1) if found else " ".join(str(error).split())[:200]

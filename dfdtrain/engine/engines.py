@@ -191,6 +191,7 @@ class DeepSpeedEngine:
             deepspeed.init_distributed(dist_backend=context.backend, verbose=False)
         self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model.to(context.device), optimizer=optimizer, lr_scheduler=scheduler, config=self.config)
+        self.model.checkpoint_engine = PlainLoads(self.model.checkpoint_engine)  # resume runs no code
         self.module = self.model.module
 
     def micro_step(self):
@@ -215,21 +216,34 @@ class DeepSpeedEngine:
         self.model.save_checkpoint(parent, tag=tag, client_state={"state": state}, save_latest=False)
 
     def load(self, folder):
-        # DeepSpeed unpickles its files with weights_only=False. Each one is vetted first with weights_only=True
-        # (tensors memory-mapped, so only the pickles are read), allowing only the value types DeepSpeed's own
-        # ZeRO checkpoints hold; a file holding anything else is refused before DeepSpeed opens it.
-        from deepspeed.runtime.fp16.loss_scaler import LossScaler
-        from deepspeed.runtime.zero.config import ZeroStageEnum
-        from deepspeed.utils.tensor_fragment import fragment_address
-
-        for name in sorted(os.listdir(folder)):
-            if name.endswith(".pt"):
-                load_plain(os.path.join(folder, name), allow=(LossScaler, ZeroStageEnum, fragment_address), mmap=True)
+        if self.model.load_universal_checkpoint() or self.model.has_moe_layers:
+            # those paths call torch.load themselves, past the checkpoint engine that PlainLoads covers
+            raise DfdError(f"{folder}: DeepSpeed universal and MoE checkpoints are not supported (DeepSpeed would "
+                           "unpickle them without weights_only)")
         parent, tag = os.path.split(os.path.normpath(folder))
         path, client_state = self.model.load_checkpoint(parent, tag=tag)
         if path is None:
             raise DfdError(f"{folder}: DeepSpeed found no checkpoint there")
         return client_state["state"]
+
+
+class PlainLoads:
+    """DeepSpeed's checkpoint engine with loads that run no code from the file (its own ``load`` unpickles
+    anything): ``weights_only=True``, allowing only the value types DeepSpeed's ZeRO checkpoints hold. A file
+    holding anything else is refused with one line. Saving and everything else is the wrapped engine's."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def load(self, path, map_location=None):
+        from deepspeed.runtime.fp16.loss_scaler import LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+        from deepspeed.utils.tensor_fragment import fragment_address
+
+        return load_plain(path, map_location=map_location, allow=(LossScaler, ZeroStageEnum, fragment_address))
 
 
 def build_engine(name, model, optimizer, scheduler, train, context, batch_size):

@@ -13,6 +13,15 @@ gpus_or_cpu_processes() {
   if [ "$gpus" -gt 0 ]; then echo "$gpus"; else export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"; echo 2; fi
 }
 
+# The allocation's first node, as an address: its NodeAddr when Slurm knows the node (several node entries on
+# one host, or names that only Slurm resolves), else the name itself.
+head_node_address() {
+  local head address
+  head="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
+  address="$(scontrol show node "$head" 2>/dev/null | grep -o 'NodeAddr=[^ ]*' | cut -d= -f2)"
+  echo "${address:-$head}"
+}
+
 # Slurm sends USR1 120 s before the time limit (--signal=B:USR1@120): put the job back in the queue; the
 # next start finds RUN_DIR/checkpoints/last and resumes (train --resume auto).
 requeue_on_signal() {

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# A real one-node Slurm on this machine, for trying the sbatch templates and for CI (run as root):
+# A real Slurm on this machine, for trying the sbatch templates and for CI (run as root):
 #   bash slurm/local_cluster.sh install   apt-get the Debian packages (slurmctld slurmd slurm-client munge)
-#   bash slurm/local_cluster.sh up        write a minimal slurm.conf, start munge + slurmctld + slurmd, wait
-#                                         until the node is idle
+#   bash slurm/local_cluster.sh up        write a minimal slurm.conf, start munge + slurmctld + the slurmds, wait
+#                                         until the nodes are idle
 #   bash slurm/local_cluster.sh down      stop the daemons
-# The node has this machine's CPUs and no GPUs; the partition is called "local". Without systemd (containers,
-# CI) the daemons are started directly.
+# Partition "local" (the default) is one node with this machine's CPUs and no GPUs. Partition "pair" is two more
+# node entries, <host>-a and <host>-b, each a slurmd of its own on this same machine (Debian's slurmd is built
+# with multiple-slurmd support: `slurmd -N NAME`), so a 2-node allocation and its srun steps are real. Without
+# systemd (containers, CI) the daemons are started directly.
 set -euo pipefail
 
 CONFIG_DIR="${SLURM_CONFIG_DIR:-/etc/slurm}"
 NODE="$(hostname -s)"
+PAIR=("$NODE-a" "$NODE-b")
 
 install_packages() {
   export DEBIAN_FRONTEND=noninteractive
@@ -35,26 +38,32 @@ JobAcctGatherType=jobacct_gather/none
 SlurmUser=root
 SlurmdUser=root
 StateSaveLocation=/var/spool/slurmctld
-SlurmdSpoolDir=/var/spool/slurmd
+SlurmdSpoolDir=/var/spool/slurmd/%n
+SlurmdPidFile=/run/slurmd-%n.pid
 SlurmctldLogFile=/var/log/slurm/slurmctld.log
-SlurmdLogFile=/var/log/slurm/slurmd.log
+SlurmdLogFile=/var/log/slurm/slurmd-%n.log
 ReturnToService=2
-NodeName=${NODE} NodeAddr=127.0.0.1 CPUs=$(nproc) State=UNKNOWN
-PartitionName=local Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+NodeName=${NODE} NodeAddr=127.0.0.1 Port=6818 CPUs=$(nproc) State=UNKNOWN
+NodeName=${PAIR[0]} NodeHostname=${NODE} NodeAddr=127.0.0.1 Port=6828 CPUs=$(nproc) State=UNKNOWN
+NodeName=${PAIR[1]} NodeHostname=${NODE} NodeAddr=127.0.0.1 Port=6829 CPUs=$(nproc) State=UNKNOWN
+PartitionName=local Nodes=${NODE} Default=YES MaxTime=INFINITE State=UP
+PartitionName=pair Nodes=${PAIR[0]},${PAIR[1]} MaxTime=INFINITE State=UP
 EOF
+  for node in "$NODE" "${PAIR[@]}"; do mkdir -p "/var/spool/slurmd/$node"; done
 }
 
 wait_until_idle() {
+  local nodes; nodes="$(IFS=,; echo "$NODE,${PAIR[*]}")"
   for _ in $(seq 60); do
-    if sinfo --noheader --nodes="$NODE" --format=%t 2>/dev/null | grep -qx "idle"; then
-      echo "slurm: node $NODE idle in partition local ($(nproc) CPUs)"
+    if [ "$(sinfo --noheader --Node --nodes="$nodes" --format=%t 2>/dev/null | grep -cx "idle")" -eq 3 ]; then
+      echo "slurm: node $NODE idle in partition local, ${PAIR[*]} in partition pair ($(nproc) CPUs each)"
       return 0
     fi
     sleep 1
   done
-  echo "slurm: node $NODE did not become idle within 60 s; see /var/log/slurm/" >&2
+  echo "slurm: nodes $nodes did not all become idle within 60 s; see /var/log/slurm/" >&2
   sinfo >&2 || true
-  tail -n 20 /var/log/slurm/slurmctld.log /var/log/slurm/slurmd.log >&2 || true
+  tail -n 20 /var/log/slurm/slurmctld.log /var/log/slurm/slurmd-*.log >&2 || true
   return 1
 }
 
@@ -64,7 +73,7 @@ up() {
   chown munge:munge /run/munge
   pgrep -x munged >/dev/null || runuser -u munge -- munged
   pgrep -x slurmctld >/dev/null || slurmctld
-  pgrep -x slurmd >/dev/null || slurmd
+  for node in "$NODE" "${PAIR[@]}"; do pgrep -f "^slurmd -N $node\$" >/dev/null || slurmd -N "$node"; done
   wait_until_idle
 }
 

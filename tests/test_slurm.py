@@ -120,15 +120,21 @@ def test_preempted_job_is_requeued_and_resumes(tmp_path, trained_run):
     assert report["epochs_run"] == EPOCHS and report["world_size"] == 2
 
 
-def test_multinode_template_runs_under_slurm(tmp_path, trained_run):
-    """The M-node template for real on this one-node cluster: srun starts torchrun, which meets the other ranks
-    through c10d rendezvous on the allocation's head node."""
+def test_multinode_template_runs_on_two_slurm_nodes(tmp_path, trained_run):
+    """The M-node template for real on a 2-node allocation (partition "pair": two slurmd node entries on this
+    machine): srun starts one torchrun per node, and they meet through c10d rendezvous at the head node's address."""
+    environment_options = ["--job-name=multi", "--partition=pair", "--nodes=2", "--ntasks-per-node=1",
+                           "--export=ALL,NPROC=1,MASTER_PORT=29817"]
     job_id = sbatch(tmp_path, "train_multinode.sbatch", REPO / "configs/demo.yaml", *TINY_TRAINING,
-                    *shard_overrides(trained_run), "train.epochs=1", options=["--job-name=multi", "--nodes=1"])
+                    *shard_overrides(trained_run), "train.epochs=1", options=environment_options)
     fields = wait_for_job_end(job_id)
-    assert fields["JobState"] == "COMPLETED", job_log(tmp_path, "multi", job_id)[-3000:]
+    log = job_log(tmp_path, "multi", job_id)
+    assert fields["JobState"] == "COMPLETED", log[-3000:]
+    nodes = subprocess.run(["scontrol", "show", "hostnames", fields["NodeList"]], capture_output=True, text=True)
+    assert fields["NumNodes"] == "2" and len(nodes.stdout.split()) == 2, fields  # two nodes, one rank each
     report = json.loads((tmp_path / "runs" / "multi" / "report.json").read_text())
-    assert report["world_size"] == 2
+    assert report["world_size"] == 2 and report["epochs_run"] == 1
+    assert report["val"]["video"]["auc"] is not None
 
 
 def test_multinode_command_line_from_a_real_nodelist(tmp_path):

@@ -1,7 +1,8 @@
 """Face-clip store vs original videos on the real fixtures: bytes, sampled 16-frame decode time, fidelity.
 
 For each real video (DFDC and FF++, from the shared fixtures) this does what ``dfdtrain shard --store faces``
-does per video: MTCNN on every 4th frame, face tracks, each track cropped to a square, resized to 384 px and
+does per video: one decoding pass with MTCNN on scheduled frames (every 16th, refined every 4th where
+neighbours disagree), face tracks, each track cut to a square at its native size (capped at 256 px) and
 re-encoded, then measures, per setting:
   bytes     the clips (all kept tracks) vs the original file, and vs PNG crops of the same frames (estimated
             from 16 crops spread over track 0: their mean PNG size x the track's frame count);
@@ -12,9 +13,9 @@ re-encoded, then measures, per setting:
             visible, and DALI on the CPU for the VP9 clips;
   fidelity  PSNR and mean absolute error (0..255 levels) of track 0's stored clip vs the crops that went into
             it (32 frames), as recorded in the shard json.
-Settings: ``default`` (FaceClipOptions(): h264 crf 16, keyframe every 4 frames, yuv420p), ``near_lossless``
-(h264 crf 10, yuv444p: full chroma, CPU decoders only), ``all_intra`` (h264 crf 16, every frame a keyframe),
-``vp9`` (vp9 crf 24, gop 4: what DALI decodes on a CPU).
+Settings: ``default`` (FaceClipOptions(): h264 crf 18, keyframe every 4 frames, yuv420p, at most 256 px),
+``near_lossless`` (h264 crf 10, yuv444p: full chroma, CPU decoders only), ``all_intra`` (h264 crf 18, every
+frame a keyframe), ``vp9`` (vp9 crf 26, gop 4: what DALI decodes on a CPU).
 
     python benchmarks/face_store.py [--quick] [--repeats 3] [--device auto|cpu|cuda]
                                     [--out benchmarks/results/face_store_cpu.json]
@@ -80,7 +81,7 @@ def prepare_video(job):
     import torch
 
     torch.set_num_threads(1)
-    from dfdtrain.data.face_clips import centre_track, encode_tracks, find_tracks
+    from dfdtrain.data.face_clips import centre_track, encode_tracks, find_tracks, scan_video
     from dfdtrain.data.faces import build_face_detector
     from dfdtrain.data.video import probe
 
@@ -89,8 +90,10 @@ def prepare_video(job):
     data = path.read_bytes()
     info = probe(data, name=str(path))
     default = clip_options("default")
+    detector = build_face_detector("mtcnn")
     started = time.perf_counter()
-    tracks = find_tracks(data, str(path), info, build_face_detector("mtcnn"), default)
+    scan = scan_video(data, str(path), info, detector, default)  # one decoding pass, its frames kept for encoding
+    tracks = find_tracks(scan, detector, default)
     detect_s = time.perf_counter() - started
     no_face = not tracks
     if no_face:
@@ -105,10 +108,10 @@ def prepare_video(job):
     for setting in settings:
         options = clip_options(setting)
         started = time.perf_counter()
-        encoded = encode_tracks(data, str(path), info, tracks, options)
+        encoded = encode_tracks(data, str(path), info, tracks, options, scan=scan)
         clips[setting] = encoded[0][0]
-        video["settings"][setting] = {"clip_bytes": sum(len(clip) for clip, _ in encoded),
-                                      "track0_bytes": len(encoded[0][0]),
+        video["settings"][setting] = {"clip_bytes": sum(len(clip) for clip, *_ in encoded),
+                                      "track0_bytes": len(encoded[0][0]), "track0_size": encoded[0][3],
                                       "crop_encode_check_s": round(time.perf_counter() - started, 2),
                                       "fidelity": encoded[0][1]}
     return video, clips

@@ -212,6 +212,56 @@ def render_face_store(result):
     return lines
 
 
+def render_shard(result):
+    lines = ["Sharding the fixture videos (one torch thread per process):", ""]
+    lines += table(["store", "processes", "videos", "wall s", "videos/s", "CPU s / video", "decode", "detect",
+                    "track", "encode", "verify", "frames detected / video"],
+                   [[run["store"], run["processes"], run["videos"], run["wall_s"], run["videos_per_s"],
+                     run["cpu_s_per_video"], *[run["stage_seconds"].get(stage) for stage in
+                                               ("decode", "detect", "track", "encode", "verify")],
+                     run["detector_frames_per_video"]] for run in result["runs"]])
+    lines += ["", "Scaling efficiency, 2 processes over 1: " + ", ".join(
+        f"{store} {value}" for store, value in result["scaling_efficiency_2_processes"].items())]
+    lines += ["", "Face store, one process, per dataset (CPU seconds per video and per stage):", ""]
+    lines += table(["dataset", "videos", "CPU s / video", "decode", "detect", "track", "encode", "verify"],
+                   [[name, run["videos"], run["cpu_s_per_video"],
+                     *[run["stage_seconds_per_video"].get(stage) for stage in
+                       ("decode", "detect", "track", "encode", "verify")]]
+                    for name, run in result["face_store_by_dataset"].items()])
+    png = result["png_store"]
+    lines += ["", f"Against a DeepfakeBench-style store ({result['settings']['png_store']}; "
+                  f"{result['settings']['load']}):", ""]
+    lines += table(["video", "source", "clip px", "clip frames", "PNG bytes", "clip bytes", "clip / PNG bytes",
+                    "PNG ms", "clip ms", "PNG ms / clip ms", "clip error /255"],
+                   [[video["video"], f"{video['source_width']}x{video['source_height']}", video["clip_size"],
+                     video["clip_frames"], megabytes(video["png_bytes"]), megabytes(video["clip_bytes"]),
+                     video["clip_bytes_over_png"], video["png_load_ms"], video["clip_load_ms"],
+                     video["png_load_over_clip_load"], video["mean_abs_error"]] for video in result["png_store_videos"]])
+    lines += ["", f"All videos: clips/s per core PNG {png['png_clips_per_s_per_core']}, face clips "
+                  f"{png['clip_clips_per_s_per_core']} (PNG ms / clip ms {png['png_load_over_clip_load']}, worst video "
+                  f"{png['png_load_over_clip_load_min_per_video']}); clip bytes / PNG bytes {png['clip_bytes_over_png']}"
+                  f" (worst {png['clip_bytes_over_png_max_per_video']}); the PNGs keep 32 frames, the clips every one"]
+    baseline = result.get("face_store_cpu_vs_baseline")
+    if baseline:
+        before = baseline.get("baseline_commit") or baseline["baseline"]
+        lines += ["", f"Face store CPU seconds per video, this checkout vs commit `{before}` (one run, one torch "
+                      "thread, steady state):", ""]
+        lines += table(["video", "before (CPU s)", "now (CPU s)", "before / now"],
+                       [[row["video"], row["baseline_cpu_s"], row["ours_cpu_s"], row["baseline_over_ours"]]
+                        for row in baseline["videos"]])
+        lines += ["", f"All three: {baseline['baseline_over_ours_total']}x less CPU"]
+    lines += ["", "Goals: " + ", ".join(f"`{goal}` {'met' if ok else 'NOT met'}"
+                                         for goal, ok in result["goals_met"].items())]
+    projection = result["projection"]
+    lines += ["", f"Projection (written, not measured): {projection['dataset']}", ""]
+    lines += table(["nodes", "GPUs", "cores", "hours, CPU detector", "hours, GPU detector",
+                    "detector frames/s each GPU must sustain"],
+                   [[row["nodes"], row["gpus"], row["cores"], row["hours_cpu_detector"], row["hours_gpu_detector"],
+                     row["detector_frames_per_s_per_gpu_needed"]] for row in projection["nodes"]])
+    lines += ["", "Assumptions:"] + [f"- {line}" for line in projection["assumptions"]]
+    return lines
+
+
 def render_generic(result):
     scalars = {key: value for key, value in result.items() if isinstance(value, (int, float, str)) and key != "created"}
     return ["No renderer is registered for this benchmark (benchmarks/results_table.py RENDERERS); its top-level "
@@ -229,6 +279,7 @@ RENDERERS = {
     "engine": ("Engine: DeepSpeed ZeRO 0/1/2 vs DDP", render_engine),
     "scaling": ("Scaling: processes here, projection to 8 GPUs x N nodes", render_scaling),
     "face_store": ("Face-clip store vs original videos: bytes, sampled decode, fidelity", render_face_store),
+    "shard": ("Sharding: videos/s, stages, 1 vs 2 processes, DFDC projection, vs a PNG store", render_shard),
 }
 
 

@@ -26,6 +26,12 @@ HEARTBEAT_SECONDS = 30
 STALE_SECONDS = 5 * 60
 
 
+def _slurm_task():
+    """This process's task within its Slurm job (step.task), or None outside an srun step."""
+    step = os.environ.get("SLURM_STEP_ID")
+    return f"{step}.{os.environ.get('SLURM_PROCID', '0')}" if step is not None else None
+
+
 class DirectoryLocked(DfdError):
     """Another live process holds the directory's lock."""
 
@@ -58,12 +64,14 @@ class DirectoryLock:
     """Hold ``folder``'s lock for ``command`` (a word for messages: train, shard). ``acquire`` raises
     DirectoryLocked when a live process holds it; ``release`` removes the file (only if still ours)."""
 
-    def __init__(self, folder, command, heartbeat_seconds=HEARTBEAT_SECONDS, stale_seconds=STALE_SECONDS):
+    def __init__(self, folder, command, heartbeat_seconds=HEARTBEAT_SECONDS, stale_seconds=STALE_SECONDS,
+                 name=LOCK_FILE):
         self.folder, self.command = os.fspath(folder), command
-        self.path = os.path.join(self.folder, LOCK_FILE)
+        self.path = os.path.join(self.folder, name)  # another name: a lock on one share of the folder's work
         self.heartbeat_seconds, self.stale_seconds = heartbeat_seconds, stale_seconds
         self.owner = {"host": socket.gethostname(), "pid": os.getpid(), "process_start": _process_stat(os.getpid())[1],
-                      "slurm_job": os.environ.get("SLURM_JOB_ID"), "command": command, "started": time.time()}
+                      "slurm_job": os.environ.get("SLURM_JOB_ID"), "slurm_task": _slurm_task(), "command": command,
+                      "started": time.time()}
         self.taken_over = None  # the stale owner this lock replaced, if any (for the message)
         self._stop = threading.Event()
         self._thread = None
@@ -84,8 +92,10 @@ class DirectoryLock:
             age = time.time() - os.stat(self.path).st_mtime
         except FileNotFoundError:
             return "gone"
-        if self.owner["slurm_job"] and owner.get("slurm_job") == self.owner["slurm_job"] and owner != self.owner:
-            # Slurm runs one instance of a job at a time: this is the job requeued, maybe onto another node
+        if (self.owner["slurm_job"] and owner.get("slurm_job") == self.owner["slurm_job"]
+                and owner.get("slurm_task") == self.owner["slurm_task"] and owner != self.owner):
+            # Slurm runs one instance of a job's task at a time: this is the job requeued, maybe onto another node
+            # (the tasks of one srun step run side by side: each is its own task)
             return f"an earlier run of Slurm job {owner['slurm_job']} (requeued)"
         if owner.get("host") == self.owner["host"] and isinstance(owner.get("pid"), int):
             if owner["pid"] == os.getpid():  # this very process holds it, or a dead one whose pid we now have
@@ -97,6 +107,13 @@ class DirectoryLock:
         if age > self.stale_seconds:
             return f"no heartbeat for {age / 60:.0f} min"
         return None
+
+    def live_owner(self):
+        """The owner of this lock while another live process holds it, else None: a look, not an acquire."""
+        owner = self._read_owner()
+        if owner is None or owner == self.owner:
+            return None
+        return owner if self._stale_reason(owner) is None else None
 
     def _create(self):
         """Create the lock file whole, or return False if it exists: written beside it, then hard-linked into

@@ -26,10 +26,10 @@ run_or_print() {
   "$@"
   local status=$?
   if [ "$status" -ne 0 ] && [ "$(gpu_count)" -gt 0 ]; then
-    echo "launch: training exited with status $status; its first error line is above (for NCCL detail, rerun" \
+    echo "launch: ${LAUNCH_WHAT:-training} exited with status $status; its first error line is above (for NCCL detail, rerun" \
          "with NCCL_DEBUG=INFO)" >&2
   elif [ "$status" -ne 0 ]; then
-    echo "launch: training exited with status $status; its first error line is above" >&2
+    echo "launch: ${LAUNCH_WHAT:-training} exited with status $status; its first error line is above" >&2
   fi
   return "$status"
 }

@@ -27,6 +27,36 @@ def place_video(path, source=SMALL_CLIP):
     return path
 
 
+# 6 real FF++ c40 videos (4 real, 2 fake, ~1.5 MB) as a folder dataset: at 600K a shard, enough shards that each
+# of 2 parts writes at least one
+SIX_VIDEOS = {**{f"real/{name}.mp4": f"original_sequences/youtube/c40/videos/{name}.mp4"
+                 for name in ("183", "253", "469", "481")},
+              **{f"fake/{name}.mp4": f"manipulated_sequences/Deepfakes/c40/videos/{name}.mp4"
+                 for name in ("183_253", "469_481")}}
+
+
+def six_video_manifest(root, fixtures):
+    """``SIX_VIDEOS`` copied to ``root/data`` and indexed (everything in train) into ``root/m.jsonl``; returns
+    (manifest path, rows)."""
+    from dfdtrain.data.datasets import IndexOptions
+    from dfdtrain.data.index import build_manifest, write_manifest
+
+    for path, source in SIX_VIDEOS.items():
+        place_video(root / "data" / path, fixtures / "ffpp" / source)
+    rows, summary = build_manifest("folder", root / "data", IndexOptions(), val_fraction=0, test_fraction=0,
+                                   progress=False)
+    write_manifest(root / "m.jsonl", rows, summary)
+    return root / "m.jsonl", rows
+
+
+def shards_by_name(out):
+    """({shard name: (sha256, keys)}, index) of a finished shard folder."""
+    import json
+
+    index = json.loads((Path(out) / "index.json").read_text())
+    return {shard["name"]: (shard["sha256"], shard["keys"]) for shard in index["shards"]}, index
+
+
 def run_cli(*args, cwd=None):
     """Run ``python -m dfdtrain ARGS`` for real; returns the CompletedProcess (text output)."""
     return subprocess.run([sys.executable, "-m", "dfdtrain", *map(str, args)], capture_output=True, text=True,

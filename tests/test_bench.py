@@ -11,7 +11,7 @@ import pytest
 
 from conftest import REPO, run_cli
 
-BENCHMARK_NAMES = ("decode", "storage", "loader", "model", "train", "engine", "scaling", "face_store")
+BENCHMARK_NAMES = ("decode", "storage", "loader", "model", "train", "engine", "scaling", "face_store", "shard")
 MACHINE_KEYS = ("cpu", "cores", "cores_usable", "gpu", "python", "av", "numpy", "torch", "nvidia_dali", "timm",
                 "deepspeed")
 
@@ -172,6 +172,21 @@ def test_quick_face_store_compares_original_and_face_clip_shards(quick_results):
                         "psnr_db_mean", "mean_abs_error_mean")
         assert set(summary["goals_met"]) == {"decode_speedup_total>=10", "bytes_vs_original<=1", "png_vs_clip>=20",
                                              "mean_abs_error_max<=2"}
+
+
+def test_quick_shard_measures_stores_processes_stages_and_the_png_store(quick_results):
+    result = quick_results["shard"]
+    runs = {(run["store"], run["processes"]): run for run in result["runs"]}
+    assert set(runs) == {(store, processes) for store in ("original", "faces") for processes in (1, 2)}
+    for run in runs.values():
+        assert_positive(run, "wall_s", "videos_per_s", "cpu_s_per_video")
+    assert set(runs[("faces", 1)]["stage_seconds"]) == {"decode", "detect", "track", "encode", "verify"}
+    assert runs[("faces", 1)]["detector_frames_per_video"] > 0 and runs[("original", 1)]["stage_seconds"] == {}
+    assert set(result["face_store_by_dataset"]) == {"dfdc", "ffpp"}
+    assert_positive(result["png_store"], "png_clips_per_s_per_core", "clip_clips_per_s_per_core", "png_bytes",
+                    "clip_bytes", "png_load_over_clip_load")
+    assert len(result["png_store_videos"]) == 2 and len(result["projection"]["nodes"]) == 4
+    assert len(result["goals_met"]) == 4 and result["face_store_cpu_vs_baseline"] is None  # no --baseline
 
 
 def test_results_table_renders_every_quick_result(quick_results, tmp_path):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from dfdtrain.data.decoders import PyAVDecoder, SequentialDecoder, build_decoder
-from dfdtrain.data.face_clips import (ClipEncoder, FaceClipOptions, check_clip, crop_window, make_face_clips,
-                                      member_extension)
+from dfdtrain.data.face_clips import (DEFAULT_CRF, ClipEncoder, FaceClipOptions, check_clip, crop_window,
+                                      make_face_clips, member_extension)
 from dfdtrain.data.shard import prepare_sample
 from dfdtrain.data.synth import encode_video
 from dfdtrain.data.tracks import TrackOptions
@@ -63,19 +63,27 @@ def test_a_real_dfdc_video_round_trips_at_the_default_settings(fixtures, detecto
     (track,) = fields["tracks"]
     # the recorded mapping: one source frame and one window per clip frame, and the clip has exactly that many
     assert track["frames"] == fields["frames"] == len(track["source_frames"]) == len(track["windows"]) == 300
-    assert probe(clip)["frames"] == 300 and (fields["width"], fields["height"], fields["codec"]) == (384, 384, "h264")
-    assert fields["source"]["bytes"] == len(data) and fields["bytes"] == len(clip) < len(data) / 2
+    # no upscaling: the face window in this 1080x1920 video is ~240 px, so the clip is that size, not the cap (256)
+    sides = [x2 - x1 for x1, _, x2, _ in track["windows"]]
+    assert track["size"] == int(np.median(sides)) // 2 * 2 and 200 < track["size"] < 300
+    assert probe(clip)["frames"] == 300 and (fields["width"], fields["height"], fields["codec"]) == (
+        track["size"], track["size"], "h264")
+    # windows as cut: whole, even pixels (4:2:0 chroma cut where it lies), square
+    assert all(value == int(value) and value % 2 == 0 for window in track["windows"] for value in window)
+    assert all(x2 - x1 == y2 - y1 for x1, y1, x2, y2 in track["windows"])
+    assert fields["source"]["bytes"] == len(data) and fields["bytes"] == len(clip) < len(data) / 4
     # short closed GOPs without B-frames: a keyframe every 4 frames, decode order = display order
     keyframes, pts = packet_keyframes(clip)
     assert [position for position, key in enumerate(keyframes) if key] == list(range(0, 300, 4))
     assert pts == sorted(pts)
-    assert fields["encode"]["crf"] == 16 and fields["encode"]["gop"] == 4 and fields["encode"]["pix_fmt"] == "yuv420p"
+    assert fields["encode"]["crf"] == DEFAULT_CRF["h264"] and fields["encode"]["gop"] == 4
+    assert fields["encode"]["pix_fmt"] == "yuv420p" and fields["encode"]["max_size"] == 256
     # fidelity: recorded, within the goal, and what an independent look at three frames finds
     assert track["fidelity"]["mean_abs_error"] <= 2.0 and track["fidelity"]["psnr_db"] >= 38
     positions = [7, 150, 299]
     decoded = build_decoder("pyav").read(clip, positions, name="clip.mp4")
     sources = build_decoder("pyav").read(data, [track["source_frames"][p] for p in positions])
-    crops = np.stack([crop_window(rgb, track["windows"][p], 384) for rgb, p in zip(sources, positions)])
+    crops = np.stack([crop_window(rgb, track["windows"][p], track["size"]) for rgb, p in zip(sources, positions)])
     error = np.abs(decoded.astype(float) - crops.astype(float)).mean()
     assert error <= 2.0 and abs(error - track["fidelity"]["mean_abs_error"]) < 0.5
 

@@ -14,7 +14,7 @@ from dfdtrain.data.decoders import build_decoder
 from dfdtrain.data.face_clips import FaceClipOptions
 from dfdtrain.data.loader import ClipDecoder, VideoLoader
 from dfdtrain.data.preview import preview
-from dfdtrain.data.shard import write_shards
+from dfdtrain.data.shard import Compute, write_shards
 from dfdtrain.data.synth import encode_video
 from dfdtrain.data.tracks import TrackOptions
 from dfdtrain.data.video import probe
@@ -76,7 +76,7 @@ def test_samples_hold_clips_that_map_back_to_the_source(face_shards):
             assert 0 <= track["source_frames"][0] and track["source_frames"][-1] < source["frames"]
             assert track["fidelity"]["frames_compared"] > 0 and track["bytes"] == len(clip)
         assert meta["frames"] == meta["tracks"][0]["frames"]
-        assert meta["encode"]["gop"] == 4 and meta["encode"]["size"] == SIZE
+        assert meta["encode"]["gop"] == 4 and meta["encode"]["max_size"] == SIZE == meta["tracks"][0]["size"]
     two = json.loads(samples["real585"]["json"])
     assert len(two["tracks"]) == 2 and "track1.mp4" in samples["real585"]
     # index.json: the store, the clips' fidelity, and the cut-off video named with its reason
@@ -95,6 +95,23 @@ def test_rerun_resumes_with_the_same_face_options(face_shards):
     assert again["totals"]["resumed_shards"] == index["totals"]["shards"]
     assert again["face_clips"] == index["face_clips"] and again["skipped"] == index["skipped"]
     assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in index["shards"]]
+
+
+def test_workers_sharing_one_batching_detector_store_the_same_clips(face_shards, tmp_path):
+    shards, rows, options, _ = face_shards
+    chosen = [row for row in rows if row["key"] in ("real469", "plain", "real585", "plain2")]
+    compute = Compute(workers=2, shared_detector=True)  # the GPU setting, on the CPU
+    index = write_shards(chosen, tmp_path / "shared", progress=False, store="faces", face_clip_options=options,
+                         compute=compute)
+    assert index["totals"]["shared_detector"]["batches"] > 0  # every detection went through the main process
+    alone, shared = read_samples(shards), read_samples(tmp_path / "shared")
+    assert sorted(shared) == sorted(row["key"] for row in chosen)
+    for key in shared:  # batched with the other worker's frames, MTCNN finds the same faces (to float noise)
+        tracks = [json.loads(samples[key]["json"])["tracks"] for samples in (alone, shared)]
+        assert [len(found) for found in tracks] == [len(tracks[0])] * 2, key
+        for one, other in zip(*tracks):
+            assert one["source_frames"] == other["source_frames"] and one["size"] == other["size"], key
+            assert np.abs(np.array(one["windows"]) - np.array(other["windows"])).max() <= 2, key
 
 
 def test_clip_decoder_samples_in_clip_time_without_a_second_crop(face_shards):
@@ -127,8 +144,13 @@ def test_dali_reads_vp9_face_clip_shards_like_pyav(tmp_path, fixtures):
     no_face_clip(tmp_path / "plain.mp4")
     rows = [row("real469", fixtures, f"{YOUTUBE}/469.mp4", 0, "469", "train"),
             row("plain", tmp_path, "plain.mp4", 1, "plain", "train")]
-    options = FaceClipOptions(size=SIZE, codec="vp9", tracks=TrackOptions(detect_every=32))
+    # no upscaling, and a cap: plain's 128 px centre square is kept at 128, 469's face window (over 160 px) is
+    # capped at 160; DALI decodes the two sizes onto one canvas of the model's size
+    options = FaceClipOptions(size=160, codec="vp9", tracks=TrackOptions(detect_every=32))
     write_shards(rows, tmp_path / "shards", progress=False, store="faces", face_clip_options=options)
+    sizes = {key: json.loads(sample["json"])["tracks"][0]["size"]
+             for key, sample in read_samples(tmp_path / "shards").items()}
+    assert sizes == {"plain": 128, "real469": 160}
     shards, spec = tmp_path / "shards" / "train-*.tar", clip_spec(5, 32, crop="face")
     pyav = frames_by_key(VideoLoader(shards, spec, data_config(batch_size=2)))
     dali_loader = VideoLoader(shards, spec, data_config(batch_size=2, decoder="dali"))

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, shards_by_name, six_video_manifest
 
 SCRIPTS = sorted([*REPO.glob("launch/*.sh"), *REPO.glob("slurm/*.sh"), *REPO.glob("slurm/*.sbatch")])
 
@@ -103,3 +103,81 @@ def test_multi_node_launcher_rendezvous_of_two_nodes_on_this_machine_trains(tmp_
         assert node.returncode == 0, stderr[-3000:]
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["world_size"] == 2 and report["steps"] == 2
+
+
+# Sharding: launch/shard.sh (torchrun on one node) and slurm/shard_array.sbatch (an array + a merge job; run for
+# real in tests/test_slurm.py). Both must write exactly the shards of a one-process run.
+
+def one_process_shards(manifest, out):
+    from dfdtrain.data.shard import write_shards
+
+    write_shards(manifest, out, target_bytes=600_000, progress=False)
+    shards, _ = shards_by_name(out)
+    assert len(shards) >= 2, shards  # so each of 2 parts has a shard to write
+    return shards
+
+
+def test_shard_launcher_runs_two_ranks_for_real_and_writes_the_one_process_shards(tmp_path, fixtures):
+    manifest, _ = six_video_manifest(tmp_path, fixtures)
+    reference = one_process_shards(manifest, tmp_path / "one")
+    out = tmp_path / "shards"
+    result = run_script("launch/shard.sh", manifest, out, "--shard-size", "600K", "--quiet", NPROC=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    shards, index = shards_by_name(out)
+    assert shards == reference
+    assert [part["part"] for part in index["parts"]] == [0, 1] and all(part["shards"] for part in index["parts"])
+    assert not (out / ".parts").exists()
+
+
+def test_shard_launcher_usage_and_command_lines():
+    missing = run_script("launch/shard.sh")
+    assert missing.returncode != 0 and missing.stdout == ""
+    assert missing.stderr.startswith("usage: ") and "launch/shard.sh MANIFEST OUT" in missing.stderr
+    assert run_script("launch/shard.sh", "m.jsonl").returncode != 0
+    one = shlex.split(run_script("launch/shard.sh", "m.jsonl", "shards", "--workers", "4", DRY_RUN=1, NPROC=4).stdout)
+    assert one == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "-m",
+                   "dfdtrain", "shard", "--manifest", "m.jsonl", "--out", "shards", "--workers", "4"]
+    multi = run_script("launch/shard.sh", "m.jsonl", "shards", DRY_RUN=1, NPROC=8, NNODES=3, MASTER_ADDR="node0")
+    assert ("--nnodes=3 --rdzv_backend=c10d --rdzv_endpoint=node0:29500 --rdzv_id=shard --nproc_per_node=8 -m "
+            "dfdtrain shard --manifest m.jsonl --out shards") in multi.stdout, multi.stderr
+
+
+def test_shard_array_template_command_lines(tmp_path):
+    """DRY_RUN: the two sbatch commands (the array, the merge after it), then what the array task and the merge
+    job run. Submitted from tmp_path, without DFDTRAIN_SLURM_DIR: the script finds its own folder."""
+    script = str(REPO / "slurm" / "shard_array.sbatch")
+    (tmp_path / "m.jsonl").write_text("")
+    environment = {key: value for key, value in os.environ.items() if key != "DFDTRAIN_SLURM_DIR"}
+
+    def run(*args, **env):
+        return subprocess.run(["bash", script, *args], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                              env={**environment, "PYTHON": sys.executable, "DRY_RUN": "1", **env})
+
+    submitted = run("2", "m.jsonl", "shards", "--shard-size", "600K", "--quiet",
+                    PART_SBATCH_OPTIONS="--gres=gpu:1 --cpus-per-task=8")
+    assert submitted.returncode == 0, submitted.stderr
+    array, merge = [shlex.split(line) for line in submitted.stdout.splitlines()]
+    assert array == ["sbatch", "--parsable", "--export=ALL", "--array=0-1", "--gres=gpu:1", "--cpus-per-task=8",
+                     script, "2", "m.jsonl", "shards", "--shard-size", "600K", "--quiet"]
+    assert merge == ["sbatch", "--parsable", "--export=ALL", "--dependency=afterok:ARRAY_JOB_ID",
+                     "--kill-on-invalid-dep=yes", "--output=logs/%x-%j.out", script, "--merge", "shards", "--quiet"]
+    assert not (tmp_path / "logs").exists()  # a dry run changes nothing
+
+    # under Slurm (a batch job's environment): array task 1 of 2 runs part 1/2; the merge job merges
+    in_batch = {"ENVIRONMENT": "BATCH", "SLURM_SUBMIT_DIR": str(tmp_path), "DFDTRAIN_SLURM_DIR": str(REPO / "slurm")}
+    task = run(*array[7:], SLURM_ARRAY_TASK_ID="1", SLURM_ARRAY_TASK_COUNT="2", **in_batch)
+    assert task.returncode == 0, task.stderr
+    assert shlex.split(task.stdout) == [sys.executable, "-m", "dfdtrain", "shard", "--manifest", "m.jsonl", "--out",
+                                        "shards", "--part", "1/2", "--shard-size", "600K", "--quiet"]
+    merged = run(*merge[7:], **in_batch)
+    assert merged.returncode == 0, merged.stderr
+    assert shlex.split(merged.stdout) == [sys.executable, "-m", "dfdtrain", "shard", "--merge", "--out", "shards",
+                                          "--quiet"]
+
+    refused = run("2", "m.jsonl", "shards", **in_batch)  # sbatch'ed directly, not as an array
+    assert refused.returncode == 2 and "run this file with bash, not sbatch" in refused.stderr
+    for wrong in ((), ("0", "m.jsonl", "shards"), ("two", "m.jsonl", "shards")):
+        usage = run(*wrong)
+        assert usage.returncode == 2 and usage.stderr.startswith("usage: bash slurm/shard_array.sbatch N MANIFEST OUT")
+    no_manifest = run("2", "missing.jsonl", "shards")
+    assert no_manifest.returncode == 2 and "no manifest at missing.jsonl" in no_manifest.stderr

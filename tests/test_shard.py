@@ -12,7 +12,7 @@ import time
 import pytest
 import webdataset as wds
 
-from conftest import SMALL_CLIP, place_video, run_cli
+from conftest import SIX_VIDEOS, SMALL_CLIP, place_video, run_cli, six_video_manifest
 from dfdtrain.data.dali_index import dali_index_path
 from dfdtrain.data.index import build_manifest, write_manifest
 from dfdtrain.data.datasets import IndexOptions
@@ -271,15 +271,8 @@ def test_a_rerun_with_other_settings_leaves_exactly_the_tars_index_json_lists(tm
 
 
 def test_a_concurrent_run_is_refused_and_a_killed_runs_leftovers_are_removed(tmp_path, fixtures):
+    _, rows = six_video_manifest(tmp_path, fixtures)
     data = tmp_path / "data"
-    sources = {f"real/{name}.mp4": f"original_sequences/youtube/c40/videos/{name}.mp4"
-               for name in ("183", "253", "469", "481")}
-    sources.update({f"fake/{name}.mp4": f"manipulated_sequences/Deepfakes/c40/videos/{name}.mp4"
-                    for name in ("183_253", "469_481")})
-    for path, source in sources.items():
-        place_video(data / path, fixtures / "ffpp" / source)
-    rows, summary = build_manifest("folder", data, IndexOptions(), val_fraction=0, test_fraction=0, progress=False)
-    write_manifest(tmp_path / "m.jsonl", rows, summary)
     out = tmp_path / "shards"
     # the first shard's second video becomes a FIFO: the run blocks reading it, mid-shard, holding the lock
     _, _, members = plan_shards(rows, target_bytes=600_000)[0]
@@ -305,7 +298,7 @@ def test_a_concurrent_run_is_refused_and_a_killed_runs_leftovers_are_removed(tmp
         first.send_signal(signal.SIGKILL)
         first.wait()
     (data / blocking).unlink()
-    place_video(data / blocking, fixtures / "ffpp" / sources[blocking])
+    place_video(data / blocking, fixtures / "ffpp" / SIX_VIDEOS[blocking])
     assert len(list(out.glob(".*.tar.*.tmp"))) == 1 and (out / ".dfdtrain.lock").exists()  # what the kill left
 
     # besides the killed run's half shard, temp files as a kill elsewhere leaves them; another program's stays
@@ -338,7 +331,7 @@ def test_shard_help_names_the_tars_and_the_measured_speed_up():
     for text in (shard_help.stdout, top_help.stdout):
         assert "<split>-NNNNNN.tar" in " ".join(text.split()) and "%" not in text
     shard_text = " ".join(shard_help.stdout.split())
-    assert "~20x faster" in shard_text and "10x" not in shard_text  # the README's measured ~20x
+    assert "~40x faster" in shard_text and "20x" not in shard_text  # the README's measured ~40x
     assert "--min-track-share" in shard_text and "--min-track-score" in shard_text
 
 

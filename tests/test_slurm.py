@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, shards_by_name, six_video_manifest
 
 
 def _slurm_is_up():
@@ -150,3 +150,36 @@ def test_multinode_command_line_from_a_real_nodelist(tmp_path):
     for part in ("--nnodes=3", "--nproc_per_node=8", "--rdzv_backend=c10d", "--rdzv_endpoint=gpu-07:29500",
                  "--rdzv_id=4242", "run_dir=runs/b7x3", "logger.wandb.name=b7x3-4242", "x.y=1"):
         assert part in command
+
+
+def test_shard_array_template_writes_the_one_process_shards_under_slurm(tmp_path, fixtures):
+    """bash slurm/shard_array.sbatch for real: it submits a 2-task array (part I/2 each) and a merge job after
+    it (afterok); the merged folder holds exactly the shards of a one-process run. Submitted from tmp_path with
+    relative paths and without DFDTRAIN_SLURM_DIR: the script passes its own folder to the jobs."""
+    from test_launch import one_process_shards
+
+    six_video_manifest(tmp_path, fixtures)  # tmp_path/m.jsonl
+    reference = one_process_shards(tmp_path / "m.jsonl", tmp_path / "one")
+    environment = {key: value for key, value in job_environment().items() if key != "DFDTRAIN_SLURM_DIR"}
+    result = subprocess.run(["bash", str(REPO / "slurm" / "shard_array.sbatch"), "2", "m.jsonl", "shards",
+                             "--shard-size", "600K", "--quiet"], capture_output=True, text=True, cwd=tmp_path,
+                            env=environment, timeout=60)
+    assert result.returncode == 0, result.stderr
+    array_id = re.search(r"^array job (\d+): parts 0-1 of 2", result.stdout, re.M).group(1)
+    merge_id = re.search(r"^merge job (\d+): ", result.stdout, re.M).group(1)
+    assert job_fields(merge_id)["Dependency"].startswith(f"afterok:{array_id}_*"), job_fields(merge_id)
+
+    tasks = [wait_for_job_end(f"{array_id}_{task}") for task in (0, 1)]
+    merged = wait_for_job_end(merge_id, timeout=120)
+    for task, fields in enumerate(tasks):
+        log = job_log(tmp_path, "dfdtrain-shard", f"{array_id}_{task}")
+        assert fields["JobState"] == "COMPLETED", log[-3000:]
+        assert f"part {task}/2: " in log, log[-3000:]  # each task wrote its own part
+    log = job_log(tmp_path, "dfdtrain-shard", merge_id)
+    assert merged["JobState"] == "COMPLETED", log[-3000:]
+    assert "wrote shards/index.json" in log, log[-3000:]
+
+    shards, index = shards_by_name(tmp_path / "shards")
+    assert shards == reference  # same shard names, bytes and samples as one process
+    assert [part["part"] for part in index["parts"]] == [0, 1] and all(part["shards"] for part in index["parts"])
+    assert not (tmp_path / "shards" / ".parts").exists()

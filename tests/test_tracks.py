@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from dfdtrain.data.decoders import build_decoder
-from dfdtrain.data.tracks import (TrackOptions, box_iou, build_tracks, detection_frames, link_detections,
-                                  moving_average, rank_tracks, track_windows)
+from dfdtrain.data.tracks import (TrackOptions, box_iou, build_tracks, detection_frames, detections_agree,
+                                  link_detections, moving_average, rank_tracks, schedule_detections, track_windows)
 from dfdtrain.data.video import probe
 
 FFPP_YOUTUBE = "ffpp/original_sequences/youtube/c40/videos"
@@ -86,6 +86,32 @@ def test_short_or_unsure_tracks_are_dropped_as_false_faces():
         TrackOptions(min_share=1.5)
 
 
+def test_detections_are_refined_only_where_neighbours_disagree():
+    options = TrackOptions(detect_every=16, refine_every=4, refine_iou=0.6)
+    still = [100.0, 100.0, 200.0, 200.0, 0.99]
+    moved = [300.0, 100.0, 400.0, 200.0, 0.99]
+    asked = []
+
+    def detect(frames):  # a still face that jumps to the right at frame 41, and a second face from frame 90 on
+        asked.append(list(frames))
+        return [[still if frame < 41 else moved] + ([moved[:1] + [300.0, 500.0, 400.0, 0.97]] if frame >= 90 else [])
+                for frame in frames]
+
+    frames, detections = schedule_detections(120, detect, options)
+    assert asked[0] == list(range(0, 120, 16)) + [119]  # the coarse grid and the last frame, in one call
+    # refinement halves the disagreeing gaps (32..48: the jump; 80..96: the new face) down to the 4-frame grid,
+    # so each change is bracketed by detections 4 frames apart (40/44 around 41, 88/92 around 90)
+    assert [frame for frame in frames if frame % 16 and frame != 119] == [40, 44, 88, 92]
+    assert all(frame % 4 == 0 or frame == 119 for frame in frames)
+    assert len(asked) == 3 and all(len(call) == len(set(call)) for call in asked)
+    assert sorted(sum(asked, [])) == frames and len(detections) == len(frames)
+    # a fixed grid when both steps agree, and refine_every never exceeds detect_every
+    assert schedule_detections(30, detect, TrackOptions(detect_every=4, refine_every=4))[0] == detection_frames(30, 4)
+    assert TrackOptions(detect_every=2).refine_every == 2
+    assert detections_agree([still], [still[:4] + [0.5]], 0.6) and not detections_agree([still], [moved], 0.6)
+    assert not detections_agree([still], [], 0.6) and detections_agree([], [], 0.6)
+
+
 # ------------------------------------------------------------------------------------------ real videos
 def detect_every_frame_of(detector, data, frame_count, every):
     """(detection frames, boxes): the detector on every ``every``-th frame, decoded with the pyav backend."""
@@ -129,6 +155,24 @@ def test_track_stays_on_the_face_in_real_videos(fixtures, detector, video, every
     # one person on screen the whole time: the track spans the video, a window per frame
     assert track["source_frames"] == list(range(frame_count)) and len(track["windows"]) == frame_count
     held_out = [frame for frame in np.linspace(3, frame_count - 4, 5).round().astype(int).tolist() if frame % every]
+    check_windows_follow_faces(detector, data, track, options.margin, held_out)
+
+
+@pytest.mark.parametrize("video", [f"{FFPP_YOUTUBE}/183.mp4", "dfdc/dfdc_train_part_0/brtujopkby.mp4"])
+def test_scheduled_detections_keep_the_track_on_the_face(fixtures, detector, video):
+    """The default schedule (every 16th frame, refined to every 4th where detections disagree) sees a fraction
+    of the frames, and on frames it never saw MTCNN's face is still inside the window."""
+    data = (fixtures / video).read_bytes()
+    frame_count = probe(data)["frames"]
+    options = TrackOptions()
+    decoder = build_decoder("pyav")
+    frames, detections = schedule_detections(frame_count, lambda wanted: detector.detect(decoder.read(data, wanted)),
+                                             options)
+    assert len(frames) < len(detection_frames(frame_count, options.refine_every)) / 2
+    (track,) = build_tracks(frames, detections, options, frame_count=frame_count)
+    assert track["source_frames"] == list(range(frame_count))
+    seen = set(frames)
+    held_out = [frame for frame in np.linspace(5, frame_count - 6, 7).round().astype(int).tolist() if frame not in seen]
     check_windows_follow_faces(detector, data, track, options.margin, held_out)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from dfdtrain.cli import OneLineArgumentParser
 from dfdtrain.errors import DfdError
 
-HELP = ("run a throughput benchmark (decode, storage, loader, model, train, engine, scaling, face_store, all) "
+HELP = ("run a throughput benchmark (decode, storage, loader, model, train, engine, scaling, face_store, shard, all) "
         "or render the table")
 
 # benchmark name -> its script in benchmarks/; `all` runs them in this order.
@@ -33,6 +33,7 @@ BENCHMARKS = {
     "engine": "engine.py",
     "scaling": "scaling.py",
     "face_store": "face_store.py",  # original vs face-clip shards (issue 8): bytes, sampled decode, fidelity
+    "shard": "shard.py",  # sharding videos/s, stages, 1 vs 2 processes, DFDC projection, vs a PNG store (issue 15)
 }
 # Their work runs on the CPU whatever the device (MTCNN at shard time, PNG encoding): no --device, and `all`
 # runs them only for a CPU result.

@@ -1,9 +1,12 @@
 """dfdtrain shard: manifest.jsonl -> WebDataset tar shards (original bytes or face clips), DALI indexes, index.json."""
 
+import argparse
 import json
+import os
 import sys
 
-from dfdtrain.data.shard import DEFAULT_TARGET_BYTES, STORES, format_index, write_shards
+from dfdtrain.data.shard import (DEFAULT_TARGET_BYTES, PART_FORMAT, STORES, Compute, Part, format_index, merge_parts,
+                                 write_shards)
 from dfdtrain.errors import DfdError
 
 # no "%" here: argparse %-formats a subcommand's help (in 'dfdtrain --help') but not its description (in
@@ -23,17 +26,66 @@ def parse_size(text):
         raise DfdError(f"--shard-size: {text!r} is not a size like 1G, 300M or 65536") from None
 
 
+def part_from_environment(explicit):
+    """(Part or None, launched): --part I/N, else torchrun's RANK/WORLD_SIZE, else an srun step's
+    SLURM_PROCID/SLURM_STEP_NUM_TASKS (not a batch script's SLURM_NTASKS: that one runs once for all tasks)."""
+    if explicit:
+        return Part.parse(explicit), False
+    for rank, size in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS")):
+        if rank == "SLURM_PROCID" and os.environ.get("SLURM_STEP_ID") is None:
+            continue
+        if os.environ.get(size, "1") not in ("", "1") and os.environ.get(rank) is not None:
+            try:
+                return Part(int(os.environ[rank]), int(os.environ[size])), True
+            except ValueError:
+                raise DfdError(f"{rank}={os.environ[rank]!r} / {size}={os.environ[size]!r}: not a part I/N") from None
+    return None, False
+
+
+def resolve_device(device):
+    """--device: auto = this rank's GPU (LOCAL_RANK) when torch sees one, else cpu."""
+    if device == "auto" or device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            if device == "auto":
+                return "cpu"
+            raise DfdError(f"--device {device}: no GPU is visible (torch.cuda.is_available() is False)")
+        if device in ("auto", "cuda"):
+            return f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
+        return device
+    if device != "cpu":
+        raise DfdError(f"--device {device!r}: expected cpu, cuda, cuda:N or auto")
+    return device
+
+
 def add_arguments(parser):
     from dfdtrain.data.face_clips import CLIP_CODECS, DEFAULT_CRF, NO_FACE_POLICIES, PIXEL_FORMATS, FaceClipOptions
     from dfdtrain.data.tracks import TrackOptions
 
     clip_defaults, track_defaults = FaceClipOptions(), TrackOptions()
-    parser.add_argument("--manifest", required=True, help="manifest.jsonl from 'dfdtrain index'")
+    parser.add_argument("--manifest", help="manifest.jsonl from 'dfdtrain index' (not with --merge)")
     parser.add_argument("--out", required=True, help="output folder for the shards and index.json")
     parser.add_argument("--shard-size", default=str(DEFAULT_TARGET_BYTES),
                         help="target bytes per shard (of source video), e.g. 1G (default) or 300M")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample order across shards (default 0)")
     parser.add_argument("--workers", type=int, default=1, help="processes that read, check and detect faces")
+    scale = parser.add_argument_group("distributed sharding (one folder, many processes or nodes)")
+    scale.add_argument("--part", help="write part I of N (0-based, e.g. 3/8): a deterministic, size-balanced share of "
+                                      "the shards, and a part record; then 'shard --merge' writes index.json. Under "
+                                      "torchrun (RANK/WORLD_SIZE) or srun (SLURM_PROCID/SLURM_STEP_NUM_TASKS) the "
+                                      "part is the rank, and rank 0 merges when every part is done")
+    scale.add_argument("--merge", action="store_true",
+                       help="write --out's index.json from the part records of a finished partitioned run")
+    scale.add_argument("--device", default="cpu",
+                       help="where the face detector runs: cpu (default), cuda, cuda:N, or auto (the rank's GPU "
+                            "when there is one)")
+    scale.add_argument("--shared-detector", action=argparse.BooleanOptionalAction, default=None,
+                       help="one face detector in the main process batching the frames of every worker's videos "
+                            "(default: on with a GPU and --workers > 1)")
+    scale.add_argument("--frame-cache-mb", type=int, default=None,
+                       help="per worker: a video whose decoded frames fit in this much memory is decoded once for "
+                            "faces and clips, a larger one twice (default 1024; 0 = always twice)")
     parser.add_argument("--faces", choices=("none", "mtcnn"), default="none",
                         help="detect faces at shard time and store per-frame boxes (default none; "
                              "--store faces always detects, with mtcnn)")
@@ -44,10 +96,11 @@ def add_arguments(parser):
     faces = parser.add_argument_group("face-clip store (--store faces)")
     faces.add_argument("--store", choices=STORES, default="original",
                        help="original: the video's bytes, untouched (default); faces: each face track cropped to a "
-                            "square and re-encoded as a short-GOP clip (sampled decoding ~20x faster, as measured "
+                            "square and re-encoded as a short-GOP clip (sampled decoding ~40x faster, as measured "
                             "in the README)")
     faces.add_argument("--face-size", type=int, default=clip_defaults.size,
-                       help=f"clip side in pixels, e.g. the backbone's input size (default {clip_defaults.size})")
+                       help="largest clip side in pixels; a smaller face window is stored at its own size, never "
+                            f"upscaled (default {clip_defaults.size}; 384 for backbones above 256 px input)")
     faces.add_argument("--face-codec", choices=tuple(CLIP_CODECS), default=clip_defaults.codec,
                        help="h264 (DALI/NVDEC on a GPU, PyAV on a CPU; default) or vp9 (webm: DALI on a CPU too)")
     faces.add_argument("--face-crf", type=int, default=None,
@@ -60,7 +113,11 @@ def add_arguments(parser):
     faces.add_argument("--face-margin", type=float, default=track_defaults.margin,
                        help="crop window growth per side, as a fraction of the face size (default 1/3)")
     faces.add_argument("--detect-every", type=int, default=track_defaults.detect_every,
-                       help=f"run the face detector on every N-th frame (default {track_defaults.detect_every})")
+                       help=f"run the face detector on every N-th frame (default {track_defaults.detect_every}), "
+                            "and on more frames where neighbouring detections disagree (--refine-every)")
+    faces.add_argument("--refine-every", type=int, default=track_defaults.refine_every,
+                       help="between two detections that disagree (a face appears, moves or changes size), detect "
+                            f"down to every N-th frame (default {track_defaults.refine_every}; at most --detect-every)")
     faces.add_argument("--max-tracks", type=int, default=track_defaults.max_tracks,
                        help=f"face tracks (people) kept per video, largest first (default {track_defaults.max_tracks})")
     faces.add_argument("--min-track-share", type=float, default=track_defaults.min_share,
@@ -78,7 +135,8 @@ def face_clip_options(args):
     from dfdtrain.data.tracks import TrackOptions
 
     try:
-        tracks = TrackOptions(detect_every=args.detect_every, max_tracks=args.max_tracks, margin=args.face_margin,
+        tracks = TrackOptions(detect_every=args.detect_every, refine_every=args.refine_every,
+                              max_tracks=args.max_tracks, margin=args.face_margin,
                               min_share=args.min_track_share, min_score=args.min_track_score)
         return FaceClipOptions(size=args.face_size, codec=args.face_codec, crf=args.face_crf, gop=args.face_gop,
                                pix_fmt=args.face_pix_fmt, no_face=args.no_face, tracks=tracks)
@@ -87,13 +145,42 @@ def face_clip_options(args):
 
 
 def run(args):
+    if args.merge:
+        if args.manifest or args.part:
+            raise DfdError("--merge takes only --out (the folder the parts wrote into)")
+        return report(merge_parts(args.out, progress=not args.quiet), args)
+    if not args.manifest:
+        raise DfdError("--manifest is required (or --merge to merge a partitioned run)")
     if args.workers < 1 or args.face_frames < 1:
         raise DfdError("--workers and --face-frames must be at least 1")
+    if args.frame_cache_mb is not None and args.frame_cache_mb < 0:
+        raise DfdError("--frame-cache-mb must be 0 or more")
+    part, launched = part_from_environment(args.part)
     clip_options = face_clip_options(args) if args.store == "faces" else None
-    index = write_shards(args.manifest, args.out, target_bytes=parse_size(args.shard_size), seed=args.seed,
-                         workers=args.workers, face_detector=None if args.faces == "none" else args.faces,
-                         face_frames=args.face_frames, allow_leakage=args.allow_leakage, progress=not args.quiet,
-                         store=args.store, face_clip_options=clip_options)
+    compute = Compute(workers=args.workers, device=resolve_device(args.device), shared_detector=args.shared_detector,
+                      frame_cache_bytes=None if args.frame_cache_mb is None else args.frame_cache_mb << 20)
+    # under a launcher the ranks share one terminal: the first part's bar stands for all
+    progress = not args.quiet and (not launched or part.index == 0)
+    result = write_shards(args.manifest, args.out, target_bytes=parse_size(args.shard_size), seed=args.seed,
+                          face_detector=None if args.faces == "none" else args.faces, face_frames=args.face_frames,
+                          allow_leakage=args.allow_leakage, progress=progress, store=args.store,
+                          face_clip_options=clip_options, compute=compute, part=part,
+                          merge_when_done=launched and part is not None and part.index == 0)
+    if result.get("format") == PART_FORMAT:  # a part's record (rank 0 under a launcher merged: an index)
+        if args.json:
+            json.dump(result, sys.stdout, indent=2)
+            print()
+        elif not launched:
+            for note in result["notes"]:
+                print(note)
+            print(f"part {part}: {len(result['shards'])} shard(s), {result['samples']} videos "
+                  f"({result['resumed_shards']} shard(s) kept from an earlier run); when every part is done: "
+                  f"dfdtrain shard --merge --out {args.out}")
+        return 0
+    return report(result, args)
+
+
+def report(index, args):
     if args.json:
         json.dump(index, sys.stdout, indent=2)
         print()

@@ -49,7 +49,9 @@ class Clip:
 def track_meta(meta, track_number):
     """A face-clip sample's meta seen as one of its tracks: the track, its id and its frame count."""
     track = meta["tracks"][track_number]
-    return {**meta, "frames": track["frames"], "track_id": track["id"], "track": track}
+    # each track is stored at its own size (shards before that: every track at the sample's width/height)
+    size = {"width": track["size"], "height": track["size"]} if "size" in track else {}
+    return {**meta, "frames": track["frames"], "track_id": track["id"], "track": track, **size}
 
 
 def video_member(sample, face_track="first", rng=None):

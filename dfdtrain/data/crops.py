@@ -72,13 +72,17 @@ def crop_and_resize(frames, regions, size, stretch=False):
 
     Returns uint8 [T,size,size,3] on the frames' device. Parts of a region outside the frame are zeros.
     ``stretch=True`` resizes the region to exactly size x size instead: for frames that were already
-    resized anisotropically (a DALI batch at a fixed canvas), which undoes that distortion.
+    resized anisotropically (a DALI batch at a fixed canvas), which undoes that distortion. Frames that share
+    a region (every frame of a face clip) are resized in one call.
     """
     count, height, width = frames.shape[:3]
     out = torch.zeros((count, size, size, 3), dtype=torch.uint8, device=frames.device)
+    groups = {}
     for position, (x1, y1, x2, y2) in enumerate(np.asarray(regions, dtype=float)):
         x1, y1 = int(np.floor(x1)), int(np.floor(y1))
         x2, y2 = max(int(np.ceil(x2)), x1 + 1), max(int(np.ceil(y2)), y1 + 1)
+        groups.setdefault((x1, y1, x2, y2), []).append(position)
+    for (x1, y1, x2, y2), positions in groups.items():
         region_w, region_h = x2 - x1, y2 - y1
         scale = size / max(region_w, region_h)
         out_w, out_h = (size, size) if stretch else (max(1, round(region_w * scale)), max(1, round(region_h * scale)))
@@ -86,10 +90,22 @@ def crop_and_resize(frames, regions, size, stretch=False):
         left, top, right, bottom = max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)
         if right <= left or bottom <= top:
             continue
-        region = torch.zeros((3, region_h, region_w), dtype=torch.float32, device=frames.device)
-        region[:, top - y1:bottom - y1, left - x1:right - x1] = frames[position, top:bottom, left:right].permute(2, 0, 1)
-        resized = F.interpolate(region[None], size=(out_h, out_w), mode="bilinear", antialias=True,
-                                align_corners=False)[0]
+        index = torch.as_tensor(positions, device=frames.device)
+        region = torch.zeros((len(positions), region_h, region_w, 3), dtype=torch.uint8, device=frames.device)
+        region[:, top - y1:bottom - y1, left - x1:right - x1] = frames[index, top:bottom, left:right]
         pad_y, pad_x = (size - out_h) // 2, (size - out_w) // 2
-        out[position, pad_y:pad_y + out_h, pad_x:pad_x + out_w] = resized.round().clamp(0, 255).byte().permute(1, 2, 0)
+        out[index, pad_y:pad_y + out_h, pad_x:pad_x + out_w] = _resize(region, out_h, out_w)
     return out
+
+
+def _resize(images, height, width):
+    """uint8 [N,H,W,3] -> uint8 [N,height,width,3], bilinear with antialiasing. On the CPU torch resizes uint8
+    channels-last images itself (its SIMD path: ~7x faster than in float, equal to rounding); on a GPU in float."""
+    channels_last = images.permute(0, 3, 1, 2)  # NCHW view of NHWC memory
+    if images.device.type == "cpu":
+        resized = F.interpolate(channels_last, size=(height, width), mode="bilinear", antialias=True,
+                                align_corners=False)
+    else:
+        resized = F.interpolate(channels_last.float(), size=(height, width), mode="bilinear", antialias=True,
+                                align_corners=False).round().clamp(0, 255).byte()
+    return resized.permute(0, 2, 3, 1)

@@ -253,21 +253,27 @@ def sample_metas(shard_paths):
                         yield shard_path, member, json.loads(handle.read(size))
 
 
-def check_videos(shard_paths, cpu, resized):
+def check_videos(shard_paths, cpu, resize, face_canvas=None):
     """Refuse shards DALI would fail on mid-epoch: on the CPU, a codec other than VP8/VP9/MJPEG; without a
-    decode-time resize (``data.dali_canvas``), videos of more than one size (a batch is one dense tensor)."""
-    sizes = {}
+    decode-time resize (``data.dali_canvas``), videos of more than one size (a batch is one dense tensor).
+    Returns the resize to use: ``resize``, or for face clips of several sizes (each track is stored at its
+    native size) a ``face_canvas`` square: the clip is the face crop, so it only needs the model's size."""
+    sizes, faces_only = {}, True
     for shard_path, member, meta in sample_metas(shard_paths):
         codec = meta.get("codec")
         if cpu and codec not in CPU_CODECS:
             raise DfdError(f"{shard_path}: {member} is a {codec} video; DALI decodes only VP8/VP9/MJPEG "
                            f"on the CPU (use device='gpu', or the pyav loader)")
         sizes.setdefault((meta.get("width"), meta.get("height")), member)
-    if not resized and len(sizes) > 1:
-        listed = ", ".join(f"{width}x{height} ({member})" for (width, height), member in list(sizes.items())[:3])
-        raise DfdError(f"these shards hold videos of {len(sizes)} sizes ({listed}{', ...' if len(sizes) > 3 else ''}); "
-                       "the DALI loader batches frames of one size: set data.dali_canvas (a square side the "
-                       "frames are resized to at decode time, e.g. 512), or use data.decoder=pyav")
+        faces_only = faces_only and meta.get("store") == "faces"
+    if resize is not None or len(sizes) <= 1:
+        return resize
+    if faces_only and face_canvas:
+        return (face_canvas, face_canvas)
+    listed = ", ".join(f"{width}x{height} ({member})" for (width, height), member in list(sizes.items())[:3])
+    raise DfdError(f"these shards hold videos of {len(sizes)} sizes ({listed}{', ...' if len(sizes) > 3 else ''}); "
+                   "the DALI loader batches frames of one size: set data.dali_canvas (a square side the "
+                   "frames are resized to at decode time, e.g. 512), or use data.decoder=pyav")
 
 
 class _SampleFrameIndices:
@@ -399,7 +405,7 @@ class DaliShardLoader:
     """
 
     def __init__(self, shard_paths, batch_size, sampler, rank=0, world_size=1, device="auto", seed=0, train=True,
-                 resize=None, num_threads=None, shuffle_buffer=64):
+                 resize=None, num_threads=None, shuffle_buffer=64, face_canvas=None):
         import_dali()
         self.device = resolve_device(device)
         self.shard_paths = [os.fspath(path) for path in shard_paths]
@@ -413,7 +419,7 @@ class DaliShardLoader:
         if batch_size < 1:
             raise DfdError(f"batch size must be positive, not {batch_size}")
         self.total_samples = check_shard_samples(self.shard_paths, SHARD_VIDEO_EXTENSIONS)
-        check_videos(self.shard_paths, cpu=self.device == "cpu", resized=resize is not None)
+        resize = check_videos(self.shard_paths, cpu=self.device == "cpu", resize=resize, face_canvas=face_canvas)
         self.batch_size, self.train = batch_size, train
         if self.total_samples < world_size:
             raise DfdError(f"{self.total_samples} samples cannot be split over {world_size} ranks")

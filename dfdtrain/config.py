@@ -286,6 +286,10 @@ class DataConfig(Section):
     max_skip_fraction: Fraction = 0.5  # stop training when more of the last skip_window samples were skipped
     skip_window: Count = 64  # samples the skip guard looks back over
     verify_shards: bool = False  # check each shard's sha256 against index.json first (evaluate does by default)
+    # DALI reads files: s3:// and http(s):// shards are copied into this local cache first (default
+    # $DFDTRAIN_CACHE/shards or ~/.cache/dfdtrain/shards), which is kept under remote_cache_gb (the PyAV path streams)
+    remote_cache_dir: str = ""
+    remote_cache_gb: Positive = 50.0
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
 
     def check(self):

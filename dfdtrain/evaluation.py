@@ -12,6 +12,7 @@ under torchrun, gathered on rank 0) and writes into ``out_dir`` on rank 0:
 * ``report.md``: the above in one page.
 """
 
+import collections
 import csv
 import math
 import sys
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from dfdtrain.config import DataConfig, config_to_dict
+from dfdtrain.data import storage
 from dfdtrain.data.loader import VideoLoader, expand_shards
 from dfdtrain.data.shard_index import reconcile, verify_shards
 from dfdtrain.engine.distributed import DistributedContext, broadcast_object, gather_to_rank0
@@ -439,14 +441,16 @@ def run_evaluation(checkpoint, shards, out_dir, threshold=None, batch_size=8, wo
     loader = evaluation_loader(settings, shard_paths, batch_size, workers, decoder, context)
     records = gather_to_rank0(score_videos(model, loader, context.device))
     skipped = gather_to_rank0(loader.skipped)
+    retries = gather_to_rank0([dict(loader.io_faults + collections.Counter(storage.take_fault_counts()))])
     if records is None:  # not rank 0
         return None
+    storage_retries = sum((collections.Counter(counts) for counts in retries), collections.Counter())
     accounting = reconcile(shard_paths, records, skipped)
     skipped += accounting["missing_samples"]  # named with the skipped, reason "missing"
     if not records:
         reasons = "; ".join(f"{item['key'] or item['shard']}: {item['reason']}" + (f" ({item['detail']})" if
                             item.get("detail") else "") for item in skipped[:2])
-        raise DfdError(f"{shards}: no video could be scored ({len(skipped)} skipped" +
+        raise DfdError(f"{storage.mask(shards) if isinstance(shards, str) else shards}: no video could be scored ({len(skipped)} skipped" +
                        (f"; first: {reasons}" if reasons else "") + ")")
     records.sort(key=lambda record: record["key"])
     for record in records:
@@ -459,7 +463,9 @@ def run_evaluation(checkpoint, shards, out_dir, threshold=None, batch_size=8, wo
         "loss": records_loss(records),
         "threshold": threshold,
         "checkpoint": str(checkpoint),
-        "shards": shard_paths,
+        "shards": [storage.mask(path) for path in shard_paths],
+        # transient storage faults (remote shards) that were retried, by kind, over every rank
+        "storage_retries": {"total": sum(storage_retries.values()), **dict(storage_retries)},
         "labels": {"real": labels.count(0), "fake": labels.count(1)},
         "skipped": {"count": len(skipped), "samples": skipped},
         "accounting": {**{name: value for name, value in accounting.items() if name != "missing_samples"},

@@ -80,11 +80,14 @@ def test_quick_result_has_the_machine_and_finite_numbers(quick_results, name):
 def test_quick_loader_compares_shards_and_files_by_worker_count(quick_results):
     result = quick_results["loader"]
     runs = {(row["method"], row["workers"]): row for row in result["results"]}
-    assert set(runs) == {("shards", 0), ("shards", 1), ("files", 0), ("files", 1)}
+    # the same shards from local disk, from S3 (SeaweedFS on loopback) and over HTTP, in one run
+    assert set(runs) == {(method, workers) for method in ("shards", "files", "s3", "http") for workers in (0, 1)}
     for row in runs.values():
         assert_positive(row, "samples_per_s", "frames_per_s", "first_batch_s")
     assert set(result["ratios"]) == {"shards_over_files_0_workers", "shards_over_files_1_workers",
-                                     "shards_1_workers_over_0", "files_1_workers_over_0"}
+                                     "shards_1_workers_over_0", "files_1_workers_over_0",
+                                     *(f"{method}_over_local_shards_{workers}_workers" for method in ("s3", "http")
+                                       for workers in (0, 1))}
     assert_positive(result["ratios"], *result["ratios"])
     assert result["data"]["videos"] == 12 and result["data"]["shard_bytes"] > 0
 

@@ -60,7 +60,11 @@ def run(args):
         print(format_metrics_table(metrics))
         print(format_breakdown(metrics["breakdown"]) if "breakdown" in metrics else metrics["breakdown_note"])
         accounting = metrics["accounting"]
+        unindexed = len(accounting["unindexed"])
+        retries = metrics["storage_retries"]["total"]
         print(f"loss {metrics['loss']:.4f}; {accounting['scored']} of the {accounting['promised']} videos index.json "
-              f"promises scored ({accounting['skipped']} skipped, {accounting['missing']} missing); wrote "
-              f"{', '.join(metrics['files'])} to {args.out}")
+              f"promises scored ({accounting['skipped']} skipped, {accounting['missing']} missing"
+              + (f"; {unindexed} shard(s) without an index.json entry, not checked" if unindexed else "")
+              + (f"; {retries} storage fault(s) retried" if retries else "")
+              + f"); wrote {', '.join(metrics['files'])} to {args.out}")
     return 0

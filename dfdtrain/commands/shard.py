@@ -65,7 +65,11 @@ def add_arguments(parser):
 
     clip_defaults, track_defaults = FaceClipOptions(), TrackOptions()
     parser.add_argument("--manifest", help="manifest.jsonl from 'dfdtrain index' (not with --merge)")
-    parser.add_argument("--out", required=True, help="output folder for the shards and index.json")
+    parser.add_argument("--out", required=True,
+                        help="output folder for the shards and index.json, or s3://bucket/prefix (each shard is "
+                             "uploaded when written; endpoint and credentials from AWS_ENDPOINT_URL, AWS_PROFILE, ...)")
+    parser.add_argument("--staging", help="with --out s3://...: the local folder the run works in (a few shards at a "
+                                          "time; default ~/.cache/dfdtrain/staging/BUCKET/PREFIX)")
     parser.add_argument("--shard-size", default=str(DEFAULT_TARGET_BYTES),
                         help="target bytes per shard (of source video), e.g. 1G (default) or 300M")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample order across shards (default 0)")
@@ -165,7 +169,7 @@ def run(args):
                           face_detector=None if args.faces == "none" else args.faces, face_frames=args.face_frames,
                           allow_leakage=args.allow_leakage, progress=progress, store=args.store,
                           face_clip_options=clip_options, compute=compute, part=part,
-                          merge_when_done=launched and part is not None and part.index == 0)
+                          merge_when_done=launched and part is not None and part.index == 0, staging=args.staging)
     if result.get("format") == PART_FORMAT:  # a part's record (rank 0 under a launcher merged: an index)
         if args.json:
             json.dump(result, sys.stdout, indent=2)
@@ -186,5 +190,5 @@ def report(index, args):
         print()
     else:
         print(format_index(index))
-        print(f"wrote {args.out}/index.json")
+        print(f"wrote {args.out.rstrip('/')}/index.json")
     return 0

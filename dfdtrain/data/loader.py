@@ -20,7 +20,6 @@ over ``data.skip_window`` samples): an endless stream of broken videos would oth
 """
 
 import collections
-import glob
 import hashlib
 import io
 import json
@@ -34,7 +33,9 @@ import webdataset as wds
 
 from dfdtrain.config import DataConfig
 from dfdtrain.data.clips import batch_meta, clip_from_frames, make_clip, model_input, track_meta, video_member
+from dfdtrain.data import storage
 from dfdtrain.data.shard_index import count_samples, label_counts, verify_shards
+from dfdtrain.data.storage import expand_shards  # noqa: F401 (part of this module's API)
 from dfdtrain.errors import BadVideo, DfdError
 
 
@@ -44,24 +45,6 @@ class LoaderError(DfdError):
 
 class SkipGuardTripped(DfdError):
     """Too many of the recent training samples were skipped (``data.max_skip_fraction``)."""
-
-
-def expand_shards(spec):
-    """Sorted shard paths from a glob, a brace pattern ('train-{000000..000009}.tar') or a list."""
-    if spec is None:
-        raise DfdError("no shards given")
-    patterns = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
-    paths = []
-    for pattern in patterns:
-        for expanded in wds.shardlists.expand_urls(str(pattern)):
-            matches = sorted(glob.glob(expanded)) if any(c in expanded for c in "*?[") else [expanded]
-            paths += matches
-    if not paths:
-        raise DfdError(f"{spec}: no shard matches")
-    missing = [path for path in paths if not os.path.isfile(path)]
-    if missing:
-        raise DfdError(f"{missing[0]}: shard not found")
-    return sorted(dict.fromkeys(paths))
 
 
 def distributed_rank_and_world():
@@ -88,6 +71,11 @@ def _worker_seed(seed, purpose):
 
 def _one_line(error):
     return " ".join(f"{type(error).__name__}: {error}".split())
+
+
+def passes_through(sample):
+    """A skip or error record: every stage hands it on untouched."""
+    return "skip" in sample or "error" in sample
 
 
 def skip_record(sample, reason, detail=""):
@@ -128,8 +116,10 @@ class AssignedShards:
 
 
 def _zero_after(handle, offset, chunk_bytes=1 << 20):
-    """True when every byte of the file from ``offset`` on is zero (a tar's end blocks and padding)."""
-    handle.seek(offset)
+    """True when every byte of the file from ``offset`` on is zero (a tar's end blocks and padding). A pipe
+    cannot seek: there the bytes it still has are checked."""
+    if getattr(handle, "seekable", lambda: False)():  # webdataset's pipe has no seekable()
+        handle.seek(offset)
     while chunk := handle.read(chunk_bytes):
         if chunk.count(0) != len(chunk):
             return False
@@ -138,12 +128,15 @@ def _zero_after(handle, offset, chunk_bytes=1 << 20):
 
 class ReadTars:
     """Shard urls -> samples {__key__, __url__, <ext>: bytes}, members grouped by key as webdataset names them
-    (``KEY.mp4`` + ``KEY.json``; ``KEY.track1.mp4`` -> ``track1.mp4``).
+    (``KEY.mp4`` + ``KEY.json``; ``KEY.track1.mp4`` -> ``track1.mp4``). Local, s3://, http(s):// and pipe: shards
+    (``storage.open_shard``: remote reads resume after transient faults).
 
     A tar that cannot be read to its end is not passed over in silence (webdataset's readers warn, or stop at a
     corrupt header as if the archive ended there): the samples before the damage are used, and one skip record
     names the shard and the byte offset where reading stopped (reason ``unreadable-shard``). The evaluation then
-    names every video the shard's index promised and did not deliver (``shard_index.reconcile``).
+    names every video the shard's index promised and did not deliver (``shard_index.reconcile``). A storage
+    fault that retrying did not cure (no such bucket, access denied, a server down for longer than the retry
+    budget) is not bad data: an error record, and the run stops with its line.
     """
 
     def __call__(self, sources):
@@ -154,7 +147,7 @@ class ReadTars:
     def read(url):
         sample, tar, reading = None, None, None
         try:
-            with open(url, "rb") as handle:
+            with storage.open_shard(url) as handle:
                 tar = tarfile.open(fileobj=handle, mode="r|")
                 for member in tar:
                     if not member.isreg():
@@ -175,6 +168,10 @@ class ReadTars:
                     tar.members, reading = [], None  # a stream holds every header read so far otherwise
                 if not _zero_after(handle, tar.offset):  # tarfile ends quietly at a corrupt header: say so
                     raise tarfile.ReadError("invalid tar header (the rest of the file is not the archive's end)")
+        except storage.RemoteError as error:
+            yield {"error": {"stage": "read", "key": sample and sample["__key__"], "shard": storage.mask(url),
+                             "cause": str(error)}}
+            return
         except (tarfile.TarError, OSError, EOFError) as error:
             # where it broke: the header of the member being read, or of the next one
             offset = reading.offset if reading is not None else (tar.offset if tar is not None else 0)
@@ -217,7 +214,7 @@ class ParseMeta:
 
     def __call__(self, samples):
         for sample in samples:
-            if "skip" in sample:
+            if passes_through(sample):
                 yield sample
                 continue
             try:
@@ -245,7 +242,7 @@ class BalanceClasses:
     def __call__(self, samples):
         rng = random.Random(_worker_seed(self.seed, "balance"))
         for sample in samples:
-            if "skip" in sample or rng.random() < self.keep_probability[int(sample["meta"]["label"])]:
+            if passes_through(sample) or rng.random() < self.keep_probability[int(sample["meta"]["label"])]:
                 yield sample
 
 
@@ -294,7 +291,7 @@ class DecodeClips:
     def __call__(self, samples):
         rng = None if self.seed is None else np.random.default_rng(_worker_seed(self.seed, "frames"))
         for sample in samples:
-            if "skip" in sample:
+            if passes_through(sample):
                 yield sample
                 continue
             try:
@@ -335,13 +332,16 @@ class BatchClips:
 
 
 def collate(clips, skipped):
+    """A batch of clips; skip records and this process's storage retries since the last batch ride along."""
+    io_faults = storage.take_fault_counts()
     if not clips:
         return {"frames": torch.zeros(0, dtype=torch.uint8), "mask": torch.zeros(0, dtype=torch.bool),
-                "label": torch.zeros(0), "key": [], "meta": [], "skipped": skipped}
+                "label": torch.zeros(0), "key": [], "meta": [], "skipped": skipped, "io_faults": io_faults}
     return {"frames": torch.stack([clip["frames"] for clip in clips]),
             "mask": torch.stack([clip["mask"] for clip in clips]),
             "label": torch.tensor([clip["label"] for clip in clips], dtype=torch.float32),
-            "key": [clip["key"] for clip in clips], "meta": [clip["meta"] for clip in clips], "skipped": skipped}
+            "key": [clip["key"] for clip in clips], "meta": [clip["meta"] for clip in clips], "skipped": skipped,
+            "io_faults": io_faults}
 
 
 def _worker_init(_):
@@ -402,6 +402,7 @@ class VideoLoader:
             verify_shards(self.urls[self.rank::self.world_size])
         self.epoch = 0
         self.skipped = []
+        self.io_faults = collections.Counter()  # storage retries (transient faults) by kind, from every worker
         self.skip_guard = SkipGuard(data.max_skip_fraction, data.skip_window) if train else None
         self.keep_probability = None
         self.dali = self._dali_loader() if self.source == "videos" else None
@@ -435,7 +436,10 @@ class VideoLoader:
         from dfdtrain.data.dali import DaliShardLoader
 
         canvas = data.dali_canvas
-        return DaliShardLoader(self.urls, data.batch_size, self.clip.sampler, self.rank, self.world_size,
+        # DALI's reader opens files: remote shards are copied into the bounded local cache first
+        paths = storage.local_copies(self.urls, data.remote_cache_dir or storage.default_cache_dir(),
+                                     int(data.remote_cache_gb * 1e9))
+        return DaliShardLoader(paths, data.batch_size, self.clip.sampler, self.rank, self.world_size,
                                device="gpu" if self.device.type == "cuda" else "cpu", seed=self.seed,
                                train=self.train, resize=(canvas, canvas) if canvas else None,
                                shuffle_buffer=data.shuffle_buffer, face_canvas=self.clip.image_size)
@@ -506,6 +510,7 @@ class VideoLoader:
                 raise LoaderError(f"data loader stage {error['stage']!r} failed on sample {error['key']} of "
                                   f"{error['shard']}: {error['cause']}")
             self.skipped.extend(raw["skipped"])
+            self.io_faults.update(raw.get("io_faults", {}))
             if self.skip_guard is not None:
                 self.skip_guard.update(len(raw["key"]), raw["skipped"])
             if raw["key"]:

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+from pathlib import Path
 
 from PIL import Image, ImageDraw
 
@@ -37,6 +38,8 @@ def load_from_shard(shard_path, key=None, track=None):
         key, track = match["key"], int(match["track"])
     sample = None
     for item in ReadTars.read(os.fspath(shard_path)):
+        if "error" in item:  # the storage failed for good (no such bucket, a server down)
+            raise DfdError(item["error"]["cause"])
         if "skip" in item:  # the tar broke before a whole sample was found
             raise DfdError(f"{shard_path}: {item['skip']['detail']}"
                            + (f" (no whole sample {key!r} before it)" if key else ""))
@@ -136,8 +139,11 @@ def preview(path, out, num_frames=16, key=None, faces="none", margin=1 / 3, crop
     elif track:
         raise DfdError(f"{path}: --track {track} needs a face-clip shard sample, not a video file")
     else:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        from dfdtrain.data import storage
+
+        data = storage.read_bytes(path) if storage.is_url(path) else Path(path).read_bytes()
+        if data is None:
+            raise DfdError(f"{storage.mask(path)}: not found")
         name = path
         meta = {"key": os.path.basename(path), **probe(data, name=path)}
     if faces != "none" and "faces" not in meta and meta.get("store") != "faces":

@@ -40,6 +40,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from dfdtrain import __version__
+from dfdtrain.data import storage
 from dfdtrain.data.dali_index import dali_index_path, write_dali_index
 from dfdtrain.data.splits import SPLITS, leaking_groups
 from dfdtrain.data.video import probe
@@ -277,9 +278,11 @@ class TarShardWriter:
 
 def write_shards(manifest, out_dir, target_bytes=DEFAULT_TARGET_BYTES, seed=0, workers=1, face_detector=None,
                  face_frames=16, allow_leakage=False, progress=True, store="original", face_clip_options=None,
-                 compute=None, part=None, merge_when_done=False):
+                 compute=None, part=None, merge_when_done=False, staging=None):
     """Write the shards of ``manifest`` (path or rows) into ``out_dir``; returns the index.json dict.
 
+    ``out_dir`` may be ``s3://bucket/prefix``: the run then works in a local ``staging`` folder and uploads each
+    finished shard (``RemoteShardFolder``).
     ``store``: "original" (the video's bytes, untouched) or "faces" (its face tracks as short-GOP clips, see
     ``dfdtrain.data.face_clips``; ``face_clip_options`` a FaceClipOptions, default settings if None).
     ``compute``: a ``Compute`` (workers, detector device, frame cache); ``workers`` is a shorthand for it.
@@ -304,6 +307,13 @@ def write_shards(manifest, out_dir, target_bytes=DEFAULT_TARGET_BYTES, seed=0, w
                        f"{'/'.join(splits)}); re-index, or pass --allow-leakage to shard it anyway")
     if target_bytes <= 0:
         raise DfdError(f"target shard size must be positive, not {target_bytes}")
+    remote = None
+    if storage.is_url(out_dir):
+        if part is not None and part.count > 1:
+            raise DfdError(f"{storage.mask(out_dir)}: parts (--part, torchrun, srun) write into one shared folder "
+                           "and lock it; shard into a folder every node sees, or run one process with --workers N")
+        remote = RemoteShardFolder(str(out_dir), staging)
+        out_dir = remote.staging
     out_dir = Path(out_dir)
     options = {"seed": seed, "target_bytes": target_bytes, "face_detector": face_detector,
                "face_frames": face_frames if face_detector and store == "original" else None, "store": store}
@@ -314,21 +324,104 @@ def write_shards(manifest, out_dir, target_bytes=DEFAULT_TARGET_BYTES, seed=0, w
     if part is not None and part.count > 1:
         record = _write_part(plan, out_dir, options, source, part, work)
         return merge_parts(out_dir, wait=True, progress=progress) if merge_when_done else record
+    out_dir.mkdir(parents=True, exist_ok=True)
     with DirectoryLock(out_dir, "shard") as lock:
         _refuse_while_parts_are_open(out_dir, "a one-process run")
         notes = [lock.takeover_message()] if lock.takeover_message() else []
         started = time.time()
         notes += _remove_leftover_temp_files(out_dir, {name for name, _, _ in plan})
+        if remote:
+            remote.fetch_records()
         earlier = _earlier_records(out_dir, plan)
-        records, resumed, counts = _write_pending(plan, out_dir, options, earlier, work)
-        notes += _remove_stale_shards(out_dir, {name for name, _, _ in plan}, set(earlier))
+        records, resumed, counts = _write_pending(plan, out_dir, options, earlier, work, remote)
+        planned = {name for name, _, _ in plan}
+        notes += _remove_stale_shards(out_dir, planned, set(earlier))
+        if remote:
+            notes += remote.remove_stale_shards(planned)
         index = _build_index([name for name, _, _ in plan], records, options, source, resumed=resumed,
                              seconds=time.time() - started, counts=counts)
         if notes:
             index["notes"] = notes  # what this run cleaned up or took over; the command prints them
         write_json(out_dir / "index.json", index)
+        if remote:
+            remote.publish_index(out_dir / "index.json", planned)
         _remove_records(out_dir / RECORDS_FOLDER)  # index.json holds them now
         return index
+
+
+class RemoteShardFolder:
+    """``shard --out s3://bucket/prefix``: the run works in a local staging folder (its lock, temp files and
+    shard records, as for a local folder) and uploads each shard as soon as it is written: the tar, its DALI
+    index, then its record to ``prefix/.parts/`` (so a record in the bucket means its shard is whole there), and
+    deletes the local copies (the staging folder holds a few shards at a time, not the data set). index.json
+    goes up last. S3 shows an object only once its upload is complete, so a reader never sees part of a shard.
+
+    Resume: a rerun (on this machine or another) takes the bucket's index.json and records as the earlier
+    records, and keeps every shard whose record matches and whose object has the recorded size. The staging
+    folder is locked against a second run on this machine; two machines writing one prefix are not detected.
+    """
+
+    def __init__(self, url, staging=None):
+        if not url.startswith("s3://"):
+            raise DfdError(f"{storage.mask(url)}: shards can be written to a local folder or s3://bucket/prefix")
+        self.url = url.rstrip("/")
+        bucket, prefix = storage.s3_parts(self.url)
+        if not prefix:
+            raise DfdError(f"{self.url}: give a prefix inside the bucket (s3://{bucket}/PREFIX), not the bucket root")
+        storage.check_bucket(self.url)  # a wrong bucket is one line now, not after the first shard's hour
+        self.staging = Path(staging or Path(storage.cache_root()) / "staging" / bucket / prefix)
+
+    def sizes(self):
+        return storage.list_sizes(self.url)
+
+    def fetch_records(self):
+        """The bucket's index.json and shard records into the staging folder, where the run looks for the
+        records of earlier runs (the bucket's are newer than any left in staging by a run elsewhere)."""
+        remote_records = {name for name in storage.list_sizes(f"{self.url}/{RECORDS_FOLDER}") if name.endswith(".tar.json")}
+        for name, local in [("index.json", self.staging / "index.json"),
+                            *((f"{RECORDS_FOLDER}/{name}", self.staging / RECORDS_FOLDER / name)
+                              for name in sorted(remote_records))]:
+            data = storage.read_bytes(f"{self.url}/{name}")
+            if data is not None:
+                local.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_open(local, "wb") as handle:
+                    handle.write(data)
+
+    def upload_shard(self, tar_path):
+        """Upload a finished shard, its DALI index and its record; then drop the local shard and index."""
+        index_path = Path(dali_index_path(tar_path))
+        record_path = tar_path.parent / RECORDS_FOLDER / f"{tar_path.name}.json"
+        storage.upload(tar_path, f"{self.url}/{tar_path.name}", metadata={"sha256": read_json(record_path)["sha256"]})
+        if index_path.is_file():
+            storage.upload(index_path, f"{self.url}/{index_path.name}")
+        storage.upload(record_path, f"{self.url}/{RECORDS_FOLDER}/{record_path.name}")
+        tar_path.unlink()
+        index_path.unlink(missing_ok=True)
+
+    def remove_stale_shards(self, planned):
+        """Delete the bucket's shards named like ours (and their indexes and records) that the plan does not
+        list; [one line] or []."""
+        stale = set()
+        for name in self.sizes():
+            tar_name = name[:-len(".idx")] + ".tar" if name.endswith(".idx") else name
+            if SHARD_FILE.match(name) and tar_name not in planned:
+                stale.add(tar_name)
+                storage.delete(f"{self.url}/{name}")
+        for name in storage.list_sizes(f"{self.url}/{RECORDS_FOLDER}"):
+            if name.endswith(".tar.json") and name[:-len(".json")] not in planned:
+                stale.add(name[:-len(".json")])
+                storage.delete(f"{self.url}/{RECORDS_FOLDER}/{name}")
+        if not stale:
+            return []
+        return [f"removed {len(stale)} shard(s) of an earlier run from {self.url} that this plan does not list: "
+                f"{_name_some(sorted(stale))}"]
+
+    def publish_index(self, index_path, planned):
+        """index.json up last; then the shard records go (index.json holds them)."""
+        storage.upload(index_path, f"{self.url}/index.json")
+        for name in storage.list_sizes(f"{self.url}/{RECORDS_FOLDER}"):
+            if name.endswith(".tar.json") and name[:-len(".json")] in planned:
+                storage.delete(f"{self.url}/{RECORDS_FOLDER}/{name}")
 
 
 @dataclasses.dataclass
@@ -342,17 +435,19 @@ class _Work:
     progress: bool
 
 
-def _write_pending(plan, out_dir, options, earlier, work):
+def _write_pending(plan, out_dir, options, earlier, work, remote=None):
     """Keep each planned shard whose earlier record matches, write the others (each record also to
-    ``.parts/<shard>.json`` as it is finished); returns ({name: record}, shards kept, counts: the written
-    videos' seconds per stage, the frames the detector saw, the shared detector's batches and frames)."""
+    ``.parts/<shard>.json`` as it is finished, and with ``remote`` each shard uploaded); returns ({name: record},
+    shards kept, counts: the written videos' seconds per stage, the frames the detector saw, the shared
+    detector's batches and frames)."""
     global _FRAME_COUNTS, _DEVICE, _FRAME_CACHE_BYTES, _FACE_DETECTOR
     records_dir = out_dir / RECORDS_FOLDER
     records_dir.mkdir(parents=True, exist_ok=True)
+    present = remote.sizes() if remote else None  # a remote run keeps what is in the bucket
     records, pending = {}, []
     for name, split, members in plan:
         digest = plan_hash(members, options)
-        record = _kept_record(out_dir / name, earlier.get(name), digest)
+        record = _kept_record(out_dir / name, earlier.get(name), digest, present)
         if record is None:
             pending.append((name, split, members, digest))
         else:
@@ -387,6 +482,8 @@ def _write_pending(plan, out_dir, options, earlier, work):
             counts.update(records[name].get("stage_seconds", {}))
             counts["detections"] += records[name].get("detector_frames", 0)
             write_json(records_dir / f"{name}.json", records[name])
+            if remote:
+                remote.upload_shard(out_dir / name)
     finally:
         postfix.close()
         bar.close()
@@ -544,6 +641,8 @@ def merge_parts(out_dir, wait=False, progress=False, poll_seconds=2.0, grace_sec
     wait for running parts instead, as rank 0 of a torchrun job does, and give up with one line when a missing
     part is neither finished nor running for ``grace_seconds``). Shards named like ours that the plan does not
     list are removed, and ``.parts/`` with them."""
+    if storage.is_url(out_dir):
+        raise DfdError(f"{storage.mask(out_dir)}: parts are merged in the shared folder they were written to")
     out_dir = Path(out_dir)
     parts = _wait_for_parts(out_dir, progress, poll_seconds, grace_seconds) if wait else _part_records(out_dir)
     if not parts:
@@ -703,14 +802,18 @@ def _earlier_records(out_dir, plan):
     return records
 
 
-def _kept_record(tar_path, record, digest):
-    """The record of a finished shard that this plan keeps as it is, or None: the shard is written again."""
-    if not isinstance(record, dict) or record.get("plan_hash") != digest or not tar_path.is_file():
+def _kept_record(tar_path, record, digest, present=None):
+    """The record of a finished shard that this plan keeps as it is, or None: the shard is written again.
+    ``present``: {file name: bytes} of a remote folder, where the shard must be instead of at ``tar_path``."""
+    if not isinstance(record, dict) or record.get("plan_hash") != digest:
         return None
+    index_name = os.path.basename(dali_index_path(tar_path))
+    if present is None:
+        present = {path.name: path.stat().st_size for path in (tar_path, Path(dali_index_path(tar_path)))
+                   if path.is_file()}
     # the size too: a tar another run wrote under the same name does not match this record; a shard whose every
     # video was skipped has no DALI index
-    if tar_path.stat().st_size != record.get("bytes") or (
-            record.get("samples") != 0 and not Path(dali_index_path(tar_path)).is_file()):
+    if present.get(tar_path.name) != record.get("bytes") or (record.get("samples") != 0 and index_name not in present):
         return None
     record = dict(record)
     if "keys" not in record:  # a record of an earlier version: the tar's member names give them

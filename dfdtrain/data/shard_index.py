@@ -10,19 +10,24 @@ neither is named.
 import hashlib
 import json
 import tarfile
-from pathlib import Path
 
+from dfdtrain.data import storage
 from dfdtrain.errors import DfdError
 
 INDEX_FILE = "index.json"
 
 
 def _read_index(folder):
-    path = Path(folder) / INDEX_FILE
-    if not path.is_file():
+    """The index.json in a shard folder (local, s3:// or http(s)://), or None (a pipe: has no folder)."""
+    if folder is None:
         return None
+    path = storage.join(folder, INDEX_FILE)
+    data = storage.read_bytes(path)
+    if data is None:
+        return None
+    path = storage.mask(path)
     try:
-        index = json.loads(path.read_text())
+        index = json.loads(data)
         shards = index["shards"]
         if not isinstance(shards, list) or not all(isinstance(shard, dict) and "name" in shard for shard in shards):
             raise TypeError("its shards are not a list of {name, ...}")
@@ -35,11 +40,11 @@ def shard_entries(shard_paths):
     """{shard path: its entry in the index.json beside it (samples, labels, sha256, keys...) or None}."""
     entries, indexes = {}, {}
     for path in shard_paths:
-        folder = str(Path(path).parent)
+        folder, name = storage.split(path)
         if folder not in indexes:
             index = _read_index(folder)
             indexes[folder] = {shard["name"]: shard for shard in index["shards"]} if index else {}
-        entries[path] = indexes[folder].get(Path(path).name)
+        entries[path] = indexes[folder].get(name)
     return entries
 
 
@@ -50,8 +55,8 @@ def count_samples(shard_paths):
         if entry is not None:
             total += entry["samples"]
         else:
-            with tarfile.open(path) as tar:
-                total += sum(1 for member in tar.getmembers() if member.name.endswith(".json"))
+            with storage.open_shard(path) as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
+                total += sum(1 for member in tar if member.name.endswith(".json"))
     return total
 
 
@@ -60,8 +65,9 @@ def label_counts(shard_paths):
     counts = {0: 0, 1: 0}
     for path, entry in shard_entries(shard_paths).items():
         if entry is None:
-            raise DfdError(f"{Path(path).parent / INDEX_FILE}: needed for label counts of {Path(path).name} "
-                           "(written by 'dfdtrain shard')")
+            folder, name = storage.split(path)
+            where = storage.mask(storage.join(folder, INDEX_FILE)) if folder is not None else f"an {INDEX_FILE}"
+            raise DfdError(f"{where}: needed for label counts of {storage.mask(name)} (written by 'dfdtrain shard')")
         for label, count in entry["labels"].items():
             counts[int(label)] += count
     return counts
@@ -77,7 +83,7 @@ def positive_class_weight(shard_paths):
 
 def file_sha256(path, chunk_bytes=1 << 22):
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with storage.open_shard(path) as handle:
         while chunk := handle.read(chunk_bytes):
             digest.update(chunk)
     return digest.hexdigest()
@@ -93,7 +99,7 @@ def verify_shards(shard_paths):
             continue
         actual = file_sha256(path)
         if actual != expected:
-            raise DfdError(f"{path}: sha256 {actual[:12]}... differs from {expected[:12]}... in its index.json: "
+            raise DfdError(f"{storage.mask(path)}: sha256 {actual[:12]}... differs from {expected[:12]}... in its index.json: "
                            "the shard is corrupt or was rewritten (re-run dfdtrain shard, or pass "
                            "--no-verify-shards to score what it still holds)")
         checked += 1

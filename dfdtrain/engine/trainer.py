@@ -17,6 +17,7 @@ every log step and before every checkpoint: a diverged run stops every rank toge
 checkpoint never holds non-finite weights.
 """
 
+import collections
 import dataclasses
 import logging
 import os
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 
 from dfdtrain.config import config_to_dict, save_config
+from dfdtrain.data import storage
 from dfdtrain.data.loader import VideoLoader, expand_shards
 from dfdtrain.data.shard_index import positive_class_weight
 from dfdtrain.engine.checkpoint import clean_checkpoints, find_checkpoint, load_checkpoint, save_checkpoint
@@ -104,6 +106,7 @@ class Trainer:
 
     def __init__(self, config, train_loader=None, val_loader=None, progress=True):
         self.config, self.progress = config, progress
+        self.storage_retries = collections.Counter()  # rank 0: every rank's retried storage faults
         self.context = context = init_distributed(config.train.device)
         self.run_dir = run_directory(config)
         self.embeddings = config.data.source == "embeddings"
@@ -239,6 +242,7 @@ class Trainer:
         metrics, _ = validation_metrics(self.model, self.val_loader, self.context.device, self.config.train.threshold,
                                         self.config.train.precision, self.embeddings)
         skipped = gather_to_rank0(self.val_loader.skipped[skipped_before:])  # this pass's, from every rank
+        self._gather_storage_retries()
         problem = None
         if self.context.is_main and not metrics.get("videos"):
             problem = f"no validation video could be scored: {_skipped_summary(skipped)} — check data.val_shards"
@@ -246,6 +250,17 @@ class Trainer:
         if problem:
             raise DfdError(problem)
         return metrics
+
+    def _gather_storage_retries(self):
+        """Add every rank's storage retries since the last call (its loaders' workers' and its own) to
+        ``storage_retries`` on rank 0, for the report."""
+        faults = collections.Counter(storage.take_fault_counts())
+        for loader in (self.train_loader, self.val_loader):
+            faults.update(getattr(loader, "io_faults", {}))
+            if hasattr(loader, "io_faults"):
+                loader.io_faults.clear()
+        for counts in gather_to_rank0([dict(faults)]) or []:
+            self.storage_retries.update(counts)
 
     # -- the run -------------------------------------------------------------------------------------------
 
@@ -439,6 +454,8 @@ class Trainer:
             "last_val": last_metrics,
             "skipped": {"train": len(self.train_loader.skipped), "val": len(self.val_loader.skipped),
                         "samples": skipped[:100]},
+            # transient storage faults (remote shards) that were retried, by kind, over every rank
+            "storage_retries": {"total": sum(self.storage_retries.values()), **dict(self.storage_retries)},
             "throughput": {"samples_per_s": state.samples / seconds_training,
                            "frames_per_s": state.samples * self.clip.sampler.num_frames / seconds_training},
             "wall_seconds": round(seconds, 1),

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from dfdtrain import __version__
 from dfdtrain.config import config_to_dict
+from dfdtrain.data import storage
 from dfdtrain.data.loader import VideoLoader
 from dfdtrain.data.shard import TarShardWriter
 from dfdtrain.errors import DfdError
@@ -95,7 +96,7 @@ def write_embeddings(config, shard_specs, out_dir, device="cpu", dtype="float16"
     index = {"format": "dfdtrain-embeddings/1", "created_by": f"dfdtrain {__version__}",
              "backbone": model.backbone_info["timm_name"], "image_size": clip.image_size, "dtype": dtype,
              "num_frames": clip.sampler.num_frames, "clip": config_to_dict(clip),
-             "sources": [str(spec) for spec in shard_specs],
+             "sources": [storage.mask(str(spec)) for spec in shard_specs],
              "shards": shards, "totals": {"shards": len(shards), "samples": sum(s["samples"] for s in shards),
                                           "skipped": len(skipped), "seconds": round(time.time() - started, 2)},
              "skipped": skipped}

@@ -64,11 +64,12 @@ class _Server:
     def __exit__(self, *_):
         self.stop()
 
-    def _spawn(self, command, log_path, cwd=None):
+    def _spawn(self, command, log_path, cwd=None, environment=None):
         log = open(log_path, "ab")
         # without the AWS variables of whoever starts it: weed turns AWS_ACCESS_KEY_ID/SECRET into its only
         # identity, and a restart from a test that set other keys would then refuse every other client
-        environment = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
+        environment = {**{name: value for name, value in os.environ.items() if not name.startswith("AWS_")},
+                       **(environment or {})}
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=environment,
                                         start_new_session=True)
         log.close()
@@ -92,19 +93,22 @@ class _Server:
 
 
 class S3Server(_Server):
-    """SeaweedFS (master, volume, filer and S3 gateway in one ``weed server``) on 127.0.0.1, data in ``folder``."""
+    """SeaweedFS (master, volume, filer and S3 gateway in one ``weed server``) on 127.0.0.1, data in ``folder``.
+    ``identity=(key, secret)``: the server accepts only that key pair (else any pair: no authentication)."""
 
-    def __init__(self, folder, startup_seconds=60):
+    def __init__(self, folder, startup_seconds=60, identity=None):
         super().__init__()
         self.folder = os.fspath(folder)
+        self.identity = identity
         self.startup_seconds = startup_seconds
         self.s3_port, self.master_port, self.volume_port, self.filer_port = free_ports(4)
         self.endpoint = f"http://127.0.0.1:{self.s3_port}"
 
     def environment(self):
         """What a client needs: the endpoint and a key pair (any pair works: the server has no auth)."""
-        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "loopback-key",
-                "AWS_SECRET_ACCESS_KEY": "loopback-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+        key, secret = self.identity or ("loopback-key", "loopback-secret")
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret,
+                "AWS_DEFAULT_REGION": "us-east-1"}
 
     def start(self):
         os.makedirs(self.folder, exist_ok=True)
@@ -115,7 +119,9 @@ class S3Server(_Server):
                      # a restart (the tests stop the server mid-epoch) elects its one master in ~1 s, not ~15
                      "-master.electionTimeout=1s", "-volume.preStopSeconds=0", "-master.telemetry=false",
                      f"-master.port={self.master_port}", f"-volume.port={self.volume_port}",
-                     f"-filer.port={self.filer_port}"], os.path.join(self.folder, "weed.log"), cwd=self.folder)
+                     f"-filer.port={self.filer_port}"], os.path.join(self.folder, "weed.log"), cwd=self.folder,
+                    environment={"AWS_ACCESS_KEY_ID": self.identity[0], "AWS_SECRET_ACCESS_KEY": self.identity[1]}
+                    if self.identity else None)
         deadline = time.monotonic() + self.startup_seconds
         while True:  # ready when an object can be written and read back (the gateway answers before the volumes)
             if self.process.poll() is not None:

@@ -229,6 +229,25 @@ def test_wrong_buckets_and_missing_shards_are_one_line(s3_env, tmp_path, synth_s
         assert result.returncode == 2 and "shared folder" in result.stderr, result.stderr
 
 
+def test_access_denied_is_one_line_and_never_shows_the_secret(tmp_path, monkeypatch, synth_shards):
+    """A server that knows one key pair: a client with another secret is refused (a permanent fault)."""
+    with S3Server(tmp_path / "weed", identity=("owner-key", "owner-secret")) as server:
+        server.create_bucket("private")
+        server.upload_folder(synth_shards, "s3://private/synth")
+        environment = {**os.environ, **server.environment(), "AWS_SECRET_ACCESS_KEY": SECRET,
+                       "DFDTRAIN_CACHE": str(tmp_path / "cache")}
+        result = subprocess.run([sys.executable, "-m", "dfdtrain", "evaluate", "--checkpoint", str(tmp_path),
+                                 "--shards", "s3://private/synth/val-*.tar", "--out", str(tmp_path / "e")],
+                                env=environment, capture_output=True, text=True, timeout=300)
+        one_error_line(result, "s3://private/synth/val-*.tar: SignatureDoesNotMatch")
+        assert SECRET not in result.stdout + result.stderr
+        for name, value in server.environment().items():  # the owner's pair reads it
+            monkeypatch.setenv(name, value)
+        storage._CLIENTS.clear()
+        assert len(expand_shards("s3://private/synth/*.tar")) == len(list(synth_shards.glob("*.tar")))
+    storage._CLIENTS.clear()
+
+
 class _FlakyHandler(http.server.BaseHTTPRequestHandler):
     """Serves one file: the first GET is cut off after ``cut`` bytes (a connection reset), range requests are
     answered; with ``stall`` set it sends the headers and a little of the body, then says nothing."""

@@ -12,7 +12,8 @@ from dfdtrain import __version__
 from dfdtrain.errors import DfdError
 
 # name -> module under dfdtrain.commands; each module has HELP, add_arguments(parser) and run(args) -> int.
-COMMANDS = ("synth", "index", "shard", "preview", "embed", "train", "evaluate", "predict", "export", "bench", "demo")
+COMMANDS = ("synth", "index", "shard", "preview", "embed", "train", "evaluate", "calibrate", "protocol",
+            "predict", "export", "bench", "demo")
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):

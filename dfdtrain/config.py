@@ -34,6 +34,7 @@ from typing import Annotated, Literal, Optional
 import yaml
 
 from dfdtrain.errors import DfdError
+from dfdtrain.fileio import read_yaml_mapping
 
 
 class ConfigError(DfdError, ValueError):
@@ -351,7 +352,7 @@ class OptimConfig(Section):
 
 
 # Metrics where a lower value is better; every other metric of the validation table is higher-is-better.
-LOWER_IS_BETTER = ("loss", "log_loss", "eer")
+LOWER_IS_BETTER = ("loss", "log_loss", "eer", "ece")
 
 
 @dataclasses.dataclass
@@ -365,7 +366,10 @@ class TrainConfig(Section):
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: torch autocast (BatchNorm and master weights stay fp32)
     label_smoothing: Annotated[float, Range(0, 1)] = 0.0
     class_weights: bool = False  # BCE pos_weight = real/fake count of the training shards
-    threshold: Fraction = 0.5  # P(fake) at or above which a video is called FAKE
+    threshold: Fraction = 0.5  # P(fake) at or above which a video is called FAKE (threshold_rule fixed)
+    # at every checkpoint, fitted on that epoch's validation videos and stored in its detector.json:
+    calibrate: bool = True  # temperature scaling of the video logit by validation NLL
+    threshold_rule: Literal["fixed", "eer", "max_f1"] = "fixed"  # fixed: `threshold`; eer / max_f1: chosen there
     early_stopping_metric: str = "val_loss"  # val_loss or a metric path like video.head.auc
     early_stopping_mode: Literal["min", "max"] = "min"
     patience: NonNegativeInt = 0  # epochs without improvement before stopping; 0 = never stop early
@@ -509,17 +513,7 @@ def config_from_dict(values, moved=None):
 
 def load_config(path=None, overrides=()):
     """ExperimentConfig from a YAML file (optional) plus ``key.sub=value`` overrides."""
-    values = {}
-    if path:
-        try:
-            with open(path) as handle:
-                values = yaml.safe_load(handle) or {}
-        except OSError as error:
-            raise DfdError(f"{path}: cannot read config ({error.strerror})") from None
-        except yaml.YAMLError as error:
-            raise DfdError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
-        if not isinstance(values, dict):
-            raise DfdError(f"{path}: a config is a mapping of sections, not {type(values).__name__}")
+    values = read_yaml_mapping(path, "config") if path else {}
     moved = {}
     move_legacy_keys(values, moved)
     for override in overrides:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dfdtrain.calibration import describe as describe_calibration
 from dfdtrain.config import DataConfig, config_to_dict
 from dfdtrain.data import storage
 from dfdtrain.data.loader import VideoLoader, expand_shards
@@ -29,14 +30,14 @@ from dfdtrain.engine.distributed import DistributedContext, broadcast_object, ga
 from dfdtrain.engine.scoring import records_loss, score_videos
 from dfdtrain.errors import DfdError
 from dfdtrain.fileio import atomic_open, write_json
-from dfdtrain.metrics import (aggregate, evaluate_predictions, format_metrics_table, precision_recall_curve,
-                              roc_auc, roc_curve)
+from dfdtrain.metrics import (CALIBRATION_BINS, INTERVAL_METRICS, aggregate, bootstrap_intervals, calibration_bin_index,
+                              evaluate_predictions, expected_calibration_error, format_metrics_table, log_loss,
+                              precision_recall_curve, roc_auc, roc_curve)
 from dfdtrain.models.bundle import load_detector
 from dfdtrain.models.heads import SCORE_KINDS, score_kind
 
 RULES = ("mean", "max", "majority", "confident")
 SCORE_NAMES = ("head", *RULES)  # the video scores compared everywhere: the temporal head, then each rule
-CALIBRATION_BINS = 10
 REAL_COLOR, FAKE_COLOR = "#1f77b4", "#d62728"
 # one colour and line style per score: rules often tie (e.g. mean and confident with few frames), and a
 # distinct dash keeps a curve hidden under another one visible
@@ -219,7 +220,7 @@ def plot_precision_recall(records, metrics, path):
 def calibration_bins(labels, scores, bins=CALIBRATION_BINS):
     """Per equal-width score bin: (count, mean score, fraction fake); empty bins have None means."""
     edges = np.linspace(0.0, 1.0, bins + 1)
-    index = np.clip(np.digitize(scores, edges[1:-1], right=False), 0, bins - 1)
+    index = calibration_bin_index(scores, bins)  # the bins of the ECE
     rows = []
     for position in range(bins):
         inside = index == position
@@ -229,7 +230,9 @@ def calibration_bins(labels, scores, bins=CALIBRATION_BINS):
     return edges, rows
 
 
-def plot_calibration(records, path, name="head"):
+def plot_calibration(records, path, name="head", temperature=1.0):
+    """Reliability diagram of the head score: fraction fake against mean score per bin, calibrated (with the
+    detector's temperature) and, when a temperature was fitted, raw beside it; ECE of each in the legend."""
     labels, scores = _labels_and_scores(records, name)
     edges, rows = calibration_bins(labels, scores)
     width = edges[1] - edges[0]
@@ -240,10 +243,19 @@ def plot_calibration(records, path, name="head"):
     filled = [(center, row) for center, row in zip(centers, rows) if row[0]]
     reliability.bar([center for center, _ in filled], [row[2] for _, row in filled], width=width * 0.9,
                     color=FAKE_COLOR, alpha=0.35, edgecolor=FAKE_COLOR, label="fraction fake in bin")
+    calibrated = "calibrated, " if temperature != 1.0 else ""
     reliability.plot([row[1] for _, row in filled], [row[2] for _, row in filled], marker="o", color="black",
-                     linewidth=1.2, label="mean score vs fraction fake")
+                     linewidth=1.2, label=f"{calibrated}ECE {expected_calibration_error(labels, scores):.3f}")
+    if temperature != 1.0 and name == "head":
+        raw_scores = np.array([record["video_score_raw"] for record in records], dtype=np.float64)
+        _, raw_rows = calibration_bins(labels, raw_scores)
+        raw_filled = [row for row in raw_rows if row[0]]
+        reliability.plot([row[1] for row in raw_filled], [row[2] for row in raw_filled], marker="s", color="0.5",
+                         linestyle=(0, (4, 2)), linewidth=1.2,
+                         label=f"raw (T = 1), ECE {expected_calibration_error(labels, raw_scores):.3f}")
     reliability.set(xlim=(0, 1), ylim=(0, 1.05), ylabel="fraction of fake videos",
-                    title=f"Calibration of the {name} score ({len(records)} videos, {CALIBRATION_BINS} bins)")
+                    title=f"Calibration of the {name} score ({len(records)} videos, {CALIBRATION_BINS} bins"
+                          + (f", T = {temperature:.3g}" if temperature != 1.0 else "") + ")")
     reliability.grid(alpha=0.3)
     reliability.legend(loc="upper left", fontsize=8)
     bin_counts = [row[0] for row in rows]
@@ -251,8 +263,8 @@ def plot_calibration(records, path, name="head"):
     for center, count in zip(centers, bin_counts):
         if count:
             counts.text(center, count, str(count), ha="center", va="bottom", fontsize=8)
-    counts.set(xlim=(0, 1), ylim=(0, max(bin_counts) * 1.3 + 0.5), xlabel=f"predicted P(fake) ({name})",
-               ylabel="videos")
+    counts.set(xlim=(0, 1), ylim=(0, max(bin_counts) * 1.3 + 0.5),
+               xlabel=f"predicted P(fake) ({name}{', calibrated' if temperature != 1.0 else ''})", ylabel="videos")
     counts.set_xticks(edges)
     counts.tick_params(axis="x", labelsize=8)
     return _save(figure, path)
@@ -353,6 +365,24 @@ def _accounting_summary(accounting):
     return f"{counts}. **{problem}**" if problem else f"{counts} (every one accounted for)"
 
 
+def format_interval(value, interval, digits=3):
+    """``0.912 [0.850, 0.961]``; ``-`` where undefined."""
+    if value is None:
+        return "-"
+    text = f"{value:.{digits}f}"
+    return f"{text} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]" if interval else text
+
+
+def calibration_line(summary):
+    """How the head's P(fake) was calibrated and what it did on these videos, in one line."""
+    if not summary.get("fitted_on"):
+        return (f"none (temperature 1; log-loss {_format_optional(summary['log_loss'])}, ECE "
+                f"{_format_optional(summary['ece'])}); fit one with dfdtrain calibrate")
+    return (f"temperature {summary['temperature']:.4g} ({summary['fitted_on']}); here log-loss "
+            f"{_format_optional(summary['log_loss_raw'])} raw -> {_format_optional(summary['log_loss'])} calibrated, "
+            f"ECE {_format_optional(summary['ece_raw'])} -> {_format_optional(summary['ece'])}")
+
+
 def write_report(metrics, plot_files, path):
     lines = [
         "# Evaluation report", "",
@@ -362,12 +392,22 @@ def write_report(metrics, plot_files, path):
         f"frames: {metrics['frames']}",
         f"- accounted for: {_accounting_summary(metrics['accounting'])}",
         f"- threshold: {metrics['threshold']:g}, video loss (head BCE): {_format_optional(metrics['loss'])}",
+        f"- calibration: {calibration_line(metrics['calibration'])}",
         "", "## Metrics", "",
         "Video level: the temporal head and each frame-aggregation rule; frame level: every frame with its "
         f"video's label. This head's per-frame scores are {metrics['position_scores']['kind']} scores: "
         f"{metrics['position_scores']['meaning']}.", "",
         "```", format_metrics_table(metrics), "```", "",
     ]
+    if "intervals" in metrics:
+        intervals = metrics["intervals"]
+        lines += ["## 95% intervals", "", f"Bootstrap: {intervals['resamples']} resamples of the "
+                  f"{intervals['groups']} groups (identities / source pairs), head score.", "",
+                  "| level | " + " | ".join(INTERVAL_METRICS) + " |", "|---|" + "---:|" * len(INTERVAL_METRICS)]
+        for level, values in (("video", metrics["video"]["head"]), ("frame", metrics["frame"])):
+            lines.append(f"| {level} | " + " | ".join(format_interval(values[name], intervals[level][name])
+                                                       for name in INTERVAL_METRICS) + " |")
+        lines.append("")
     if metrics.get("breakdown_note"):
         lines += ["## Breakdown", "", metrics["breakdown_note"] + ".", ""]
     if "breakdown" in metrics:
@@ -420,22 +460,13 @@ def accounting_line(accounting):
     return "; ".join(parts) or None
 
 
-def run_evaluation(checkpoint, shards, out_dir, threshold=None, batch_size=8, workers=2, decoder="pyav",
-                   context=None, verify=True, strict=False):
-    """Score ``shards`` with the detector at ``checkpoint`` and write the evaluation into ``out_dir``.
-
-    Every rank scores its share; rank 0 gathers the records and writes the files. Returns the metrics dict
-    on rank 0 and None on the other ranks. ``threshold`` defaults to the one the detector was trained with.
-
-    Every video the shards' index.json promises is accounted for (``metrics["accounting"]``): scored, skipped
-    with its reason, or named missing (a truncated or corrupt tar). ``verify``: first check each shard's sha256
-    against index.json (a mismatch stops with one line). ``strict``: a video not scored is an error (after the
-    files are written) instead of a warning line.
-    """
+def score_shards(checkpoint, shards, batch_size=8, workers=2, decoder="pyav", context=None, verify=True):
+    """Every rank scores its share of ``shards`` with the raw detector at ``checkpoint``; rank 0 gets
+    ``(settings, shard paths, records sorted by key, skipped + missing samples, accounting, storage retries)``,
+    the other ranks None. Stops with one line when no video could be scored."""
     context = context or single_process_context()
     shard_paths = expand_shards(shards)
     model, settings = load_detector(checkpoint, device=context.device)
-    threshold = float(settings.threshold if threshold is None else threshold)
     if verify:
         verify_on_every_rank(shard_paths, context)
     loader = evaluation_loader(settings, shard_paths, batch_size, workers, decoder, context)
@@ -453,7 +484,55 @@ def run_evaluation(checkpoint, shards, out_dir, threshold=None, batch_size=8, wo
         raise DfdError(f"{storage.mask(shards) if isinstance(shards, str) else shards}: no video could be scored ({len(skipped)} skipped" +
                        (f"; first: {reasons}" if reasons else "") + ")")
     records.sort(key=lambda record: record["key"])
+    return settings, shard_paths, records, skipped, accounting, storage_retries
+
+
+def calibration_summary(records, calibration):
+    """On these videos: the log-loss and ECE of the raw and of the calibrated head score, and the temperature
+    and threshold the detector carries (fitted on validation)."""
+    labels = [record["label"] for record in records]
+    raw = [record["video_score_raw"] for record in records]
+    calibrated = [record["video_score"] for record in records]
+    return {**config_to_dict(calibration), "description": describe_calibration(calibration),
+            "log_loss_raw": log_loss(labels, raw), "log_loss": log_loss(labels, calibrated),
+            "ece_raw": expected_calibration_error(labels, raw), "ece": expected_calibration_error(labels, calibrated)}
+
+
+def interval_metrics(records, threshold, resamples, confidence=0.95):
+    """95% bootstrap intervals of the video-level (head score) and frame-level metrics, resampling groups."""
+    groups = [record["group"] for record in records]
+    frame_counts = [len(record["frame_scores"]) for record in records]
+    video = bootstrap_intervals([record["label"] for record in records], [record["video_score"] for record in records],
+                                groups, threshold, resamples, confidence)
+    frame = bootstrap_intervals(np.repeat([record["label"] for record in records], frame_counts),
+                                np.concatenate([record["frame_scores"] for record in records]),
+                                np.repeat(groups, frame_counts), threshold, resamples, confidence)
+    return {"resamples": resamples, "confidence": confidence, "by": "group", "groups": len(set(groups)),
+            "video": video, "frame": frame}
+
+
+def run_evaluation(checkpoint, shards, out_dir, threshold=None, batch_size=8, workers=2, decoder="pyav",
+                   context=None, verify=True, strict=False, bootstrap=1000):
+    """Score ``shards`` with the detector at ``checkpoint`` and write the evaluation into ``out_dir``.
+
+    Every rank scores its share; rank 0 gathers the records and writes the files. Returns the metrics dict
+    on rank 0 and None on the other ranks. ``threshold`` defaults to the one the detector carries. The head's
+    P(fake) is calibrated with the detector's temperature (``metrics["calibration"]`` compares raw and
+    calibrated log-loss and ECE); ``bootstrap`` resamples of the groups give 95% intervals (0: none).
+
+    Every video the shards' index.json promises is accounted for (``metrics["accounting"]``): scored, skipped
+    with its reason, or named missing (a truncated or corrupt tar). ``verify``: first check each shard's sha256
+    against index.json (a mismatch stops with one line). ``strict``: a video not scored is an error (after the
+    files are written) instead of a warning line.
+    """
+    scored = score_shards(checkpoint, shards, batch_size, workers, decoder, context, verify)
+    if scored is None:  # not rank 0
+        return None
+    settings, shard_paths, records, skipped, accounting, storage_retries = scored
+    threshold = float(settings.threshold if threshold is None else threshold)
     for record in records:
+        record["video_score_raw"] = record["video_score"]
+        record["video_score"] = float(settings.calibration.probability(record["video_logit"]))
         record["scores"] = video_scores(record)
 
     metrics = evaluate_predictions(records, threshold=threshold, rules=RULES)
@@ -462,6 +541,7 @@ def run_evaluation(checkpoint, shards, out_dir, threshold=None, batch_size=8, wo
     metrics.update({
         "loss": records_loss(records),
         "threshold": threshold,
+        "calibration": calibration_summary(records, settings.calibration),
         "checkpoint": str(checkpoint),
         "shards": [storage.mask(path) for path in shard_paths],
         # transient storage faults (remote shards) that were retried, by kind, over every rank
@@ -474,13 +554,16 @@ def run_evaluation(checkpoint, shards, out_dir, threshold=None, batch_size=8, wo
         # what the frame level and the rules read: frames judged alone, or a GRU's steps (cumulative), ...
         "position_scores": {"kind": kind, "meaning": SCORE_KINDS[kind]},
     })
+    if bootstrap:
+        metrics["intervals"] = interval_metrics(records, threshold, bootstrap)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_files = [
         ("ROC", plot_roc(records, metrics, out_dir / "roc.png").name),
         ("Precision-recall", plot_precision_recall(records, metrics, out_dir / "pr.png").name),
-        ("Calibration", plot_calibration(records, out_dir / "calibration.png").name),
+        ("Calibration", plot_calibration(records, out_dir / "calibration.png",
+                                         temperature=settings.calibration.temperature).name),
         ("Confusion matrix", plot_confusion(metrics, out_dir / "confusion.png", threshold).name),
         ("Score histogram", plot_histogram(records, out_dir / "histogram.png", threshold).name),
     ]

@@ -59,6 +59,23 @@ def write_json(path, obj):
         handle.write("\n")
 
 
+def read_yaml_mapping(path, what):
+    """A YAML file's mapping (empty file: {}); one line naming the file when it cannot be read, is not YAML or
+    is not a mapping. ``what`` names the file's role in messages ("config", "suite")."""
+    import yaml
+
+    try:
+        with open(path) as handle:
+            values = yaml.safe_load(handle) or {}
+    except OSError as error:
+        raise DfdError(f"{path}: cannot read {what} ({error.strerror})") from None
+    except yaml.YAMLError as error:
+        raise DfdError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise DfdError(f"{path}: a {what} is a mapping, not {type(values).__name__}")
+    return values
+
+
 def read_json(path):
     with open(path) as handle:
         return json.load(handle)

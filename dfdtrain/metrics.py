@@ -10,6 +10,9 @@ sample is predicted FAKE when ``score >= threshold``.
   ``aggregate`` for one video, ``aggregate_many`` for a list of videos.
 * ``evaluate_predictions(records)``: every aggregation rule, the temporal head's video score and the frame
   level, in one dict; ``format_metrics_table`` prints it.
+* ``expected_calibration_error``: how far scores are from the observed fraction of fakes (equal-width bins).
+* ``bootstrap_intervals``: 95% intervals of the ranking, calibration and accuracy metrics, resampling whole
+  groups (identities, source pairs), since videos of one group are not independent.
 
 Numpy only (scikit-learn is used by the tests, to check every value against it). Where a value differs from
 scikit-learn (1.9) it is on purpose and said in the docstring of ``binary_metrics``.
@@ -25,9 +28,12 @@ from dfdtrain.registry import Registry
 # (and scikit-learn's before 1.5), so one confidently wrong 0/1 score costs -log(1e-15) = 34.5, not infinity.
 LOG_LOSS_EPS = 1e-15
 
+# Equal-width score bins of the expected calibration error (and of evaluate's reliability diagram).
+CALIBRATION_BINS = 10
+
 # The columns of format_metrics_table: header -> key of binary_metrics.
 TABLE_COLUMNS = {
-    "auc": "auc", "log_loss": "log_loss", "ap": "ap", "eer": "eer", "acc": "accuracy", "prec": "precision",
+    "auc": "auc", "log_loss": "log_loss", "ece": "ece", "ap": "ap", "eer": "eer", "acc": "accuracy", "prec": "precision",
     "rec": "recall", "spec": "specificity", "npv": "npv", "f1": "f1", "mcc": "mcc",
 }
 
@@ -134,6 +140,16 @@ def precision_recall_curve(labels, scores, drop_intermediate=False):
     return np.r_[precision[::-1], 1.0], np.r_[recall[::-1], 0.0], thresholds[::-1]
 
 
+def f1_by_threshold(labels, scores):
+    """(F1, threshold) at each distinct score as a threshold, highest threshold first (needs a fake label)."""
+    labels, scores = _as_labels_and_scores(labels, scores)
+    if not labels.any():
+        raise ValueError("F1 needs at least one fake (1) label")
+    false_positives, true_positives, thresholds = _counts_at_thresholds(labels, scores)
+    false_negatives = labels.sum() - true_positives
+    return 2 * true_positives / (2 * true_positives + false_positives + false_negatives), thresholds
+
+
 # ----------------------------------------------------------------------------------------- ranking metrics
 
 
@@ -206,6 +222,24 @@ def equal_error_rate(labels, scores):
     return float(fpr[before] + t * (fpr[after] - fpr[before]))
 
 
+def calibration_bin_index(scores, bins=CALIBRATION_BINS):
+    """The equal-width bin (0 .. bins-1) of each score in [0, 1]; 1.0 goes in the last bin."""
+    return np.minimum((np.asarray(scores, dtype=np.float64) * bins).astype(np.int64), bins - 1)
+
+
+def expected_calibration_error(labels, scores, bins=CALIBRATION_BINS):
+    """ECE: over ``bins`` equal-width score bins, the share of samples in a bin times |mean score - fraction
+    fake| there, summed (0 = the scores are the observed frequencies). None when empty. A score of exactly 1
+    falls in the last bin."""
+    labels, scores = _as_labels_and_scores(labels, scores)
+    if labels.size == 0:
+        return None
+    index = calibration_bin_index(scores, bins)
+    score_sums = np.bincount(index, weights=scores, minlength=bins)
+    fake_sums = np.bincount(index, weights=labels.astype(np.float64), minlength=bins)
+    return float(np.abs(score_sums - fake_sums).sum() / labels.size)  # sum_b n_b/n * |mean_b - frac_b|
+
+
 # ------------------------------------------------------------------------------------------ binary metrics
 
 
@@ -243,7 +277,7 @@ def balanced_accuracy(tn, fp, fn, tp):
 def binary_metrics(labels, scores, threshold=0.5):
     """Every detection metric of ``scores`` (P(fake)) against ``labels`` (1 = fake), as a JSON-ready dict.
 
-    Keys: ``auc``, ``log_loss``, ``ap``, ``eer`` (threshold-free) and, predicting FAKE where
+    Keys: ``auc``, ``log_loss``, ``ece``, ``ap``, ``eer`` (threshold-free) and, predicting FAKE where
     ``score >= threshold``: ``accuracy``, ``precision``, ``recall`` (TPR, sensitivity), ``specificity`` (TNR),
     ``npv``, ``f1``, ``mcc``, ``balanced_accuracy``, ``confusion`` = {"tn", "fp", "fn", "tp"}; and ``count``
     (samples), ``positives`` (fake labels).
@@ -264,7 +298,7 @@ def binary_metrics(labels, scores, threshold=0.5):
     * ``log_loss``: scores clipped to [1e-15, 1 - 1e-15] (the DFDC metric). sklearn 1.9 clips to the float
       eps, 2.2e-16, so the two differ when a score is within 1e-15 of 0 or 1 (a wrong 0/1 score costs 34.54
       here, 36.04 in sklearn). Defined with a single class (sklearn needs ``labels=[0, 1]`` there).
-    * ``eer`` is not in sklearn: see ``equal_error_rate``.
+    * ``eer`` and ``ece`` are not in sklearn: see ``equal_error_rate`` and ``expected_calibration_error``.
     * No samples: every metric None, counts 0 (sklearn raises).
     """
     labels, scores = _as_labels_and_scores(labels, scores)
@@ -274,6 +308,7 @@ def binary_metrics(labels, scores, threshold=0.5):
     return {
         "auc": roc_auc(labels, scores),
         "log_loss": log_loss(labels, scores),
+        "ece": expected_calibration_error(labels, scores),
         "ap": average_precision(labels, scores),
         "eer": equal_error_rate(labels, scores),
         "accuracy": _ratio(tp + tn, count),
@@ -288,6 +323,67 @@ def binary_metrics(labels, scores, threshold=0.5):
         "count": count,
         "positives": int(labels.sum()),
     }
+
+
+# ---------------------------------------------------------------------------------------------- intervals
+
+# The metrics bootstrap_intervals resamples: name -> f(labels, scores, threshold), None where undefined.
+INTERVAL_METRICS = {
+    "auc": lambda labels, scores, threshold: roc_auc(labels, scores),
+    "ap": lambda labels, scores, threshold: average_precision(labels, scores),
+    "eer": lambda labels, scores, threshold: equal_error_rate(labels, scores),
+    "log_loss": lambda labels, scores, threshold: log_loss(labels, scores),
+    "ece": lambda labels, scores, threshold: expected_calibration_error(labels, scores),
+    "accuracy": lambda labels, scores, threshold: float(np.mean((scores >= threshold) == (labels == 1))),
+}
+
+
+def bootstrap_intervals(labels, scores, groups, threshold=0.5, resamples=1000, confidence=0.95, seed=0):
+    """Bootstrap intervals ``{metric: [low, high]}`` of each of INTERVAL_METRICS, resampling whole ``groups``
+    with replacement (one group per sample: its identity, source pair or original video), so samples that share
+    a face are never counted as independent evidence.
+
+    The interval is the percentile interval shifted by the bootstrap's bias estimate (mean of the resamples
+    minus the estimate on all samples), kept within the metric's range: a statistic that resampling inflates
+    (ECE: binning noise only adds to each bin's |gap|) would otherwise get an interval above its own value.
+    A resample where a metric is undefined (one class only) is left out of that metric's interval; a metric
+    defined in fewer than half of the resamples gets None. Seeded: the same inputs give the same intervals.
+    """
+    labels, scores = _as_labels_and_scores(labels, scores)
+    groups = np.asarray(groups)
+    if groups.shape != labels.shape:
+        raise ValueError(f"one group per sample is needed: {groups.size} groups for {labels.size} samples")
+    if labels.size == 0 or resamples < 1:
+        return {name: None for name in INTERVAL_METRICS}
+    # samples ordered by group, so a group's members are one slice: starts[g] .. starts[g] + sizes[g]
+    _, group_of, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+    order = np.argsort(group_of, kind="stable")
+    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    labels, scores = labels[order], scores[order]
+    generator = np.random.default_rng(seed)
+    values = {name: [] for name in INTERVAL_METRICS}
+    for _ in range(resamples):
+        chosen = generator.integers(0, sizes.size, sizes.size)
+        lengths = sizes[chosen]
+        # the members of the chosen groups: each chosen start repeated over its group's length, plus 0..len-1
+        offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        members = np.repeat(starts[chosen], lengths) + offsets
+        for name, metric in INTERVAL_METRICS.items():
+            value = metric(labels[members], scores[members], threshold)
+            if value is not None:
+                values[name].append(value)
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    intervals = {}
+    for name, found in values.items():
+        estimate = INTERVAL_METRICS[name](labels, scores, threshold)
+        if estimate is None or len(found) * 2 < resamples:
+            intervals[name] = None
+            continue
+        bias = float(np.mean(found)) - estimate
+        high_limit = math.inf if name == "log_loss" else 1.0
+        intervals[name] = [min(max(float(np.percentile(found, tail)) - bias, 0.0), high_limit),
+                           min(max(float(np.percentile(found, 100.0 - tail)) - bias, 0.0), high_limit)]
+    return intervals
 
 
 # ---------------------------------------------------------------------------------------------- aggregation

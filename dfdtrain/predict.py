@@ -55,7 +55,8 @@ class Predictor:
         if num_frames:
             self.clip = dataclasses.replace(self.clip, sampler=dataclasses.replace(self.clip.sampler,
                                                                                    num_frames=num_frames))
-        self.threshold = self.settings.threshold
+        self.threshold = self.settings.threshold  # on the calibrated P(fake)
+        self.calibration = self.settings.calibration
         # per-frame scores only where the head judges frames alone; a GRU/LSTM's are its steps ("step_scores")
         self.scores_key = f"{score_kind(self.settings.model.head)}_scores"
         self.faces = faces
@@ -84,7 +85,8 @@ class Predictor:
         return make_clip(self.decoder, source, meta, self.clip, name=name, face_detector=detector)
 
     def predict(self, paths):
-        """One dict per path, in input order: p_fake, verdict, the per-position scores (``frame_scores``, or
+        """One dict per path, in input order: p_fake (calibrated by the detector's temperature; p_fake_raw
+        before), verdict at the detector's threshold, the per-position scores (``frame_scores``, or
         ``step_scores`` / ``token_scores`` for heads whose positions are not judged alone: SCORE_KINDS), ... or
         {"path", "error"}."""
         from tqdm import tqdm
@@ -117,20 +119,23 @@ class Predictor:
     def _score_batch(self, batch, results):
         started = time.perf_counter()
         try:
-            video_scores, frame_scores = self.scores([clip for _, _, clip, _ in batch])
+            video_logits, frame_scores = self.scores([clip for _, _, clip, _ in batch])
         except Exception as error:  # a model failure fails this batch's files, not the whole run
             for position, path, _, _ in batch:
                 results[position] = _error_entry(path, f"{type(error).__name__}: {error}")
             return
         model_seconds = (time.perf_counter() - started) / len(batch)  # each video's share of its batch
         for row, (position, path, clip, info) in enumerate(batch):
-            p_fake = float(video_scores[row])
+            logit = float(video_logits[row])
+            p_fake = float(self.calibration.probability(logit))
             used = int(clip.mask.sum())
             faces = clip.meta.get("faces")
             results[position] = {
                 "path": path,
                 "p_fake": p_fake,
                 "verdict": "FAKE" if p_fake >= self.threshold else "REAL",
+                "threshold": self.threshold,
+                "p_fake_raw": float(torch.sigmoid(torch.tensor(logit, dtype=torch.float64))),  # before calibration
                 self.scores_key: [float(score) for score in frame_scores[row, :used]],
                 "frames_used": used,
                 "faces_found": sum(1 for boxes in faces["boxes"] if boxes) if self.faces == "mtcnn" and faces else None,
@@ -140,11 +145,12 @@ class Predictor:
 
     @torch.no_grad()
     def scores(self, clips):
-        """(P(fake) per video [B], per frame [B,T]) of prepared Clips, on the CPU."""
+        """(video logit [B], P(fake) per frame [B,T]) of prepared Clips, on the CPU; a video's P(fake) is
+        ``self.calibration.probability(logit)``."""
         frames = torch.stack([clip.frames for clip in clips]).to(self.device)
         masks = torch.stack([clip.mask for clip in clips]).to(self.device)
         video_logits, frame_logits = self.model(model_input(frames, self.clip), masks)
-        return torch.sigmoid(video_logits.float()).cpu(), torch.sigmoid(frame_logits.float()).cpu()
+        return video_logits.float().cpu(), torch.sigmoid(frame_logits.float()).cpu()
 
 
 def predict_videos(checkpoint, paths, **options):

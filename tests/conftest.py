@@ -161,3 +161,19 @@ def small_shards(tmp_path_factory):
     """16 generated clips (8 frames) in train/val shards, for the training-engine and run-safety tests."""
     return make_synth_shards(tmp_path_factory.mktemp("train"), count=16, frames=8, val_fraction=0.25,
                              target_bytes=60_000, seed=3)
+
+
+@pytest.fixture(scope="session")
+def ffpp_shards(tmp_path_factory, fixtures):
+    """Real FF++ shards with a ``method`` field: the YouTube pair 183/253, its 2 reals and its fakes by each of
+    the 4 manipulation methods (a whole leakage group, and few videos: decoding full-size clips is slow)."""
+    from dfdtrain.data.datasets import IndexOptions
+    from dfdtrain.data.index import build_manifest
+    from dfdtrain.data.shard import write_shards
+
+    root = tmp_path_factory.mktemp("ffpp_eval")
+    rows, _ = build_manifest("ffpp", fixtures / "ffpp", IndexOptions(ffpp_splits=str(fixtures / "labels/ffpp")),
+                             progress=False)
+    rows = [row for row in rows if row["group"] == "ffpp:183-253"]
+    write_shards(rows, root / "shards", target_bytes=2_000_000, progress=False)
+    return root / "shards"

@@ -16,22 +16,6 @@ from dfdtrain.metrics import roc_auc
 BASE_PLOTS = ("roc.png", "pr.png", "calibration.png", "confusion.png", "histogram.png")
 
 
-@pytest.fixture(scope="module")
-def ffpp_shards(tmp_path_factory, fixtures):
-    """Real FF++ shards with a ``method`` field: the YouTube pair 183/253, its 2 reals and its fakes by each of
-    the 4 manipulation methods (a whole leakage group, and few videos: decoding full-size clips is slow)."""
-    from dfdtrain.data.datasets import IndexOptions
-    from dfdtrain.data.index import build_manifest
-    from dfdtrain.data.shard import write_shards
-
-    root = tmp_path_factory.mktemp("ffpp_eval")
-    rows, _ = build_manifest("ffpp", fixtures / "ffpp", IndexOptions(ffpp_splits=str(fixtures / "labels/ffpp")),
-                             progress=False)
-    rows = [row for row in rows if row["group"] == "ffpp:183-253"]
-    write_shards(rows, root / "shards", target_bytes=2_000_000, progress=False)
-    return root / "shards"
-
-
 def read_predictions(path):
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))

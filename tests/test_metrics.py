@@ -429,24 +429,40 @@ def test_evaluate_predictions_rejects_bad_records():
         evaluate_predictions(random_records(0, count=3), rules=("mean", "vote"))
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_expected_calibration_error_matches_sklearn_calibration_curve(seed):
+    from dfdtrain.metrics import expected_calibration_error
+
+    generator = np.random.default_rng(seed)
+    scores = np.r_[generator.random(300), 0.0, 1.0]  # (a score on an inner edge: sklearn bins it lower, we higher)
+    labels = (generator.random(scores.size) < scores ** 2).astype(int)
+    from sklearn.calibration import calibration_curve
+
+    fraction_fake, mean_score = calibration_curve(labels, scores, n_bins=10, strategy="uniform")
+    counts = np.histogram(scores, bins=np.linspace(0, 1, 11))[0]  # sklearn's bins: the last one closed, as ours
+    expected = np.sum(counts[counts > 0] * np.abs(fraction_fake - mean_score)) / scores.size
+    assert expected_calibration_error(labels, scores) == pytest.approx(expected, abs=1e-12)
+    assert binary_metrics(labels, scores)["ece"] == expected_calibration_error(labels, scores)
+
+
 def test_format_metrics_table():
     table = format_metrics_table(evaluate_predictions(random_records(2)))
     lines = table.splitlines()
     assert lines[0].startswith("60 videos, ")
-    assert lines[1].split() == ["level", "auc", "log_loss", "ap", "eer", "acc", "prec", "rec", "spec", "npv",
+    assert lines[1].split() == ["level", "auc", "log_loss", "ece", "ap", "eer", "acc", "prec", "rec", "spec", "npv",
                                 "f1", "mcc"]
     assert [line.split()[0] for line in lines[3:]] == ["video/head", "video/mean", "video/max", "video/majority",
                                                       "video/confident", "frame"]
     assert len({len(line) for line in lines[1:]}) == 1  # aligned columns
-    assert all(len(line.split()) == 12 for line in lines[3:])
+    assert all(len(line.split()) == 13 for line in lines[3:])
 
     # only real videos: the ranking metrics are undefined and shown as "-"
     only_real = [{"key": "a", "label": 0, "frame_scores": [0.2, 0.3]}, {"key": "b", "label": 0, "frame_scores": [0.1]}]
     frame_row = format_metrics_table(evaluate_predictions(only_real)).splitlines()[-1].split()
     assert frame_row[0] == "frame"
-    assert frame_row[1] == "-" and frame_row[3] == "-" and frame_row[4] == "-"  # auc, ap, eer
-    assert frame_row[7] == "-"  # recall
-    assert float(frame_row[2]) > 0  # log loss is defined
+    assert frame_row[1] == "-" and frame_row[4] == "-" and frame_row[5] == "-"  # auc, ap, eer
+    assert frame_row[8] == "-"  # recall
+    assert float(frame_row[2]) > 0 and float(frame_row[3]) > 0  # log loss and ECE are defined
 
 
 def test_library_does_not_import_sklearn():

@@ -70,7 +70,9 @@ def test_predict_scores_good_files_and_reports_bad_ones_in_input_order(trained_r
         # a GRU head: its positions are recurrent steps (cumulative), named so; the last step is the video score
         assert "frame_scores" not in result and result["frames_used"] == 4 and len(result["step_scores"]) == 4
         assert all(0.0 <= score <= 1.0 for score in result["step_scores"])
-        assert result["step_scores"][-1] == pytest.approx(result["p_fake"], abs=1e-6)
+        assert result["step_scores"][-1] == pytest.approx(result["p_fake_raw"], abs=1e-6)  # before calibration
+        assert result["p_fake"] == pytest.approx(
+            float(predictor.calibration.probability(np.log(result["p_fake_raw"] / (1 - result["p_fake_raw"])))))
         assert result["faces_found"] >= 1
     assert by_name["dfdc"]["video"]["width"] == 1080 and by_name["dfdc"]["video"]["height"] == 1920
     assert by_name["ffpp"]["video"]["codec"] == "h264"

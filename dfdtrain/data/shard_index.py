@@ -140,3 +140,49 @@ def reconcile(shard_paths, scored, skipped):
     return {"promised": promised, "scored": len(scored), "skipped": sum(1 for item in skipped if item.get("key")),
             "missing": sum(item.get("count", 1) for item in missing), "unreadable_shards": len(stopped),
             "missing_samples": missing, "unindexed": unindexed}
+
+
+def _folder_indexes(shard_paths):
+    """{folder: its index.json or None} of the folders holding these shards."""
+    folders = {storage.split(path)[0] for path in shard_paths}
+    return {folder: _read_index(folder) for folder in folders}
+
+
+def _test_split_of_manifests(indexes):
+    """({test key}, {test group}, {key: group}) over the manifests (index files) these shard indexes were
+    written from, where still readable here."""
+    from dfdtrain.data.shard import load_manifest
+
+    test_keys, test_groups, group_of = set(), set(), {}
+    manifests = {index.get("manifest") for index in indexes.values() if index and index.get("manifest")}
+    for manifest in sorted(manifests):
+        try:
+            rows = load_manifest(manifest)
+        except (DfdError, OSError, ValueError):
+            continue  # moved or another machine's path: the shards' own split names still count
+        for row in rows:
+            group_of[row["key"]] = str(row["group"])
+            if row["split"] == "test":
+                test_keys.add(row["key"])
+                test_groups.add(str(row["group"]))
+    return test_keys, test_groups, group_of
+
+
+def test_split_overlap(shard_paths, reference_paths=()):
+    """Why ``shard_paths`` (validation or calibration data) must not select a model, or None: a shard of a test
+    split (its index.json says so), or videos whose key or group is in the test split of an index (manifest)
+    that these shards or ``reference_paths`` (the training shards) were written from."""
+    entries = shard_entries(shard_paths)
+    for path, entry in entries.items():
+        if entry and entry.get("split") == "test":
+            return f"{storage.mask(path)} is a test-split shard (its index.json says split test)"
+    keys = {key for entry in entries.values() if entry for key in entry.get("keys", [])}
+    test_keys, test_groups, group_of = _test_split_of_manifests(_folder_indexes([*shard_paths, *reference_paths]))
+    shared_keys = sorted(keys & test_keys)
+    if shared_keys:
+        return (f"{len(shared_keys)} of its videos are in a test split of the same index (e.g. {shared_keys[0]!r})")
+    shared_groups = sorted({group_of[key] for key in keys if key in group_of} & test_groups)
+    if shared_groups:
+        return (f"{len(shared_groups)} of its groups (identities / source pairs) are in a test split of the same "
+                f"index (e.g. {shared_groups[0]!r})")
+    return None

@@ -14,8 +14,8 @@ from dfdtrain.metrics import evaluate_predictions
 
 
 def score_videos(model, loader, device, precision="fp32", embeddings=False):
-    """Per-video records {key, label, video_score, video_logit, frame_scores, dataset, method, shard} of this
-    rank."""
+    """Per-video records {key, label, video_score, video_logit, frame_scores, dataset, method, group, shard} of
+    this rank (group: the identity / source pair that splits keep together; the key when the shard has none)."""
     records = []
     model.eval()
     with torch.inference_mode(), autocast(device, precision):
@@ -33,7 +33,8 @@ def score_videos(model, loader, device, precision="fp32", embeddings=False):
                     "video_score": float(video_scores[position]),
                     "video_logit": float(video_logits[position]),
                     "frame_scores": frame_scores[position][mask[position]].tolist(),
-                    "dataset": meta.get("dataset"), "method": meta.get("method"), "shard": meta.get("shard"),
+                    "dataset": meta.get("dataset"), "method": meta.get("method"),
+                    "group": str(meta.get("group") or key), "shard": meta.get("shard"),
                 })
     return records
 

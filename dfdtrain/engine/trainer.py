@@ -28,10 +28,12 @@ from typing import Optional
 import numpy as np
 import torch
 
+from dfdtrain.calibration import describe as describe_calibration
+from dfdtrain.calibration import fit_calibration
 from dfdtrain.config import config_to_dict, save_config
 from dfdtrain.data import storage
 from dfdtrain.data.loader import VideoLoader, expand_shards
-from dfdtrain.data.shard_index import positive_class_weight
+from dfdtrain.data.shard_index import positive_class_weight, test_split_overlap
 from dfdtrain.engine.checkpoint import clean_checkpoints, find_checkpoint, load_checkpoint, save_checkpoint
 from dfdtrain.engine.curves import CURVES_FILE, write_curves
 from dfdtrain.engine.distributed import any_rank, barrier, broadcast_object, gather_to_rank0, init_distributed
@@ -44,7 +46,7 @@ from dfdtrain.errors import DfdError
 from dfdtrain.fileio import read_json, write_json
 from dfdtrain.locks import DirectoryLock
 from dfdtrain.metrics import format_metrics_table
-from dfdtrain.models.bundle import SETTINGS_FILE, detector_settings
+from dfdtrain.models.bundle import SETTINGS_FILE, calibrated, detector_settings
 from dfdtrain.models.detector import build_detector_from_config
 from dfdtrain.models.finetune import (FinetuneSchedule, apply_phase, freeze_batchnorm_statistics, parameter_groups,
                                       prepare_trainable, set_trainable_stages)
@@ -122,6 +124,12 @@ class Trainer:
         if config.model.sync_batchnorm and context.world_size > 1:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
+        if val_loader is None and config.data.val_shards:  # model selection and calibration never see test data
+            training = expand_shards(config.data.train_shards) if train_loader is None else []
+            overlap = test_split_overlap(expand_shards(config.data.val_shards), training)
+            if overlap:
+                raise DfdError(f"data.val_shards: {overlap}; checkpoints, early stopping and calibration must "
+                               "use validation data only (shard the index's val split)")
         if train_loader is None:
             train_loader = self._loader(config.data.train_shards, train=True)
         if val_loader is None and config.data.val_shards:
@@ -141,6 +149,7 @@ class Trainer:
         seed_everything(config.seed + 1000 * context.rank)  # dropout etc. differ per rank, reproducibly
 
         self.state = TrainState()
+        self.calibration = None  # rank 0: (step, Calibration) fitted on the last validation
         self.logger = None
         self.complete = False  # train() found the run already finished and did nothing
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=context.device)  # since the last check
@@ -184,7 +193,14 @@ class Trainer:
             raise NonFiniteLoss(f"the weights became non-finite at step {self.state.step}: training diverged; "
                                 f"{self._last_good()}")
         save_checkpoint(self.engine, self.run_dir, tag, self.state_dict(), self.context,
-                        json_files={SETTINGS_FILE: self.settings.to_json()})
+                        json_files={SETTINGS_FILE: self.checkpoint_settings().to_json()})
+
+    def checkpoint_settings(self):
+        """The detector settings saved with a checkpoint: calibrated on the validation of the very weights being
+        saved (rank 0); a mid-epoch checkpoint, not validated yet, is saved uncalibrated."""
+        if self.calibration is not None and self.calibration[0] == self.state.step:
+            return calibrated(self.settings, self.calibration[1])
+        return self.settings
 
     def resume(self, mode="auto"):
         """Load ``checkpoints/last`` (mode auto: when present; must: or fail; never: start afresh)."""
@@ -239,8 +255,16 @@ class Trainer:
         if self.val_loader is None:
             raise DfdError("data.val_shards is not set: there is nothing to validate on")
         skipped_before = len(self.val_loader.skipped)
-        metrics, _ = validation_metrics(self.model, self.val_loader, self.context.device, self.config.train.threshold,
-                                        self.config.train.precision, self.embeddings)
+        metrics, records = validation_metrics(self.model, self.val_loader, self.context.device,
+                                              self.config.train.threshold, self.config.train.precision,
+                                              self.embeddings)
+        if records:  # rank 0: temperature and threshold for the checkpoints of these weights
+            train = self.config.train
+            self.calibration = (self.state.step, fit_calibration(
+                [record["video_logit"] for record in records], [record["label"] for record in records],
+                train.threshold_rule, train.threshold, calibrate=train.calibrate,
+                fitted_on=f"validation after epoch {self.state.epoch}, step {self.state.step} "
+                          f"({len(records)} videos)"))
         skipped = gather_to_rank0(self.val_loader.skipped[skipped_before:])  # this pass's, from every rank
         self._gather_storage_retries()
         problem = None
@@ -314,7 +338,8 @@ class Trainer:
             self.logger.log(state.step, {"val": metrics}, kind="eval", epoch=epoch + 1)
             self._write_curves()
             self.logger.print_eval_table(epoch + 1, f"val loss {format_number(metrics.get('loss'))}\n"
-                                                    + format_metrics_table(metrics))
+                                                    + format_metrics_table(metrics) + "\ncalibration: "
+                                                    + describe_calibration(self.checkpoint_settings().calibration))
         if better:
             state.best, state.best_epoch, state.bad_epochs, state.best_metrics = value, epoch + 1, 0, metrics
         else:
@@ -448,6 +473,7 @@ class Trainer:
             "stopped_early": stopped_early,
             "checkpoint": find_checkpoint(self.run_dir, "best") or find_checkpoint(self.run_dir, "last"),
             "best_epoch": state.best_epoch,
+            "calibration": self._best_calibration(),
             "early_stopping_metric": self.config.train.early_stopping_metric,
             "val": {"loss": best.get("loss"), "video": (best.get("video") or {}).get("head") or {},
                     "video_rules": best.get("video"), "frame": best.get("frame")},
@@ -460,6 +486,12 @@ class Trainer:
                            "frames_per_s": state.samples * self.clip.sampler.num_frames / seconds_training},
             "wall_seconds": round(seconds, 1),
         }
+
+    def _best_calibration(self):
+        """The calibration stored with the checkpoint evaluate would load (best, else last), or None."""
+        checkpoint = find_checkpoint(self.run_dir, "best") or find_checkpoint(self.run_dir, "last")
+        path = os.path.join(checkpoint, SETTINGS_FILE) if checkpoint else None
+        return read_json(path).get("calibration") if path and os.path.isfile(path) else None
 
 
 def _skipped_summary(skipped):

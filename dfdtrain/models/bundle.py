@@ -8,8 +8,8 @@
     writes beside them; checkpoints of earlier versions without it use the run's ``config.yaml`` two levels up);
   * a run directory (its ``checkpoints/best``, else ``last``).
 It returns ``(model in eval mode, DetectorSettings)``: what inference needs to see videos as training did —
-the model config, the resolved clip spec (sampler, crop, input size, normalisation, input transform) and the
-decision threshold.
+the model config, the resolved clip spec (sampler, crop, input size, normalisation, input transform), the
+decision threshold and the calibration (temperature) fitted on validation data.
 """
 
 import dataclasses
@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 
+from dfdtrain.calibration import Calibration
 from dfdtrain.config import ClipSpec, Fraction, ModelConfig, Section, build_section, config_to_dict, load_config
 from dfdtrain.errors import DfdError
 from dfdtrain.fileio import atomic_open, load_plain, write_json
@@ -34,7 +35,9 @@ class DetectorSettings(Section):
     name: str = ""  # the training run's name
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     clip: ClipSpec = dataclasses.field(default_factory=ClipSpec)  # resolved: image_size, mean and std set
-    threshold: Fraction = 0.5  # P(fake) at or above which a video is called FAKE
+    threshold: Fraction = 0.5  # calibrated P(fake) at or above which a video is called FAKE
+    # P(fake) = sigmoid(video logit / temperature); fitted on validation at each checkpoint or by `calibrate`
+    calibration: Calibration = dataclasses.field(default_factory=Calibration)
 
     def check(self):
         if not self.clip.resolved:
@@ -42,6 +45,11 @@ class DetectorSettings(Section):
 
     def to_json(self):
         return {"format": SETTINGS_FORMAT, **config_to_dict(self)}
+
+
+def calibrated(settings, calibration):
+    """``settings`` with ``calibration`` and the threshold it chose."""
+    return dataclasses.replace(settings, calibration=calibration, threshold=calibration.threshold)
 
 
 def detector_settings(config, model):
@@ -134,6 +142,20 @@ def load_detector(path, device="cpu"):
     model = build_detector_from_config(settings.model)
     _load_weights(model, _training_weights(path), path)
     return model.to(device).eval(), settings
+
+
+def settings_folder(path):
+    """The folder whose detector.json ``load_detector(path)`` reads: a run directory's best (else last)
+    checkpoint, or the checkpoint folder or bundle itself."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DfdError(f"{path}: checkpoint not found")
+    if (path / "checkpoints").is_dir():
+        for tag in ("best", "last"):
+            if (path / "checkpoints" / tag).is_dir():
+                return path / "checkpoints" / tag
+        raise DfdError(f"{path}: run directory has no checkpoints/best or checkpoints/last")
+    return path
 
 
 def export_bundle(checkpoint, out_dir):

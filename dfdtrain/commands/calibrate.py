@@ -1,0 +1,65 @@
+"""dfdtrain calibrate: fit a detector's temperature and decision threshold on validation shards, in place."""
+
+import json
+import sys
+
+HELP = "fit temperature scaling and the decision threshold of a trained detector on validation shards"
+
+
+from dfdtrain.commands.evaluate import add_scoring_arguments, check_scoring_arguments
+
+
+def add_arguments(parser):
+    parser.add_argument("--checkpoint", required=True,
+                        help="a run directory (its best checkpoint), a checkpoint folder or a bundle: its "
+                             "detector.json is rewritten with the calibration")
+    parser.add_argument("--shards", action="append", required=True,
+                        help="validation shards, e.g. 'shards/val-*.tar' (repeatable; never a test split)")
+    parser.add_argument("--threshold-rule", default="fixed", choices=("fixed", "eer", "max_f1"),
+                        help="how the threshold is chosen on the calibrated validation scores: fixed (--threshold), "
+                             "eer (false positive rate = false negative rate) or max_f1 (default fixed)")
+    parser.add_argument("--threshold", type=float,
+                        help="the fixed threshold (default: the detector's own when it was fixed, else 0.5)")
+    parser.add_argument("--no-temperature", dest="temperature", action="store_false",
+                        help="choose the threshold only; keep P(fake) = sigmoid(logit)")
+    add_scoring_arguments(parser, evaluation=False)
+    parser.add_argument("--json", action="store_true", help="print the calibration as JSON")
+
+
+def run(args):
+    from dfdtrain.calibration import describe, fit_calibration
+    from dfdtrain.config import config_to_dict
+    from dfdtrain.data.shard_index import test_split_overlap
+    from dfdtrain.data.storage import expand_shards
+    from dfdtrain.engine.distributed import cleanup, init_distributed
+    from dfdtrain.errors import DfdError
+    from dfdtrain.evaluation import score_shards
+    from dfdtrain.models.bundle import calibrated, settings_folder, write_settings
+
+    check_scoring_arguments(args)
+    folder = settings_folder(args.checkpoint)  # before joining the process group: fail fast
+    overlap = test_split_overlap(expand_shards(args.shards))
+    if overlap:
+        raise DfdError(f"--shards: {overlap}; calibrate on validation data only")
+    context = init_distributed(args.device)
+    try:
+        scored = score_shards(folder, args.shards, args.batch_size, args.workers, args.decoder, context)
+    finally:
+        cleanup()
+    if scored is None:  # not rank 0: rank 0 writes and reports
+        return 0
+    settings, _, records, skipped, _, _ = scored
+    threshold = args.threshold
+    if threshold is None:
+        threshold = settings.threshold if settings.calibration.threshold_rule == "fixed" else 0.5
+    calibration = fit_calibration([record["video_logit"] for record in records], [record["label"] for record in records],
+                                  args.threshold_rule, threshold, calibrate=args.temperature,
+                                  fitted_on=f"{len(records)} videos of {', '.join(args.shards)} (dfdtrain calibrate)")
+    write_settings(calibrated(settings, calibration), folder)
+    if args.json:
+        json.dump({"detector": str(folder), "skipped": len(skipped), **config_to_dict(calibration)}, sys.stdout,
+                  indent=2)
+        print()
+    else:
+        print(f"{folder}: {describe(calibration)}" + (f"; {len(skipped)} video(s) skipped" if skipped else ""))
+    return 0

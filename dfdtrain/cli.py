@@ -13,7 +13,7 @@ from dfdtrain.errors import DfdError
 
 # name -> module under dfdtrain.commands; each module has HELP, add_arguments(parser) and run(args) -> int.
 COMMANDS = ("synth", "index", "shard", "preview", "embed", "train", "evaluate", "calibrate", "protocol",
-            "predict", "export", "bench", "demo")
+            "predict", "serve", "export", "bench", "demo")
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):

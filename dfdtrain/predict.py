@@ -84,11 +84,11 @@ class Predictor:
         detector = self.face_detector() if self.faces == "mtcnn" and self.clip.crop == "face" else None
         return make_clip(self.decoder, source, meta, self.clip, name=name, face_detector=detector)
 
-    def predict(self, paths):
+    def predict(self, paths, crops=False):
         """One dict per path, in input order: p_fake (calibrated by the detector's temperature; p_fake_raw
         before), verdict at the detector's threshold, the per-position scores (``frame_scores``, or
         ``step_scores`` / ``token_scores`` for heads whose positions are not judged alone: SCORE_KINDS), ... or
-        {"path", "error"}."""
+        {"path", "error"}. ``crops``: also the crops the model saw, as JPEG data URLs (``crops``)."""
         from tqdm import tqdm
 
         paths = [str(path) for path in paths]
@@ -111,12 +111,12 @@ class Predictor:
                 if results[position] is not None:
                     results[position]["seconds"] = round(time.perf_counter() - started, 3)
                 if len(pending) == self.batch_size or (pending and position == len(paths) - 1):
-                    self._score_batch(pending, results)
+                    self._score_batch(pending, results, crops)
                     pending = []
                 bar.update(1)
         return results
 
-    def _score_batch(self, batch, results):
+    def _score_batch(self, batch, results, crops=False):
         started = time.perf_counter()
         try:
             video_logits, frame_scores = self.scores([clip for _, _, clip, _ in batch])
@@ -142,6 +142,8 @@ class Predictor:
                 "video": {key: info[key] for key in VIDEO_INFO},
                 "seconds": round(info["seconds"] + model_seconds, 3),  # decode, faces, crop + model share
             }
+            if crops:  # what the model saw, for people (the service's page)
+                results[position]["crops"] = crop_thumbnails(clip.frames[:used].numpy())
 
     @torch.no_grad()
     def scores(self, clips):
@@ -151,6 +153,21 @@ class Predictor:
         masks = torch.stack([clip.mask for clip in clips]).to(self.device)
         video_logits, frame_logits = self.model(model_input(frames, self.clip), masks)
         return video_logits.float().cpu(), torch.sigmoid(frame_logits.float()).cpu()
+
+
+def crop_thumbnails(frames, quality=85):
+    """JPEG data URLs of uint8 crops [n,S,S,3]."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    urls = []
+    for frame in frames:
+        buffer = io.BytesIO()
+        Image.fromarray(frame).save(buffer, format="JPEG", quality=quality)
+        urls.append("data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"))
+    return urls
 
 
 def predict_videos(checkpoint, paths, **options):

@@ -1,0 +1,47 @@
+"""dfdtrain serve: an HTTP detection service and a web page around one loaded detector."""
+
+HELP = "serve a trained detector over HTTP: POST /api/predict, GET /api/model, /healthz and a web page at /"
+
+
+def add_arguments(parser):
+    from dfdtrain import serve
+
+    parser.add_argument("--checkpoint", required=True,
+                        help="a run directory, a checkpoint folder (RUN/checkpoints/best) or an exported bundle")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto: cuda when available (default)")
+    parser.add_argument("--faces", choices=("mtcnn", "none"), default="mtcnn",
+                        help="mtcnn: detect faces and crop as in training (default); none: the crop without boxes")
+    parser.add_argument("--allow-paths", metavar="DIR",
+                        help='also accept JSON {"path": FILE} requests for files inside DIR (default: uploads only)')
+    parser.add_argument("--max-mb", type=float, default=serve.DEFAULT_MAX_MB,
+                        help=f"largest upload in MB (default {serve.DEFAULT_MAX_MB})")
+    parser.add_argument("--timeout", type=float, default=serve.DEFAULT_TIMEOUT,
+                        help=f"seconds a request may wait for its result (default {serve.DEFAULT_TIMEOUT:g})")
+    parser.add_argument("--queue", type=int, default=serve.DEFAULT_QUEUE,
+                        help=f"requests that may wait for the model at once; more get 503 (default "
+                             f"{serve.DEFAULT_QUEUE})")
+    parser.add_argument("--batch-size", type=int, default=4,
+                        help="waiting requests scored in one forward pass (default 4)")
+    parser.add_argument("--upload-dir", help="where uploads are staged and deleted (default: a temporary folder)")
+
+
+def run(args):
+    import torch
+
+    from dfdtrain.errors import DfdError
+    from dfdtrain.serve import serve
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise DfdError("--device cuda: CUDA is not available")
+    if not 0 < args.port < 65536:
+        raise DfdError(f"--port must be between 1 and 65535, not {args.port}")
+    serve(args.checkpoint, host=args.host, port=args.port, device=device, faces=args.faces, max_mb=args.max_mb,
+          timeout=args.timeout, queue_size=args.queue, batch_size=args.batch_size, allow_paths=args.allow_paths,
+          upload_dir=args.upload_dir)
+    return 0

@@ -161,6 +161,10 @@ def create_app(checkpoint, device="cpu", faces="mtcnn", max_mb=DEFAULT_MAX_MB, t
     async def validation_error(request, exception):
         return error(400, f"bad request: {exception.errors()[0].get('msg', 'invalid input')}")
 
+    @app.exception_handler(Exception)
+    async def internal_error(request, exception):  # a fault of the service, not of the input: still JSON
+        return error(500, f"internal error: {type(exception).__name__}: {exception}")
+
     @app.get("/healthz")
     async def healthz():
         return {"status": "ok", "queued": worker.queued()}

@@ -30,9 +30,9 @@ from dfdtrain.engine.distributed import DistributedContext, broadcast_object, ga
 from dfdtrain.engine.scoring import records_loss, score_videos
 from dfdtrain.errors import DfdError
 from dfdtrain.fileio import atomic_open, write_json
-from dfdtrain.metrics import (CALIBRATION_BINS, INTERVAL_METRICS, aggregate, bootstrap_intervals, calibration_bin_index,
-                              evaluate_predictions, expected_calibration_error, format_metrics_table, log_loss,
-                              precision_recall_curve, roc_auc, roc_curve)
+from dfdtrain.metrics import (CALIBRATION_BINS, INTERVAL_METRICS, aggregate, bootstrap_intervals,
+                              calibration_bin_index, evaluate_predictions, expected_calibration_error,
+                              format_metrics_table, log_loss, precision_recall_curve, roc_auc, roc_curve)
 from dfdtrain.models.bundle import load_detector
 from dfdtrain.models.heads import SCORE_KINDS, score_kind
 

@@ -33,7 +33,8 @@ CALIBRATION_BINS = 10
 
 # The columns of format_metrics_table: header -> key of binary_metrics.
 TABLE_COLUMNS = {
-    "auc": "auc", "log_loss": "log_loss", "ece": "ece", "ap": "ap", "eer": "eer", "acc": "accuracy", "prec": "precision",
+    "auc": "auc", "log_loss": "log_loss", "ece": "ece", "ap": "ap", "eer": "eer", "acc": "accuracy",
+    "prec": "precision",
     "rec": "recall", "spec": "specificity", "npv": "npv", "f1": "f1", "mcc": "mcc",
 }
 

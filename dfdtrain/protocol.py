@@ -148,7 +148,8 @@ def write_table_markdown(table, path):
             if level == "video":
                 cells[list(COLUMNS).index("log_loss")] += f" (raw {_number(values['log_loss_raw'])})"
                 cells[list(COLUMNS).index("ece")] += f" (raw {_number(values['ece_raw'])})"
-            counted = f"{entry['videos']} ({entry['real']} / {entry['fake']})" if level == "video" else str(entry["frames"])
+            counted = (f"{entry['videos']} ({entry['real']} / {entry['fake']})" if level == "video"
+                       else str(entry["frames"]))
             lines.append(f"| [{name}]({entry['evaluation']}/report.md) | {counted} | " + " | ".join(cells) + " |")
         lines.append("")
     methods = [(name, method, values) for name, entry in table["test_sets"].items()

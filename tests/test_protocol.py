@@ -41,7 +41,8 @@ def test_protocol_writes_one_table_for_test_sets_of_two_indexes(one_rank, traine
     table = json.loads((out / "table.json").read_text())
     assert list(table["test_sets"]) == list(SETS) and table["suite"] == "smoke suite"
     assert table["checkpoint"] == str(trained_run / "checkpoints" / "best")
-    assert table["calibration"].startswith("temperature ") and "fitted on validation after epoch 1" in table["calibration"]
+    assert table["calibration"].startswith("temperature ")
+    assert "fitted on validation after epoch 1" in table["calibration"]
     synth, ffpp = (table["test_sets"][name] for name in SETS)
     assert (synth["videos"], synth["real"] + synth["fake"]) == (4, 4)
     assert (ffpp["videos"], ffpp["real"], ffpp["fake"]) == (10, 2, 8) and ffpp["groups"] == 1

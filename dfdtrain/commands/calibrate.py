@@ -30,7 +30,7 @@ def run(args):
     from dfdtrain.calibration import describe, fit_calibration
     from dfdtrain.config import config_to_dict
     from dfdtrain.data.shard_index import test_split_overlap
-    from dfdtrain.data.storage import expand_shards
+    from dfdtrain.data.storage import expand_shards, mask
     from dfdtrain.engine.distributed import cleanup, init_distributed
     from dfdtrain.errors import DfdError
     from dfdtrain.evaluation import score_shards
@@ -52,9 +52,11 @@ def run(args):
     threshold = args.threshold
     if threshold is None:
         threshold = settings.threshold if settings.calibration.threshold_rule == "fixed" else 0.5
-    calibration = fit_calibration([record["video_logit"] for record in records], [record["label"] for record in records],
+    calibration = fit_calibration([record["video_logit"] for record in records],
+                                  [record["label"] for record in records],
                                   args.threshold_rule, threshold, calibrate=args.temperature,
-                                  fitted_on=f"{len(records)} videos of {', '.join(args.shards)} (dfdtrain calibrate)")
+                                  fitted_on=f"{len(records)} videos of {', '.join(map(mask, args.shards))} "
+                                            "(dfdtrain calibrate)")
     write_settings(calibrated(settings, calibration), folder)
     if args.json:
         json.dump({"detector": str(folder), "skipped": len(skipped), **config_to_dict(calibration)}, sys.stdout,

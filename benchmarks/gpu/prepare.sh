@@ -5,12 +5,5 @@
 # over 60 MiB into parts and pack everything into .gpu-carry/load1..N (git-ignored), one load per device call;
 # then print the device calls to make.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-if [ -n "${PYTHON:-}" ]; then
-  python="$PYTHON"
-elif [ -x .venv/bin/python ]; then
-  python=.venv/bin/python
-else
-  python=python3
-fi
-exec "$python" benchmarks/gpu/kit.py --prepare "$@"
+# run.sh picks the interpreter and hands its arguments to kit.py
+exec bash "$(dirname "$0")/run.sh" --prepare "$@"

@@ -1,6 +1,7 @@
 """Model throughput: forward + backward + optimizer step of whole detectors, per backbone x precision x memory format.
 
-Each case is a detector as training builds it (``build_detector``: timm backbone per frame + temporal head) on
+Each case is a detector as training builds it (``build_detector``: timm backbone per frame + temporal head, or a
+clip backbone) on
 random clips [B,T,3,S,S] already on the device; a step is autocast forward (the engines' ``autocast``), BCE
 loss (the training objective, ``dfdtrain.engine.loss.video_bce``), backward and an SGD step (timm's benchmark
 trains with SGD too). For every case the four variants (fp32 / bf16 autocast x NCHW / channels_last) are
@@ -21,8 +22,7 @@ import torch
 from common import add_device_argument, emit, envelope, math_mode, median, mfu, progress, resolve_device, timed
 from dfdtrain.engine.engines import autocast
 from dfdtrain.engine.loss import video_bce
-from dfdtrain.models.detector import build_detector
-from model_stats import forward_flops
+from model_stats import build_case, forward_flops
 
 
 @dataclasses.dataclass
@@ -51,6 +51,9 @@ CASES = [
     Case("ResNet152V2", "attention", {}, 224, gpu_batch=(4, 16), cpu_batch=(1, 4)),
     Case("efficientnet_b0", "gru", {"hidden_size": 128}, 224, gpu_batch=(8, 16), cpu_batch=(1, 4)),
     Case("MobileNetV2", "gru", {"hidden_size": 128}, 224, gpu_batch=(8, 16), cpu_batch=(1, 8)),
+    # clip backbones (configs/r2plus1d_18_faceclips.yaml, configs/tall_swin_faceclips.yaml): clips/s
+    Case("r2plus1d_18", "none", {}, 112, gpu_batch=(8, 16), cpu_batch=(1, 16)),
+    Case("tall:swin_tiny_patch4_window7_224", "none", {}, 112, gpu_batch=(16, 4), cpu_batch=(1, 4)),
 ]
 QUICK_CASES = [Case("mobilenetv2_050", "gru", {"hidden_size": 16}, 64, gpu_batch=(2, 4), cpu_batch=(2, 4))]
 
@@ -67,10 +70,10 @@ PRECISIONS = ("fp32", "bf16")
 MEMORY_FORMATS = ("nchw", "channels_last")
 
 
-def build_variant(case, memory_format, device):
+def build_variant(case, batch, memory_format, device):
     torch.manual_seed(0)  # every variant of a case starts from the same weights
-    model = build_detector(case.backbone, case.head, head_options=case.head_options,
-                           channels_last=memory_format == "channels_last").to(device).train()
+    model = build_case(case.backbone, case.head, case.head_options, case.size, batch[1],
+                       channels_last=memory_format == "channels_last").to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     return model, optimizer
 
@@ -91,7 +94,7 @@ def measure_case(case, batch, device, steps, warmup, repeats):
     frames = torch.randn(clips, frames_per_clip, 3, case.size, case.size, generator=generator).to(device)
     mask = torch.ones(clips, frames_per_clip, dtype=torch.bool, device=device)
     labels = torch.randint(0, 2, (clips,), generator=generator).float().to(device)
-    models = {memory_format: build_variant(case, memory_format, device) for memory_format in MEMORY_FORMATS}
+    models = {memory_format: build_variant(case, batch, memory_format, device) for memory_format in MEMORY_FORMATS}
     frame_flops, clip_flops = forward_flops(models["nchw"][0], case.size, frames_per_clip)
     variants = [(precision, memory_format) for precision in PRECISIONS for memory_format in MEMORY_FORMATS]
 

@@ -2,7 +2,8 @@
 
 FLOPs are counted by torch's FlopCounterMode on one real forward pass (matmuls and convolutions; a
 multiply-add counts as 2 FLOPs) of one frame through the backbone, times T frames, plus the head on
-[1,T,D] features. Training costs about 3x the forward FLOPs (forward + backward); the MFU benchmark divides
+[1,T,D] features; a clip backbone (head: none) is counted on one whole clip, and its per-frame figure is
+that / T. Training costs about 3x the forward FLOPs (forward + backward); the MFU benchmark divides
 measured throughput x these FLOPs by the device's peak.
 
     python benchmarks/model_stats.py --out benchmarks/results/model_stats.json
@@ -16,7 +17,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from common import emit, envelope
-from dfdtrain.models.detector import build_detector
+from dfdtrain.models.clip_backbones import is_clip_backbone
+from dfdtrain.models.detector import ClipDetector, build_detector
 
 DETECTORS = [  # (backbone, head, head options, input size, frames per clip)
     ("EfficientNetB7", "lstm", {"num_layers": 2, "hidden_size": 512, "bidirectional": True}, 600, 16),
@@ -24,6 +26,9 @@ DETECTORS = [  # (backbone, head, head options, input size, frames per clip)
     ("ResNet152V2", "attention", {}, 224, 16),
     ("MobileNetV2", "gru", {"num_layers": 1, "hidden_size": 128}, 224, 16),
     ("InceptionV3", "gru", {"num_layers": 2, "hidden_size": 16}, 299, 20),
+    # clip backbones: configs/r2plus1d_18_faceclips.yaml, configs/tall_swin_faceclips.yaml
+    ("r2plus1d_18", "none", {}, 112, 16),
+    ("tall:swin_tiny_patch4_window7_224", "none", {}, 112, 4),
 ]
 
 
@@ -39,6 +44,10 @@ def forward_flops(model, size, frames):
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()  # BatchNorm running statistics must not move while counting
+    if isinstance(model, ClipDetector):  # motion inside the backbone: only a whole clip can be counted
+        clip_flops = count_flops(lambda: model(torch.zeros(1, frames, 3, size, size, device=device)))
+        model.train(was_training)
+        return clip_flops / frames, clip_flops
     frame_flops = count_flops(lambda: model.backbone(torch.zeros(1, 3, size, size, device=device)))
     features = torch.zeros(1, frames, model.num_features, device=device)
     mask = torch.ones(1, frames, dtype=torch.bool, device=device)
@@ -47,8 +56,15 @@ def forward_flops(model, size, frames):
     return frame_flops, frame_flops * frames + head_flops
 
 
+def build_case(backbone, head, head_options, size, frames, **options):
+    """The detector of a benchmark case; a clip backbone is built for its clip (frames, size)."""
+    if is_clip_backbone(backbone):
+        options.update(num_frames=frames, image_size=size)
+    return build_detector(backbone, head, head_options=head_options, **options)
+
+
 def describe(backbone, head, head_options, size, frames):
-    model = build_detector(backbone, head, head_options=head_options)
+    model = build_case(backbone, head, head_options, size, frames)
     frame_flops, clip_flops = forward_flops(model, size, frames)
     return {
         "backbone": backbone, "timm_name": model.backbone_info["timm_name"], "head": head,

@@ -65,7 +65,7 @@ def experiment(settings, shards, run_dir, device, engine):
 
 def one_batch_on_device(config, device):
     """The first batch of the same training loader the Trainer builds, and that loader's length."""
-    clip = config.clip.resolve(build_detector_from_config(config.model).backbone_info["data_config"])
+    clip = config.clip.resolve(build_detector_from_config(config.model, config.clip).backbone_info["data_config"])
     loader = VideoLoader(config.data.train_shards, clip, config.data, train=True, device=device, seed=config.seed)
     batches = iter(loader)
     batch = next(batches)

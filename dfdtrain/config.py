@@ -303,9 +303,12 @@ class DataConfig(Section):
 @dataclasses.dataclass
 class ModelConfig(Section):
     SECTION = "model"
-    backbone: str = "mobilenetv2_100"  # a timm name or a Keras-style alias (EfficientNetB7, ResNet152V2, ...)
-    head: str = "gru"  # mean | max | attention | gru | lstm | transformer | dense | se
+    # a timm name or a Keras-style alias (EfficientNetB7, ResNet152V2, ...), or a clip backbone: r3d_18, mc3_18,
+    # r2plus1d_18, s3d, mvit_v2_s, swin3d_t, tall:<timm name> (dfdtrain.models.clip_backbones)
+    backbone: str = "mobilenetv2_100"
+    head: str = "gru"  # mean | max | attention | gru | lstm | transformer | dense | se; none with a clip backbone
     head_options: dict = dataclasses.field(default_factory=dict)  # e.g. {num_layers: 2, hidden: [256, 128]}
+    backbone_options: dict = dataclasses.field(default_factory=dict)  # clip backbones: {dropout, tile_mask (tall)}
     pretrained: bool = False  # timm's weights (needs the hub) ...
     pretrained_file: str = ""  # ... or a local weights file, for offline machines
     channels_last: bool = False
@@ -315,12 +318,31 @@ class ModelConfig(Section):
 
     def check(self):
         from dfdtrain.models.backbones import resolve_backbone_name
+        from dfdtrain.models.clip_backbones import CLIP_BACKBONES, TALL_PREFIX, check_clip_options, is_clip_backbone
+        from dfdtrain.models.detector import check_backbone_and_head
         from dfdtrain.models.heads import HEADS, check_head_options
 
-        try:
-            resolve_backbone_name(self.backbone)
-        except DfdError as error:
-            raise ConfigError(self.key("backbone"), f"names no usable backbone: {error}") from None
+        if self.backbone.startswith(TALL_PREFIX) or not is_clip_backbone(self.backbone):
+            try:
+                resolve_backbone_name(self.backbone.removeprefix(TALL_PREFIX))  # TALL's image model
+            except DfdError as error:
+                clips = difflib.get_close_matches(self.backbone, CLIP_BACKBONES.names(), n=2)
+                hint = f" (clip backbones: {', '.join(clips)}?)" if clips else ""
+                raise ConfigError(self.key("backbone"), f"names no usable backbone: {error}{hint}") from None
+        problem = check_backbone_and_head(self.backbone, self.head)
+        if problem:
+            raise ConfigError(self.key("head"), problem)
+        if is_clip_backbone(self.backbone):
+            if self.head_options:
+                raise ConfigError(self.key("head_options"), "is for temporal heads; a clip backbone's options go "
+                                  "in model.backbone_options")
+            problem = check_clip_options(self.backbone, self.backbone_options)
+            if problem:
+                raise ConfigError(self.key(f"backbone_options.{problem[0]}"), problem[1])
+            return
+        if self.backbone_options:
+            raise ConfigError(self.key("backbone_options"), f"is for clip backbones; {self.backbone} is an image "
+                              "backbone")
         _registered(HEADS, self.head, self.key("head"))
         problem = check_head_options(self.head, self.head_options)
         if problem:
@@ -433,6 +455,15 @@ class ExperimentConfig(Section):
             raise ConfigError("data.epoch_samples", f"is {data.epoch_samples}, less than one global batch "
                               f"(data.batch_size {data.batch_size} x {world_size} process(es)): an epoch would "
                               "have no step")
+        from dfdtrain.models.clip_backbones import check_clip, is_clip_backbone
+
+        if is_clip_backbone(self.model.backbone):
+            problem = check_clip(self.model.backbone, self.clip.sampler.num_frames, self.clip.image_size)
+            if problem:
+                raise ConfigError(*problem)
+            if data.source == "embeddings":
+                raise ConfigError("data.source", f"is embeddings (cached per-frame features), but the clip backbone "
+                                  f"{self.model.backbone} sees whole clips: train it on video shards")
         if data.class_balance and self.train.class_weights:
             raise ConfigError("data.class_balance", "and train.class_weights both correct the class imbalance: "
                               "together they correct it twice; keep one")

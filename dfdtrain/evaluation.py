@@ -34,7 +34,8 @@ from dfdtrain.metrics import (CALIBRATION_BINS, INTERVAL_METRICS, aggregate, boo
                               calibration_bin_index, evaluate_predictions, expected_calibration_error,
                               format_metrics_table, log_loss, precision_recall_curve, roc_auc, roc_curve)
 from dfdtrain.models.bundle import load_detector
-from dfdtrain.models.heads import SCORE_KINDS, score_kind
+from dfdtrain.models.detector import detector_score_kind
+from dfdtrain.models.heads import SCORE_KINDS
 
 RULES = ("mean", "max", "majority", "confident")
 SCORE_NAMES = ("head", *RULES)  # the video scores compared everywhere: the temporal head, then each rule
@@ -536,7 +537,7 @@ def run_evaluation(checkpoint, shards, out_dir, threshold=None, batch_size=8, wo
         record["scores"] = video_scores(record)
 
     metrics = evaluate_predictions(records, threshold=threshold, rules=RULES)
-    kind = score_kind(settings.model.head)
+    kind = detector_score_kind(settings.model)
     labels = [record["label"] for record in records]
     metrics.update({
         "loss": records_loss(records),

@@ -21,7 +21,7 @@ from dfdtrain.data.decoders import build_decoder
 from dfdtrain.data.video import probe
 from dfdtrain.errors import BadVideo, DfdError
 from dfdtrain.models.bundle import load_detector
-from dfdtrain.models.heads import score_kind
+from dfdtrain.models.detector import detector_score_kind
 
 FACE_MODES = ("mtcnn", "none")
 VIDEO_INFO = ("frames", "fps", "width", "height", "codec")
@@ -58,7 +58,7 @@ class Predictor:
         self.threshold = self.settings.threshold  # on the calibrated P(fake)
         self.calibration = self.settings.calibration
         # per-frame scores only where the head judges frames alone; a GRU/LSTM's are its steps ("step_scores")
-        self.scores_key = f"{score_kind(self.settings.model.head)}_scores"
+        self.scores_key = f"{detector_score_kind(self.settings.model)}_scores"
         self.faces = faces
         self.batch_size = batch_size
         self.progress = progress

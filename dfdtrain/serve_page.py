@@ -62,7 +62,9 @@ async function loadModel() {
     const response = await fetch("/api/model");
     model = await response.json();
     const clip = model.clip;
-    $("model").textContent = `${model.name || "detector"}: ${model.backbone} + ${model.head} head, ` +
+    const architecture = model.head === "none" ? `clip backbone ${model.backbone}`
+      : `${model.backbone} + ${model.head} head`;
+    $("model").textContent = `${model.name || "detector"}: ${architecture}, ` +
       `${clip.sampler.num_frames} frames at ${clip.image_size} px (${clip.crop} crop), threshold ` +
       `${model.threshold.toFixed(3)}, temperature ${model.calibration.temperature.toPrecision(3)}; ` +
       `uploads up to ${model.limits.max_mb} MB`;
@@ -109,7 +111,7 @@ function drawScores(scores, threshold, kind) {
 }
 
 function showResult(result) {
-  const kind = ["frame_scores", "step_scores", "token_scores"].find((key) => key in result);
+  const kind = Object.keys(result).find((key) => key.endsWith("_scores"));  // frame, step, token, segment, clip
   const scores = result[kind] || [];
   $("error").style.display = "none";
   $("result").style.display = "block";
@@ -121,6 +123,8 @@ function showResult(result) {
     `${result.video.width}x${result.video.height} ${result.video.codec}, ${result.seconds.toFixed(2)} s`;
   $("scores-title").textContent = kind === "frame_scores" ? "Per-frame scores over the clip"
     : kind === "step_scores" ? "Recurrent step scores over the clip (cumulative over frames 1..t)"
+    : kind === "segment_scores" ? "Clip-backbone segment scores (each frame shows its stretch of frames)"
+    : kind === "clip_scores" ? "The clip's score at every frame (the model scores the clip as a whole)"
     : "Frame-token scores over the clip";
   drawScores(scores, result.threshold, kind ? kind.replace("_", " ") : "scores");
   const crops = $("crops");

@@ -12,6 +12,7 @@ from dfdtrain.config import load_config
 from dfdtrain.data.loader import VideoLoader
 from dfdtrain.errors import DfdError
 from dfdtrain.models.backbones import KERAS_ALIASES, build_backbone, resolve_backbone_name
+from dfdtrain.models.clip_backbones import is_clip_backbone
 from dfdtrain.models.detector import VideoDetector, build_detector, build_detector_from_config
 from dfdtrain.models.embed import write_embeddings
 from dfdtrain.engine.optim import LearningRateSchedule, build_optimizer
@@ -144,6 +145,10 @@ def test_every_recipe_in_configs_loads_and_names_real_components():
     assert len(recipes) >= 9
     for path in recipes:
         config = load_config(path)
+        if is_clip_backbone(config.model.backbone):  # small enough to build (without downloading weights)
+            model = build_detector_from_config(dataclasses.replace(config.model, pretrained=False), config.clip)
+            assert model.backbone_info["data_config"]["input_size"][-1] == config.clip.image_size
+            continue
         assert config.model.head in HEADS
         assert resolve_backbone_name(config.model.backbone)  # building every flagship here would be slow
         build_head(config.model.head, in_features=32, **config.model.head_options)

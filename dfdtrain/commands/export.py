@@ -57,8 +57,10 @@ def add_arguments(parser):
 def _wrapper(model):
     import torch
 
+    from dfdtrain.models.detector import ClipDetector
+
     class FramesAndMask(torch.nn.Module):
-        """Backbone on every frame, then the head with the mask.
+        """Backbone on every frame, then the head with the mask (a clip backbone: the detector itself).
 
         The detector's own forward skips padded frames with a data-dependent branch that a trace would
         freeze; running the backbone on all frames gives the same result because every head zeroes the
@@ -70,6 +72,8 @@ def _wrapper(model):
             self.detector = detector
 
         def forward(self, frames, mask):
+            if isinstance(self.detector, ClipDetector):  # no data-dependent branch: traced as it is
+                return self.detector(frames, mask)
             batch, time = frames.shape[0], frames.shape[1]
             features = self.detector.backbone(frames.flatten(0, 1))
             return self.detector.head(features.reshape(batch, time, -1), mask)
@@ -89,9 +93,9 @@ def example_inputs(batch, frames, size, seed=0):
     return inputs, mask
 
 
-def export_onnx(model, head, path, frames, size):
-    """Write ``path`` (ONNX) and return the max |onnxruntime - PyTorch| over both outputs (``head``: its name,
-    for the message when a head does not export)."""
+def export_onnx(model, part, path, frames, size):
+    """Write ``path`` (ONNX) and return the max |onnxruntime - PyTorch| over both outputs (``part``: the head or
+    clip backbone, named in the message when it does not export)."""
     import numpy as np
     import torch
 
@@ -108,7 +112,7 @@ def export_onnx(model, head, path, frames, size):
                                             "video_logits": {0: "batch"}, "frame_logits": {0: "batch"}})
     except Exception as error:
         message = " ".join(str(error).split())
-        raise DfdError(f"--onnx: the '{head}' head does not export to ONNX: {type(error).__name__}: {message}") from None
+        raise DfdError(f"--onnx: {part} does not export to ONNX: {type(error).__name__}: {message}") from None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     differences = []
     for batch in CHECK_BATCH_SIZES:
@@ -146,6 +150,7 @@ def _check(kind, difference):
 
 def run(args):
     from dfdtrain.models.bundle import export_bundle, load_detector
+    from dfdtrain.models.clip_backbones import is_clip_backbone
 
     if args.frames is not None and args.frames < 1:
         raise DfdError("--frames must be at least 1")
@@ -158,7 +163,9 @@ def run(args):
     frames = args.frames or settings.clip.sampler.num_frames
     size = args.size or settings.clip.image_size
     if args.onnx:
-        difference = export_onnx(model, settings.model.head, out_dir / "model.onnx", frames, size)
+        part = (f"the clip backbone {settings.model.backbone}" if is_clip_backbone(settings.model.backbone)
+                else f"the '{settings.model.head}' head")
+        difference = export_onnx(model, part, out_dir / "model.onnx", frames, size)
         _check("ONNX", difference)
         print(f"wrote {out_dir / 'model.onnx'} (frames [B,{frames},3,{size},{size}]); "
               f"max |onnxruntime - PyTorch| = {difference:.3g}")

@@ -172,7 +172,7 @@ def _plot_epoch_losses(axes, train, evaluations):
 
 def _plot_auc(axes, evaluations):
     video = [_value(row, "val", "video", "head", "auc") for row in evaluations]
-    series = [(_with_best("video (temporal head)", evaluations, video, max), video,
+    series = [(_with_best("video (the model's own score)", evaluations, video, max), video,
                {"color": VAL_COLOR, "linewidth": 2}),
               ("frame", [_value(row, "val", "frame", "auc") for row in evaluations],
                {"color": "#ff7f0e", "linewidth": 1.4, "linestyle": "--"})]

@@ -114,7 +114,7 @@ class Trainer:
         self.embeddings = config.data.source == "embeddings"
 
         seed_everything(config.seed)  # the same initial weights on every rank
-        model = build_detector_from_config(config.model)
+        model = build_detector_from_config(config.model, config.clip)
         self.settings = detector_settings(config, model)  # the resolved clip spec, threshold: saved with checkpoints
         self.clip = self.settings.clip
         self.schedule = FinetuneSchedule.from_config(config.finetune)

@@ -1,6 +1,6 @@
-"""Models: timm backbones (registry names and Keras-style aliases), temporal heads, the video detector,
+"""Models: timm backbones (registry names and Keras-style aliases), temporal heads, clip backbones, the detectors,
 fine-tuning policies and the embedding cache."""
 
-from dfdtrain.models.detector import VideoDetector, build_detector, build_detector_from_config
+from dfdtrain.models.detector import ClipDetector, VideoDetector, build_detector, build_detector_from_config
 
-__all__ = ["VideoDetector", "build_detector", "build_detector_from_config"]
+__all__ = ["ClipDetector", "VideoDetector", "build_detector", "build_detector_from_config"]

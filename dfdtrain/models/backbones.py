@@ -253,6 +253,8 @@ def backbone_stages(module):
     rate decay), so "unfreeze the last N stages" means the same blocks for every family. Every parameter is in
     exactly one stage; the last stage holds the output-side blocks (and head-side layers such as conv_head).
     """
+    if hasattr(module, "parameter_stages"):  # a clip backbone (dfdtrain.models.clip_backbones) names its own
+        return module.parameter_stages()
     if not hasattr(module, "group_matcher"):
         raise DfdError(f"{type(module).__name__} has no timm group_matcher: cannot split it into stages")
     groups = group_parameters(module, module.group_matcher(coarse=True))

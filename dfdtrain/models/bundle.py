@@ -118,7 +118,7 @@ def _checkpoint_settings(checkpoint):
     if not config_path.is_file():
         raise DfdError(f"{checkpoint}: not a bundle, and no {SETTINGS_FILE} or run config at {config_path}")
     config = load_config(config_path, ["model.pretrained=false", "model.pretrained_file="])
-    return detector_settings(config, build_detector_from_config(config.model))
+    return detector_settings(config, build_detector_from_config(config.model, config.clip))
 
 
 def load_detector(path, device="cpu"):
@@ -135,11 +135,11 @@ def load_detector(path, device="cpu"):
         from safetensors.torch import load_file
 
         settings = read_settings(path / SETTINGS_FILE)
-        model = build_detector_from_config(settings.model)
+        model = build_detector_from_config(settings.model, settings.clip)
         _load_weights(model, load_file(str(path / BUNDLE_WEIGHTS)), path)
         return model.to(device).eval(), settings
     settings = _checkpoint_settings(path)
-    model = build_detector_from_config(settings.model)
+    model = build_detector_from_config(settings.model, settings.clip)
     _load_weights(model, _training_weights(path), path)
     return model.to(device).eval(), settings
 

@@ -25,6 +25,7 @@ from dfdtrain.data.loader import VideoLoader
 from dfdtrain.data.shard import TarShardWriter
 from dfdtrain.errors import DfdError
 from dfdtrain.fileio import write_json
+from dfdtrain.models.clip_backbones import is_clip_backbone
 from dfdtrain.models.detector import build_detector_from_config
 
 SAMPLES_PER_SHARD = 2000
@@ -69,7 +70,10 @@ def write_embeddings(config, shard_specs, out_dir, device="cpu", dtype="float16"
     started = time.time()
     device = torch.device(device)
     torch.manual_seed(config.seed)  # a randomly initialised backbone (pretrained=False) is reproducible too
-    model = build_detector_from_config(config.model).to(device).eval()
+    if is_clip_backbone(config.model.backbone):
+        raise DfdError(f"embed caches per-frame features for a temporal head; the clip backbone "
+                       f"{config.model.backbone} sees the clip as a whole and has none: train it end to end")
+    model = build_detector_from_config(config.model, config.clip).to(device).eval()
     clip = config.clip.resolve(model.backbone_info["data_config"])
     writers, skipped = {}, []
     bar = tqdm(desc="embed", unit="video", disable=not progress, mininterval=0.5)

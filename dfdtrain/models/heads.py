@@ -32,6 +32,10 @@ SCORE_KINDS = {
     "frame": "each frame on its own",
     "step": "the recurrent state after frames 1..t (cumulative: the last one is the video score's input)",
     "token": "each frame's token after attention over the whole clip",
+    # clip backbones (head: none, dfdtrain.models.clip_backbones)
+    "segment": "the clip backbone's logit for the stretch of frames the frame belongs to (one per temporal cell "
+               "it keeps, e.g. 8 frames each for r2plus1d_18 on 16 frames)",
+    "clip": "the video score at every frame (the model scores the clip as a whole)",
 }
 
 DEFAULT_HIDDEN = (256, 128, 64)  # the reference report's GAP -> Dense 256/128/64 stack

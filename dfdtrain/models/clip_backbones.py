@@ -111,14 +111,16 @@ class ThumbnailLayout:
     score_kind: str = "clip"
 
 
-CLIP_BACKBONES.register("tall")(ThumbnailLayout())
+TALL_ENTRY = TALL_PREFIX + "<timm model>"  # one registry entry for every tall:<name>
+CLIP_BACKBONES.register(TALL_ENTRY)(ThumbnailLayout())
+
 
 def is_clip_backbone(name):
     return isinstance(name, str) and _registry_name(name) in CLIP_BACKBONES
 
 
 def _registry_name(name):
-    return "tall" if name.startswith(TALL_PREFIX) else name
+    return TALL_ENTRY if name.startswith(TALL_PREFIX) else name
 
 
 def clip_spec(name):

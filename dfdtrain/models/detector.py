@@ -113,8 +113,8 @@ def check_backbone_and_head(backbone, head):
         return (f"{head!r} cannot follow the clip backbone {backbone}, which scores the whole clip itself; "
                 f"use head: {NO_HEAD}")
     if not is_clip_backbone(backbone) and head in (None, NO_HEAD):
-        return (f"{NO_HEAD!r} needs a clip backbone ({', '.join(CLIP_BACKBONES.names())}:<timm model>); the "
-                f"image backbone {backbone} needs a temporal head")
+        return (f"{NO_HEAD!r} needs a clip backbone ({', '.join(CLIP_BACKBONES.names())}); the image backbone "
+                f"{backbone} needs a temporal head")
     return None
 
 

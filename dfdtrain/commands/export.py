@@ -59,8 +59,11 @@ def _wrapper(model):
 
     from dfdtrain.models.detector import ClipDetector
 
+    if isinstance(model, ClipDetector):  # its forward has no data-dependent branch: traced as it is
+        return model.eval()
+
     class FramesAndMask(torch.nn.Module):
-        """Backbone on every frame, then the head with the mask (a clip backbone: the detector itself).
+        """Backbone on every frame, then the head with the mask.
 
         The detector's own forward skips padded frames with a data-dependent branch that a trace would
         freeze; running the backbone on all frames gives the same result because every head zeroes the
@@ -72,8 +75,6 @@ def _wrapper(model):
             self.detector = detector
 
         def forward(self, frames, mask):
-            if isinstance(self.detector, ClipDetector):  # no data-dependent branch: traced as it is
-                return self.detector(frames, mask)
             batch, time = frames.shape[0], frames.shape[1]
             features = self.detector.backbone(frames.flatten(0, 1))
             return self.detector.head(features.reshape(batch, time, -1), mask)

@@ -20,7 +20,8 @@ Members of ``CLIP_BACKBONES`` (adding one is one entry):
 
 ``info`` holds what an image backbone's does (name, num_features, data_config, pretrained, note) plus
 ``kind: "clip"``, ``score_kind`` ("segment" or "clip": what the per-position scores are, heads.SCORE_KINDS) and
-the clip rules ``min_frames``, ``fixed_frames``, ``min_size``, ``fixed_size`` that ``check_clip`` enforces.
+the classifier's ``dropout``. The clips each model takes (frames, size) are its registry entry's; ``check_clip``
+enforces them.
 """
 
 import dataclasses
@@ -284,9 +285,7 @@ def build_clip_backbone(name, num_frames=None, image_size=None, pretrained=False
             "data_config": {"input_size": (3, size, size), "mean": spec.mean, "std": spec.std,
                             "interpolation": "bilinear", "crop_pct": 1.0},
             "pretrained": source, "note": f"torchvision {name} (Kinetics-400 weights: {weights.url})",
-            "score_kind": spec.score_kind, "dropout": options.get("dropout", spec.dropout),
-            "min_frames": spec.min_frames, "fixed_frames": spec.fixed_frames, "min_size": spec.min_size,
-            "fixed_size": spec.fixed_size}
+            "score_kind": spec.score_kind, "dropout": options.get("dropout", spec.dropout)}
     return module, info
 
 
@@ -294,6 +293,7 @@ def _load_torchvision_weights(name, model, spec, path, url):
     """Load torchvision's checkpoint at ``path`` into ``model`` (its classifier dropped); every other tensor must
     be there and fit: a file of another model is a one-line error, never a silent random init."""
     from dfdtrain.fileio import load_plain
+    from dfdtrain.models.backbones import _one_line
 
     path = Path(path)
     if not path.is_file():
@@ -306,14 +306,14 @@ def _load_torchvision_weights(name, model, spec, path, url):
         else:
             state = load_plain(path)
     except Exception as error:  # unreadable, truncated, or a pickle that would run code
-        raise DfdError(f"{name}: could not read {path} ({' '.join(str(error).split())[:200]})") from None
+        raise DfdError(f"{name}: could not read {path} ({_one_line(error)})") from None
     if not isinstance(state, dict):
         raise DfdError(f"{name}: {path} is not a state dict")
     state = {key: value for key, value in state.items() if not key.startswith(spec.classifier + ".")}
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as error:  # shape mismatch: another model's weights
-        raise DfdError(f"{name}: {path} does not fit {name} ({' '.join(str(error).split())[:200]})") from None
+        raise DfdError(f"{name}: {path} does not fit {name} ({_one_line(error)})") from None
     missing = [key for key in missing if not key.startswith(spec.classifier + ".")]
     if missing or unexpected:
         raise DfdError(f"{name}: {path} does not fit {name} ({len(missing)} missing, {len(unexpected)} unexpected "
@@ -337,8 +337,7 @@ def _build_tall(name, num_frames, image_size, pretrained, pretrained_file, drop_
     module = ThumbnailBackbone(image_model, num_frames, tile_mask=options.get("tile_mask", 0))
     data_config = {**image_info["data_config"], "input_size": (3, image_size, image_size)}
     info = {**image_info, "name": name, "kind": "clip", "data_config": data_config, "score_kind": "clip",
-            "dropout": options.get("dropout", 0.0), "min_frames": 1, "fixed_frames": num_frames, "min_size": 1,
-            "fixed_size": 0, "grid": grid,
+            "dropout": options.get("dropout", 0.0),
             "note": f"TALL thumbnail: {num_frames} frames of {image_size} px in a {grid} x {grid} grid "
                     f"({grid * image_size} px) for {image_info['timm_name']}"}
     return module, info

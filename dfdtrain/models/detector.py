@@ -61,13 +61,12 @@ class VideoDetector(nn.Module):
 
 def loop_padded(frames, mask):
     """``frames`` [B,T,...] with each padded position t holding real frame t mod n (n real frames, a prefix)."""
-    counts = mask.sum(dim=1, keepdim=True)
+    counts = mask.sum(dim=1, keepdim=True).clamp(min=1)
     positions = torch.arange(mask.shape[1], device=mask.device).unsqueeze(0)
-    if not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export():
-        if bool((counts == 0).any()):
-            raise ValueError("every clip needs at least one real frame")
-        if not torch.equal(mask, positions < counts):
-            raise ValueError("clip backbones need padding at the end: each mask row True...True then False...False")
+    # one check (one device sync per batch): a row without real frames fails it too, its first position is False
+    if not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export() and not torch.equal(mask, positions < counts):
+        raise ValueError("clip backbones need at least one real frame and the padding at the end: each mask row "
+                         "True...True then False...False")
     source = positions % counts  # [B,T]: t for real frames, t mod n for padding
     index = source.view(*source.shape, *([1] * (frames.dim() - 2))).expand_as(frames)
     return frames.gather(1, index)

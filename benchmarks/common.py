@@ -2,6 +2,7 @@
 envelope and JSON out."""
 
 import datetime
+import io
 import json
 import os
 import platform
@@ -176,6 +177,24 @@ def mfu(flops_per_s, device_name, mode):
 
 # ---------------------------------------------------------------------------------------------------
 # Test data made by dfdtrain itself: synth -> folder index -> shard (as tests/conftest.py does)
+
+
+def first_frames(data, count):
+    """The first ``count`` frames of a video, re-encoded as H.264 at the same size: a short real clip, for the
+    quick (CI) variants of the benchmarks that shard real fixtures."""
+    out = io.BytesIO()
+    with av.open(io.BytesIO(data)) as source, av.open(out, mode="w", format="mp4") as target:
+        stream = source.streams.video[0]
+        encoded = target.add_stream("h264", rate=stream.average_rate or 25)
+        encoded.width, encoded.height, encoded.pix_fmt = stream.width, stream.height, "yuv420p"
+        for number, frame in enumerate(source.decode(stream)):
+            if number == count:
+                break
+            for packet in encoded.encode(frame.reformat(format="yuv420p")):
+                target.mux(packet)
+        for packet in encoded.encode():
+            target.mux(packet)
+    return out.getvalue()
 
 
 def make_synth_shards(root, count, frames, width, height, val_fraction=0.2, target_bytes=1 << 20, seed=0,

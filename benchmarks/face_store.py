@@ -49,6 +49,11 @@ SETTINGS = {
 }
 GOALS = {"decode_speedup_min": 10.0, "bytes_vs_original_max": 1.0, "png_vs_clip_min": 20.0,
          "mean_abs_error_max": 2.0}
+# Issue 29 restates the byte and fidelity goals: clips <= the originals' bytes at <= 2/255 hold on DFDC (and FF++
+# raw/c23, not among the fixtures). On FF++ c40 the 4:2:0 chroma floor makes a clip faithful to <= 2/255 larger
+# than the c40 source, so c40's goals are against a DeepfakeBench-style PNG store: bench shard checks them.
+SOURCE_GOAL_SETS = ("dfdc",)
+C40_GOALS = "FF++ c40: bytes <= a 32-PNG-crop store's at <= 2/255 and >= 10x faster sampled decode (bench shard)"
 
 
 def clip_options(setting):
@@ -93,7 +98,7 @@ def prepare_video(job):
     detector = build_face_detector("mtcnn")
     started = time.perf_counter()
     scan = scan_video(data, str(path), info, detector, default)  # one decoding pass, its frames kept for encoding
-    tracks = find_tracks(scan, detector, default)
+    tracks, _ = find_tracks(scan, detector, default)  # (kept tracks best first, dropped ones)
     detect_s = time.perf_counter() - started
     no_face = not tracks
     if no_face:
@@ -167,8 +172,9 @@ def time_decodes(videos, originals, clips, repeats, use_gpu):
     return unavailable
 
 
-def summarise(videos, settings):
-    """Totals and ratios over a group of videos, per setting, with the goals checked."""
+def summarise(videos, settings, source_goals=False):
+    """Totals and ratios over a group of videos, per setting, with the goals checked: decode and PNG always, bytes
+    and fidelity against the originals with ``source_goals`` (a set in SOURCE_GOAL_SETS)."""
     original_bytes = sum(video["original_bytes"] for video in videos)
     original_s = sum(video["decode_16_median_s"]["pyav"] for video in videos)
     summary = {"videos": len(videos), "original_bytes": original_bytes,
@@ -197,10 +203,12 @@ def summarise(videos, settings):
         }
         result["goals_met"] = {
             "decode_speedup_total>=10": result["decode_speedup_total"] >= GOALS["decode_speedup_min"],
-            "bytes_vs_original<=1": result["bytes_vs_original"] <= GOALS["bytes_vs_original_max"],
             "png_vs_clip>=20": result["png_vs_clip"] >= GOALS["png_vs_clip_min"],
-            "mean_abs_error_max<=2": result["mean_abs_error_max"] <= GOALS["mean_abs_error_max"],
         }
+        if source_goals:
+            result["goals_met"].update({
+                "bytes_vs_original<=1": result["bytes_vs_original"] <= GOALS["bytes_vs_original_max"],
+                "mean_abs_error_max<=2": result["mean_abs_error_max"] <= GOALS["mean_abs_error_max"]})
         summary["settings"][setting] = result
     return summary
 
@@ -265,8 +273,11 @@ def main(argv=None):
          "decode_unavailable": unavailable},
         started,
         goals=GOALS,
+        goals_scope={"bytes_vs_original<=1, mean_abs_error_max<=2": f"by_dataset {', '.join(SOURCE_GOAL_SETS)}",
+                     "decode_speedup_total>=10, png_vs_clip>=20": "every set", "c40": C40_GOALS},
         overall=summarise(videos, settings),
-        by_dataset={dataset: summarise([video for video in videos if video["dataset"] == dataset], settings)
+        by_dataset={dataset: summarise([video for video in videos if video["dataset"] == dataset], settings,
+                                       source_goals=dataset in SOURCE_GOAL_SETS)
                     for dataset in sorted({video["dataset"] for video in videos})},
         videos=videos,
         detect_track_encode_s=round(prepare_s, 1))

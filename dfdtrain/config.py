@@ -283,7 +283,9 @@ class DataConfig(Section):
     epoch_samples: NonNegativeInt = 0  # training samples per epoch over all ranks; 0 = all training samples
     class_balance: bool = False  # resample training data to equal real/fake counts
     dali_canvas: NonNegativeInt = 0  # DALI: decode-time square resize, needed for mixed resolutions
-    face_track: Literal["first", "random"] = "first"  # face-clip shards: which track a training sample uses
+    # face-clip shards: which track a training sample uses: the best (track 0: the store ranks tracks on evidence,
+    # best first) or any of them
+    face_track: Literal["best", "random"] = "best"
     max_skip_fraction: Fraction = 0.5  # stop training when more of the last skip_window samples were skipped
     skip_window: Count = 64  # samples the skip guard looks back over
     verify_shards: bool = False  # check each shard's sha256 against index.json first (evaluate does by default)
@@ -503,6 +505,8 @@ def move_legacy_keys(values, moved):
         if name in data:
             _set_path(values, new, data.pop(name))
             moved[new] = old
+    if data.get("face_track") == "first":  # track 0 was "first"; the store now ranks it best on evidence
+        data["face_track"] = "best"
     if isinstance(data.get("augment"), bool):  # `augment: false` was a switch; now a section
         data["augment"] = {"enabled": data["augment"]}
         moved["data.augment.enabled"] = "data.augment"

@@ -94,6 +94,14 @@ def test_rerun_resumes_with_the_same_face_options(face_shards):
     again = write_shards(rows, shards, progress=False, store="faces", face_clip_options=options)
     assert again["totals"]["resumed_shards"] == index["totals"]["shards"]
     assert again["face_clips"] == index["face_clips"] and again["skipped"] == index["skipped"]
+    # the costs of what is there stay: the first run's stage seconds, and its seconds plus the rerun's
+    assert again["totals"]["stage_seconds"] == index["totals"]["stage_seconds"]
+    assert set(index["totals"]["stage_seconds"]) == {"decode", "detect", "track", "encode", "verify"}
+    assert again["totals"]["detector_frames"] == index["totals"]["detector_frames"] > 0
+    assert again["runs"][0] == index["runs"][0] and len(again["runs"]) == 2
+    assert again["runs"][1]["written_shards"] == 0 and again["runs"][1]["stage_seconds"] == {}
+    assert again["totals"]["seconds"] == round(index["totals"]["seconds"] + again["runs"][1]["seconds"], 2)
+    assert again["doubtful_faces"] == index["doubtful_faces"]
     assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in index["shards"]]
 
 

@@ -7,14 +7,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dfdtrain.data.faces import FACE_DETECTORS, build_face_detector, detect_faces
+from dfdtrain.data.faces import FACE_DETECTORS, auto_contrast, build_face_detector, detect_faces
 from dfdtrain.data.sampler import uniform_indices
+from dfdtrain.data.tracks import landmarks_sane
 from dfdtrain.data.video import probe, read_frames
 from dfdtrain.errors import DfdError
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 FFPP_183 = FIXTURES / "ffpp/original_sequences/youtube/c40/videos/183.mp4"  # 1280x720, one face
 DFDC_PORTRAIT = FIXTURES / "dfdc/dfdc_train_part_0/brtujopkby.mp4"  # 1080x1920, one person
+DFDC_DIM = FIXTURES / "dfdc/train_sample_videos/abofeumbvv.mp4"  # 1920x1080, a dim room (mean level 34/255)
 
 pytestmark = pytest.mark.skipif(not FFPP_183.exists(), reason=f"fixture videos missing under {FIXTURES}")
 
@@ -51,7 +53,10 @@ def check_video_faces(result, width, height, num_frames):
     assert result["frames_without_face"] == sum(1 for faces in result["boxes"] if not faces)
     assert result["frames_without_face"] <= num_frames // 4
     for faces in result["boxes"]:
-        for x1, y1, x2, y2, score in faces:
+        assert len(faces) <= 1  # the best track's face, or none
+        for face in faces:
+            x1, y1, x2, y2, score = face[:5]
+            assert len(face) == 15 and landmarks_sane(face)  # MTCNN's 5 landmarks, where a face has them
             assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height
             assert score >= 0.9
             face_fraction = (x2 - x1) * (y2 - y1) / (width * height)
@@ -101,6 +106,22 @@ def test_dfdc_portrait_faces_use_portrait_coordinates(detector):
     check_video_faces(result, 1080, 1920, 3)
 
 
+def test_faces_in_a_dim_room_are_found_after_a_contrast_stretch(detector):
+    """abofeumbvv: one person in all 300 frames of a dim room; MTCNN on the frames as decoded finds the face on
+    few of them, after the per-frame level stretch on all."""
+    info = probe(str(DFDC_DIM))
+    frames = read_frames(str(DFDC_DIM), uniform_indices(info["frames"], 8))
+    stretched = detector.detect(frames)
+    plain = build_face_detector("mtcnn", auto_contrast=False).detect(frames)
+    assert sum(bool(faces) for faces in stretched) == 8 and sum(bool(faces) for faces in plain) <= 4
+    assert all(len(faces) == 1 and faces[0][4] > 0.95 and landmarks_sane(faces[0]) for faces in stretched)
+    # the stretch maps the 0.5..99.5 percentiles to 0..255, at most 4x: a full-range frame is left about as it is
+    levels = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    assert np.abs(auto_contrast(levels).astype(int) - levels).max() <= 3
+    dim = levels // 8
+    assert dim.max() == 31 and auto_contrast(dim).max() == 124  # gain capped at 4
+
+
 def test_noise_has_no_face(detector):
     noise = np.random.default_rng(0).integers(0, 256, size=(2, 480, 640, 3), dtype=np.uint8)
     assert detector.detect(noise) == [[], []]
@@ -108,7 +129,8 @@ def test_noise_has_no_face(detector):
 
 def test_upscaled_face_crop_is_found_where_the_face_is(detector, frames_183):
     frame = frames_183[:1]
-    (x1, y1, x2, y2, _), = detector.detect(frame)[0]
+    (found,) = detector.detect(frame)[0]
+    x1, y1, x2, y2 = found[:4]
     # A crop of about twice the face, upscaled 2x: a close-up of a different size and shape.
     left, top = int(max(0, x1 - 0.5 * (x2 - x1))), int(max(0, y1 - 0.3 * (y2 - y1)))
     right, bottom = int(min(1280, x2 + 0.5 * (x2 - x1))), int(min(720, y2 + 0.3 * (y2 - y1)))

@@ -15,9 +15,9 @@ import pytest
 from conftest import REPO
 
 KIT_DIR = REPO / "benchmarks" / "gpu"
-STEPS = ["decode", "model", "train", "engine", "gpu_tests"]
-RESULTS = {"decode": "decode_shards_quick.json", "model": "model_quick.json", "train": "train_quick.json",
-           "engine": "engine_quick.json", "gpu_tests": "gpu_tests_quick.xml"}
+STEPS = ["decode", "faces", "model", "train", "engine", "gpu_tests"]
+RESULTS = {"decode": "decode_shards_quick.json", "faces": "shard_faces_quick.json", "model": "model_quick.json",
+           "train": "train_quick.json", "engine": "engine_quick.json", "gpu_tests": "gpu_tests_quick.xml"}
 
 
 def load(name, path):
@@ -50,7 +50,7 @@ def test_dry_run_prints_the_plan_with_each_budget(dry_run):
     count = len(kit.read_wheel_list())
     assert f"wheels  benchmarks/gpu/wheels.txt: {count} pinned wheels for cp312 manylinux x86_64" in text
     assert "nvidia-dali-cuda130==2.4.0" in text and "4 parts of at most 60 MiB (split -b 60M)" in text
-    assert f"budget {plan['budget_s']} s of 480 s" in text
+    assert f"budget {plan['budget_s']} s of 540 s" in text
     assert "install      45 s" in text
     for step in kit.steps():
         assert f"  {step.name:<10} {step.budget_s:>4} s  {step.what}" in text
@@ -58,16 +58,17 @@ def test_dry_run_prints_the_plan_with_each_budget(dry_run):
     assert f"call 1: {receive}" in text
     last = len(plan["carry"]["calls"])
     assert (f"call {last}: run(command='PYTHONUNBUFFERED=1 bash benchmarks/gpu/run.sh $OUT', carry=['.gpu-carry/"
-            f"load{last}', '.gpu-carry/fixtures'], timeout_s=540)") in text
+            f"load{last}', '.gpu-carry/fixtures'], timeout_s=600)") in text
     assert "all steps ok" in text.splitlines()[-1]
     # what comes back from a device call: at most 8 files, named in letters, digits, '.', '_' and '-'
     assert sorted(path.name for path in out.iterdir()) == sorted(["plan.json", "kit.log", *RESULTS.values()])
+    assert len(list(out.iterdir())) <= 8
 
 
 def test_plan_json_holds_the_budgets_the_carry_and_every_step(dry_run):
     _, out, plan = dry_run
     assert plan["mode"] == "dry-run" and plan["ok"] is True and plan["tag"] == "quick"
-    assert plan["budget_s"] == 45 + sum(step.budget_s for step in kit.steps()) <= plan["total_budget_s"] == 480
+    assert plan["budget_s"] == 45 + sum(step.budget_s for step in kit.steps()) <= plan["total_budget_s"] == 540
     assert [record["name"] for record in plan["steps"]] == STEPS
     for record in plan["steps"]:
         assert record["status"] == "ok" and record["rc"] == 0 and record["problems"] == [], record
@@ -99,6 +100,29 @@ def test_each_step_wrote_its_complete_result(dry_run):
     assert all(c["methods"]["pyav"]["frames_per_s"] > 0 and len(c["indices"]) == 16 for c in decode["comparisons"])
     assert decode["stores"]["faces"]["videos"] == decode["stores"]["original"]["videos"] == 1
     assert decode["unavailable"]["dali_gpu"].startswith("no GPU")
+
+    faces = json.loads((out / RESULTS["faces"]).read_text())
+    assert faces["benchmark"] == "shard_faces" and faces["device"] == "cpu" and faces["settings"]["quick"] is True
+    (run,) = faces["runs"].values()
+    assert run["device"] == "cpu" and run["videos"] == run["samples"] == 2 and run["videos_per_s"] > 0
+    assert run["detector_frames"] > 0 and {"decode", "detect", "encode"} <= set(run["stage_seconds"])
+    assert faces["goal"]["met"] is None and faces["unavailable"]["cuda"].startswith("no GPU")
+    # a GPU run whose face detector stayed on the CPU fails the step; on a CPU that is expected
+    assert kit.summarise_faces(faces, False, {})[1] == []
+    assert kit.summarise_faces(faces, True, {})[1] == [
+        "the face store did not run with the detector on the GPU: no GPU (run with --device cuda on a GPU machine)"]
+    # the GPU-only reading, driven by this CPU run standing in for the cuda one (as PyAV stands in for DALI below):
+    # several workers must have shared one detector, and the headline must hold the ratio and the goal
+    shard_faces = load("gpu_shard_faces", KIT_DIR / "shard_faces.py")
+    runs = {"cuda": {**run, "device": "cuda"}, "cpu": run}
+    stand_in = {**faces, "runs": runs, "ratios": {"cpu_over_gpu_wall": 1.0}, "unavailable": {},
+                "goal": shard_faces.goal_of(runs, False, {})}
+    summary, problems = kit.summarise_faces(stand_in, True, {})
+    assert problems == ([f"{run['workers']} workers on the GPU, but no shared detector ran"] if run["workers"] > 1
+                        else [])  # one worker keeps its own detector
+    assert summary["goal_met"] is (run["wall_s_per_video"] <= 1.0) and set(summary["wall_s"]) == {"cuda", "cpu"}
+    assert "on the GPU" in kit.headline("faces", {"summary": summary})
+    assert "GPU detector 1.0x faster" in " ".join(shard_faces.notes_for(runs, stand_in["ratios"], stand_in["goal"]))
 
     model = json.loads((out / RESULTS["model"]).read_text())
     assert model["benchmark"] == "model" and model["device"] == "cpu"
@@ -202,9 +226,10 @@ def test_the_carry_goes_round_trip_in_loads_and_parts(tmp_path):
 
 def test_the_gpu_run_reads_only_carried_fixtures_and_marked_tests():
     shard_decode = load("gpu_shard_decode", KIT_DIR / "shard_decode.py")
+    shard_faces = load("gpu_shard_faces", KIT_DIR / "shard_faces.py")
     gpu_tests = load("gpu_tests_module", REPO / "tests" / "test_gpu.py")
     carried = set(kit.FIXTURES)
-    assert set(shard_decode.VIDEOS) | set(shard_decode.QUICK_VIDEOS) <= carried
+    assert set(shard_decode.VIDEOS) | set(shard_decode.QUICK_VIDEOS) | {shard_faces.CLIP} <= carried
     assert set(gpu_tests.REAL_CLIPS) | set(gpu_tests.PREDICT_CLIPS) <= carried
     # conftest's ffpp_shards: the FF++ 183/253 group (2 originals, 8 fakes) with the official splits
     group = {f"ffpp/original_sequences/youtube/c40/videos/{name}.mp4" for name in ("183", "253")}

@@ -202,8 +202,9 @@ def test_faces_are_detected_and_stored_per_frame(tmp_path, fixtures):
         assert faces["detector"] == "mtcnn" and len(faces["frames"]) == len(faces["boxes"]) == 4
         found = [boxes for boxes in faces["boxes"] if boxes]
         assert len(found) >= 3 and faces["frames_without_face"] == 4 - len(found)
-        for x1, y1, x2, y2, score in (boxes[0] for boxes in found):
+        for x1, y1, x2, y2, score, *landmarks in (boxes[0] for boxes in found):
             assert 0 <= x1 < x2 <= meta["width"] and 0 <= y1 < y2 <= meta["height"] and score > 0.9
+            assert len(landmarks) == 10
 
 
 def test_shard_cli_summary_and_errors(tmp_path, ffpp_manifest):

@@ -96,7 +96,7 @@ def test_a_killed_part_resumes_and_the_merge_is_complete(tmp_path, fixtures):
 
     # part 0's last video becomes a FIFO: the part blocks on it, its earlier shards written, its last one begun
     plan = {name: members for name, _, members in plan_shards(rows, target_bytes=600_000)}
-    part0 = assign_parts(list(plan_shards(rows, target_bytes=600_000)), 2)[0]
+    part0 = assign_parts(list(plan_shards(rows, target_bytes=600_000)), 2, {"store": "original"})[0]
     assert len(part0) >= 2  # so the kill leaves a finished shard (and the temp tar of the last one)
     blocking = plan[part0[-1]][-1]["path"]
     (data / blocking).unlink()
@@ -130,3 +130,59 @@ def test_a_killed_part_resumes_and_the_merge_is_complete(tmp_path, fixtures):
     assert set(samples) == {row["key"] for row in rows}
     for row in rows:
         assert samples[row["key"]][0] == (data / row["path"]).read_bytes()
+
+
+def test_parts_share_the_predicted_work_not_the_bytes(fixtures):
+    """The 18 fixture videos at 1M a shard: balanced by bytes one part got 12 videos and twice the work of the
+    other (a 3.8 MB DFDC clip is about as much work as a 0.2 MB FF++ c40 one); balanced by predicted work (frames x
+    pixels, frames, detections) the parts are within 25%."""
+    from dfdtrain.data.shard import shard_work
+    from dfdtrain.data.video import probe
+
+    rows = []
+    for pattern in ("dfdc/*/*.mp4", "ffpp/original_sequences/*/c40/videos/*.mp4",
+                    "ffpp/manipulated_sequences/*/c40/videos/183_253.mp4"):
+        for path in sorted(fixtures.glob(pattern)):
+            rows.append({"key": f"v{len(rows):02d}", "path": str(path), "root": "", "split": "train", **probe(str(path))})
+    faces = {"store": "faces", "face_clips": {"tracks": {"detect_every": 16}}}
+    plan = plan_shards(rows, target_bytes=1_000_000)
+    members = {name: rows for name, _, rows in plan}
+    work = {part: sum(shard_work(members[name], faces) for name in names)
+            for part, names in assign_parts(plan, 2, faces).items()}
+    assert len(rows) == 18 and len(plan) >= 8 and max(work.values()) <= 1.25 * min(work.values())
+    by_bytes = {part: sum(shard_work(members[name], faces) for name in names)
+                for part, names in assign_parts(plan, 2, {"store": "original"}).items()}
+    assert max(by_bytes.values()) > 1.5 * min(by_bytes.values())
+    # every shard goes to exactly one part, the same whichever part asks
+    assert sorted(sum(assign_parts(plan, 3, faces).values(), [])) == sorted(members)
+
+
+def test_face_store_bytes_do_not_depend_on_threads_workers_or_parts(tmp_path, fixtures):
+    """MTCNN's boxes differ in the last digit with torch's thread count (on FF++ 183, 2 threads against 1): every
+    shard process detects on one thread, so a one-process run in a 2-thread process writes the bytes worker
+    processes and parts write."""
+    import torch
+
+    from dfdtrain.data.face_clips import FaceClipOptions
+    from dfdtrain.data.shard import merge_parts
+
+    rows = [{"key": name, "path": f"ffpp/original_sequences/youtube/c40/videos/{name}.mp4", "root": str(fixtures),
+             "label": 0, "dataset": "test", "group": name, "split": "train",
+             "bytes": (fixtures / f"ffpp/original_sequences/youtube/c40/videos/{name}.mp4").stat().st_size}
+            for name in ("183", "253")]  # a shard each (target_bytes 1): the parts get one each
+    options = {"target_bytes": 1, "progress": False, "store": "faces", "face_clip_options": FaceClipOptions(size=64)}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        one = write_shards(rows, tmp_path / "one", **options)
+        assert torch.get_num_threads() == 2  # the caller's setting is given back
+    finally:
+        torch.set_num_threads(threads)
+    workers = write_shards(rows, tmp_path / "workers", workers=2, **options)
+    for index in range(2):
+        write_shards(rows, tmp_path / "parts", part=Part(index, 2), **options)
+    parts = merge_parts(tmp_path / "parts")
+    expected = [(shard["name"], shard["sha256"]) for shard in one["shards"]]
+    assert len(expected) == 2
+    assert [(shard["name"], shard["sha256"]) for shard in workers["shards"]] == expected
+    assert [(shard["name"], shard["sha256"]) for shard in parts["shards"]] == expected

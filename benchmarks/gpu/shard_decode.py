@@ -19,7 +19,6 @@ The result is a ``decode`` benchmark result (its RESULTS.md renderer shows every
 """
 
 import argparse
-import io
 import json
 import os
 import statistics
@@ -34,7 +33,7 @@ import numpy as np
 BENCHMARKS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(BENCHMARKS))  # common.py: the envelope, devices and JSON out every benchmark shares
 
-from common import add_device_argument, emit, envelope, resolve_device  # noqa: E402
+from common import add_device_argument, emit, envelope, first_frames, resolve_device  # noqa: E402
 
 REPO = BENCHMARKS.parent
 DEFAULT_FIXTURES = os.environ.get("DFDTRAIN_FIXTURES", str(REPO.parent / "shared" / "fixtures"))
@@ -49,25 +48,6 @@ QUICK_VIDEOS = ["ffpp/original_sequences/youtube/c40/videos/183.mp4"]
 QUICK_FRAMES = 48
 # tests/test_dali.py: DALI vs PyAV frames, mean |difference| < 2.5 and 99th percentile <= 20 (0..255 levels)
 MEAN_TOLERANCE, P99_TOLERANCE = 2.5, 20.0
-
-
-def first_frames(data, count):
-    """The first ``count`` frames of a video, re-encoded as H.264 at the same size (a short real clip)."""
-    import av
-
-    out = io.BytesIO()
-    with av.open(io.BytesIO(data)) as source, av.open(out, mode="w", format="mp4") as target:
-        stream = source.streams.video[0]
-        encoded = target.add_stream("h264", rate=stream.average_rate or 25)
-        encoded.width, encoded.height, encoded.pix_fmt = stream.width, stream.height, "yuv420p"
-        for number, frame in enumerate(source.decode(stream)):
-            if number == count:
-                break
-            for packet in encoded.encode(frame.reformat(format="yuv420p")):
-                target.mux(packet)
-        for packet in encoded.encode():
-            target.mux(packet)
-    return out.getvalue()
 
 
 def folder_manifest(fixtures, relatives, folder, max_frames):

@@ -75,8 +75,8 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample order across shards (default 0)")
     parser.add_argument("--workers", type=int, default=1, help="processes that read, check and detect faces")
     scale = parser.add_argument_group("distributed sharding (one folder, many processes or nodes)")
-    scale.add_argument("--part", help="write part I of N (0-based, e.g. 3/8): a deterministic, size-balanced share of "
-                                      "the shards, and a part record; then 'shard --merge' writes index.json. Under "
+    scale.add_argument("--part", help="write part I of N (0-based, e.g. 3/8): a deterministic share of the shards "
+                                      "balanced by predicted work, and a part record; then 'shard --merge' writes index.json. Under "
                                       "torchrun (RANK/WORLD_SIZE) or srun (SLURM_PROCID/SLURM_STEP_NUM_TASKS) the "
                                       "part is the rank, and rank 0 merges when every part is done")
     scale.add_argument("--merge", action="store_true",
@@ -123,13 +123,20 @@ def add_arguments(parser):
                        help="between two detections that disagree (a face appears, moves or changes size), detect "
                             f"down to every N-th frame (default {track_defaults.refine_every}; at most --detect-every)")
     faces.add_argument("--max-tracks", type=int, default=track_defaults.max_tracks,
-                       help=f"face tracks (people) kept per video, largest first (default {track_defaults.max_tracks})")
+                       help="face tracks (people) kept per video, best first: tracks are ranked on evidence "
+                            "(coverage, confidence, landmarks, stability, window inside the frame; see the README) "
+                            f"(default {track_defaults.max_tracks})")
     faces.add_argument("--min-track-share", type=float, default=track_defaults.min_share,
                        help="drop a second or later face track spanning less than this share of the video, "
                             f"mostly a false face (default {track_defaults.min_share})")
     faces.add_argument("--min-track-score", type=float, default=track_defaults.min_score,
-                       help="drop a second or later face track whose detections score less than this on "
-                            f"average, mostly a false face (default {track_defaults.min_score})")
+                       help="a face track whose detections score less than this on average fails a sanity check: "
+                            "it ranks after plausible tracks, is never kept second, and as the best track makes "
+                            f"the video doubtful (default {track_defaults.min_score})")
+    faces.add_argument("--min-track-coverage", type=float, default=None,
+                       help="skip (with reason doubtful-face) a video whose best face track covers less than this "
+                            "share of its frames or fails a sanity check (default: keep such videos, listed as "
+                            "doubtful_faces in index.json at a share of 0.5)")
     faces.add_argument("--no-face", choices=NO_FACE_POLICIES, default=clip_defaults.no_face,
                        help="a video without a face track: keep a centre-square clip (default) or skip it")
 
@@ -143,7 +150,8 @@ def face_clip_options(args):
                               max_tracks=args.max_tracks, margin=args.face_margin,
                               min_share=args.min_track_share, min_score=args.min_track_score)
         return FaceClipOptions(size=args.face_size, codec=args.face_codec, crf=args.face_crf, gop=args.face_gop,
-                               pix_fmt=args.face_pix_fmt, no_face=args.no_face, tracks=tracks)
+                               pix_fmt=args.face_pix_fmt, no_face=args.no_face, tracks=tracks,
+                               min_track_coverage=args.min_track_coverage)
     except ValueError as error:
         raise DfdError(f"face-clip options: {error}") from None
 

@@ -22,6 +22,7 @@ import torch
 from dfdtrain.data.augment import augment_clips, ela
 from dfdtrain.data.crops import crop_and_resize, crop_regions
 from dfdtrain.data.sampler import sample_indices
+from dfdtrain.data.tracks import best_track_boxes
 from dfdtrain.data.video import probe
 from dfdtrain.errors import BadVideo, DfdError
 
@@ -54,11 +55,11 @@ def track_meta(meta, track_number):
     return {**meta, "frames": track["frames"], "track_id": track["id"], "track": track, **size}
 
 
-def video_member(sample, face_track="first", rng=None):
+def video_member(sample, face_track="best", rng=None):
     """(meta, field) of the video to decode in a shard sample (its ``meta`` already parsed).
 
-    A face-clip sample holds one clip per face track: track 0, or with ``face_track="random"`` and an ``rng``
-    (training) any track; the meta then describes that track, so the sampler works in clip time.
+    A face-clip sample holds one clip per face track, best first: track 0, or with ``face_track="random"`` and an
+    ``rng`` (training) any track; the meta then describes that track, so the sampler works in clip time.
     """
     meta, key = sample["meta"], sample["__key__"]
     if meta.get("store") == "faces":
@@ -111,9 +112,11 @@ def clip_from_frames(frames, indices, meta, spec, source_size=None):
     return Clip(clip, mask, np.asarray(indices), regions, face_crop, meta)
 
 
-def detect_faces_on(frames, indices, face_detector):
-    """Stored-boxes form (``meta["faces"]``) of the faces ``face_detector`` finds on decoded frames."""
-    boxes = face_detector.detect(frames.cpu().numpy())
+def detect_faces_on(frames, indices, face_detector, frame_count):
+    """Stored-boxes form (``meta["faces"]``) of the faces ``face_detector`` finds on decoded frames of a video of
+    ``frame_count`` frames: on each frame the face of its best track (``tracks.best_track_boxes``) or none."""
+    boxes = best_track_boxes([int(index) for index in indices], face_detector.detect(frames.cpu().numpy()),
+                             frame_count, (frames.shape[2], frames.shape[1]))
     if not any(boxes):
         raise NoFaceFound(f"no face found in {len(indices)} sampled frames")
     return {"detector": face_detector.name, "frames": [int(index) for index in indices], "boxes": boxes}
@@ -129,7 +132,7 @@ def make_clip(decoder, source, meta, spec, rng=None, name=None, face_detector=No
     frames, indices, meta = read_sampled_frames(decoder, source, meta, spec.sampler, rng, name)
     stored = meta.get("faces") or meta.get("store") == "faces"
     if face_detector is not None and spec.crop == "face" and not stored:
-        meta = {**meta, "faces": detect_faces_on(frames, indices, face_detector)}
+        meta = {**meta, "faces": detect_faces_on(frames, indices, face_detector, meta["frames"])}
     return clip_from_frames(frames, indices, meta, spec)
 
 

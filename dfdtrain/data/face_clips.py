@@ -11,7 +11,9 @@ GOPs.
   1. ``scan_video``: one decoding pass keeps the detector's small copies of the frames it may look at and, when
      the video's frames fit in ``frame_cache_bytes``, every frame's YUV planes;
   2. ``find_tracks``: the detector on the frames ``tracks.schedule_detections`` picks (every
-     ``detect_every``-th, more where the faces change), then the tracks (``dfdtrain.data.tracks``);
+     ``detect_every``-th, more where the faces change), then the tracks, chosen on evidence and best first
+     (``dfdtrain.data.tracks``); a video whose best track is doubtful (``tracks.doubtful_reason``) is marked
+     ``doubtful``, or skipped when ``min_track_coverage`` is set;
   3. ``encode_tracks``: every frame of every kept track is cut out of the source's YUV planes at its window
      (whole pixels, even-aligned so 4:2:0 chroma is cut where it lies; zero/black outside the frame), scaled
      to the track's clip size where the window is larger (never up: a track is stored at its median window
@@ -23,8 +25,10 @@ video is skipped as undecodable) and its fidelity, PSNR and mean absolute error 
 original video would cut (``crop_window`` of the decoded RGB frame at the same window and size), is measured
 on ``fidelity_frames`` frames spread over the clip. A video with no face track gets a centre-square clip
 (``no_face="keep"``, marked ``no_face``) or is skipped (``no_face="skip"``, reason ``no-face``).
+Skips raise ``SkipVideo`` with the reason (no-face, doubtful-face) and a detail.
 """
 
+import collections
 import dataclasses
 import io
 import time
@@ -35,7 +39,7 @@ import numpy as np
 
 from dfdtrain.data.decoders import open_video, upright
 from dfdtrain.data.sampler import uniform_indices
-from dfdtrain.data.tracks import TrackOptions, build_tracks, schedule_detections
+from dfdtrain.data.tracks import DOUBTFUL_COVERAGE, TrackOptions, build_tracks, doubtful_reason, schedule_detections
 from dfdtrain.data.video import probe
 from dfdtrain.errors import BadVideo
 
@@ -64,6 +68,9 @@ class FaceClipOptions:
     pix_fmt: str = "yuv420p"  # yuv420p (what NVDEC decodes) | yuv444p (full chroma; CPU decoders only)
     preset: str = "medium"  # libx264 speed/size trade-off (vp9: speed is fixed, see encoder_options)
     no_face: str = "keep"  # keep (centre-square clip, marked no_face) | skip (named in index.json)
+    # None: a video whose best face track covers less than half its frames or fails a sanity check is kept and
+    # marked doubtful (listed in index.json); F: such a video, with F in place of the half, is skipped instead
+    min_track_coverage: float = None
     fidelity_frames: int = 32  # frames per clip compared with the crops to measure PSNR / mean error
     tracks: TrackOptions = dataclasses.field(default_factory=TrackOptions)
 
@@ -81,6 +88,8 @@ class FaceClipOptions:
         highest_crf = 51 if self.codec == "h264" else 63
         if not 0 <= self.crf <= highest_crf:
             raise ValueError(f"{self.codec} crf must be in 0..{highest_crf}, not {self.crf}")
+        if self.min_track_coverage is not None and not 0 <= self.min_track_coverage <= 1:
+            raise ValueError(f"min_track_coverage must be in [0, 1], not {self.min_track_coverage}")
         if self.size < 16 or self.size % 2 or self.gop < 1 or self.fidelity_frames < 1:
             raise ValueError("face clip size must be even and >= 16; gop and fidelity_frames >= 1")
 
@@ -320,8 +329,9 @@ def _detector_copy(frame, detector, upright_size, quarter_turns):
 
 
 def find_tracks(scan, detector, options, stats=None):
-    """The video's face tracks (ranked), or [] when none was found, from a ``Scan``; ``stats`` (a dict) gets
-    the seconds of "detect" and "track", and the number of "detections" (frames the detector saw)."""
+    """(tracks, dropped) of a ``Scan``: the kept face tracks, best first ([] when none was found), and the dropped
+    ones with their reasons (``tracks.build_tracks``); ``stats`` (a dict) gets the seconds of "detect" and
+    "track", and the number of "detections" (frames the detector saw)."""
     started = time.perf_counter()
     source_size = (scan.width, scan.height)
     batch = getattr(detector, "batch_frames", DETECTION_BATCH)
@@ -339,10 +349,11 @@ def find_tracks(scan, detector, options, stats=None):
     # detections: there a face on every detection frame makes the track.
     track_options = dataclasses.replace(options.tracks,
                                         min_detections=min(options.tracks.min_detections, len(frames)))
-    tracks = build_tracks(frames, detections, track_options, frame_count=scan.frame_count)
+    tracks, dropped = build_tracks(frames, detections, track_options, frame_count=scan.frame_count,
+                                   frame_size=source_size)
     if stats is not None:
         stats.update(detect=detected - started, track=time.perf_counter() - detected, detections=len(frames))
-    return tracks
+    return tracks, dropped
 
 
 def centre_track(frame_count, width, height):
@@ -351,7 +362,7 @@ def centre_track(frame_count, width, height):
 
     window = [round(value, 1) for value in centre_square(width, height, 1)[0].tolist()]
     return {"id": 0, "source_frames": list(range(frame_count)), "windows": [window] * frame_count,
-            "detections": [], "score": 0.0}
+            "detections": [], "score": 0.0, "quality": None, "problems": []}
 
 
 # ------------------------------------------------------------------------------------------- encoding
@@ -498,18 +509,28 @@ def member_extension(options, track_number):
     return extension if track_number == 0 else f"track{track_number}.{extension}"
 
 
-class NoFace(Exception):
-    """No face track was found and the policy is to skip the video."""
+MAX_DROPPED_RECORDS = 32  # dropped tracks a sample's json lists (the most-detected); all are counted by reason
+
+
+class SkipVideo(Exception):
+    """The face store skips this video by policy: ``reason`` (no-face, doubtful-face) and a one-line ``detail``."""
+
+    def __init__(self, name, reason, detail):
+        super().__init__(f"{name}: {reason} ({detail})")
+        self.reason, self.detail = reason, detail
 
 
 def make_face_clips(data, name, info, detector, options, progress=None, frame_cache_bytes=DEFAULT_FRAME_CACHE_BYTES,
                     stats=None):
-    """(members [(extension, bytes)], json fields) of one video's face-clip sample; NoFace when skipped.
+    """(members [(extension, bytes)], json fields) of one video's face-clip sample; ``SkipVideo`` when skipped.
 
     ``info`` is the source's probe (frames, fps, width, height, ...). The json fields replace the probe's
     frames/width/height/codec/bytes with the stored clip's (track 0), keep the source's under ``source``, and
-    add ``store``, ``tracks`` (id, member, frames, size, source_frames, windows as cut, detections, score, bytes,
-    fidelity), ``encode``, ``fidelity`` (the tracks' mean) and ``no_face``. ``frame_cache_bytes`` only decides
+    add ``store``, ``tracks`` (id, member, frames, size, source_frames, windows as cut, detections, score,
+    quality, problems, bytes, fidelity; best first), ``dropped_tracks`` (the most-detected ``MAX_DROPPED_RECORDS``
+    tracks not kept, each with its reason) and ``dropped_track_reasons`` ({reason: count} over all of them),
+    ``doubtful`` (why the best track is not to be trusted unseen, or None), ``encode``, ``fidelity`` (the
+    tracks' mean) and ``no_face``. ``frame_cache_bytes`` only decides
     whether the source is decoded once or twice: the sample is the same. ``stats`` (a dict) gets the seconds
     spent per stage: decode (the scan), detect, track, encode, verify (where a video's seconds go, for the
     shard report and ``bench shard``), the detections made and whether the frames were cached.
@@ -518,12 +539,18 @@ def make_face_clips(data, name, info, detector, options, progress=None, frame_ca
     started = time.perf_counter()
     scan = scan_video(data, name, info, detector, options, progress, frame_cache_bytes)
     stats.update(decode=time.perf_counter() - started, cached=scan.planes is not None)
-    tracks = find_tracks(scan, detector, options, stats)
+    tracks, dropped = find_tracks(scan, detector, options, stats)
     no_face = not tracks
+    doubtful = None
     if no_face:
         if options.no_face == "skip":
-            raise NoFace(name)
+            raise SkipVideo(name, "no-face", "no face track found (--no-face skip)")
         tracks = [centre_track(scan.frame_count, scan.width, scan.height)]
+    else:
+        limit = DOUBTFUL_COVERAGE if options.min_track_coverage is None else options.min_track_coverage
+        doubtful = doubtful_reason(tracks[0], limit)
+        if doubtful and options.min_track_coverage is not None:
+            raise SkipVideo(name, "doubtful-face", f"{doubtful} (--min-track-coverage {limit:g})")
     encoded = encode_tracks(data, name, info, tracks, options, progress, scan, stats)
     members, track_fields = [], []
     for number, (track, (clip, clip_fidelity, windows, size)) in enumerate(zip(tracks, encoded)):
@@ -531,7 +558,8 @@ def make_face_clips(data, name, info, detector, options, progress=None, frame_ca
         members.append((extension, clip))
         track_fields.append({"id": track["id"], "member": extension, "frames": len(track["source_frames"]),
                              "size": size, "source_frames": track["source_frames"], "windows": windows,
-                             "detections": track["detections"], "score": track["score"], "bytes": len(clip),
+                             "detections": track["detections"], "score": track["score"],
+                             "quality": track["quality"], "problems": track["problems"], "bytes": len(clip),
                              "fidelity": clip_fidelity})
     first = probe(members[0][1], name=f"{name}.{members[0][0]}")
     fields = {
@@ -546,5 +574,8 @@ def make_face_clips(data, name, info, detector, options, progress=None, frame_ca
                      "mean_abs_error": round(float(np.mean([t["fidelity"]["mean_abs_error"] for t in track_fields])),
                                              4)},
         "no_face": no_face,
+        "doubtful": doubtful,
+        "dropped_tracks": dropped[:MAX_DROPPED_RECORDS],
+        "dropped_track_reasons": dict(sorted(collections.Counter(record["reason"] for record in dropped).items())),
     }
     return members, fields

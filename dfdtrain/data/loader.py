@@ -249,7 +249,7 @@ class BalanceClasses:
 class ClipDecoder:
     """One shard sample -> its clip (the clip contract: ``dfdtrain.data.clips.make_clip``) as a batch item."""
 
-    def __init__(self, spec, decoder="pyav", face_track="first"):
+    def __init__(self, spec, decoder="pyav", face_track="best"):
         self.spec, self.decoder_name, self.face_track = spec, decoder, face_track
         self.decoder = None  # built in the worker on first use (a DALI pipeline can neither be pickled nor forked)
 

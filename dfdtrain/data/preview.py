@@ -2,6 +2,10 @@
 
 What a user looks at to trust the pipeline: the same clip contract (sampler, decoder, crop) as training.
 Green = the detected face box, yellow = the crop region (box + margin, squared); under each frame, the crop.
+
+``preview_doubtful(folder, out)``: one sheet of a face-clip store's doubtful videos (index.json
+``doubtful_faces``), a row each: frames spread over the source video with the kept track's window (yellow) and
+the dropped tracks' surest boxes (red, with their reason), and under each frame the crop the store kept.
 """
 
 import io
@@ -14,10 +18,12 @@ from PIL import Image, ImageDraw
 
 from dfdtrain.config import ClipSpec, SamplerConfig
 from dfdtrain.data.clips import clip_from_frames, read_sampled_frames, track_meta, video_member
+from dfdtrain.data.sampler import uniform_indices
 from dfdtrain.data.crops import boxes_for_frames
 from dfdtrain.data.decoders import build_decoder
 from dfdtrain.data.video import probe
-from dfdtrain.errors import DfdError
+from dfdtrain.errors import BadVideo, DfdError
+from dfdtrain.fileio import atomic_open
 
 TILE_HEIGHT = 220
 CROP_SIZE = 128
@@ -151,13 +157,139 @@ def preview(path, out, num_frames=16, key=None, faces="none", margin=1 / 3, crop
 
         meta["faces"] = detect_faces(data, num_frames, build_face_detector(faces), meta["frames"])
     sheet = make_contact_sheet(data, meta, num_frames, margin, crop, decoder, name=name)
-    buffer = io.BytesIO()
-    sheet.save(buffer, format="PNG")
-    from dfdtrain.fileio import atomic_open
-
-    with atomic_open(out, "wb") as handle:
-        handle.write(buffer.getvalue())
+    save_png(sheet, out)
     faces_meta = meta.get("faces") or {}
     return {"source": path, "key": meta.get("key"), "track": meta.get("track_id"), "out": os.fspath(out),
             "frames": meta["frames"], "sampled": num_frames,
             "face_frames": len([b for b in faces_meta.get("boxes", []) if b])}
+
+
+def save_png(image, out):
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    with atomic_open(out, "wb") as handle:
+        handle.write(buffer.getvalue())
+
+
+# ---------------------------------------------------------------------------------------- doubtful faces
+DOUBTFUL_ROWS_PER_SHEET = 24  # rows (videos) per PNG: a larger store's doubtful videos go on more sheets
+DOUBTFUL_TILE_HEIGHT = 120
+DOUBTFUL_CROP = 56
+
+
+def doubtful_samples(folder):
+    """(index, [(doubtful entry, its sample)]) of a face-clip shard folder, in index.json's order: each doubtful
+    video's shard is read once."""
+    from dfdtrain.data import storage
+    from dfdtrain.data.loader import ReadTars
+
+    folder = os.fspath(folder).rstrip("/")
+    index_path = storage.join(folder, "index.json") if storage.is_url(folder) else os.path.join(folder, "index.json")
+    data = storage.read_bytes(index_path) if storage.is_url(folder) else _read_local(index_path)
+    try:
+        index = json.loads(data)
+        doubtful, shards = index.get("doubtful_faces"), index["shards"]
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise DfdError(f"{storage.mask(index_path)}: not a shard index.json ({error})") from None
+    if not isinstance(doubtful, list):
+        raise DfdError(f"{storage.mask(index_path)}: no doubtful_faces list: not a face-clip store (shard --store faces) "
+                       f"of this version")
+    wanted = {item["key"]: item for item in doubtful}
+    by_shard = {}
+    for shard in shards:
+        for key in shard.get("keys", []):
+            if key in wanted and os.path.basename(str(shard["name"])) == shard["name"]:
+                by_shard.setdefault(shard["name"], set()).add(key)
+    found = {}
+    for name, keys in by_shard.items():
+        for sample in ReadTars.read(storage.join(folder, name) if storage.is_url(folder) else os.path.join(folder, name)):
+            if "error" in sample:
+                raise DfdError(sample["error"]["cause"])
+            if sample.get("__key__") in keys and "json" in sample:
+                found[sample["__key__"]] = sample
+    missing = [key for key in wanted if key not in found]
+    if missing:
+        raise DfdError(f"{storage.mask(folder)}: doubtful video(s) {', '.join(missing[:5])} not found in their shards")
+    return index, [(wanted[key], found[key]) for key in wanted]
+
+
+def _read_local(path):
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise DfdError(f"{path}: {error.strerror or error}") from None
+
+
+def doubtful_row(entry, sample, num_frames):
+    """One video's row of the doubtful sheet, as a PIL image."""
+    meta = json.loads(sample["json"])
+    track = meta["tracks"][0]
+    source_path = os.path.join(meta.get("root", ""), meta.get("path", ""))
+    frame_count = meta["source"]["frames"]
+    indices = uniform_indices(frame_count, num_frames)
+    decoder = build_decoder("pyav")
+    try:
+        frames = decoder.read(Path(source_path).read_bytes(), indices, name=source_path)
+        note = ""
+    except (OSError, BadVideo) as error:  # the source moved or broke since: show what the store kept
+        frames, note = None, f"source not readable here ({getattr(error, 'strerror', None) or error}); stored crops only"
+    in_track = {frame: position for position, frame in enumerate(track["source_frames"])}
+    positions = [in_track.get(index) for index in indices]
+    kept = [position for position in positions if position is not None]
+    crops = dict(zip(kept, decoder.read(sample[track["member"]], kept, name=f"{entry['key']}.{track['member']}"))) \
+        if kept else {}
+    source_width, source_height = meta["source"]["width"], meta["source"]["height"]
+    scale = DOUBTFUL_TILE_HEIGHT / source_height
+    tile_width = round(source_width * scale)
+    header = 30
+    row = Image.new("RGB", (8 + num_frames * (tile_width + 6), header + DOUBTFUL_TILE_HEIGHT + DOUBTFUL_CROP + 10),
+                    (24, 24, 24))
+    draw = ImageDraw.Draw(row)
+    quality = track.get("quality") or {}
+    dropped = ", ".join(f"{reason} {count}" for reason, count in meta.get("dropped_track_reasons", {}).items())
+    draw.text((8, 2), f"{entry['key']}  label={meta.get('label', '?')}  {source_path}", fill=(230, 230, 230))
+    draw.text((8, 15), f"doubtful: {entry['reason']}; kept track: frames {track['source_frames'][0]}-"
+                       f"{track['source_frames'][-1]}, coverage {quality.get('coverage', 0):.0%}, "
+                       f"score {track['score']}; dropped tracks: {dropped or 'none'}"
+                       + (f"; {note}" if note else ""), fill=(255, 170, 120))
+    for number, (index, position) in enumerate(zip(indices, positions)):
+        x0, y0 = 8 + number * (tile_width + 6), header
+        if frames is not None:
+            row.paste(Image.fromarray(frames[number]).resize((tile_width, DOUBTFUL_TILE_HEIGHT), Image.BILINEAR), (x0, y0))
+        if position is not None:
+            x1, y1, x2, y2 = (value * scale for value in track["windows"][position])
+            draw.rectangle([x0 + x1, y0 + y1, x0 + x2, y0 + y2], outline=(255, 220, 0), width=2)
+            crop = Image.fromarray(crops[position]).resize((DOUBTFUL_CROP, DOUBTFUL_CROP), Image.BILINEAR)
+            row.paste(crop, (x0, y0 + DOUBTFUL_TILE_HEIGHT + 4))
+        for dropped in meta.get("dropped_tracks", []):
+            if dropped["frames"][0] <= index <= dropped["frames"][1]:
+                x1, y1, x2, y2 = (value * scale for value in dropped["surest"][1:5])
+                draw.rectangle([x0 + x1, y0 + y1, x0 + x2, y0 + y2], outline=(255, 60, 60), width=2)
+                draw.text((x0 + x1 + 2, y0 + y1 + 2), dropped["reason"], fill=(255, 60, 60))
+        draw.text((x0 + 2, y0 + 1), f"{index}", fill=(240, 240, 240))
+    return row
+
+
+def preview_doubtful(folder, out, num_frames=8):
+    """Contact sheets of the doubtful videos of a face-clip shard folder (``index.json``'s ``doubtful_faces``):
+    ``out`` and, past DOUBTFUL_ROWS_PER_SHEET videos, ``out`` with -2, -3... before .png. Returns what was drawn."""
+    _, chosen = doubtful_samples(folder)
+    if not chosen:
+        return {"source": os.fspath(folder), "doubtful": 0, "sheets": []}
+    stem = os.fspath(out)[:-len(".png")] if os.fspath(out).lower().endswith(".png") else os.fspath(out)
+    sheets = []
+    for start in range(0, len(chosen), DOUBTFUL_ROWS_PER_SHEET):
+        rows = [doubtful_row(entry, sample, num_frames) for entry, sample in chosen[start:start + DOUBTFUL_ROWS_PER_SHEET]]
+        sheet = Image.new("RGB", (max(row.width for row in rows), sum(row.height + 4 for row in rows) + 24), (12, 12, 12))
+        ImageDraw.Draw(sheet).text((8, 6), f"{len(chosen)} doubtful video(s) of {os.fspath(folder)} "
+                                           f"(yellow: the kept track's window; red: dropped tracks, with why)",
+                                   fill=(230, 230, 230))
+        top = 24
+        for row in rows:
+            sheet.paste(row, (0, top))
+            top += row.height + 4
+        path = os.fspath(out) if not sheets else f"{stem}-{len(sheets) + 1}.png"
+        save_png(sheet, path)
+        sheets.append(path)
+    return {"source": os.fspath(folder), "doubtful": len(chosen), "sheets": sheets,
+            "keys": [entry["key"] for entry, _ in chosen]}

@@ -42,6 +42,7 @@ from tqdm import tqdm
 from dfdtrain import __version__
 from dfdtrain.data import storage
 from dfdtrain.data.dali_index import dali_index_path, write_dali_index
+from dfdtrain.data.shard_work import predicted_seconds
 from dfdtrain.data.splits import SPLITS, leaking_groups
 from dfdtrain.data.video import probe
 from dfdtrain.errors import BadVideo, DfdError
@@ -166,7 +167,7 @@ def _worker_init(frame_counts=None, device="cpu", frame_cache_bytes=None, detect
     global _FRAME_COUNTS, _DEVICE, _FRAME_CACHE_BYTES, _FACE_DETECTOR
     import torch
 
-    torch.set_num_threads(1)  # one process per core; threads inside would oversubscribe
+    torch.set_num_threads(1)  # one process per core; and MTCNN's boxes depend on the thread count (_write_pending)
     _FRAME_COUNTS, _DEVICE, _FRAME_CACHE_BYTES = frame_counts, device, frame_cache_bytes
     if detector_service is not None:
         from dfdtrain.data.faces import DetectorClient
@@ -200,16 +201,15 @@ def prepare_sample(row, face_detector=None, face_frames=16, face_clips=None):
         info = probe(data, name=path)
         meta = {**row, **info}
         if face_clips is not None:
-            from dfdtrain.data.face_clips import NoFace, make_face_clips
+            from dfdtrain.data.face_clips import SkipVideo, make_face_clips
 
             stats = {}
             cache = {} if _FRAME_CACHE_BYTES is None else {"frame_cache_bytes": _FRAME_CACHE_BYTES}
             try:
                 members, fields = make_face_clips(data, path, info, _face_detector(face_detector or "mtcnn"),
                                                   face_clips, progress=_count_frames, stats=stats, **cache)
-            except NoFace:
-                return {"skip": {"key": row["key"], "path": path, "reason": "no-face",
-                                 "detail": "no face track found (--no-face skip)"}}
+            except SkipVideo as skip:
+                return {"skip": {"key": row["key"], "path": path, "reason": skip.reason, "detail": skip.detail}}
             return {"key": row["key"], "members": members, "meta": {**meta, **fields}, "stats": stats}
         if face_detector:
             from dfdtrain.data.faces import detect_faces
@@ -338,8 +338,9 @@ def write_shards(manifest, out_dir, target_bytes=DEFAULT_TARGET_BYTES, seed=0, w
         notes += _remove_stale_shards(out_dir, planned, set(earlier))
         if remote:
             notes += remote.remove_stale_shards(planned)
-        index = _build_index([name for name, _, _ in plan], records, options, source, resumed=resumed,
-                             seconds=time.time() - started, counts=counts)
+        this_run = run_summary(time.time() - started, len(plan) - resumed, resumed, counts)
+        runs = earlier_runs(out_dir, resumed, options) + [this_run]
+        index = _build_index([name for name, _, _ in plan], records, options, source, runs)
         if notes:
             index["notes"] = notes  # what this run cleaned up or took over; the command prints them
         write_json(out_dir / "index.json", index)
@@ -438,8 +439,7 @@ class _Work:
 def _write_pending(plan, out_dir, options, earlier, work, remote=None):
     """Keep each planned shard whose earlier record matches, write the others (each record also to
     ``.parts/<shard>.json`` as it is finished, and with ``remote`` each shard uploaded); returns ({name: record},
-    shards kept, counts: the written videos' seconds per stage, the frames the detector saw, the shared
-    detector's batches and frames)."""
+    shards kept, counts: the written videos' seconds per stage and the shared detector's batches and frames)."""
     global _FRAME_COUNTS, _DEVICE, _FRAME_CACHE_BYTES, _FACE_DETECTOR
     records_dir = out_dir / RECORDS_FOLDER
     records_dir.mkdir(parents=True, exist_ok=True)
@@ -470,8 +470,17 @@ def _write_pending(plan, out_dir, options, earlier, work, remote=None):
     detector_service = (service.requests, service.replies, context.Value("i", 0)) if service else None
     pool = context.Pool(compute.workers, _worker_init,
                         (frame_counts, compute.device, compute.frame_cache_bytes, detector_service)) if parallel else None
+    threads = None
     if pool is None:  # one worker: the work runs in this process
         _FRAME_COUNTS, _DEVICE, _FRAME_CACHE_BYTES = frame_counts, compute.device, compute.frame_cache_bytes
+        if work.face_detector and jobs:
+            import torch
+
+            # one thread, as in each worker process: MTCNN's boxes differ in the last digit with the thread count,
+            # and the shards must be the same bytes whoever wrote them (one process, workers, parts); a process
+            # per core (--workers, --part) is how sharding uses a machine, never oversubscribing it
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
     postfix = _Postfix(bar, frame_counts)
     counts = collections.Counter()  # seconds per stage, frames detected, the shared detector's batches
     try:
@@ -480,7 +489,6 @@ def _write_pending(plan, out_dir, options, earlier, work, remote=None):
             postfix.show(name)
             records[name] = _write_one_shard(out_dir / name, split, members, digest, results, bar)
             counts.update(records[name].get("stage_seconds", {}))
-            counts["detections"] += records[name].get("detector_frames", 0)
             write_json(records_dir / f"{name}.json", records[name])
             if remote:
                 remote.upload_shard(out_dir / name)
@@ -495,6 +503,8 @@ def _write_pending(plan, out_dir, options, earlier, work, remote=None):
             counts.update(detector_batches=service.batches, detector_frames=service.frames)
         if pool is None:
             _FRAME_COUNTS, _FRAME_CACHE_BYTES = None, None
+            if threads is not None:
+                torch.set_num_threads(threads)
             if _DEVICE != "cpu":
                 _FACE_DETECTOR = None  # a GPU detector is not kept for the next run
             _DEVICE = "cpu"
@@ -536,17 +546,23 @@ class Part:
         return cls(int(match.group(1)), int(match.group(2)))
 
 
-def assign_parts(plan, count):
-    """{part index: [shard names]}: whole shards, size-balanced (largest first to the part with the fewest bytes
-    so far, ties to the lowest index), so a shard is written by exactly one part, whatever the part count, and
-    the shards are those a one-process run writes."""
-    loads = [(0, index) for index in range(count)]
+def shard_work(members, options):
+    """One core's predicted seconds to write a shard of these manifest rows (``shard_work.predicted_seconds``)."""
+    return sum(predicted_seconds(row, options) for row in members)
+
+
+def assign_parts(plan, count, options):
+    """{part index: [shard names]}: whole shards, balanced by predicted work (``shard_work``: largest first to
+    the part with the least work so far, ties to the lowest index), so a shard is written by exactly one part,
+    whatever the part count, and the shards are those a one-process run writes."""
+    loads = [(0.0, index) for index in range(count)]
     assigned = {index: [] for index in range(count)}
-    by_size = sorted(plan, key=lambda item: (-sum(row.get("bytes") or 0 for row in item[2]), item[0]))
-    for name, _, members in by_size:
+    by_work = sorted(((shard_work(members, options), name) for name, _, members in plan),
+                     key=lambda item: (-item[0], item[1]))
+    for work, name in by_work:
         load, index = min(loads)
         assigned[index].append(name)
-        loads[index] = (load + sum(row.get("bytes") or 0 for row in members), index)
+        loads[index] = (load + work, index)
     order = {name: position for position, (name, _, _) in enumerate(plan)}
     return {index: sorted(names, key=order.get) for index, names in assigned.items()}
 
@@ -616,7 +632,7 @@ def _write_part(plan, out_dir, options, source, part, work):
                            f"from another manifest or other options; rerun part {part} with their command, or "
                            f"remove {out_dir / RECORDS_FOLDER} to start over")
         started = time.time()
-        mine = set(assign_parts(plan, part.count)[part.index])
+        mine = set(assign_parts(plan, part.count, options)[part.index])
         own_plan = [item for item in plan if item[0] in mine]
         notes = [lock.takeover_message()] if lock.takeover_message() else []
         notes += _remove_leftover_temp_files(out_dir, mine, only_planned=True)
@@ -629,6 +645,7 @@ def _write_part(plan, out_dir, options, source, part, work):
                   "shards": [name for name, _, _ in own_plan], "options": options, "manifest": source,
                   "host": socket.gethostname(), "pid": os.getpid(), "started": started, "finished": time.time(),
                   "resumed_shards": resumed, "counts": counts, "notes": notes,
+                  "predicted_seconds": round(sum(shard_work(members, options) for _, _, members in own_plan), 2),
                   "samples": sum(records[name]["samples"] for name in mine)}
         write_json(out_dir / RECORDS_FOLDER / part.record_name, record)
         return record
@@ -696,9 +713,10 @@ def merge_parts(out_dir, wait=False, progress=False, poll_seconds=2.0, grace_sec
             counts.update(record.get("counts", {}))
         seconds = max(record["finished"] for record in records_by_part) - min(record["started"]
                                                                              for record in records_by_part)
-        index = _build_index(first["plan"], shard_records, first["options"], first["manifest"],
-                             resumed=sum(record["resumed_shards"] for record in records_by_part), seconds=seconds,
-                             counts=counts)
+        resumed = sum(record["resumed_shards"] for record in records_by_part)
+        runs = earlier_runs(out_dir, resumed, first["options"]) + [
+            run_summary(seconds, len(first["plan"]) - resumed, resumed, counts, parts=count)]
+        index = _build_index(first["plan"], shard_records, first["options"], first["manifest"], runs)
         index["parts"] = [{"part": record["part"], "host": record["host"], "shards": len(record["shards"]),
                            "samples": record["samples"], "resumed_shards": record["resumed_shards"],
                            "seconds": round(record["finished"] - record["started"], 2)} for record in records_by_part]
@@ -882,15 +900,21 @@ def _write_one_shard(tar_path, split, members, digest, results, bar):
 
 
 def face_clip_summary(meta):
-    """What index.json keeps of one face-clip sample: sizes, tracks and fidelity (vs the source crops)."""
-    return {"key": meta["key"], "source_bytes": meta["source"]["bytes"], "clip_bytes": meta["bytes"],
-            "tracks": len(meta["tracks"]), "no_face": meta["no_face"], **meta["fidelity"]}
+    """What index.json keeps of one face-clip sample: sizes, tracks, fidelity (vs the source crops), whether its
+    face is doubtful and the tracks dropped, by reason."""
+    return {"key": meta["key"], "path": os.path.join(meta.get("root", ""), meta.get("path", "")),
+            "source_bytes": meta["source"]["bytes"], "clip_bytes": meta["bytes"], "tracks": len(meta["tracks"]),
+            "no_face": meta["no_face"], "doubtful": meta.get("doubtful"),
+            "dropped_tracks": meta.get("dropped_track_reasons", {}), **meta["fidelity"]}
 
 
 def face_clip_totals(summaries):
     """One shard's face-clip totals, from its samples' summaries: what its record and index.json entry keep (a
     resumed shard adds them to the run's without reading its samples)."""
     worst = max(summaries, key=lambda item: item["mean_abs_error"])
+    dropped = collections.Counter()
+    for item in summaries:
+        dropped.update(item.get("dropped_tracks", {}))
     return {"videos": len(summaries), "no_face": sum(item["no_face"] for item in summaries),
             "tracks": sum(item["tracks"] for item in summaries),
             "source_bytes": sum(item["source_bytes"] for item in summaries),
@@ -898,7 +922,10 @@ def face_clip_totals(summaries):
             "psnr_db_sum": sum(item["psnr_db"] for item in summaries),
             "psnr_db_min": min(item["psnr_db"] for item in summaries),
             "mean_abs_error_sum": sum(item["mean_abs_error"] for item in summaries),
-            "mean_abs_error_max": worst["mean_abs_error"], "worst_key": worst["key"]}
+            "mean_abs_error_max": worst["mean_abs_error"], "worst_key": worst["key"],
+            "dropped_tracks": dict(sorted(dropped.items())),
+            "doubtful": [{"key": item["key"], "path": item.get("path"), "reason": item["doubtful"]}
+                         for item in summaries if item.get("doubtful")]}
 
 
 def aggregate_face_clips(shard_totals):
@@ -908,8 +935,13 @@ def aggregate_face_clips(shard_totals):
         return None
     videos = sum(item["videos"] for item in shard_totals)
     worst = max(shard_totals, key=lambda item: item["mean_abs_error_max"])
+    dropped = collections.Counter()
+    for item in shard_totals:
+        dropped.update(item.get("dropped_tracks", {}))
     return {"videos": videos, "no_face": sum(item["no_face"] for item in shard_totals),
+            "doubtful": sum(len(item.get("doubtful", [])) for item in shard_totals),
             "tracks": sum(item["tracks"] for item in shard_totals),
+            "dropped_tracks": dict(sorted(dropped.items())),
             "source_bytes": sum(item["source_bytes"] for item in shard_totals),
             "clip_bytes": sum(item["clip_bytes"] for item in shard_totals),
             "psnr_db_mean": round(sum(item["psnr_db_sum"] for item in shard_totals) / videos, 3),
@@ -984,8 +1016,9 @@ def _remove_stale_shards(out_dir, planned_names, recorded_names):
     return [f"removed {len(names)} shard(s) of an earlier run that this plan does not list: {_name_some(names)}"]
 
 
-def _build_index(names, records, options, source, resumed, seconds, counts=None):
-    """index.json of the shards ``names`` (plan order) from their records."""
+def _build_index(names, records, options, source, runs):
+    """index.json of the shards ``names`` (plan order) from their records; ``runs``: what each run that made the
+    folder did (``run_summary``), the last one this run."""
     # each shard's record but its skipped videos (all in "skipped"): what a re-run resumes from
     shards = [{key: value for key, value in records[name].items() if key != "skipped"} for name in names]
     skipped = [item for name in names for item in records[name]["skipped"]]
@@ -1005,26 +1038,69 @@ def _build_index(names, records, options, source, resumed, seconds, counts=None)
         "shards": shards,
         "splits": {split: {**totals, "labels": dict(sorted(totals["labels"].items()))}
                    for split, totals in per_split.items()},
+        # seconds: every run's wall seconds, added up; resumed_shards: what the last run kept
         "totals": {"shards": len(shards), "samples": sum(s["samples"] for s in shards),
                    "bytes": sum(s["bytes"] for s in shards), "skipped": len(skipped),
-                   "resumed_shards": resumed, "seconds": round(seconds, 2)},
+                   "resumed_shards": runs[-1]["resumed_shards"],
+                   "seconds": round(sum(run["seconds"] for run in runs), 2)},
+        "runs": runs,
         "skipped": skipped,
     }
-    face_clips = aggregate_face_clips([records[name]["face_clips"] for name in names
-                                       if records[name].get("face_clips")])
+    shard_face_clips = [records[name]["face_clips"] for name in names if records[name].get("face_clips")]
+    face_clips = aggregate_face_clips(shard_face_clips)
     if face_clips:
         index["face_clips"] = face_clips
-    counts = counts or {}
-    stage_seconds = {stage: round(counts[stage], 2) for stage in STAGES if counts.get(stage)}
-    if stage_seconds:  # where the seconds of the videos written by this run went, summed over workers
-        index["totals"]["stage_seconds"] = stage_seconds
-    if counts.get("detections"):  # frames the face detector saw
-        index["totals"]["detector_frames"] = counts["detections"]
+        # the videos whose best face track is not to be trusted unseen: 'dfdtrain preview FOLDER --doubtful'
+        index["doubtful_faces"] = [item for totals in shard_face_clips for item in totals.get("doubtful", [])]
+    # what the shards cost to write, whichever run wrote them (each shard's record keeps its own)
+    stage_seconds = collections.Counter()
+    for name in names:
+        stage_seconds.update(records[name].get("stage_seconds", {}))
+    if stage_seconds:  # where the seconds of the videos went, summed over workers and runs
+        index["totals"]["stage_seconds"] = {stage: round(stage_seconds[stage], 2) for stage in STAGES
+                                            if stage_seconds.get(stage)}
+    detector_frames = sum(records[name].get("detector_frames", 0) for name in names)
+    if detector_frames:  # frames the face detector saw
+        index["totals"]["detector_frames"] = detector_frames
+    shared = runs[-1].get("shared_detector")
+    if shared:
+        index["totals"]["shared_detector"] = shared
+    return index
+
+
+def run_summary(seconds, written, resumed, counts, parts=None):
+    """One run's entry in index.json's ``runs``: wall seconds, shards written and kept, the written videos'
+    seconds per stage, and the shared detector's batching (``counts`` from ``_write_pending``)."""
+    summary = {"seconds": round(seconds, 2), "written_shards": written, "resumed_shards": resumed,
+               "stage_seconds": {stage: round(counts[stage], 2) for stage in STAGES if counts.get(stage)}}
     if counts.get("detector_batches"):
-        index["totals"]["shared_detector"] = {
+        summary["shared_detector"] = {
             "batches": counts["detector_batches"], "frames": counts["detector_frames"],
             "frames_per_batch": round(counts["detector_frames"] / counts["detector_batches"], 1)}
-    return index
+    if parts:
+        summary["parts"] = parts
+    return summary
+
+
+def earlier_runs(out_dir, resumed, options):
+    """The ``runs`` of the index.json this run replaces, when this run kept shards and that index was made with
+    the same options (else its runs made what is gone); an index.json of a version before ``runs`` stands as one
+    run of its totals."""
+    if not resumed:
+        return []
+    try:
+        index = read_json(out_dir / "index.json")
+        if index.get("options") != options:
+            return []
+        runs = index.get("runs")
+        if isinstance(runs, list) and all(isinstance(run, dict) and isinstance(run.get("seconds"), (int, float))
+                                          for run in runs):
+            return runs
+        totals = index["totals"]
+        return [run_summary(float(totals["seconds"]), int(totals["shards"]) - int(totals["resumed_shards"]),
+                            int(totals["resumed_shards"]), totals.get("stage_seconds", {}))]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
 
 
 def format_index(index):
@@ -1041,7 +1117,18 @@ def format_index(index):
                      f"{face_clips['source_bytes'] / 1e6:.1f} MB of source video; fidelity vs the source crops: "
                      f"PSNR {face_clips['psnr_db_mean']:.1f} dB, "
                      f"mean error {face_clips['mean_abs_error_mean']:.2f}/255 "
-                     f"(worst {face_clips['mean_abs_error_max']:.2f}); {face_clips['no_face']} without a face")
+                     f"(worst {face_clips['mean_abs_error_max']:.2f}); {face_clips['no_face']} without a face, "
+                     f"{face_clips.get('doubtful', 0)} doubtful")
+        if face_clips.get("dropped_tracks"):
+            lines.append(f"face tracks dropped: {sum(face_clips['dropped_tracks'].values())} (" + ", ".join(
+                f"{reason} {count}" for reason, count in face_clips["dropped_tracks"].items()) + ")")
+        doubtful = index.get("doubtful_faces") or []
+        if doubtful:
+            lines.append(f"doubtful faces: {len(doubtful)} video(s) whose best face track is not to be trusted unseen "
+                         f"(look at them: dfdtrain preview SHARD_FOLDER --doubtful --out doubtful.png):")
+            lines += [f"  {item['key']}: {item['reason']}" for item in doubtful[:10]]
+            if len(doubtful) > 10:
+                lines.append(f"  ... ({len(doubtful) - 10} more in index.json's doubtful_faces)")
     stage_seconds = index["totals"].get("stage_seconds")
     if stage_seconds:  # the written videos' seconds, summed over processes: where a faster run must save
         total = sum(stage_seconds.values()) or 1

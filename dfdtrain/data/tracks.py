@@ -8,14 +8,24 @@ Used by the face-clip store (``dfdtrain shard --store faces``). The steps, each 
                     talking head costs few detections, a turning head as many as needed;
   link_detections   greedy IoU linking of boxes across detection frames into raw tracks (a track survives
                     gaps of up to ``max_gap`` frames, so a missed detection or a turned head does not split it);
-  rank_tracks       drop tracks with fewer than ``min_detections`` boxes, order by the sum of area x score over
-                    their detections (large, sure and long-lived first); after the first, drop tracks spanning
-                    less than ``min_share`` of the video or with a mean detection score under ``min_score`` (false
-                    faces: MTCNN boxes a wall shadow for a few frames); keep ``max_tracks``;
+  rank_tracks       choose tracks on evidence, not order: each raw track gets its ``track_quality`` figures (share
+                    of the video it covers, how often the detector saw it where it looked, mean and minimum
+                    confidence, landmark sanity, box size and position stability, how much of its crop window
+                    lies inside the frame); a track failing a sanity check (``track_problems``: low confidence,
+                    implausible landmarks, window mostly off the frame) ranks after every plausible one, a track
+                    covering less than half the video after every long one, then by a quality score; the best
+                    is kept, then up to ``max_tracks`` plausible ones spanning ``min_share`` of the video. Every
+                    dropped track is returned with its reason. So a shadow MTCNN boxes at 0.99 for 9 frames never
+                    displaces the person seen for 300;
   track_windows     per frame of the track's span (first to last detection): centre and size interpolated
                     linearly between detections, smoothed by a centred moving average of ``smooth`` frames,
                     grown by ``margin`` of the face size per side and made square.
-Boxes are [x1, y1, x2, y2] in source pixels; windows may reach outside the frame (the crop pads with zeros).
+``doubtful_reason`` says when even the best track is not to be trusted unseen (it covers less than half the
+video, or fails a sanity check); ``best_track_boxes`` applies the same ranking to the few sampled frames a
+loader or ``predict`` detects faces on.
+A detection is [x1, y1, x2, y2, score] in source pixels, optionally followed by the detector's 5 landmarks as 10
+numbers (MTCNN: left eye, right eye, nose, left and right mouth corner, x then y). Windows may reach outside the
+frame (the crop pads with zeros).
 """
 
 import dataclasses
@@ -32,17 +42,17 @@ class TrackOptions:
     detect_every: int = 16
     refine_every: int = 4
     refine_iou: float = 0.6  # neighbouring detections agree when every box has a partner overlapping this much
-    max_tracks: int = 1  # people kept per video, largest/surest first
+    max_tracks: int = 1  # people kept per video, best first (rank_tracks)
     min_detections: int = 3  # a track seen on fewer detection frames is a false positive
     link_iou: float = 0.3  # a box continues a track when it overlaps the track's last box at least this much
     max_gap: int = 48  # frames a track may go undetected and still continue (about 2 s at 24-30 fps)
     smooth: int = 9  # frames in the moving average of window centre and size (odd; 1 = none)
     margin: float = 1 / 3  # window growth per side, as a fraction of the face size (the loader's crop default)
-    # A second or later track spans at least this share of the video (first to last detection) and its detections
-    # score this much on average: shorter or less sure ones are mostly false faces (a shadow, a poster), which
-    # data.face_track=random would train on. The first (heaviest) track is kept as it is: a real face that
-    # MTCNN barely sees (a dark DFDC room: 53 frames of 300 at a mean 0.93) still beats a centre crop.
+    # A second or later track spans at least this share of the video (first to last detection): shorter ones are
+    # mostly false faces (a shadow, a poster), which data.face_track=random would train on.
     min_share: float = 0.2
+    # A track whose detections score less than this on average fails a sanity check (track_problems): it ranks
+    # after every plausible track, is never kept second, and as the best track makes its video doubtful.
     min_score: float = 0.95
 
     def __post_init__(self):
@@ -141,24 +151,151 @@ def link_detections(frames, detections, link_iou=0.3, max_gap=48):
     return tracks
 
 
-def track_weight(track):
-    """Sum of area x score over the track's detections: large, sure, long-lived faces weigh most."""
-    return float(sum((x2 - x1) * (y2 - y1) * score for x1, y1, x2, y2, score in track["boxes"]))
+# ------------------------------------------------------------------------------------------ choosing tracks
+DOUBTFUL_COVERAGE = 0.5  # a best track covering less of the video than this makes the video doubtful
+# Landmark sanity of one detection: the 5 points inside the box grown by this share of its size, the eyes above
+# the mouth, and the eyes this far apart as a share of the box width (0.23-0.53 on the real fixtures, a turned
+# head lowest; a face-like blob's landmarks fall anywhere).
+LANDMARK_SLACK = 0.1
+EYE_DISTANCE = (0.15, 0.75)
+SANE_SHARE = 0.5  # a track whose detections pass the landmark checks less often than this fails
+INSIDE_SHARE = 0.5  # a track whose crop windows lie less than this much inside the frame (mean) fails
+PROBLEMS = {"low-score": "its detections' mean score is under min_score",
+            "landmarks": "its landmarks are implausible on most detections",
+            "off-frame": "its crop window lies mostly outside the frame"}
 
 
-def mean_score(track):
-    return float(np.mean([box[4] for box in track["boxes"]]))
+def landmarks_sane(box):
+    """Whether one detection's landmarks look like a face's (see LANDMARK_SLACK); None without landmarks."""
+    if len(box) < 15:
+        return None
+    x1, y1, x2, y2 = box[:4]
+    points = np.asarray(box[5:15], dtype=float).reshape(5, 2)
+    width, height = x2 - x1, y2 - y1
+    slack_x, slack_y = LANDMARK_SLACK * width, LANDMARK_SLACK * height
+    inside = np.all((points[:, 0] >= x1 - slack_x) & (points[:, 0] <= x2 + slack_x)
+                    & (points[:, 1] >= y1 - slack_y) & (points[:, 1] <= y2 + slack_y))
+    eyes_above_mouth = points[:2, 1].mean() < points[3:, 1].mean()
+    eye_distance = np.linalg.norm(points[0] - points[1]) / max(width, 1e-6)
+    return bool(inside and eyes_above_mouth and EYE_DISTANCE[0] <= eye_distance <= EYE_DISTANCE[1])
 
 
-def rank_tracks(tracks, max_tracks=1, min_detections=3, min_span=1, min_score=0.0):
-    """The kept tracks, heaviest first (at most ``max_tracks``): each seen on ``min_detections`` detection frames;
-    after the heaviest, only those spanning ``min_span`` frames (first to last detection) with a mean score of
-    ``min_score``."""
-    seen = sorted((track for track in tracks if len(track["frames"]) >= min_detections), key=track_weight,
-                  reverse=True)
-    kept = seen[:1] + [track for track in seen[1:] if track["frames"][-1] - track["frames"][0] + 1 >= min_span
-                       and mean_score(track) >= min_score]
-    return kept[:max_tracks]
+def window_inside(box, margin, frame_size):
+    """The share of a detection's square crop window (grown by ``margin``) that lies inside the frame."""
+    width, height = frame_size
+    x1, y1, x2, y2 = box[:4]
+    side = max(x2 - x1, y2 - y1) * (1 + 2 * margin)
+    centre_x, centre_y = (x1 + x2) / 2, (y1 + y2) / 2
+    across = max(0.0, min(width, centre_x + side / 2) - max(0.0, centre_x - side / 2))
+    down = max(0.0, min(height, centre_y + side / 2) - max(0.0, centre_y - side / 2))
+    return across * down / side ** 2 if side > 0 else 0.0
+
+
+def track_quality(track, frame_count, detection_frames, margin=1 / 3, frame_size=None):
+    """The evidence that a raw track is a face, as JSON-ready figures.
+
+    coverage: share of the video's frames its span covers; hit_rate: share of the detection frames within its
+    span on which it was seen; mean_score / min_score: detector confidence; landmarks_ok: share of detections
+    with sane landmarks (None: the detector gives none); inside: mean share of its crop window inside the frame
+    (1 without ``frame_size``); size_jitter: median |log| ratio of box sides between consecutive detections;
+    position_jitter: median centre step between them, in box sides; side: median box side in pixels.
+    """
+    frames = track["frames"]
+    boxes = np.asarray([box[:5] for box in track["boxes"]], dtype=float)
+    sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]).clip(min=1e-6)
+    centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], axis=1)
+    looked = sum(1 for frame in detection_frames if frames[0] <= frame <= frames[-1]) or len(frames)
+    sane = [check for check in map(landmarks_sane, track["boxes"]) if check is not None]
+    if len(frames) > 1:
+        size_jitter = float(np.median(np.abs(np.diff(np.log(sides)))))
+        steps = np.linalg.norm(np.diff(centres, axis=0), axis=1) / ((sides[1:] + sides[:-1]) / 2)
+        position_jitter = float(np.median(steps))
+    else:
+        size_jitter = position_jitter = 0.0
+    inside = (float(np.mean([window_inside(box, margin, frame_size) for box in boxes])) if frame_size else 1.0)
+    return {"coverage": round(min(1.0, (frames[-1] - frames[0] + 1) / max(frame_count, 1)), 4),
+            "detections": len(frames), "hit_rate": round(min(1.0, len(frames) / looked), 4),
+            "mean_score": round(float(boxes[:, 4].mean()), 4), "min_score": round(float(boxes[:, 4].min()), 4),
+            "landmarks_ok": round(float(np.mean(sane)), 4) if sane else None, "inside": round(inside, 4),
+            "size_jitter": round(size_jitter, 4), "position_jitter": round(position_jitter, 4),
+            "side": round(float(np.median(sides)), 1)}
+
+
+def track_problems(quality, options):
+    """The sanity checks a track fails (keys of PROBLEMS), in that order; [] for a plausible face."""
+    problems = []
+    if quality["mean_score"] < options.min_score:
+        problems.append("low-score")
+    if quality["landmarks_ok"] is not None and quality["landmarks_ok"] < SANE_SHARE:
+        problems.append("landmarks")
+    if quality["inside"] < INSIDE_SHARE:
+        problems.append("off-frame")
+    return problems
+
+
+def rank_score(quality, largest_side):
+    """One number to order plausible tracks of like length: coverage, weighed down by missed detections, doubt,
+    implausible landmarks, a window off the frame, jitter and (mildly, by the square root) a smaller face than
+    the video's largest track."""
+    stability = 1 / (1 + quality["size_jitter"] + quality["position_jitter"])
+    prominence = np.sqrt(quality["side"] / largest_side) if largest_side > 0 else 1.0
+    landmarks = 1.0 if quality["landmarks_ok"] is None else quality["landmarks_ok"]
+    return float(quality["coverage"] * np.sqrt(quality["hit_rate"]) * quality["mean_score"] * landmarks
+                 * quality["inside"] * stability * prominence)
+
+
+def dropped_record(track, quality, reason):
+    """What a sample's json keeps of a dropped track: its span, its surest detection and why it went."""
+    best = int(np.argmax([box[4] for box in track["boxes"]]))
+    return {"frames": [track["frames"][0], track["frames"][-1]], "detections": len(track["frames"]),
+            "mean_score": quality["mean_score"], "coverage": quality["coverage"], "reason": reason,
+            "surest": [track["frames"][best], *[round(float(value), 1) for value in track["boxes"][best][:4]],
+                       round(float(track["boxes"][best][4]), 4)]}
+
+
+def rank_tracks(tracks, frame_count, options, detection_frames=None, frame_size=None, long_share=DOUBTFUL_COVERAGE):
+    """(kept, dropped): the raw ``tracks`` chosen on evidence, best first, each with "quality" (``track_quality``
+    plus its "rank_score") and "problems" (``track_problems``); dropped ones as ``dropped_record`` with a reason.
+
+    Order: plausible tracks before implausible ones, tracks covering ``long_share`` of the video before shorter
+    ones, then ``rank_score``. The best track is kept whatever it is (``doubtful_reason`` judges it); after it,
+    up to ``max_tracks`` - 1 plausible tracks spanning ``min_share`` of the video. Reasons: few-detections
+    (under ``min_detections``), a PROBLEMS key, short, max-tracks.
+    """
+    detection_frames = sorted({frame for track in tracks for frame in track["frames"]}
+                              if detection_frames is None else detection_frames)
+    dropped, candidates = [], []
+    for track in tracks:
+        quality = track_quality(track, frame_count, detection_frames, options.margin, frame_size)
+        if len(track["frames"]) < options.min_detections:
+            dropped.append(dropped_record(track, quality, "few-detections"))
+        else:
+            candidates.append({**track, "quality": quality, "problems": track_problems(quality, options)})
+    largest_side = max((track["quality"]["side"] for track in candidates), default=0.0)
+    for track in candidates:
+        track["quality"]["rank_score"] = round(rank_score(track["quality"], largest_side), 4)
+    candidates.sort(key=lambda track: (not track["problems"], track["quality"]["coverage"] >= long_share,
+                                       track["quality"]["rank_score"]), reverse=True)
+    kept = candidates[:1]
+    for track in candidates[1:]:
+        reason = (track["problems"][0] if track["problems"]
+                  else "short" if track["quality"]["coverage"] < options.min_share
+                  else "max-tracks" if len(kept) >= options.max_tracks else None)
+        if reason:
+            dropped.append(dropped_record(track, track["quality"], reason))
+        else:
+            kept.append(track)
+    dropped.sort(key=lambda record: (-record["detections"], record["frames"][0]))
+    return kept, dropped
+
+
+def doubtful_reason(track, min_coverage=DOUBTFUL_COVERAGE):
+    """Why a video's best track is not to be trusted unseen, in a few words; None when it is."""
+    quality = track["quality"]
+    reasons = [PROBLEMS[problem] for problem in track["problems"]]
+    if quality["coverage"] < min_coverage:
+        reasons.insert(0, f"its best face track covers {quality['coverage']:.0%} of the frames")
+    return "; ".join(reasons) or None
 
 
 def moving_average(values, window):
@@ -187,28 +324,42 @@ def track_windows(track, smooth=9, margin=1 / 3):
     return span, windows
 
 
-def build_tracks(frames, detections, options=None, frame_count=None):
-    """Ranked tracks, each {"id", "source_frames" [n], "windows" [n,4], "detections", "score"}.
+def build_tracks(frames, detections, options=None, frame_count=None, frame_size=None):
+    """(tracks, dropped): the kept tracks best first, each {"id", "source_frames" [n], "windows" [n,4],
+    "detections", "score", "quality", "problems"}, and the dropped ones with their reasons (``rank_tracks``).
 
-    ``frames``/``detections``: the detection frames and the boxes found on each (``[x1, y1, x2, y2, score]``,
-    as the face detectors return them). ``frame_count``: the video's frames, for ``min_share`` (default: up to
-    the last detection frame, which ``detection_frames`` makes the video's last). An empty list means no face
-    was tracked.
+    ``frames``/``detections``: the detection frames and the faces found on each (as the face detectors return
+    them). ``frame_count``: the video's frames (default: up to the last detection frame, which
+    ``detection_frames`` makes the video's last); ``frame_size``: (width, height), for the window-inside check.
+    No kept track means no face was tracked.
     """
     options = options or TrackOptions()
     frame_count = frame_count or (frames[-1] + 1 if frames else 0)
     raw = link_detections(frames, detections, options.link_iou, options.max_gap)
-    # a share of the video in frames
-    min_span = max(1, int(np.ceil(options.min_share * frame_count - 1e-9)))  # 1e-9: 0.2 * 300 is 60.000...01
+    kept, dropped = rank_tracks(raw, frame_count, options, frames, frame_size)
     tracks = []
-    for number, track in enumerate(rank_tracks(raw, options.max_tracks, options.min_detections, min_span,
-                                               options.min_score)):
+    for number, track in enumerate(kept):
         source_frames, windows = track_windows(track, options.smooth, options.margin)
         tracks.append({
             "id": number,
             "source_frames": source_frames.tolist(),
             "windows": np.round(windows, 1).tolist(),
             "detections": [[frame, *box] for frame, box in zip(track["frames"], track["boxes"])],
-            "score": round(mean_score(track), 4),
+            "score": track["quality"]["mean_score"],
+            "quality": track["quality"],
+            "problems": track["problems"],
         })
-    return tracks
+    return tracks, dropped
+
+
+def best_track_boxes(frames, boxes, frame_count, frame_size=None, margin=1 / 3):
+    """Per sampled frame, [the best track's box] or [] (``rank_tracks`` over a few sampled frames, as a loader or
+    ``predict`` detects them): a false face on some frames never stands in for the person. Tracks are linked
+    loosely (any overlap, any gap: the frames are far apart) and a single detection may make one."""
+    options = TrackOptions(max_tracks=1, min_detections=1, link_iou=0.1, max_gap=max(frame_count, 1), margin=margin)
+    raw = link_detections(frames, boxes, options.link_iou, options.max_gap)
+    kept, _ = rank_tracks(raw, frame_count, options, frames, frame_size)
+    if not kept:
+        return [[] for _ in frames]
+    chosen = dict(zip(kept[0]["frames"], kept[0]["boxes"]))
+    return [[chosen[frame]] if frame in chosen else [] for frame in frames]

@@ -70,9 +70,16 @@ def test_killing_the_launcher_with_sigkill_kills_every_rank_and_worker(tmp_path,
     tree = {}
     try:
         wait_for_training(launcher, run_dir)
-        processes = live_processes()
-        tree = {pid: processes[pid][1] for pid in descendants(launcher.pid, processes)}
-        assert len(tree) >= 4, processes  # 2 ranks, each with a DataLoader worker (data.num_workers=1)
+        # 2 ranks, each with a DataLoader worker (data.num_workers=1); a rank between two epochs has none for a
+        # moment (its workers end with the epoch and the next epoch starts new ones), so look until all 4 are seen
+        deadline = time.time() + 30
+        while True:
+            processes = live_processes()
+            tree = {pid: processes[pid][1] for pid in descendants(launcher.pid, processes)}
+            if len(tree) >= 4 or time.time() > deadline:
+                break
+            time.sleep(0.1)
+        assert len(tree) >= 4, processes
         os.killpg(launcher.pid, signal.SIGKILL)  # the launcher's group: torchrun put each rank in its own session
         launcher.wait()
         # ranks die at once (parent-death signal); their DataLoader workers notice within torch's 5 s check

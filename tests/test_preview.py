@@ -53,3 +53,23 @@ def test_preview_of_a_shard_sample_uses_the_centre_crop_without_boxes(tmp_path):
     assert "truncated.tar: tar read error at byte" in lines[0] and "unexpected end of data" in lines[0]
     first = run_cli("preview", truncated, "--out", tmp_path / "f.png")  # the first sample is whole: drawn
     assert first.returncode == 0, first.stderr
+
+
+def test_doubtful_sheets_of_a_folder_that_is_not_a_face_store_are_one_line(tmp_path):
+    """preview --doubtful reads index.json from someone else's folder: missing, not JSON, of the original store,
+    with entries that are not objects, or naming shards outside the folder: one line each, nothing drawn."""
+    def one_line(expected):
+        result = run_cli("preview", tmp_path, "--doubtful", "--out", tmp_path / "d.png")
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert expected in result.stderr and not (tmp_path / "d.png").exists()
+
+    one_line("index.json: not found")
+    (tmp_path / "index.json").write_text("{not json")
+    one_line("not a shard index.json")
+    (tmp_path / "index.json").write_text(json.dumps({"shards": [], "store": "original"}))
+    one_line("no doubtful_faces list")
+    (tmp_path / "index.json").write_text(json.dumps({"shards": [], "doubtful_faces": ["k"]}))
+    one_line("not a shard index.json")
+    outside = {"shards": [{"name": "../elsewhere.tar", "keys": ["k"]}], "doubtful_faces": [{"key": "k"}]}
+    (tmp_path / "index.json").write_text(json.dumps(outside))
+    one_line("doubtful video(s) k not found in their shards")

@@ -143,7 +143,8 @@ def test_parts_share_the_predicted_work_not_the_bytes(fixtures):
     for pattern in ("dfdc/*/*.mp4", "ffpp/original_sequences/*/c40/videos/*.mp4",
                     "ffpp/manipulated_sequences/*/c40/videos/183_253.mp4"):
         for path in sorted(fixtures.glob(pattern)):
-            rows.append({"key": f"v{len(rows):02d}", "path": str(path), "root": "", "split": "train", **probe(str(path))})
+            rows.append({"key": f"v{len(rows):02d}", "path": str(path), "root": "", "split": "train",
+                         **probe(str(path))})
     faces = {"store": "faces", "face_clips": {"tracks": {"detect_every": 16}}}
     plan = plan_shards(rows, target_bytes=1_000_000)
     members = {name: rows for name, _, rows in plan}

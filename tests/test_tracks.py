@@ -253,8 +253,8 @@ def test_two_people_give_two_tracks_when_asked(fixtures, detector):
     assert len(build_tracks(*detected, TrackOptions(detect_every=8, max_tracks=1))[0]) == 1
     tracks, _ = build_tracks(*detected, TrackOptions(detect_every=8, max_tracks=2))
     assert len(build_tracks(*detected, TrackOptions(detect_every=8, max_tracks=3, min_share=0, min_score=0))[0]) == 3
-    assert [track["source_frames"] for track in build_tracks(*detected, TrackOptions(detect_every=8, max_tracks=3))[0]] \
-        == [track["source_frames"] for track in tracks]
+    three, _ = build_tracks(*detected, TrackOptions(detect_every=8, max_tracks=3))
+    assert [track["source_frames"] for track in three] == [track["source_frames"] for track in tracks]
     assert [track["id"] for track in tracks] == [0, 1]
     main, background = tracks
     def side(track):

@@ -76,9 +76,10 @@ def add_arguments(parser):
     parser.add_argument("--workers", type=int, default=1, help="processes that read, check and detect faces")
     scale = parser.add_argument_group("distributed sharding (one folder, many processes or nodes)")
     scale.add_argument("--part", help="write part I of N (0-based, e.g. 3/8): a deterministic share of the shards "
-                                      "balanced by predicted work, and a part record; then 'shard --merge' writes index.json. Under "
-                                      "torchrun (RANK/WORLD_SIZE) or srun (SLURM_PROCID/SLURM_STEP_NUM_TASKS) the "
-                                      "part is the rank, and rank 0 merges when every part is done")
+                                      "balanced by predicted work, and a part record; then 'shard --merge' writes "
+                                      "index.json. Under torchrun (RANK/WORLD_SIZE) or srun "
+                                      "(SLURM_PROCID/SLURM_STEP_NUM_TASKS) the part is the rank, and rank 0 merges "
+                                      "when every part is done")
     scale.add_argument("--merge", action="store_true",
                        help="write --out's index.json from the part records of a finished partitioned run")
     scale.add_argument("--device", default="cpu",

@@ -18,9 +18,9 @@ from PIL import Image, ImageDraw
 
 from dfdtrain.config import ClipSpec, SamplerConfig
 from dfdtrain.data.clips import clip_from_frames, read_sampled_frames, track_meta, video_member
-from dfdtrain.data.sampler import uniform_indices
 from dfdtrain.data.crops import boxes_for_frames
 from dfdtrain.data.decoders import build_decoder
+from dfdtrain.data.sampler import uniform_indices
 from dfdtrain.data.video import probe
 from dfdtrain.errors import BadVideo, DfdError
 from dfdtrain.fileio import atomic_open
@@ -178,31 +178,37 @@ DOUBTFUL_CROP = 56
 
 
 def doubtful_samples(folder):
-    """(index, [(doubtful entry, its sample)]) of a face-clip shard folder, in index.json's order: each doubtful
-    video's shard is read once."""
+    """[(doubtful entry, its sample)] of a face-clip shard folder (local or remote), in index.json's order; each
+    doubtful video's shard is read once."""
     from dfdtrain.data import storage
     from dfdtrain.data.loader import ReadTars
 
     folder = os.fspath(folder).rstrip("/")
-    index_path = storage.join(folder, "index.json") if storage.is_url(folder) else os.path.join(folder, "index.json")
-    data = storage.read_bytes(index_path) if storage.is_url(folder) else _read_local(index_path)
+    index_path = storage.join(folder, "index.json")
+    try:
+        data = storage.read_bytes(index_path)
+    except OSError as error:
+        raise DfdError(f"{index_path}: {error.strerror or error}") from None
+    if data is None:
+        raise DfdError(f"{storage.mask(index_path)}: not found (give the shard folder of 'dfdtrain shard --out')")
     try:
         index = json.loads(data)
-        doubtful, shards = index.get("doubtful_faces"), index["shards"]
+        doubtful = index.get("doubtful_faces")
+        if not isinstance(doubtful, list):
+            raise DfdError(f"{storage.mask(index_path)}: no doubtful_faces list: not a face-clip store "
+                           "(shard --store faces) of this version")
+        wanted = {str(item["key"]): item for item in doubtful}
+        by_shard = {}  # only names of files in the folder itself
+        for shard in index["shards"]:
+            for key in shard.get("keys", []):
+                if key in wanted and os.path.basename(str(shard["name"])) == shard["name"]:
+                    by_shard.setdefault(shard["name"], set()).add(key)
     except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise DfdError(f"{storage.mask(index_path)}: not a shard index.json ({error})") from None
-    if not isinstance(doubtful, list):
-        raise DfdError(f"{storage.mask(index_path)}: no doubtful_faces list: not a face-clip store (shard --store faces) "
-                       f"of this version")
-    wanted = {item["key"]: item for item in doubtful}
-    by_shard = {}
-    for shard in shards:
-        for key in shard.get("keys", []):
-            if key in wanted and os.path.basename(str(shard["name"])) == shard["name"]:
-                by_shard.setdefault(shard["name"], set()).add(key)
+        why = f"{type(error).__name__}: {error}"
+        raise DfdError(f"{storage.mask(index_path)}: not a shard index.json ({why})") from None
     found = {}
     for name, keys in by_shard.items():
-        for sample in ReadTars.read(storage.join(folder, name) if storage.is_url(folder) else os.path.join(folder, name)):
+        for sample in ReadTars.read(storage.join(folder, name)):
             if "error" in sample:
                 raise DfdError(sample["error"]["cause"])
             if sample.get("__key__") in keys and "json" in sample:
@@ -210,18 +216,19 @@ def doubtful_samples(folder):
     missing = [key for key in wanted if key not in found]
     if missing:
         raise DfdError(f"{storage.mask(folder)}: doubtful video(s) {', '.join(missing[:5])} not found in their shards")
-    return index, [(wanted[key], found[key]) for key in wanted]
-
-
-def _read_local(path):
-    try:
-        return Path(path).read_bytes()
-    except OSError as error:
-        raise DfdError(f"{path}: {error.strerror or error}") from None
+    return [(wanted[key], found[key]) for key in wanted]
 
 
 def doubtful_row(entry, sample, num_frames):
-    """One video's row of the doubtful sheet, as a PIL image."""
+    """One video's row of the doubtful sheet, as a PIL image; a sample json that is not a face-clip sample's is one
+    line naming the video."""
+    try:
+        return _doubtful_row(entry, sample, num_frames)
+    except (ValueError, KeyError, TypeError, IndexError) as error:
+        raise DfdError(f"{entry.get('key')}: not a face-clip sample ({type(error).__name__}: {error})") from None
+
+
+def _doubtful_row(entry, sample, num_frames):
     meta = json.loads(sample["json"])
     track = meta["tracks"][0]
     source_path = os.path.join(meta.get("root", ""), meta.get("path", ""))
@@ -232,7 +239,8 @@ def doubtful_row(entry, sample, num_frames):
         frames = decoder.read(Path(source_path).read_bytes(), indices, name=source_path)
         note = ""
     except (OSError, BadVideo) as error:  # the source moved or broke since: show what the store kept
-        frames, note = None, f"source not readable here ({getattr(error, 'strerror', None) or error}); stored crops only"
+        why = getattr(error, "strerror", None) or error
+        frames, note = None, f"source not readable here ({why}); stored crops only"
     in_track = {frame: position for position, frame in enumerate(track["source_frames"])}
     positions = [in_track.get(index) for index in indices]
     kept = [position for position in positions if position is not None]
@@ -255,7 +263,8 @@ def doubtful_row(entry, sample, num_frames):
     for number, (index, position) in enumerate(zip(indices, positions)):
         x0, y0 = 8 + number * (tile_width + 6), header
         if frames is not None:
-            row.paste(Image.fromarray(frames[number]).resize((tile_width, DOUBTFUL_TILE_HEIGHT), Image.BILINEAR), (x0, y0))
+            tile = Image.fromarray(frames[number]).resize((tile_width, DOUBTFUL_TILE_HEIGHT), Image.BILINEAR)
+            row.paste(tile, (x0, y0))
         if position is not None:
             x1, y1, x2, y2 = (value * scale for value in track["windows"][position])
             draw.rectangle([x0 + x1, y0 + y1, x0 + x2, y0 + y2], outline=(255, 220, 0), width=2)
@@ -273,14 +282,16 @@ def doubtful_row(entry, sample, num_frames):
 def preview_doubtful(folder, out, num_frames=8):
     """Contact sheets of the doubtful videos of a face-clip shard folder (``index.json``'s ``doubtful_faces``):
     ``out`` and, past DOUBTFUL_ROWS_PER_SHEET videos, ``out`` with -2, -3... before .png. Returns what was drawn."""
-    _, chosen = doubtful_samples(folder)
+    chosen = doubtful_samples(folder)
     if not chosen:
         return {"source": os.fspath(folder), "doubtful": 0, "sheets": []}
     stem = os.fspath(out)[:-len(".png")] if os.fspath(out).lower().endswith(".png") else os.fspath(out)
     sheets = []
     for start in range(0, len(chosen), DOUBTFUL_ROWS_PER_SHEET):
-        rows = [doubtful_row(entry, sample, num_frames) for entry, sample in chosen[start:start + DOUBTFUL_ROWS_PER_SHEET]]
-        sheet = Image.new("RGB", (max(row.width for row in rows), sum(row.height + 4 for row in rows) + 24), (12, 12, 12))
+        rows = [doubtful_row(entry, sample, num_frames)
+                for entry, sample in chosen[start:start + DOUBTFUL_ROWS_PER_SHEET]]
+        size = (max(row.width for row in rows), sum(row.height + 4 for row in rows) + 24)
+        sheet = Image.new("RGB", size, (12, 12, 12))
         ImageDraw.Draw(sheet).text((8, 6), f"{len(chosen)} doubtful video(s) of {os.fspath(folder)} "
                                            f"(yellow: the kept track's window; red: dropped tracks, with why)",
                                    fill=(230, 230, 230))

@@ -5,7 +5,9 @@ problem (no traceback), so scripts and people both see what went wrong.
 """
 
 import argparse
+import errno
 import importlib
+import os
 import sys
 
 from dfdtrain import __version__
@@ -14,6 +16,10 @@ from dfdtrain.errors import DfdError
 # name -> module under dfdtrain.commands; each module has HELP, add_arguments(parser) and run(args) -> int.
 COMMANDS = ("synth", "index", "shard", "preview", "embed", "train", "evaluate", "calibrate", "protocol",
             "predict", "serve", "export", "bench", "demo")
+
+
+# a write that did not fit: full file system, exceeded quota
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
@@ -52,6 +58,18 @@ def main(argv=None):
         return int(args.run(args) or 0)
     except (DfdError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
         print(f"dfdtrain {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if error.errno not in NO_SPACE_ERRNOS:
+            raise
+        # a full file system (or quota) wherever the command wrote: one line naming the file and the free space
+        from dfdtrain.data.storage import no_space_line
+
+        if error.filename:  # atomic_open and the other writers name their file on the error
+            line = no_space_line(os.fspath(error.filename), error)
+        else:
+            line = f"{error.strerror or 'no space left on device'} while writing (the system named no file)"
+        print(f"dfdtrain {args.command}: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"dfdtrain {args.command}: interrupted", file=sys.stderr)

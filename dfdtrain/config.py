@@ -18,6 +18,9 @@ Checked when a section is built, so a typo never reaches a worker process or a f
 (with close names), types, allowed values (``Literal`` types, with the closest suggested), ranges (``Range``
 in ``Annotated`` types), names that live in a registry (backbone, head and its options, decoder, engine) and
 the cross-field rules of each section's ``check``. Every failure is a ``ConfigError``: one line naming the key.
+A float key is a finite number: NaN and infinity (``nan``, ``.inf``, ``-inf``, as YAML or text) are refused
+whatever its range says (NaN passes every comparison), unless its annotation carries ``AllowInfinite()``
+(``Annotated[float, AllowInfinite()]``: +-infinity allowed, never NaN). No key takes it today.
 
 The flat names of earlier versions (``data.num_frames``, ``data.crop``, ``data.augment: false``, ...) are
 still read, as ``LEGACY_KEYS`` maps them.
@@ -26,6 +29,7 @@ still read, as ``LEGACY_KEYS`` maps them.
 import dataclasses
 import difflib
 import functools
+import math
 import os
 import types
 import typing
@@ -66,6 +70,12 @@ class Range:
         return f"{'>' if self.low_exclusive else '>='} {self.low:g}" if self.low is not None else f"<= {self.high:g}"
 
 
+@dataclasses.dataclass(frozen=True)
+class AllowInfinite:
+    """Marks a float field that may be +-infinity (``Annotated[float, AllowInfinite()]``), e.g. a limit where
+    ``.inf`` means "none". Every other float field refuses infinity, and every float field refuses NaN."""
+
+
 Count = Annotated[int, Range(1)]  # at least one
 NonNegativeInt = Annotated[int, Range(0)]
 NonNegative = Annotated[float, Range(0)]
@@ -78,13 +88,15 @@ def _close_hint(value, choices):
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def check_value(value, hint, path):
+def check_value(value, hint, path, allow_infinite=False):
     """``value`` as the annotation ``hint`` wants it (ints become floats where floats are wanted, lists become
-    tuples), or a ConfigError naming ``path``."""
+    tuples), or a ConfigError naming ``path``. A float is finite unless ``allow_infinite`` (the field's
+    ``AllowInfinite()``); NaN never passes."""
     origin = typing.get_origin(hint)
     if origin is Annotated:
         base, *constraints = typing.get_args(hint)
-        value = check_value(value, base, path)
+        infinite = allow_infinite or any(isinstance(constraint, AllowInfinite) for constraint in constraints)
+        value = check_value(value, base, path, infinite)
         for constraint in constraints:
             if isinstance(constraint, Range):
                 constraint.check(value, path)
@@ -99,7 +111,7 @@ def check_value(value, hint, path):
         options = [option for option in typing.get_args(hint) if option is not type(None)]
         if value is None and len(options) < len(typing.get_args(hint)):
             return None
-        return check_value(value, options[0], path)
+        return check_value(value, options[0], path, allow_infinite)
     if origin is tuple:
         kinds = typing.get_args(hint)
         if not isinstance(value, (list, tuple)) or len(value) != len(kinds):
@@ -113,9 +125,15 @@ def check_value(value, hint, path):
             except ValueError:
                 pass
         if isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:
+                raise ConfigError(path, f"must be a finite number, not an integer of {len(str(value))} digits") \
+                    from None
         if not isinstance(value, float):
             raise ConfigError(path, f"must be a number, not {value!r}")
+        if math.isnan(value) or (math.isinf(value) and not allow_infinite):
+            raise ConfigError(path, f"must be a finite number, not {value!r}")
         return value
     if hint is int:
         if isinstance(value, float) and value.is_integer():

@@ -29,7 +29,7 @@ from dfdtrain.data.shard_index import reconcile, verify_shards
 from dfdtrain.engine.distributed import DistributedContext, broadcast_object, gather_to_rank0
 from dfdtrain.engine.scoring import records_loss, score_videos
 from dfdtrain.errors import DfdError
-from dfdtrain.fileio import atomic_open, write_json
+from dfdtrain.fileio import atomic_open, check_output_folder, write_json
 from dfdtrain.metrics import (CALIBRATION_BINS, INTERVAL_METRICS, aggregate, bootstrap_intervals,
                               calibration_bin_index, evaluate_predictions, expected_calibration_error,
                               format_metrics_table, log_loss, precision_recall_curve, roc_auc, roc_curve)
@@ -526,6 +526,7 @@ def run_evaluation(checkpoint, shards, out_dir, threshold=None, batch_size=8, wo
     against index.json (a mismatch stops with one line). ``strict``: a video not scored is an error (after the
     files are written) instead of a warning line.
     """
+    check_output_folder(out_dir)
     scored = score_shards(checkpoint, shards, batch_size, workers, decoder, context, verify)
     if scored is None:  # not rank 0
         return None

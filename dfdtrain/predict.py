@@ -7,10 +7,13 @@ Each video becomes the clip training made of it, through the same clip contract 
 the detector's own clip spec: its sampler (deterministic, evaluation mode), PyAV decoding, face crops grown by
 the training margin (boxes detected on the sampled frames by MTCNN, interpolated over frames without a face)
 or the training crop without boxes, the training input size, transform and normalisation, and a padding mask
-for videos shorter than the clip. A bad file gives an error entry and never stops the others.
+for videos shorter than the clip. A bad file gives an error entry and never stops the others; so does anything
+that is not a regular file (a FIFO, a device such as /dev/zero, a directory): it is refused unread, and a file
+is read once, at most its size when opened.
 """
 
 import dataclasses
+import math
 import sys
 import time
 
@@ -20,6 +23,7 @@ from dfdtrain.data.clips import make_clip, model_input
 from dfdtrain.data.decoders import build_decoder
 from dfdtrain.data.video import probe
 from dfdtrain.errors import BadVideo, DfdError
+from dfdtrain.fileio import FileRefused, read_regular_file
 from dfdtrain.models.bundle import load_detector
 from dfdtrain.models.detector import detector_score_kind
 
@@ -99,10 +103,12 @@ class Predictor:
             for position, path in enumerate(paths):
                 started = time.perf_counter()
                 try:
-                    info = probe(path)
-                    clip = self.prepare(path, info)
+                    data = read_regular_file(path)  # never a FIFO (would hang) or a device (endless)
+                    info = probe(data, name=path)
+                    clip = self.prepare(data, info, name=path)
+                    del data
                     pending.append((position, path, clip, {**info, "seconds": time.perf_counter() - started}))
-                except BadVideo as error:
+                except (BadVideo, FileRefused) as error:
                     results[position] = _error_entry(path, _bad_video_message(error))
                 except DfdError as error:
                     results[position] = _error_entry(path, str(error))
@@ -127,6 +133,9 @@ class Predictor:
         model_seconds = (time.perf_counter() - started) / len(batch)  # each video's share of its batch
         for row, (position, path, clip, info) in enumerate(batch):
             logit = float(video_logits[row])
+            if not math.isfinite(logit):  # never a "REAL nan" verdict
+                results[position] = _error_entry(path, f"the model gave a non-finite score ({logit})")
+                continue
             p_fake = float(self.calibration.probability(logit))
             used = int(clip.mask.sum())
             faces = clip.meta.get("faces")

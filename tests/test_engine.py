@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, SMALL_CLIP, live_processes, run_cli
+from conftest import REPO, SMALL_CLIP, live_processes, make_synth_shards, run_cli
 from dfdtrain.errors import DfdError
 
 HERE = Path(__file__).resolve().parent
@@ -76,20 +76,32 @@ def train_args(shards, run_dir, *extra):
             "data.epoch_samples=16", "train.epochs=3", "train.log_every=1", "optim.lr=0.003", *extra]
 
 
+def written_rows(path):
+    """The rows of a jsonl file another process is writing (a line it is still writing is left out)."""
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            pass
+    return rows
+
+
 def kill_after_step(command, run_dir, step, port):
     """Start a 2-rank training, SIGKILL it (launcher and ranks) once step ``step`` is logged; returns the
     steps of the checkpoint it leaves (``checkpoints/last``)."""
-    process = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                                f"--master_port={port}", *command], env=environment(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+    errors = run_dir.parent / f"{run_dir.name}-killed-at-{step}.stderr"  # why, should it end by itself
+    with open(errors, "w") as handle:
+        process = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                                    f"--master_port={port}", *command], env=environment(), stdout=subprocess.DEVNULL,
+                                   stderr=handle, start_new_session=True)
     deadline = time.time() + 300
     metrics = run_dir / "metrics.jsonl"
     while time.time() < deadline and process.poll() is None:
-        rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
-        if any(row["kind"] == "train" and row["step"] >= step for row in rows):
+        if any(row["kind"] == "train" and row["step"] >= step for row in written_rows(metrics)):
             break
         time.sleep(0.05)
-    assert process.poll() is None, "the run ended before it could be killed"
+    assert process.poll() is None, f"the run ended before it could be killed: {errors.read_text()[-3000:]}"
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     deadline = time.time() + 15  # the ranks die with their launcher; the next start must not find them alive
@@ -107,19 +119,40 @@ def train_losses(run_dir):
     return {row["step"]: row["loss"] for row in rows if row["kind"] == "train"}
 
 
-def test_resume_after_sigkill_at_any_step_is_exact(tmp_path, small_shards):
+def validations(run_dir):
+    """{step: [validation metrics of each eval row at that step]} from metrics.jsonl."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    found = {}
+    for row in rows:
+        if row["kind"] == "eval":
+            found.setdefault(row["step"], []).append(row["val"])
+    return found
+
+
+@pytest.fixture(scope="module")
+def spread_shards(tmp_path_factory):
+    """16 generated clips, half of them for validation, one or two clips a shard: 6 val shards, so that with 2
+    ranks x 2 loader workers (val shard i goes to slot i mod 4) rank 1 scores 3 of the 8 videos."""
+    shards = make_synth_shards(tmp_path_factory.mktemp("spread"), count=16, frames=8, val_fraction=0.5,
+                               target_bytes=12_000, seed=3)
+    assert len(list(shards.glob("val-*.tar"))) >= 3, "rank 1 would validate nothing"
+    return shards
+
+
+def test_resume_after_sigkill_at_any_step_is_exact(tmp_path, spread_shards):
     """2 ranks with loader workers, augmentation, shuffle buffers and dropout, killed with SIGKILL mid-epoch three
-    times (a checkpoint every step, so it resumes wherever the kill fell): every step's loss and the final
-    validation metrics equal those of the uninterrupted run."""
+    times (a checkpoint every step, so it resumes wherever the kill fell): every step's loss and every epoch's
+    validation (both ranks score videos; their BatchNorm statistics are per rank under DeepSpeed) equal those
+    of the uninterrupted run."""
     settings = ("train.engine=deepspeed", "train.zero_stage=1", "train.checkpoint_every=1", "data.num_workers=2",
                 "data.augment.enabled=true", "data.shuffle_buffer=4")
-    reference = torchrun(2, *train_args(small_shards, tmp_path / "reference", *settings), port=29641)
+    reference = torchrun(2, *train_args(spread_shards, tmp_path / "reference", *settings), port=29641)
     assert reference.returncode == 0, reference.stderr[-4000:]
     expected = json.loads((tmp_path / "reference/report.json").read_text())
     assert expected["steps"] == 12  # 3 epochs of 4 steps: the kills below fall inside epochs 1, 2 and 3
 
     run_dir = tmp_path / "killed"
-    command = train_args(small_shards, run_dir, *settings)
+    command = train_args(spread_shards, run_dir, *settings)
     for number, step in enumerate((2, 6, 11)):
         kill_after_step(command + (["--resume", "must"] if number else []), run_dir, step, port=29642 + number)
         assert not (run_dir / "report.json").exists()
@@ -134,6 +167,18 @@ def test_resume_after_sigkill_at_any_step_is_exact(tmp_path, small_shards):
         assert report["val"]["video"][metric] == pytest.approx(expected["val"]["video"][metric], abs=1e-6), metric
         assert report["val"]["frame"][metric] == pytest.approx(expected["val"]["frame"][metric], abs=1e-6), metric
     assert report["val"]["loss"] == pytest.approx(expected["val"]["loss"], abs=1e-6)
+    every, expected_every = validations(run_dir), validations(tmp_path / "reference")
+    assert sorted(every) == sorted(expected_every) == [4, 8, 12]
+    for step, found in every.items():  # a step validated twice (killed after its row, before its checkpoint): both
+        uninterrupted = expected_every[step][0]
+        for val in found:
+            assert val["videos"] == uninterrupted["videos"] == 8, step
+            assert val["loss"] == pytest.approx(uninterrupted["loss"], abs=1e-6), step
+            for level, metric in (("video", "auc"), ("video", "log_loss"), ("frame", "auc"), ("frame", "log_loss")):
+                ours, theirs = val[level], uninterrupted[level]
+                if level == "video":
+                    ours, theirs = ours["head"], theirs["head"]
+                assert ours[metric] == pytest.approx(theirs[metric], abs=1e-6), (step, level, metric)
 
     # the checkpoint is DeepSpeed's own: its zero_to_fp32 tool rebuilds the full weights from the ZeRO shards
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint

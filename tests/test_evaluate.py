@@ -198,3 +198,25 @@ def test_corrupt_shards_are_accounted_for_and_every_missing_video_named(trained_
 
     clean = evaluate("clean", folder=trained_run.parent / "shards")  # the intact shards pass the sha256 check
     assert clean.returncode == 0 and "WARNING" not in clean.stderr, clean.stderr[-2000:]
+
+
+def test_evaluate_out_naming_a_file_is_one_line_before_scoring(trained_run, tmp_path):
+    """--out naming an existing file (or a folder inside one) used to score every video, then fail to write
+    with a traceback: now one line, before anything is read."""
+    import subprocess
+    import sys
+
+    taken = tmp_path / "taken.json"
+    taken.write_text("{}")
+    shards = str(trained_run.parent / "shards" / "val-*.tar")
+    processes = [subprocess.Popen([sys.executable, "-m", "dfdtrain", "evaluate", "--run", str(trained_run),
+                                   "--shards", shards, "--out", str(out), "--workers", "0"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for out in (taken, taken / "eval")]
+    expected = [f"--out {taken} is an existing file, not a folder",
+                f"--out {taken / 'eval'} is inside {taken}, which is an existing file, not a folder"]
+    for process, line in zip(processes, expected):
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 2, stderr[-3000:]
+        assert stderr.strip().splitlines() == [f"dfdtrain evaluate: error: {line}: name a folder to write into"]
+    assert taken.read_text() == "{}"

@@ -29,11 +29,38 @@ def suite(trained_run, ffpp_shards, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def one_rank(trained_run, suite, tmp_path_factory):
+    """The suite scored with --allow-overlap: its first set is the run's own validation shards."""
     out = tmp_path_factory.mktemp("protocol") / "one"
     result = run_cli("protocol", "--checkpoint", trained_run, "--suite", suite, "--out", out, "--workers", "0",
-                     "--bootstrap", "300")
+                     "--bootstrap", "300", "--allow-overlap")
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result
+
+
+def run_clis(*commands):
+    """Several real `python -m dfdtrain ARGS` side by side (each a list of arguments): their CompletedProcesses."""
+    processes = [subprocess.Popen([sys.executable, "-m", "dfdtrain", *map(str, args)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for args in commands]
+    results = []
+    for args, process in zip(commands, processes):
+        stdout, stderr = process.communicate(timeout=600)
+        results.append(subprocess.CompletedProcess(args, process.returncode, stdout, stderr))
+    return results
+
+
+def one_line_error(result, command="protocol"):
+    """The one line a refused command printed (it exited 2, no traceback)."""
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith(f"dfdtrain {command}: error: "), lines
+    return lines[0]
+
+
+def run_split(trained_run, split):
+    """(sorted keys, sorted groups) of the videos of one split of the trained run's index (its manifest)."""
+    rows = [json.loads(line) for line in (trained_run.parent / "m.jsonl").read_text().splitlines() if line.strip()]
+    rows = [row for row in rows if isinstance(row, dict) and row.get("split") == split]
+    return sorted(row["key"] for row in rows), sorted({row["group"] for row in rows})
 
 
 def test_protocol_writes_one_table_for_test_sets_of_two_indexes(one_rank, trained_run):
@@ -67,7 +94,20 @@ def test_protocol_writes_one_table_for_test_sets_of_two_indexes(one_rank, traine
         assert markdown.count(f"[{name}](sets/") == 2  # a row in the video and the frame table
     assert "| FF++ 183-253 | NeuralTextures | 2 | 2 |" in markdown and "one source pair" in markdown
     assert_valid_png(out / "protocol.png")
-    assert f"[1/2] {SETS[0]}: 4 videos, video AUC" in result.stdout
+    assert f"[1/2] {SETS[0]} (OVERLAP: shares 4 videos" in result.stdout
+    assert f"[2/2] {SETS[1]}: 10 videos" in result.stdout
+
+    # scored with --allow-overlap: the run's own validation set is marked, the FF++ set (other videos) is not
+    keys, groups = run_split(trained_run, "val")
+    assert synth["overlap"] == {"validation": {"videos": len(keys), "groups": len(groups), "example_video": keys[0],
+                                               "example_group": groups[0]}}
+    assert ffpp["overlap"] == {}
+    leakage = table["leakage"]
+    assert leakage["allowed"] and leakage["overlapping_sets"] == [SETS[0]] and leakage["unchecked"] is None
+    assert set(leakage["compared_with"]) == {"training", "validation"}
+    assert f"| [{SETS[0]}]({synth['evaluation']}/report.md) **OVERLAP** |" in markdown
+    assert f"| [{SETS[1]}]({ffpp['evaluation']}/report.md) |" in markdown
+    assert f"- {SETS[0]}: OVERLAP: shares {len(keys)} video(s)" in markdown and "- leakage: " in markdown
 
 
 def test_protocol_on_two_ranks_equals_one_rank(one_rank, trained_run, suite, tmp_path):
@@ -75,7 +115,7 @@ def test_protocol_on_two_ranks_equals_one_rank(one_rank, trained_run, suite, tmp
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29673", "-m", "dfdtrain",
          "protocol", "--checkpoint", str(trained_run), "--suite", str(suite), "--out", str(out), "--only", SETS[0],
-         "--workers", "0", "--bootstrap", "300"],
+         "--workers", "0", "--bootstrap", "300", "--allow-overlap"],
         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     two = json.loads((out / "table.json").read_text())["test_sets"]
@@ -104,6 +144,76 @@ def test_suite_problems_are_one_line(trained_run, suite, tmp_path, capsys):
     line = refused("--suite", suite, "--root", tmp_path)
     assert f"test set '{SETS[0]}'" in line and "shards/val-*.tar" in line and "--only" in line
     assert not (tmp_path / "out").exists()
+
+
+def test_test_sets_sharing_videos_or_groups_with_the_run_are_refused(trained_run, suite, tmp_path):
+    """The checkpoint's own validation shards (AUC 1.000 in the attack) or its training shards (0.994) as a
+    test set: refused with the number of shared videos and groups and an example of each, before any scoring."""
+    train_suite = tmp_path / "train.yaml"
+    train_suite.write_text(yaml.safe_dump({"name": "own training data", "test_sets": {
+        "Synth train": f"{trained_run.parent}/shards/train-*.tar"}}))
+    common = ("protocol", "--checkpoint", trained_run, "--workers", "0", "--bootstrap", "0")
+    validation, training = run_clis([*common, "--suite", suite, "--out", tmp_path / "val"],
+                                    [*common, "--suite", train_suite, "--out", tmp_path / "train"])
+    for result, name, split, role, path in ((validation, SETS[0], "val", "validation", suite),
+                                            (training, "Synth train", "train", "training", train_suite)):
+        line = one_line_error(result)
+        keys, groups = run_split(trained_run, split)
+        assert len(keys) >= 4 and len(groups) >= 2
+        assert f"test set {name!r} of {path} shares {len(keys)} videos (e.g. {keys[0]!r}) and {len(groups)} groups " \
+               f"(e.g. {groups[0]!r}) with the run's {role} shards ({trained_run.parent}/shards/" in line, line
+        assert "--allow-overlap" in line
+    assert not (tmp_path / "val").exists() and not (tmp_path / "train").exists()
+
+
+def test_a_suite_file_runs_no_command_without_allow_pipe(trained_run, suite, tmp_path):
+    """A suite's pipe: test set (or root) is refused without --allow-pipe, and nothing runs; with it the suite
+    loads (here it then stops at the overlap check of its other set, still before any command ran)."""
+    marker = tmp_path / "ran"
+    val_tar = sorted((trained_run.parent / "shards").glob("val-*.tar"))[0]
+    piped = tmp_path / "piped.yaml"
+    piped.write_text(yaml.safe_dump({"name": "piped", "test_sets": {
+        SETS[0]: f"{trained_run.parent}/shards/val-*.tar", "Piped": f"pipe:touch {marker} && cat {val_tar}"}}))
+    rooted = tmp_path / "rooted.yaml"
+    rooted.write_text(yaml.safe_dump({"name": "rooted", "root": f"pipe:touch {marker}; cat ",
+                                      "test_sets": {"A": "x.tar"}}))
+    common = ("protocol", "--checkpoint", trained_run, "--out", tmp_path / "out", "--workers", "0")
+    refused, refused_root, allowed = run_clis([*common, "--suite", piped], [*common, "--suite", rooted],
+                                              [*common, "--suite", piped, "--allow-pipe"])
+    line = one_line_error(refused)
+    assert f"{piped}: test_sets.Piped: 'pipe:touch {marker} && cat {val_tar}' is a pipe: command" in line
+    assert "--allow-pipe" in line
+    assert f"{rooted}: 'root' 'pipe:touch {marker}; cat ' is a pipe: command" in one_line_error(refused_root)
+    assert f"test set {SETS[0]!r} of {piped} shares 4 videos" in one_line_error(allowed)
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+    from dfdtrain.protocol import load_suite
+
+    loaded = load_suite(piped, allow_pipe=True)  # the command line's --root stays the caller's own
+    assert loaded.test_sets["Piped"].shards == [f"pipe:touch {marker} && cat {val_tar}"]
+
+
+def test_bad_roots_binary_suites_and_an_out_file_are_one_line(trained_run, tmp_path):
+    """A suite whose root is a list or a number, a binary suite file, --out naming a file: one line each."""
+    suites = {}
+    for name, root in (("list", ["a", "b"]), ("number", 5)):
+        suites[name] = tmp_path / f"{name}.yaml"
+        suites[name].write_text(yaml.safe_dump({"name": name, "root": root, "test_sets": {"A": "x.tar"}}))
+    suites["binary"] = tmp_path / "binary.yaml"
+    suites["binary"].write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump({"name": "good", "test_sets": {"A": f"{trained_run.parent}/shards/val-*.tar"}}))
+    out_file = tmp_path / "taken.txt"
+    out_file.write_text("not a folder")
+    common = ("protocol", "--checkpoint", trained_run, "--workers", "0")
+    results = run_clis(*([*common, "--suite", suites[name], "--out", tmp_path / "out"] for name in suites),
+                       [*common, "--suite", good, "--out", out_file, "--allow-overlap"])
+    lines = [one_line_error(result) for result in results]
+    assert f"{suites['list']}: 'root' must be a folder (a non-empty string)" in lines[0] and "['a', 'b']" in lines[0]
+    assert f"{suites['number']}: 'root' must be a folder (a non-empty string)" in lines[1] and "not 5" in lines[1]
+    assert f"{suites['binary']}: not a suite file: not UTF-8 text" in lines[2]
+    assert f"--out {out_file} is an existing file, not a folder" in lines[3]
+    assert out_file.read_text() == "not a folder" and not (tmp_path / "out").exists()
 
 
 def test_shipped_suites_load():

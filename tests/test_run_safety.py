@@ -4,12 +4,16 @@ validation set of only broken videos stops every rank with one line."""
 
 import json
 import os
+import re
+import shlex
 import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from conftest import REPO, live_processes, write_garbage_shard
 from test_engine import environment, torchrun, train_args
@@ -214,3 +218,90 @@ def test_a_validation_set_of_only_broken_videos_stops_every_rank_with_one_line(t
         assert "undecodable" in line and line.endswith("— check data.val_shards"), line
     assert no_traceback_of_ours(result.stderr), result.stderr[-3000:]
     assert time.time() - started < 240
+
+
+def single_run_args(small_shards, run_dir, *extra):
+    """One process, one short epoch of 2 steps (4 s here): enough to write every file a run writes."""
+    return train_args(small_shards, run_dir, "train.engine=ddp", "train.epochs=1", "data.epoch_samples=4",
+                      "data.num_workers=0", *extra)
+
+
+def test_a_raw_deepspeed_json_that_is_not_an_object_is_one_line(tmp_path, small_shards):
+    for name, text in (("list.json", "[1, 2]"), ("nan.json", '{"gradient_clipping": NaN}'),
+                       ("deep.json", "[" * 100_000 + "]" * 100_000)):
+        (tmp_path / name).write_text(text)
+        result = subprocess.run([sys.executable, *single_run_args(small_shards, tmp_path / "run", "train.engine=deepspeed",
+                                                                  f"train.deepspeed_config={tmp_path / name}")],
+                                capture_output=True, text=True, timeout=300, env=environment())
+        lines = error_lines(result.stderr)
+        assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
+        assert f"{tmp_path / name}: " in lines[0] and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "nested too deeply" in lines[0]
+
+
+def test_a_full_disk_is_one_line_and_the_report_names_only_a_best_that_exists(tmp_path, small_shards):
+    """A run directory on a file system with room for one checkpoint (9 MB here) but not two: one line naming
+    the folder and the space, nothing half-written left; once there is room, the run finishes and its report
+    names a best epoch only beside checkpoints/best. A real tmpfs, mounted in a user namespace."""
+    if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:
+        pytest.skip("unshare -rm (a private mount namespace) is not allowed here")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    run_dir = disk / "run"
+    args = single_run_args(small_shards, run_dir)
+    script = f"""
+set -u
+mount -t tmpfs -o size=14m tmpfs {disk}
+{sys.executable} {' '.join(shlex.quote(str(arg)) for arg in args)} 2>&1
+echo "exit=$?"
+ls -a {run_dir}/checkpoints
+mount -o remount,size=200m {disk}
+{sys.executable} {' '.join(shlex.quote(str(arg)) for arg in args)} --json > {tmp_path}/second.out 2>&1
+echo "exit=$?"
+cat {run_dir}/report.json
+ls {run_dir}/checkpoints
+"""
+    result = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300,
+                            env=environment())
+    first, _, rest = result.stdout.partition("exit=")
+    code, _, rest = rest.partition("\n")
+    assert code == "2", result.stdout[-3000:] + result.stderr[-2000:]
+    lines = error_lines(first)
+    assert len(lines) == 1 and "Traceback" not in first, first[-3000:]
+    assert re.search(rf"{re.escape(str(run_dir))}/checkpoints: no space left on device \([\d.]+ MB free; checkpoint "
+                     r"'last' needs about [89]\.\d MB\); free some space and run again: it resumes from checkpoints/last$",
+                     lines[0]), lines[0]
+    listing, _, rest = rest.partition("exit=")
+    assert ".tmp-last" not in listing.split(), listing  # the partial save went, its space with it
+    code, _, rest = rest.partition("\n")
+    assert code == "0", (tmp_path / "second.out").read_text()[-3000:]
+    report_text, _, listing = rest.rpartition("}")
+    report = json.loads(report_text + "}")
+    assert report["best_epoch"] == 1 and report["checkpoint"] == f"{run_dir}/checkpoints/best"
+    assert {"best", "last"} <= set(listing.split()), listing
+
+
+HALF_WRITE = """
+import os, signal, sys
+from dfdtrain.fileio import atomic_open
+with atomic_open(sys.argv[1], "wb") as handle:
+    handle.write(b"half a PNG")
+    os.kill(os.getpid(), signal.SIGTERM)  # what a SIGTERM'd run does in the middle of drawing its curves
+"""
+
+
+def test_the_files_a_killed_write_left_are_removed_by_the_next_run(tmp_path, small_shards):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for name in ("curves.png", "report.json"):
+        killed = subprocess.run([sys.executable, "-c", HALF_WRITE, run_dir / name], capture_output=True,
+                                env=environment())
+        assert killed.returncode == -signal.SIGTERM
+    left = sorted(path.name for path in run_dir.iterdir())
+    assert len(left) == 2 and all(name.endswith(".tmp") for name in left), left
+    (run_dir / ".notes.tmp").write_text("a user's own file: not ours to remove")
+    result = subprocess.run([sys.executable, *single_run_args(small_shards, run_dir)], capture_output=True,
+                            text=True, timeout=300, env=environment())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{run_dir}: removed what a killed write left: {', '.join(left)}" in result.stdout
+    assert sorted(path.name for path in run_dir.iterdir() if path.name.endswith(".tmp")) == [".notes.tmp"]

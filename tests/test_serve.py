@@ -1,10 +1,13 @@
 """dfdtrain serve for real: the server started on 127.0.0.1 with the small trained detector, real fixture videos,
-broken uploads, concurrent requests, confined paths, and the page driven by Debian's chromium."""
+broken uploads, concurrent requests, confined paths, hostile clients (oversized, many-part, trickled, disconnecting,
+odd JSON) over plain sockets, and the page driven by Debian's chromium."""
 
 import concurrent.futures
+import http.client
 import json
 import os
 import queue
+import select
 import shutil
 import socket
 import subprocess
@@ -22,6 +25,7 @@ VIDEOS = {"dfdc": "dfdc/dfdc_train_part_0/brtujopkby.mp4",
           "ffpp_real": "ffpp/original_sequences/youtube/c40/videos/183.mp4",
           "ffpp_fake": "ffpp/manipulated_sequences/Deepfakes/c40/videos/183_253.mp4"}
 MAX_MB = 8
+BODY_TIMEOUT = 3  # the server's --body-timeout: short, so that a trickling client is cut off quickly
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
@@ -52,7 +56,8 @@ def server(trained_run, videos, tmp_path_factory):
     process = subprocess.Popen(
         [sys.executable, "-m", "dfdtrain", "serve", "--checkpoint", str(trained_run), "--port", str(port),
          "--device", "cpu", "--faces", "none", "--allow-paths", str(allowed), "--upload-dir", str(uploads),
-         "--max-mb", str(MAX_MB), "--batch-size", "4"], stdout=log, stderr=subprocess.STDOUT)
+         "--max-mb", str(MAX_MB), "--batch-size", "4", "--body-timeout", str(BODY_TIMEOUT)],
+        stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
     while True:
@@ -65,7 +70,7 @@ def server(trained_run, videos, tmp_path_factory):
             process.kill()
             pytest.fail(f"dfdtrain serve did not start: {(root / 'serve.log').read_text()[-2000:]}")
         time.sleep(0.5)
-    yield {"url": url, "uploads": uploads, "allowed": allowed, "root": root}
+    yield {"url": url, "uploads": uploads, "allowed": allowed, "root": root, "port": port, "pid": process.pid}
     process.terminate()
     process.wait(timeout=30)
     log.close()
@@ -197,6 +202,158 @@ def test_a_full_queue_is_refused():
     Blocked.release.set()
     assert [future.result(10)["path"] for future in (first, *queued)] == ["a", "b", "c"]
     worker.stop()
+
+
+# --- limits: what a hostile or broken client can make the server hold (bytes, files, parts, time) ------------------
+
+def multipart(parts, boundary="dfdtrain-test-boundary"):
+    """(content type, body) of a multipart/form-data body; ``parts``: (field name, file name or None, bytes)."""
+    pieces = []
+    for name, filename, content in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        pieces.append(f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + content + b"\r\n")
+    return f"multipart/form-data; boundary={boundary}", b"".join(pieces) + f"--{boundary}--\r\n".encode()
+
+
+def head(server, content_type, length=None):
+    """The request head of POST /api/predict: with Content-Length ``length``, or chunked when it is None."""
+    framing = f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked"
+    return (f"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1:{server['port']}\r\nContent-Type: {content_type}\r\n"
+            f"{framing}\r\n\r\n").encode()
+
+
+def chunked(*pieces, end=True):
+    """``pieces`` in chunked transfer encoding (the closing zero chunk unless ``end`` is False)."""
+    return b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces) + (b"0\r\n\r\n" if end else b"")
+
+
+def raw_post(server, request_head, pieces, pause=0.0, timeout=15):
+    """Send ``request_head`` then ``pieces`` over one socket, ``pause`` s apart, as a misbehaving client would,
+    stopping once the server has answered; then read the answer: (status, headers, JSON body, seconds taken)."""
+    started = time.time()
+    with socket.create_connection(("127.0.0.1", server["port"]), timeout=timeout) as sock:
+        sock.sendall(request_head)
+        for piece in pieces:
+            if select.select([sock], [], [], pause)[0]:
+                break  # answered early: stop sending
+            sock.sendall(piece)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        body = response.read()
+        return response.status, dict(response.getheaders()), json.loads(body), time.time() - started
+
+
+def upload_files_held(server):
+    """Paths under the upload folder that the server process holds open, deleted files included."""
+    uploads, held = os.path.realpath(server["uploads"]), []
+    for fd in Path(f"/proc/{server['pid']}/fd").iterdir():
+        try:
+            held.append(os.readlink(fd))
+        except OSError:  # closed meanwhile
+            continue
+    return [path for path in held if path.startswith(uploads)]
+
+
+def assert_nothing_left(server, seconds=5):
+    """Within ``seconds``: no upload file held open by the server, none left on disk (a disconnect is noticed
+    asynchronously, hence the wait)."""
+    deadline = time.time() + seconds
+    while (upload_files_held(server) or any(server["uploads"].iterdir())) and time.time() < deadline:
+        time.sleep(0.1)
+    assert upload_files_held(server) == []
+    assert_uploads_empty(server)
+
+
+def test_refused_uploads_leave_no_file_open_or_on_disk(server):
+    content_type, body = multipart([("file", "big.mp4", os.urandom(MAX_MB * 1024 * 1024 + 100_000))])
+    # too large, found while streaming (no Content-Length): refused with the staged file half written
+    pieces = [chunked(body[start:start + (1 << 20)], end=False) for start in range(0, len(body), 1 << 20)]
+    status, _, answer, _ = raw_post(server, head(server, content_type), pieces)
+    assert status == 413 and "--max-mb" in answer["error"], answer
+    # a parse error after the file part has begun
+    content_type, small = multipart([("file", "a.mp4", b"x" * 100_000)])
+    broken = small[:-len("--\r\n")] + b"\r\nno colon in this header line\r\n\r\n"
+    status, _, answer, _ = raw_post(server, head(server, content_type), [chunked(broken)])
+    assert status == 400 and "multipart" in answer["error"], answer
+    # a body that ends without its closing boundary
+    status, _, answer, _ = raw_post(server, head(server, content_type), [chunked(small[:50_000])])
+    assert status == 400 and "multipart" in answer["error"], answer
+    # a client that disconnects halfway through the file
+    with socket.create_connection(("127.0.0.1", server["port"]), timeout=10) as sock:
+        sock.sendall(head(server, content_type, len(small)) + small[:50_000])
+        time.sleep(0.3)
+    assert_nothing_left(server)
+    # too large by Content-Length: refused before anything is read, and the connection closed
+    status, headers, answer, _ = raw_post(server, head(server, content_type, len(body)), [body[:65536]])
+    assert status == 413 and "--max-mb" in answer["error"] and headers.get("connection") == "close"
+    assert_nothing_left(server)
+
+
+def test_one_file_part_and_a_few_fields_per_request(server, videos):
+    content_type, body = multipart([("file", f"part{number}.mp4", b"x" * 20) for number in range(1500)])
+    response = requests.post(f"{server['url']}/api/predict", data=body, headers={"content-type": content_type},
+                             timeout=60)
+    assert response.status_code == 400 and "one file" in response.json()["error"], response.text
+    fields = [(f"field{number}", None, b"value") for number in range(100)]
+    content_type, body = multipart([*fields, ("file", "a.mp4", videos["ffpp_real"].read_bytes())])
+    response = requests.post(f"{server['url']}/api/predict", data=body, headers={"content-type": content_type},
+                             timeout=60)
+    assert response.status_code == 400 and "form fields" in response.json()["error"], response.text
+    assert_nothing_left(server)
+    # a file and a few fields are fine
+    content_type, body = multipart([("note", None, b"hello"), ("file", "a.mp4", videos["ffpp_real"].read_bytes())])
+    response = requests.post(f"{server['url']}/api/predict", data=body, headers={"content-type": content_type},
+                             timeout=120)
+    assert response.status_code == 200 and response.json()["path"] == "a.mp4", response.text
+    assert_nothing_left(server)
+
+
+def ask_path(server, path):
+    return requests.post(f"{server['url']}/api/predict", json={"path": path}, timeout=60)
+
+
+def test_json_bodies_are_bounded_and_never_echoed(server):
+    # 64 MB announced: refused by Content-Length at once, without waiting for the body
+    status, headers, answer, seconds = raw_post(server, head(server, "application/json", 64 << 20),
+                                                [b'{"path": "' + b"a" * 1000], timeout=10)
+    assert status == 413 and "JSON" in answer["error"] and seconds < 5 and headers.get("connection") == "close"
+    # 1 MB streamed without a length: refused once past the bound
+    pieces = [chunked(b'{"path": "', end=False)] + [chunked(b"a" * 65536, end=False)] * 16
+    status, _, answer, _ = raw_post(server, head(server, "application/json"), pieces, timeout=10)
+    assert status == 413 and "JSON" in answer["error"]
+    # a long path within the bound: the error quotes a short, escaped prefix of it
+    for path in ("a" * 60_000, "line\nbreak\u202e<script>" * 2000):
+        response = ask_path(server, path)
+        assert response.status_code == 404 and len(response.text) < 400, response.text[:400]
+        assert "\n" not in response.json()["error"] and "\u202e" not in response.json()["error"]
+
+
+def test_bad_json_paths_are_400_not_500(server):
+    assert ask_path(server, "real\0.mp4").status_code == 400
+    assert ask_path(server, "real\ud800.mp4").status_code == 400  # a lone surrogate: no file name can hold it
+    nested = requests.post(f"{server['url']}/api/predict", data=b"[" * 30_000 + b"]" * 30_000,
+                           headers={"content-type": "application/json"}, timeout=60)
+    assert nested.status_code == 400 and "JSON" in nested.json()["error"], nested.text
+    assert ask_path(server, "real.mp4").status_code == 200  # still serving
+
+
+def test_a_trickled_upload_is_cut_off_at_the_body_timeout(server):
+    content_type, body = multipart([("file", "slow.mp4", b"x" * 1000)])
+    pieces = [chunked(body[:300], end=False)] + [chunked(b"x", end=False)] * 40  # a byte every 0.25 s: 10 s
+    status, headers, answer, seconds = raw_post(server, head(server, content_type), pieces, pause=0.25)
+    assert status == 408 and "--body-timeout" in answer["error"] and headers.get("connection") == "close"
+    assert BODY_TIMEOUT <= seconds < BODY_TIMEOUT + 3, seconds
+    assert_nothing_left(server)
+
+
+@pytest.mark.parametrize("option, value", [("--max-mb", "nan"), ("--max-mb", "inf"), ("--timeout", "0"),
+                                           ("--body-timeout", "-1")])
+def test_float_options_must_be_finite_and_positive(trained_run, option, value):
+    result = run_cli("serve", "--checkpoint", trained_run, "--faces", "none", "--port", str(free_port()),
+                     option, value)
+    assert result.returncode == 2 and result.stderr.startswith(f"dfdtrain serve: error: argument {option}"), \
+        result.stderr[-2000:]
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def chromium_driver():

@@ -156,3 +156,26 @@ def test_curves_png_shows_a_long_run(tmp_path):
     path = write_curves(tmp_path, title="long run")
     assert png_size(tmp_path / "curves.png") == (1210, 825) and str(path).endswith("curves.png")
     assert sorted(item.name for item in tmp_path.iterdir()) == ["curves.png", "metrics.jsonl"]
+
+
+def test_train_warns_once_when_validation_shares_videos_with_training(tmp_path, small_shards):
+    """data.val_shards that include the training shards: one WARNING line at the start, naming how many videos
+    and groups are shared with an example of each; training goes on (and with apart shards nothing is said)."""
+    rows = [json.loads(line) for line in (small_shards.parent / "m.jsonl").read_text().splitlines() if line.strip()]
+    train = [row for row in rows if isinstance(row, dict) and row.get("split") == "train"]
+    keys, groups = sorted(row["key"] for row in train), sorted({row["group"] for row in train})
+    result = train_tiny(tmp_path / "run", small_shards, f"data.val_shards={small_shards}/*.tar",
+                        "data.epoch_samples=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING: data.val_shards")]
+    assert warnings == [
+        f"WARNING: data.val_shards ({small_shards}/*.tar) shares {len(keys)} videos (e.g. {keys[0]!r}) and "
+        f"{len(groups)} groups (e.g. {groups[0]!r}) with data.train_shards ({small_shards}/train-*.tar): validation "
+        "metrics, early stopping, the best checkpoint and its calibration are then measured on training data"], \
+        result.stderr[-3000:]
+
+    from dfdtrain.commands.train import validation_overlap
+    from dfdtrain.config import DataConfig
+
+    assert validation_overlap(DataConfig(train_shards=f"{small_shards}/train-*.tar",
+                                         val_shards=f"{small_shards}/val-*.tar")) is None

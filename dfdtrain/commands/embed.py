@@ -36,4 +36,9 @@ def run(args):
         print(f"embedded {index['totals']['samples']} videos with {index['backbone']} into "
               f"{index['totals']['shards']} shards in {args.out} ({index['totals']['skipped']} skipped, "
               f"{index['totals']['seconds']} s)")
+        renamed = index.get("renamed_keys", [])
+        if renamed:
+            print(f"{len(renamed)} sample key(s) were not safe tar member names and were written renamed (index.json's "
+                  "renamed_keys): " + ", ".join(f"{item['key']!r} as {item['as']}" for item in renamed[:5])
+                  + (", ..." if len(renamed) > 5 else ""))
     return 0

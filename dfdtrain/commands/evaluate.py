@@ -56,9 +56,11 @@ def check_scoring_arguments(args):
 def run(args):
     from dfdtrain.engine.distributed import cleanup, init_distributed
     from dfdtrain.evaluation import calibration_line, format_breakdown, resolve_checkpoint, run_evaluation
+    from dfdtrain.fileio import check_output_folder
     from dfdtrain.metrics import format_metrics_table
 
     check_scoring_arguments(args)
+    check_output_folder(args.out)
     checkpoint = resolve_checkpoint(args.run_dir, args.checkpoint)  # before joining the process group: fail fast
     context = init_distributed(args.device)
     try:

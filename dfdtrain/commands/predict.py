@@ -20,10 +20,16 @@ def add_arguments(parser):
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def printable(text):
+    """``text`` with control and other non-printable characters escaped as Python writes them (a newline in a
+    file name becomes ``\\n``), so one result is always one line of a terminal or a log."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in str(text))
+
+
 def format_result(result):
     if "error" in result:
-        return f"ERROR {result['path']}: {result['error']}"
-    return f"{result['verdict']} {result['p_fake']:.3f}  {result['path']}"
+        return f"ERROR {printable(result['path'])}: {printable(result['error'])}"
+    return f"{result['verdict']} {result['p_fake']:.3f}  {printable(result['path'])}"
 
 
 def run(args):

@@ -18,25 +18,36 @@ def add_arguments(parser):
                                        "(default: the suite's own root, else the current folder)")
     parser.add_argument("--only", action="append", default=[], metavar="NAME",
                         help="evaluate only this test set (repeatable)")
+    parser.add_argument("--allow-overlap", action="store_true",
+                        help="score test sets that share videos or groups with the run's training or validation "
+                             "shards (refused by default), marked OVERLAP in the table")
+    parser.add_argument("--allow-pipe", action="store_true",
+                        help="let the suite file's pipe: shard patterns run their commands (refused by default)")
     add_scoring_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print table.json to stdout")
 
 
 def run(args):
     from dfdtrain.engine.distributed import cleanup, init_distributed
+    from dfdtrain.fileio import check_output_folder
     from dfdtrain.models.bundle import settings_folder
-    from dfdtrain.protocol import TABLE_FILES, check_shards, load_suite, run_protocol
+    from dfdtrain.protocol import TABLE_FILES, check_shards, find_leakage, load_suite, refuse_leakage, run_protocol
 
     check_scoring_arguments(args)
+    check_output_folder(args.out)
     checkpoint = settings_folder(args.checkpoint)  # before joining the process group: fail fast
-    suite = load_suite(args.suite, root=args.root, only=args.only)
+    suite = load_suite(args.suite, root=args.root, only=args.only, allow_pipe=args.allow_pipe)
     check_shards(suite)
+    leakage = find_leakage(checkpoint, suite)
+    if not args.allow_overlap:
+        refuse_leakage(leakage, suite)
     context = init_distributed(args.device)
     progress = print if context.is_main and not args.json else (lambda line: None)
     try:
         table = run_protocol(checkpoint, suite, args.out, context, bootstrap=args.bootstrap,
                              batch_size=args.batch_size, workers=args.workers, decoder=args.decoder,
-                             verify=args.verify_shards, threshold=args.threshold, progress=progress)
+                             verify=args.verify_shards, threshold=args.threshold, progress=progress,
+                             allow_overlap=args.allow_overlap, leakage=leakage)
     finally:
         cleanup()
     if table is None:  # not rank 0

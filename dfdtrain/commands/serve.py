@@ -1,6 +1,20 @@
 """dfdtrain serve: an HTTP detection service and a web page around one loaded detector."""
 
+import argparse
+import math
+
 HELP = "serve a trained detector over HTTP: POST /api/predict, GET /api/model, /healthz and a web page at /"
+
+
+def positive_float(text):
+    """argparse type of serve's float options: a finite number > 0 (nan would disable a limit, inf overflow it)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, not {text!r}")
+    return value
 
 
 def add_arguments(parser):
@@ -16,10 +30,13 @@ def add_arguments(parser):
                         help="mtcnn: detect faces and crop as in training (default); none: the crop without boxes")
     parser.add_argument("--allow-paths", metavar="DIR",
                         help='also accept JSON {"path": FILE} requests for files inside DIR (default: uploads only)')
-    parser.add_argument("--max-mb", type=float, default=serve.DEFAULT_MAX_MB,
+    parser.add_argument("--max-mb", type=positive_float, default=serve.DEFAULT_MAX_MB,
                         help=f"largest upload in MB (default {serve.DEFAULT_MAX_MB})")
-    parser.add_argument("--timeout", type=float, default=serve.DEFAULT_TIMEOUT,
+    parser.add_argument("--timeout", type=positive_float, default=serve.DEFAULT_TIMEOUT,
                         help=f"seconds a request may wait for its result (default {serve.DEFAULT_TIMEOUT:g})")
+    parser.add_argument("--body-timeout", type=positive_float, default=serve.DEFAULT_BODY_TIMEOUT, metavar="S",
+                        help=f"seconds a request's body (the upload) may take to arrive; slower ones get 408 "
+                             f"(default {serve.DEFAULT_BODY_TIMEOUT:g})")
     parser.add_argument("--queue", type=int, default=serve.DEFAULT_QUEUE,
                         help=f"requests that may wait for the model at once; more get 503 (default "
                              f"{serve.DEFAULT_QUEUE})")
@@ -43,5 +60,5 @@ def run(args):
         raise DfdError(f"--port must be between 1 and 65535, not {args.port}")
     serve(args.checkpoint, host=args.host, port=args.port, device=device, faces=args.faces, max_mb=args.max_mb,
           timeout=args.timeout, queue_size=args.queue, batch_size=args.batch_size, allow_paths=args.allow_paths,
-          upload_dir=args.upload_dir)
+          upload_dir=args.upload_dir, body_timeout=args.body_timeout)
     return 0

@@ -5,6 +5,7 @@ launcher or srun; alone it runs as a single process.
 """
 
 import json
+import sys
 
 HELP = "train a detector (DeepSpeed or DDP) from a YAML config; run under torchrun/deepspeed/srun for several processes"
 
@@ -25,6 +26,10 @@ def run(args):
 
     config = load_config(args.config, args.overrides)
     trainer = Trainer(config, progress=not args.quiet)
+    if trainer.context.is_main:
+        warning = validation_overlap(config.data)
+        if warning:
+            print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     report = trainer.train(resume=args.resume)
     if report is not None:
         if args.json:
@@ -35,3 +40,24 @@ def run(args):
                   f"process(es) with {report['engine']}; best val video AUC {format_number(video.get('auc'))} "
                   f"(epoch {report['best_epoch']}); checkpoint {report['checkpoint']}")
     return 0
+
+
+def validation_overlap(data):
+    """One line when ``data.val_shards`` share videos or groups with ``data.train_shards`` (validation would then
+    pick and calibrate the checkpoint on what it trained on), else None."""
+    from dfdtrain.data.overlap import overlap, sample_identities
+    from dfdtrain.data.storage import expand_shards
+    from dfdtrain.errors import DfdError
+
+    if not data.val_shards or not data.train_shards:
+        return None
+    try:
+        found = overlap(sample_identities(expand_shards(data.val_shards)),
+                        sample_identities(expand_shards(data.train_shards)))
+    except DfdError:  # shards the loaders cannot read say so themselves
+        return None
+    if not found:
+        return None
+    return (f"data.val_shards ({data.val_shards}) {found.describe()} with data.train_shards ({data.train_shards}): "
+            "validation metrics, early stopping, the best checkpoint and its calibration are then measured on "
+            "training data")

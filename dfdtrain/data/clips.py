@@ -23,7 +23,7 @@ from dfdtrain.data.augment import augment_clips, ela
 from dfdtrain.data.crops import crop_and_resize, crop_regions
 from dfdtrain.data.sampler import sample_indices
 from dfdtrain.data.tracks import best_track_boxes
-from dfdtrain.data.video import probe
+from dfdtrain.data.video import IMAGE_EXTENSIONS, probe
 from dfdtrain.errors import BadVideo, DfdError
 
 # Members of a shard sample that are not its video.
@@ -79,8 +79,19 @@ def read_sampled_frames(decoder, source, meta, sampler, rng=None, name=None):
     """(frames uint8 [n,H,W,3] tensor, indices int64 [n], meta): the sampler's frames of ``source``, decoded.
 
     A stored frame count that overstates the video (a lying header, a cut file) is counted again from the
-    bytes and the clip sampled again, rather than losing a usable video.
+    bytes and the clip sampled again, rather than losing a usable video. One that is implausibly small (0, 1, or
+    fewer frames than the sampler takes from a long enough video) is counted before sampling, so a usable video is
+    neither skipped as frameless nor scored from one frame. Either correction is recorded in the returned meta:
+    ``frames`` the real count, ``frames_stored`` what the metadata said.
     """
+    stored = meta["frames"]
+
+    def recounted(meta):
+        return {**meta, "frames": probe(source, name=name)["frames"], "frames_stored": stored}
+
+    if stored < frames_needed(sampler) and not _is_image(name):
+        counted = recounted(meta)
+        meta = counted if counted["frames"] != stored else meta
     for attempt in ("stored count", "recounted"):
         indices, _ = sample_indices(meta["frames"], sampler, rng)
         if len(indices) == 0:
@@ -90,7 +101,21 @@ def read_sampled_frames(decoder, source, meta, sampler, rng=None, name=None):
         except BadVideo as error:
             if error.reason != "truncated" or attempt == "recounted":
                 raise
-            meta = {**meta, "frames": probe(source, name=name)["frames"]}
+            meta = recounted(meta)
+
+
+def frames_needed(sampler):
+    """The frames a video must have for ``sampler`` to take all of its ``num_frames`` (the span of a strided
+    clip); a stored count below this is re-counted before sampling."""
+    if sampler.mode == "uniform":
+        return sampler.num_frames
+    step = sampler.stride if sampler.mode == "clip" else sampler.every
+    return (sampler.num_frames - 1) * max(int(step or 1), 1) + 1
+
+
+def _is_image(name):
+    """A still image is one frame by nature: its count of 1 is not re-counted."""
+    return str(name or "").lower().endswith(IMAGE_EXTENSIONS)
 
 
 def clip_from_frames(frames, indices, meta, spec, source_size=None):

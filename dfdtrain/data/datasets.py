@@ -10,6 +10,7 @@ Label-file formats and their traps: ../shared/fixtures/labels/FORMATS.md.
 
 import csv
 import dataclasses
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -70,6 +71,19 @@ def random_split(path, reason):
 def make_key(*parts):
     """A WebDataset-safe key: no dots (webdataset splits key and extension at the first dot), no slashes."""
     return re.sub(r"[^A-Za-z0-9_-]+", "-", "_".join(str(part) for part in parts)).strip("-")
+
+
+def safe_key(key):
+    """``key`` as a tar member's key that is safe to write: unchanged when ``make_key`` leaves it as it is, else
+    ``make_key(key)`` plus 8 hex digits of its sha1 (so two unsafe keys, or an unsafe and a safe one, never
+    collide). A key from someone else's shard can hold ``..`` components, a leading ``/`` or control characters,
+    which a tar would carry into every folder it is extracted to."""
+    key = str(key)
+    cleaned = make_key(key)
+    if cleaned == key:
+        return key
+    digest = hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{cleaned}-{digest}" if cleaned else f"key-{digest}"
 
 
 def is_file_or_dangling(path):

@@ -19,6 +19,9 @@ write, and shards named like ours (``<split>-NNNNNN.tar``) that its plan does no
 and index.json entry lists its sample keys in tar order, so a reader can name every sample a bad tar lost.
 Every video is re-checked from the bytes that go into the tar; a bad one is skipped and named with its
 reason in index.json (unreadable, zero-length, undecodable, truncated).
+The folder always matches its index.json: a part (``--part I/N``) is refused in a folder whose index.json describes
+another run (other options or manifest), since it would rewrite shards that index lists. A full file system is one
+line naming the shard and what the shards left need; the cut shard's temp file is removed.
 """
 
 import collections
@@ -42,11 +45,12 @@ from tqdm import tqdm
 from dfdtrain import __version__
 from dfdtrain.data import storage
 from dfdtrain.data.dali_index import dali_index_path, write_dali_index
+from dfdtrain.data.shard_index import entry_problem
 from dfdtrain.data.shard_work import predicted_seconds
 from dfdtrain.data.splits import SPLITS, leaking_groups
 from dfdtrain.data.video import probe
 from dfdtrain.errors import BadVideo, DfdError
-from dfdtrain.fileio import atomic_open, read_json, read_jsonl, write_json
+from dfdtrain.fileio import atomic_open, check_output_folder, read_json, read_jsonl, write_json
 from dfdtrain.locks import DirectoryLock
 
 REQUIRED_FIELDS = ("key", "path", "root", "label", "dataset", "group", "split")
@@ -262,11 +266,31 @@ class TarShardWriter:
         self.members += 1
         info = tarfile.TarInfo(f"{key}.{extension}")
         info.size, info.mode, info.mtime = len(data), 0o444, 0
-        self._tar.addfile(info, io.BytesIO(data))
+        try:
+            self._tar.addfile(info, io.BytesIO(data))
+        except OSError as error:
+            raise self._named(error)
+
+    def _named(self, error):
+        """An OSError of a write into the shard, with the shard's path on it (a write has no file name)."""
+        if isinstance(error, OSError) and error.filename is None:
+            error.filename = str(self.path)
+        return error
 
     def __exit__(self, kind, error, traceback):
-        self._tar.close()
-        self._atomic.__exit__(kind, error, traceback)
+        failed = None
+        try:
+            self._tar.close()  # the end-of-archive blocks: a full disk can refuse them too
+        except OSError as close_error:
+            if kind is None:
+                kind, error, traceback = type(close_error), close_error, close_error.__traceback__
+                failed = close_error
+        try:
+            self._atomic.__exit__(kind, error, traceback)  # on an error: removes the temp file
+        except OSError as exit_error:  # the flush or fsync of the last bytes
+            raise self._named(exit_error)
+        if failed is not None:
+            raise self._named(failed)
         if kind is None:
             self.bytes, self.sha256 = self._hashing.size, self._hashing.sha256.hexdigest()
             if self.members:
@@ -315,15 +339,26 @@ def write_shards(manifest, out_dir, target_bytes=DEFAULT_TARGET_BYTES, seed=0, w
         remote = RemoteShardFolder(str(out_dir), staging)
         out_dir = remote.staging
     out_dir = Path(out_dir)
+    check_output_folder(out_dir)
     options = {"seed": seed, "target_bytes": target_bytes, "face_detector": face_detector,
                "face_frames": face_frames if face_detector and store == "original" else None, "store": store}
     if face_clips is not None:
         options["face_clips"] = dataclasses.asdict(face_clips)  # in the plan hash: new settings rewrite shards
     plan = plan_shards(rows, target_bytes, seed)
     work = _Work(face_detector, face_frames, face_clips, compute, progress)
-    if part is not None and part.count > 1:
-        record = _write_part(plan, out_dir, options, source, part, work)
-        return merge_parts(out_dir, wait=True, progress=progress) if merge_when_done else record
+    try:
+        if part is not None and part.count > 1:
+            record = _write_part(plan, out_dir, options, source, part, work)
+            return merge_parts(out_dir, wait=True, progress=progress) if merge_when_done else record
+        return _write_whole(plan, out_dir, options, source, work, remote)
+    except OSError as error:
+        if storage.is_no_space(error):  # a write outside a shard (a record, index.json): the folder is named
+            raise DfdError(storage.no_space_line(error.filename or out_dir, error)) from None
+        raise
+
+
+def _write_whole(plan, out_dir, options, source, work, remote):
+    """A one-process run: every shard of the plan, kept or written, and index.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with DirectoryLock(out_dir, "shard") as lock:
         _refuse_while_parts_are_open(out_dir, "a one-process run")
@@ -485,13 +520,18 @@ def _write_pending(plan, out_dir, options, earlier, work, remote=None):
     counts = collections.Counter()  # seconds per stage, frames detected, the shared detector's batches
     try:
         results = pool.imap(_prepare, jobs, chunksize=1) if pool else map(_prepare, jobs)
-        for name, split, members, digest in pending:
+        for done, (name, split, members, digest) in enumerate(pending):
             postfix.show(name)
-            records[name] = _write_one_shard(out_dir / name, split, members, digest, results, bar)
-            counts.update(records[name].get("stage_seconds", {}))
-            write_json(records_dir / f"{name}.json", records[name])
-            if remote:
-                remote.upload_shard(out_dir / name)
+            try:
+                records[name] = _write_one_shard(out_dir / name, split, members, digest, results, bar)
+                counts.update(records[name].get("stage_seconds", {}))
+                write_json(records_dir / f"{name}.json", records[name])
+                if remote:
+                    remote.upload_shard(out_dir / name)
+            except OSError as error:
+                if not storage.is_no_space(error):
+                    raise
+                raise DfdError(_no_space_for_shards(out_dir / name, error, pending[done:], options)) from None
     finally:
         postfix.close()
         bar.close()
@@ -509,6 +549,17 @@ def _write_pending(plan, out_dir, options, earlier, work, remote=None):
                 _FACE_DETECTOR = None  # a GPU detector is not kept for the next run
             _DEVICE = "cpu"
     return records, len(plan) - len(pending), dict(counts)
+
+
+def _no_space_for_shards(tar_path, error, left, options):
+    """The one line of a shard write that hit a full file system (its temp file is gone again): the shard, the
+    free space and what the shards left (this one included) need: their videos' bytes for the original store,
+    at most that for face clips."""
+    needed = sum(row.get("bytes") or 0 for _, _, members, _ in left for row in members)
+    bound = "about" if options.get("store") == "original" else "at most"
+    return storage.no_space_line(tar_path, error, f"the {len(left)} shard(s) left need {bound} "
+                                                  f"{storage.megabytes(needed)} MB; free space and run again: "
+                                                  "finished shards are kept")
 
 
 # ---------------------------------------------------------------------------------------- parts and merge
@@ -615,6 +666,35 @@ def _refuse_while_parts_are_open(out_dir, what, count=None):
                        f"{out_dir / RECORDS_FOLDER} to start over; {what} cannot mix part counts")
 
 
+def _refuse_over_another_index(out_dir, plan, options, part):
+    """Refuse part ``part`` in a folder whose index.json describes another run (other options, another manifest:
+    other shards or plan hashes). The part would rewrite shards that index lists and the folder would stop
+    matching its index until every part ran again and merged; a part of the very run the index describes only
+    keeps or restores shards (the same bytes), which is allowed."""
+    path = out_dir / "index.json"
+    if not path.exists():
+        return
+    try:
+        index = read_json(path)
+        listed = [(entry["name"], entry.get("plan_hash")) for entry in index["shards"]]
+        made = index.get("options")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        listed, made = None, None
+    if listed == [(name, plan_hash(members, options)) for name, _, members in plan]:
+        return
+    if listed is None:
+        why = "an index.json this version cannot read"
+    elif made != options:
+        changed = sorted(key for key in {*options, *(made if isinstance(made, dict) else {})}
+                         if not isinstance(made, dict) or made.get(key) != options.get(key))
+        why = f"index.json of a run with other options ({', '.join(changed)})"
+    else:
+        why = "index.json of a run from another manifest"
+    raise DfdError(f"{out_dir}: holds a finished shard run ({why}); part {part} would rewrite shards that index "
+                   f"lists and the folder would no longer match it. Use another --out, rerun with that run's "
+                   f"options, or remove {path} to re-shard this folder with parts")
+
+
 def _write_part(plan, out_dir, options, source, part, work):
     """Part ``part`` of a run: its shards (``assign_parts``), kept or written, and its part record."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -631,6 +711,7 @@ def _write_part(plan, out_dir, options, source, part, work):
             raise DfdError(f"{out_dir}: part(s) {_name_some([str(i) for i in others])} of {part.count} here were made "
                            f"from another manifest or other options; rerun part {part} with their command, or "
                            f"remove {out_dir / RECORDS_FOLDER} to start over")
+        _refuse_over_another_index(out_dir, plan, options, part)
         started = time.time()
         mine = set(assign_parts(plan, part.count, options)[part.index])
         own_plan = [item for item in plan if item[0] in mine]
@@ -806,8 +887,9 @@ def _earlier_records(out_dir, plan):
         members = {name: rows for name, _, rows in plan}
         for entry in index["shards"]:
             name = entry["name"]
-            # an index.json of a version before records moved into it has no plan_hash: nothing to resume from
-            if entry.get("plan_hash") and _is_plain_tar_name(name):
+            # an index.json of a version before records moved into it has no plan_hash: nothing to resume from;
+            # a wrongly typed entry (a hand-edited index) is not trusted either: its shard is written again
+            if entry.get("plan_hash") and _is_plain_tar_name(name) and entry_problem(entry) is None:
                 records[name] = {**entry, "skipped": [skipped[row["key"]] for row in members.get(name, [])
                                                       if row["key"] in skipped]}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -823,7 +905,10 @@ def _earlier_records(out_dir, plan):
 def _kept_record(tar_path, record, digest, present=None):
     """The record of a finished shard that this plan keeps as it is, or None: the shard is written again.
     ``present``: {file name: bytes} of a remote folder, where the shard must be instead of at ``tar_path``."""
-    if not isinstance(record, dict) or record.get("plan_hash") != digest:
+    if not isinstance(record, dict) or record.get("plan_hash") != digest or entry_problem(record) is not None:
+        return None  # another plan, or a wrongly typed (hand-edited) record: the shard is written again
+    if not isinstance(record.get("skipped", []), list) or not all(isinstance(item, dict)
+                                                                  for item in record.get("skipped", [])):
         return None
     index_name = os.path.basename(dali_index_path(tar_path))
     if present is None:

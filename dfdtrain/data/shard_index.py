@@ -4,7 +4,8 @@
 and (since issue 13) its sample keys. Readers use it for epoch sizes and class weights, to verify a shard's bytes
 before reading it (``verify_shards``), and to account for every sample after an evaluation
 (``reconcile``): what was scored + what was skipped must be what the index promises, and every video that is
-neither is named.
+neither is named. A wrongly typed field (``"samples": "many"``, labels other than counts of 0 and 1, keys that are
+not a list of strings) is one line naming the file, the shard entry and the field (``index_problem``).
 """
 
 import hashlib
@@ -28,12 +29,66 @@ def _read_index(folder):
     path = storage.mask(path)
     try:
         index = json.loads(data)
+        if not isinstance(index, dict):
+            raise TypeError(f"a JSON {type(index).__name__}, not an object")
         shards = index["shards"]
         if not isinstance(shards, list) or not all(isinstance(shard, dict) and "name" in shard for shard in shards):
             raise TypeError("its shards are not a list of {name, ...}")
     except (ValueError, KeyError, TypeError) as error:
         raise DfdError(f"{path}: not a shard index ({' '.join(str(error).split())[:200]})") from None
+    problem = index_problem(index)
+    if problem:
+        raise DfdError(f"{path}: {problem}; rewrite it with 'dfdtrain shard' (or 'embed')")
     return index
+
+
+def _show(value):
+    return " ".join(repr(value).split())[:60]
+
+
+def _is_count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def entry_problem(entry):
+    """What makes one ``shards`` entry of index.json unusable, naming the field and its value; None when it is
+    fine. Readers rely on these fields (sample counts, label counts, sha256, keys), so a wrongly typed one is a
+    one-line error instead of a traceback deep in a loader or an evaluation."""
+    if not isinstance(entry, dict):
+        return f"is {_show(entry)}, not an object"
+    name = entry.get("name")
+    if not isinstance(name, str) or not name or name.endswith("/"):
+        return f"field name is {_show(name)}, not a shard file name"
+    if not _is_count(entry.get("samples")):
+        return f"field samples is {_show(entry.get('samples'))}, not a count of samples"
+    labels = entry.get("labels", {})
+    if not isinstance(labels, dict):
+        return f"field labels is {_show(labels)}, not an object of label counts"
+    for label, count in labels.items():
+        if label not in ("0", "1") or not _is_count(count):
+            return f"field labels has {_show(label)}: {_show(count)}, not a count of label 0 or 1"
+    for field in ("bytes",):
+        if entry.get(field) is not None and not _is_count(entry[field]):
+            return f"field {field} is {_show(entry[field])}, not a count"
+    for field in ("sha256", "split", "dali_index", "plan_hash"):
+        if entry.get(field) is not None and not isinstance(entry[field], str):
+            return f"field {field} is {_show(entry[field])}, not a string"
+    keys = entry.get("keys")
+    if keys is not None and (not isinstance(keys, list) or not all(isinstance(key, str) for key in keys)):
+        return f"field keys is {_show(keys)}, not a list of sample keys"
+    return None
+
+
+def index_problem(index):
+    """What makes an index.json (a dict with a ``shards`` list) unusable, naming the field; None when fine."""
+    if index.get("manifest") is not None and not isinstance(index["manifest"], str):
+        return f"field manifest is {_show(index['manifest'])}, not a path"
+    for number, entry in enumerate(index["shards"]):
+        problem = entry_problem(entry)
+        if problem:
+            name = entry.get("name") if isinstance(entry, dict) and isinstance(entry.get("name"), str) else None
+            return f"shards[{number}]" + (f" ({name})" if name else "") + f": {problem}"
+    return None
 
 
 def shard_entries(shard_paths):

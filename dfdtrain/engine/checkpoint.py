@@ -8,6 +8,7 @@ one (or, between the two renames, ``.old-<tag>``, which ``find_checkpoint`` fall
 The next run clears what a crash left (``clean_checkpoints``) before it resumes.
 """
 
+import errno
 import os
 import random
 import shutil
@@ -15,7 +16,9 @@ import shutil
 import numpy as np
 import torch
 
+from dfdtrain.data.storage import megabytes, no_space_line
 from dfdtrain.engine.distributed import barrier
+from dfdtrain.errors import DfdError
 from dfdtrain.fileio import atomic_open, load_plain, write_json
 
 
@@ -44,19 +47,24 @@ def set_rng_state(state):
 
 def save_checkpoint(engine, run_dir, tag, state, context, json_files=None):
     """Write checkpoint ``tag`` (e.g. last, best) holding the engine's states, ``state`` (the loop's) and, from
-    rank 0, ``json_files`` ({file name: JSON-ready value}, e.g. the detector settings)."""
+    rank 0, ``json_files`` ({file name: JSON-ready value}, e.g. the detector settings). A full disk is one line
+    (``NoSpace``) naming the folder, the space the checkpoint needs and the space free; the previous checkpoint
+    ``tag`` stays as it was."""
     folder = os.path.join(run_dir, "checkpoints")
     temporary = os.path.join(folder, f".tmp-{tag}")
-    if context.is_main:
-        shutil.rmtree(temporary, ignore_errors=True)
-        os.makedirs(temporary)
-    barrier()
-    engine.save(temporary, state)
-    if context.is_main:
-        for name, value in (json_files or {}).items():
-            write_json(os.path.join(temporary, name), value)
-    with atomic_open(os.path.join(temporary, f"rng-rank{context.rank}.pt"), "wb") as handle:
-        torch.save(rng_state(), handle)
+    try:
+        if context.is_main:
+            shutil.rmtree(temporary, ignore_errors=True)
+            os.makedirs(temporary)
+        barrier()
+        engine.save(temporary, state)
+        if context.is_main:
+            for name, value in (json_files or {}).items():
+                write_json(os.path.join(temporary, name), value)
+        with atomic_open(os.path.join(temporary, f"rng-rank{context.rank}.pt"), "wb") as handle:
+            torch.save(rng_state(), handle)
+    except (OSError, RuntimeError) as error:  # torch.save reports a full disk as RuntimeError("unexpected pos")
+        raise _no_space(error, run_dir, tag) or error
     barrier()
     if context.is_main:
         final, old = os.path.join(folder, tag), os.path.join(folder, f".old-{tag}")
@@ -69,6 +77,50 @@ def save_checkpoint(engine, run_dir, tag, state, context, json_files=None):
             handle.write("last")
     barrier()
     return os.path.join(folder, tag)
+
+
+class NoSpace(DfdError):
+    """A checkpoint that did not fit on its file system."""
+
+
+def folder_bytes(path):
+    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
+
+
+def _disk_full(error, folder):
+    """Whether ``error`` came from a full disk: ENOSPC/EDQUOT on it or on an error it was raised while handling
+    (torch.save's RuntimeError("unexpected pos") follows its OSError), or hardly any room left in ``folder``."""
+    while error is not None:
+        if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error = error.__cause__ or error.__context__
+    return shutil.disk_usage(folder).free < 2**22
+
+
+def _no_space(error, run_dir, tag):
+    """``NoSpace`` when ``error``, raised while writing checkpoint ``tag``, came from a full file system (else
+    None); the partial checkpoint is removed first, so the space it took is free again."""
+    folder = os.path.join(run_dir, "checkpoints")
+    temporary = os.path.join(folder, f".tmp-{tag}")
+    if not _disk_full(error, folder):
+        return None
+    written = folder_bytes(temporary)
+    shutil.rmtree(temporary, ignore_errors=True)
+    previous = next((folder_bytes(path) for path in (find_checkpoint(run_dir, "last"), find_checkpoint(run_dir, "best"))
+                     if path), 0)
+    needed = f"about {megabytes(previous)} MB" if previous >= written else f"more than {megabytes(written)} MB"
+    return NoSpace(no_space_line(folder, error, f"checkpoint {tag!r} needs {needed}")
+                   + "; free some space and run again: it resumes from checkpoints/last")
+
+
+def copy_checkpoint(run_dir, source, tag):
+    """Copy the complete checkpoint ``source`` to ``tag`` (rank 0), atomically like a save."""
+    folder = os.path.join(run_dir, "checkpoints")
+    temporary = os.path.join(folder, f".tmp-{tag}")
+    shutil.rmtree(temporary, ignore_errors=True)
+    shutil.copytree(os.path.join(folder, source), temporary)
+    shutil.rmtree(os.path.join(folder, tag), ignore_errors=True)
+    os.replace(temporary, os.path.join(folder, tag))
 
 
 def _complete(path):

@@ -12,14 +12,13 @@ bf16 mode, which casts every parameter.
 
 import contextlib
 import copy
-import json
 import os
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from dfdtrain.errors import DfdError
-from dfdtrain.fileio import atomic_open, load_plain
+from dfdtrain.fileio import atomic_open, load_plain, loads_untrusted_json
 from dfdtrain.registry import Registry
 
 ENGINES = Registry("engine")
@@ -114,13 +113,24 @@ def deepspeed_config(train, batch_size, world_size, raw_path=""):
         "wall_clock_breakdown": False,
     }
     if raw_path:
-        try:
-            with open(raw_path) as handle:
-                raw = json.load(handle)
-        except (OSError, ValueError) as error:
-            raise DfdError(f"{raw_path}: cannot read the DeepSpeed JSON ({error})") from None
-        config = _merge(config, raw)
+        config = _merge(config, read_raw_deepspeed_json(raw_path))
     return config
+
+
+def read_raw_deepspeed_json(path):
+    """``train.deepspeed_config``: a JSON object of DeepSpeed keys; anything else (a list, NaN/Infinity, nesting
+    deeper than Python's parser goes, bytes that are not text) is one line naming the file."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            raw = loads_untrusted_json(handle.read())
+    except OSError as error:
+        raise DfdError(f"{path}: cannot read the DeepSpeed JSON ({error.strerror or error})") from None
+    except ValueError as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise DfdError(f"{path}: not a DeepSpeed JSON ({str(error).splitlines()[0][:200]})") from None
+    if not isinstance(raw, dict):
+        raise DfdError(f"{path}: a DeepSpeed JSON is an object of keys (e.g. {{\"zero_optimization\": ...}}), "
+                       f"not a {type(raw).__name__}")
+    return raw
 
 
 def _merge(base, override):

@@ -180,7 +180,11 @@ class RunLogger:
             row["epoch"] = epoch
         row["time"] = time.time()
         row.update(values)
-        self._metrics_file.write(json.dumps(row) + "\n")
+        try:
+            self._metrics_file.write(json.dumps(row) + "\n")
+        except OSError as error:  # a full disk: the CLI's one line names the file
+            error.filename = error.filename or self.metrics_path
+            raise
         self._metrics_file.flush()  # a crashed or killed job keeps every row logged so far
 
         if self.wandb_run is not None:

@@ -8,7 +8,9 @@ the last epoch or early stopping. One instance runs on every rank (torchrun, the
 The run directory holds the resolved ``config.yaml``, ``metrics.jsonl``, ``curves.png`` (redrawn after every
 evaluation), ``checkpoints/{last,best}`` (each with the ``detector.json`` that evaluate/predict/export read) and,
 at the end, ``report.json``. A run resumes from ``checkpoints/last``, mid-epoch too: the loader is deterministic
-per epoch, so the batches already trained are replayed without training. A finished run (every epoch trained,
+per epoch, so the batches already trained are replayed without training. The ranks' BatchNorm statistics (each
+rank's own batches update its copy) are averaged over the ranks before every validation and checkpoint, so every
+rank validates with, and resumes from, the one copy a checkpoint holds. A finished run (every epoch trained,
 or stopped early) started again says so and leaves its directory as it is, unless ``train.epochs`` (or
 ``train.patience``) now asks for more.
 
@@ -43,7 +45,7 @@ from dfdtrain.engine.optim import LearningRateSchedule, build_optimizer
 from dfdtrain.engine.run_logger import RunLogger, format_number, system_values
 from dfdtrain.engine.scoring import metric_value, validation_metrics
 from dfdtrain.errors import DfdError
-from dfdtrain.fileio import read_json, write_json
+from dfdtrain.fileio import read_json, remove_stale_temporaries, write_json
 from dfdtrain.locks import DirectoryLock
 from dfdtrain.metrics import format_metrics_table
 from dfdtrain.models.bundle import SETTINGS_FILE, calibrated, detector_settings
@@ -187,6 +189,7 @@ class Trainer:
         """Checkpoint ``tag`` (last, best) with the engine's states, the loop state and detector.json; never
         one holding non-finite weights (a finite loss can still take an inf step)."""
         self.check_finite()
+        self.sync_buffers()  # the checkpoint holds one copy of them: the one every rank goes on with
         finite = all(bool(torch.isfinite(value).all()) for value in self.model.state_dict().values()
                      if value.is_floating_point())  # BatchNorm statistics too
         if any_rank(not finite, self.context.device):
@@ -245,6 +248,30 @@ class Trainer:
                                 f"training diverged; {self._last_good()}")
         self._checked_step = self.state.step
 
+    def sync_buffers(self):
+        """Make every rank's floating-point buffers (BatchNorm running statistics) their mean over the ranks.
+
+        Each rank updates its BatchNorm statistics from its own batches (DeepSpeed never syncs buffers; DDP
+        broadcasts rank 0's before each forward, then every rank updates its copy), but a checkpoint saves
+        rank 0's copy only. Without this, rank 1 validated its videos with statistics no checkpoint holds, and a
+        resumed rank 1 went on from rank 0's: the validation after a 2-rank resume differed from the
+        uninterrupted run's (the training losses did not: train mode uses batch statistics). Called before
+        validation and before every checkpoint, so every rank scores with, and goes on from, exactly what the
+        checkpoint holds. The mean is taken in float64 (float32 values of similar size add exactly there, in
+        any order) and is exact for buffers the ranks already agree on (constants, SyncBatchNorm's or frozen
+        statistics). One collective."""
+        if self.context.world_size == 1:
+            return
+        buffers = [buffer for buffer in self.model.buffers() if buffer.is_floating_point()]
+        if not buffers:
+            return
+        with torch.no_grad():
+            total = torch.cat([buffer.reshape(-1).to(torch.float64) for buffer in buffers])
+            torch.distributed.all_reduce(total)
+            total /= self.context.world_size
+            for buffer, mean in zip(buffers, torch.split(total, [buffer.numel() for buffer in buffers])):
+                buffer.copy_(mean.view_as(buffer))
+
     def _last_good(self):
         return (f"the last good checkpoint is {find_checkpoint(self.run_dir) or 'none yet'} (lower optim.lr, or "
                 "set train.grad_clip)")
@@ -255,6 +282,7 @@ class Trainer:
         if self.val_loader is None:
             raise DfdError("data.val_shards is not set: there is nothing to validate on")
         skipped_before = len(self.val_loader.skipped)
+        self.sync_buffers()  # every rank scores with the same model: the one the next checkpoint saves
         metrics, records = validation_metrics(self.model, self.val_loader, self.context.device,
                                               self.config.train.threshold, self.config.train.precision,
                                               self.embeddings)
@@ -346,9 +374,9 @@ class Trainer:
             state.bad_epochs += 1
         # in the checkpoint: a finished early-stopped run must not train on when started again
         state.stopped_early = bool(config.patience) and state.bad_epochs >= config.patience
-        self.save_checkpoint("last")
-        if better:
+        if better:  # best before last: a last that names this epoch as best is only written once best exists
             self.save_checkpoint("best")
+        self.save_checkpoint("last")
         if state.stopped_early and self.context.is_main:
             print(f"early stopping: {config.early_stopping_metric} has not improved for {state.bad_epochs} "
                   f"epochs (best {format_number(state.best)} at epoch {state.best_epoch})")
@@ -372,9 +400,13 @@ class Trainer:
                 lock = DirectoryLock(self.run_dir, "train").acquire()
                 if lock.takeover_message():
                     print(lock.takeover_message())
-                cleaned = clean_checkpoints(self.run_dir)
+                cleaned = clean_checkpoints(self.run_dir) + [
+                    f"removed {name}" for name in remove_stale_temporaries(os.path.join(self.run_dir, "checkpoints"))]
                 if cleaned:
                     print(f"{self.run_dir}: cleaned what a crash left in checkpoints/: {'; '.join(cleaned)}")
+                half_written = remove_stale_temporaries(self.run_dir)  # a killed run's curves.png, report.json...
+                if half_written:
+                    print(f"{self.run_dir}: removed what a killed write left: {', '.join(half_written)}")
             except (DfdError, OSError) as error:
                 problem = str(error)
                 if lock is not None:
@@ -418,7 +450,7 @@ class Trainer:
         if checkpoint and context.is_main:
             print(f"resuming {self.run_dir} from epoch {state.epoch}, step {state.step}")
         state.stopped_early = False  # resumed: a raised train.patience lets it train on
-        last_metrics = None
+        last_metrics, failed = None, True
         try:
             for epoch in range(state.epoch, config.train.epochs):
                 self.begin_epoch(epoch)
@@ -427,12 +459,19 @@ class Trainer:
                 last_metrics = self.validate()
                 if self.end_epoch(epoch, last_metrics):
                     break
+            failed = False
         finally:
             report = None
             if context.is_main:
                 report = self.report(last_metrics, state.stopped_early, time.time() - started)
-                write_json(os.path.join(self.run_dir, REPORT_FILE), report)
-                self.logger.close(summary={"best": self.state.best, "best_epoch": self.state.best_epoch})
+                try:
+                    write_json(os.path.join(self.run_dir, REPORT_FILE), report)
+                    self.logger.close(summary={"best": self.state.best, "best_epoch": report["best_epoch"]})
+                except OSError as error:
+                    if not failed:
+                        raise
+                    # the error that stopped the run (a full disk, say) is the one to read, not this echo of it
+                    log.warning("%s: %s not written (%s)", self.run_dir, REPORT_FILE, error)
         # after a run that ended normally only: a rank that failed alone (its loader stopped) must exit rather
         # than wait here for the others, so that the launcher sees the failure and stops every rank
         barrier()
@@ -460,7 +499,9 @@ class Trainer:
 
     def report(self, last_metrics, stopped_early, seconds):
         state = self.state
-        best = state.best_metrics or last_metrics or {}
+        # a best epoch is named only with its checkpoint: a save that failed (a full disk) leaves it in memory only
+        best_checkpoint = find_checkpoint(self.run_dir, "best")
+        best = (state.best_metrics if best_checkpoint else None) or last_metrics or {}
         skipped = self.train_loader.skipped + self.val_loader.skipped
         seconds_training = max(state.train_seconds, 1e-9)
         return {
@@ -471,8 +512,8 @@ class Trainer:
             "epochs_run": state.epoch,
             "steps": state.step,
             "stopped_early": stopped_early,
-            "checkpoint": find_checkpoint(self.run_dir, "best") or find_checkpoint(self.run_dir, "last"),
-            "best_epoch": state.best_epoch,
+            "checkpoint": best_checkpoint or find_checkpoint(self.run_dir, "last"),
+            "best_epoch": state.best_epoch if best_checkpoint else None,
             "calibration": self._best_calibration(),
             "early_stopping_metric": self.config.train.early_stopping_metric,
             "val": {"loss": best.get("loss"), "video": (best.get("video") or {}).get("head") or {},

@@ -13,19 +13,23 @@ decision threshold and the calibration (temperature) fitted on validation data.
 """
 
 import dataclasses
-import json
 from pathlib import Path
-
 
 from dfdtrain.calibration import Calibration
 from dfdtrain.config import ClipSpec, Fraction, ModelConfig, Section, build_section, config_to_dict, load_config
 from dfdtrain.errors import DfdError
-from dfdtrain.fileio import atomic_open, load_plain, write_json
+from dfdtrain.fileio import (atomic_open, load_plain, loads_untrusted_json, open_regular_file,
+                             read_safetensors_header, write_json)
 from dfdtrain.models.detector import build_detector_from_config
 
 BUNDLE_WEIGHTS = "model.safetensors"
 SETTINGS_FILE = "detector.json"
 SETTINGS_FORMAT = "dfdtrain-detector/2"
+MAX_SETTINGS_BYTES = 2**20  # a detector.json is about 1 KB
+# clips a detector.json read from disk may ask for (far above any trained detector's): beyond these, one clip
+# alone would take gigabytes before the model runs
+MAX_FRAMES = 1024
+MAX_IMAGE_SIZE = 2048
 
 
 @dataclasses.dataclass
@@ -70,11 +74,16 @@ def _settings_from_version_1(values):
 
 
 def read_settings(path):
-    """DetectorSettings from a ``detector.json`` (this version's or the first)."""
+    """DetectorSettings from a ``detector.json`` (this version's or the first). It may come from someone else:
+    only a regular file of at most MAX_SETTINGS_BYTES, JSON without NaN / infinities or deep nesting."""
+    with open_regular_file(path) as handle:
+        data = handle.read(MAX_SETTINGS_BYTES + 1)
+    if len(data) > MAX_SETTINGS_BYTES:
+        raise DfdError(f"{path}: unreadable detector settings (larger than {MAX_SETTINGS_BYTES} bytes)")
     try:
-        values = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as error:
-        raise DfdError(f"{path}: unreadable detector settings ({error})") from None
+        values = loads_untrusted_json(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise DfdError(f"{path}: unreadable detector settings ({' '.join(str(error).split())[:200]})") from None
     if not isinstance(values, dict):
         raise DfdError(f"{path}: detector settings must be a JSON object")
     if values.pop("format", None) != SETTINGS_FORMAT:
@@ -82,11 +91,21 @@ def read_settings(path):
             values = _settings_from_version_1(values)
         except KeyError as error:
             raise DfdError(f"{path}: not a detector.json (no {error.args[0]!r})") from None
+        except (TypeError, AttributeError):
+            raise DfdError(f"{path}: not a detector.json (its values are not what the format holds)") from None
+    if not isinstance(values.get("model", {}), dict):
+        raise DfdError(f"{path}: model must be a JSON object")
     values["model"] = {**values.get("model", {}), "pretrained": False, "pretrained_file": ""}  # never a download
     try:
-        return build_section(DetectorSettings, values, "")
+        settings = build_section(DetectorSettings, values, "")
     except DfdError as error:
         raise DfdError(f"{path}: {error}") from None
+    if settings.clip.sampler.num_frames > MAX_FRAMES:
+        raise DfdError(f"{path}: clip.sampler.num_frames must be at most {MAX_FRAMES}, not "
+                       f"{settings.clip.sampler.num_frames}")
+    if settings.clip.image_size > MAX_IMAGE_SIZE:
+        raise DfdError(f"{path}: clip.image_size must be at most {MAX_IMAGE_SIZE}, not {settings.clip.image_size}")
+    return settings
 
 
 def write_settings(settings, folder):
@@ -94,20 +113,70 @@ def write_settings(settings, folder):
 
 
 def _training_weights(checkpoint):
-    deepspeed_file = checkpoint / "mp_rank_00_model_states.pt"
-    ddp_file = checkpoint / "checkpoint.pt"
-    if deepspeed_file.is_file():
-        return load_plain(deepspeed_file)["module"]
-    if ddp_file.is_file():
-        return load_plain(ddp_file)["model"]
+    """(state dict, its file) of a training checkpoint folder; a file that does not hold one is one line."""
+    import torch
+
+    for name, key in (("mp_rank_00_model_states.pt", "module"), ("checkpoint.pt", "model")):
+        path = checkpoint / name
+        if not path.is_file():
+            continue
+        state = load_plain(path)
+        if not isinstance(state, dict):
+            raise DfdError(f"{path}: not a training checkpoint (it holds a {type(state).__name__}, not a dict with "
+                           f"{key!r})")
+        if key not in state:
+            keys = ", ".join(sorted(map(repr, state))[:5]) or "nothing"
+            raise DfdError(f"{path}: not a training checkpoint (no {key!r} weights; it holds {keys})")
+        weights = state[key]
+        if not isinstance(weights, dict):
+            raise DfdError(f"{path}: {key!r} is a {type(weights).__name__}, not a dict of weights")
+        for weight_name, value in weights.items():
+            if not isinstance(value, torch.Tensor):
+                raise DfdError(f"{path}: {key!r} holds {type(value).__name__} at {str(weight_name)[:80]!r}, "
+                               "not a tensor")
+        return weights, path
     raise DfdError(f"{checkpoint}: no model weights (expected mp_rank_00_model_states.pt or checkpoint.pt)")
 
 
-def _load_weights(model, weights, source):
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise DfdError(f"{source}: weights do not fit the configured model "
-                       f"({len(missing)} missing, {len(unexpected)} unexpected, e.g. {(missing or unexpected)[0]})")
+def _shape(shape):
+    return f"[{', '.join(map(str, shape))}]"
+
+
+def check_weights_fit(model, shapes, source, settings_source):
+    """One line naming ``source`` unless the weights ({name: shape}) are exactly the model's: the same names,
+    each the same shape. Checked before any weight is loaded, so a file for another model is caught from its
+    header (``settings_source``, the detector.json, is named: it may be what is wrong)."""
+    expected = {name: tuple(value.shape) for name, value in model.state_dict().items()}
+    missing = [name for name in expected if name not in shapes]
+    unexpected = [name for name in shapes if name not in expected]
+    differ = [name for name in expected if name in shapes and tuple(shapes[name]) != expected[name]]
+    if not (missing or unexpected or differ):
+        return
+    parts = [f"{len(items)} {what}" for items, what in ((differ, "of another shape"), (missing, "missing"),
+                                                          (unexpected, "unexpected")) if items]
+    if differ:
+        example = f"{differ[0]} is {_shape(shapes[differ[0]])} there, {_shape(expected[differ[0]])} in the model"
+    else:
+        example = str((missing or unexpected)[0])[:120]
+    raise DfdError(f"{source}: the weights do not fit the model {settings_source} describes ({len(expected)} "
+                   f"tensors in the model: {', '.join(parts)}; e.g. {example})")
+
+
+def _load_weights(model, weights, source, settings_source):
+    import torch
+
+    check_weights_fit(model, {name: tuple(value.shape) for name, value in weights.items()}, source, settings_source)
+    for name, value in weights.items():  # a NaN weight makes every score NaN ("REAL nan"): refused here
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise DfdError(f"{source}: weight {name} holds NaN or infinite values")
+    model.load_state_dict(weights)
+
+
+def _build_model(settings, settings_source):
+    try:
+        return build_detector_from_config(settings.model, settings.clip)
+    except DfdError as error:
+        raise DfdError(f"{settings_source}: {error}") from None
 
 
 def _checkpoint_settings(checkpoint):
@@ -132,15 +201,28 @@ def load_detector(path, device="cpu"):
                 return load_detector(path / "checkpoints" / tag, device)
         raise DfdError(f"{path}: run directory has no checkpoints/best or checkpoints/last")
     if (path / BUNDLE_WEIGHTS).is_file():
-        from safetensors.torch import load_file
+        from safetensors import SafetensorError
+        from safetensors.torch import load
 
-        settings = read_settings(path / SETTINGS_FILE)
-        model = build_detector_from_config(settings.model, settings.clip)
-        _load_weights(model, load_file(str(path / BUNDLE_WEIGHTS)), path)
+        weights_file, settings_file = path / BUNDLE_WEIGHTS, path / SETTINGS_FILE
+        settings = read_settings(settings_file)
+        header, size = read_safetensors_header(weights_file)  # checked before the model is built or a tensor read
+        model = _build_model(settings, settings_file)
+        check_weights_fit(model, {name: shape for name, (_, shape) in header.items()}, weights_file, settings_file)
+        with open_regular_file(weights_file) as handle:  # read once, no more than was checked (no mmap: a file
+            data = handle.read(size)                     # changed meanwhile cannot crash the process)
+        try:
+            weights = load(data)
+        except SafetensorError as error:
+            raise DfdError(f"{weights_file}: not a valid safetensors file ({' '.join(str(error).split())})") from None
+        _load_weights(model, weights, weights_file, settings_file)
         return model.to(device).eval(), settings
     settings = _checkpoint_settings(path)
-    model = build_detector_from_config(settings.model, settings.clip)
-    _load_weights(model, _training_weights(path), path)
+    settings_source = (path / SETTINGS_FILE if (path / SETTINGS_FILE).is_file()
+                       else path.parent.parent / "config.yaml")
+    model = _build_model(settings, settings_source)
+    weights, weights_file = _training_weights(path)
+    _load_weights(model, weights, weights_file, settings_source)
     return model.to(device).eval(), settings
 
 

@@ -21,10 +21,11 @@ from tqdm import tqdm
 from dfdtrain import __version__
 from dfdtrain.config import config_to_dict
 from dfdtrain.data import storage
+from dfdtrain.data.datasets import safe_key
 from dfdtrain.data.loader import VideoLoader
 from dfdtrain.data.shard import TarShardWriter
 from dfdtrain.errors import DfdError
-from dfdtrain.fileio import write_json
+from dfdtrain.fileio import check_output_folder, write_json
 from dfdtrain.models.clip_backbones import is_clip_backbone
 from dfdtrain.models.detector import build_detector_from_config
 
@@ -73,9 +74,10 @@ def write_embeddings(config, shard_specs, out_dir, device="cpu", dtype="float16"
     if is_clip_backbone(config.model.backbone):
         raise DfdError(f"embed caches per-frame features for a temporal head; the clip backbone "
                        f"{config.model.backbone} sees the clip as a whole and has none: train it end to end")
+    out_dir = check_output_folder(out_dir)
     model = build_detector_from_config(config.model, config.clip).to(device).eval()
     clip = config.clip.resolve(model.backbone_info["data_config"])
-    writers, skipped = {}, []
+    writers, skipped, renamed = {}, [], []
     bar = tqdm(desc="embed", unit="video", disable=not progress, mininterval=0.5)
     for spec in shard_specs:
         loader = VideoLoader(spec, clip, config.data, train=False, device=device, rank=0, world_size=1,
@@ -87,10 +89,14 @@ def write_embeddings(config, shard_specs, out_dir, device="cpu", dtype="float16"
                     mask = batch["mask"][position].cpu().tolist()
                     meta = {**meta, "mask": mask, "backbone": model.backbone_info["timm_name"],
                             "image_size": clip.image_size, "num_features": int(features.shape[-1])}
-                    split = meta.get("split", "all")
+                    split = safe_key(meta.get("split", "all"))  # the split names the output file
+                    written_key = safe_key(key)
+                    if written_key != key:  # a hostile or odd member name: never copied into our tar
+                        meta["source_key"] = key
+                        renamed.append({"key": key, "as": written_key, "shard": meta.get("shard")})
                     if split not in writers:
                         writers[split] = _SplitWriter(out_dir, split, per_shard)
-                    writers[split].add(key, features[position].astype(dtype), meta)
+                    writers[split].add(written_key, features[position].astype(dtype), meta)
                     bar.update()
         skipped += loader.skipped
     bar.close()
@@ -104,5 +110,7 @@ def write_embeddings(config, shard_specs, out_dir, device="cpu", dtype="float16"
              "shards": shards, "totals": {"shards": len(shards), "samples": sum(s["samples"] for s in shards),
                                           "skipped": len(skipped), "seconds": round(time.time() - started, 2)},
              "skipped": skipped}
-    write_json(Path(out_dir) / "index.json", index)
+    if renamed:  # samples whose key was not a safe tar member name, and the name they were written under
+        index["renamed_keys"] = renamed
+    write_json(out_dir / "index.json", index)
     return index

@@ -22,6 +22,7 @@ Heads (all end in ``dense_stack``: ``hidden`` widths, ``dropout``, ``batch_norm`
 import torch
 from torch import nn
 
+from dfdtrain.errors import DfdError
 from dfdtrain.registry import Registry
 
 HEADS = Registry("head")
@@ -41,9 +42,26 @@ SCORE_KINDS = {
 DEFAULT_HIDDEN = (256, 128, 64)  # the reference report's GAP -> Dense 256/128/64 stack
 DEFAULT_DROPOUT = 0.2
 
+# Sizes a head's options may ask for (options come from configs and from other people's detector.json): far
+# above any real head, far below what would exhaust memory before a check could say so.
+MAX_SIZE = 2**16  # any width, hidden size, head count, frame count, ...
+MAX_LAYERS = 256  # num_layers, and the number of ``hidden`` layers
+MAX_HEAD_PARAMETERS = 2**30  # 4 GiB in float32; counted on the meta device before anything is allocated
+
+
+def head_parameter_count(name, in_features, **options):
+    """How many parameters head ``name`` would hold, counted on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        return sum(parameter.numel() for parameter in HEADS.get(name)(in_features, **options).parameters())
+
 
 def build_head(name, in_features, **options):
-    """The head registered as ``name`` for backbone features of width ``in_features``."""
+    """The head registered as ``name`` for backbone features of width ``in_features`` (refused, before any
+    allocation, when it would hold more than MAX_HEAD_PARAMETERS parameters)."""
+    count = head_parameter_count(name, in_features, **options)
+    if count > MAX_HEAD_PARAMETERS:
+        raise DfdError(f"model.head_options: the {name} head would hold {count:,} parameters on {in_features} "
+                       f"features (at most {MAX_HEAD_PARAMETERS:,})")
     return HEADS.get(name)(in_features, **options)
 
 
@@ -52,20 +70,26 @@ def score_kind(head_name):
     return HEADS.get(head_name).score_kind
 
 
-def _option_problem(default, value):
+def _option_problem(default, value, option=""):
     """Why ``value`` cannot stand where a head's option defaults to ``default`` (None if it can)."""
     if isinstance(default, bool):
         return None if isinstance(value, bool) else "must be true or false"
     if isinstance(value, bool):
         return "must not be true or false"
     if isinstance(default, int):
-        return None if isinstance(value, int) and value >= 1 else "must be an integer >= 1"
+        most = MAX_LAYERS if option == "num_layers" else MAX_SIZE
+        if not (isinstance(value, int) and value >= 1):
+            return "must be an integer >= 1"
+        return None if value <= most else f"must be at most {most}"
     if isinstance(default, float):
         return None if isinstance(value, (int, float)) and 0 <= value <= 1 else "must be a number between 0 and 1"
     if isinstance(default, tuple):  # layer widths
-        widths = isinstance(value, (list, tuple)) and all(isinstance(width, int) and not isinstance(width, bool)
-                                                          and width >= 1 for width in value)
-        return None if widths else "must be a list of layer widths (integers >= 1)"
+        if not (isinstance(value, (list, tuple)) and all(isinstance(width, int) and not isinstance(width, bool)
+                                                         and width >= 1 for width in value)):
+            return "must be a list of layer widths (integers >= 1)"
+        if len(value) > MAX_LAYERS or any(width > MAX_SIZE for width in value):
+            return f"must be at most {MAX_LAYERS} layer widths, each at most {MAX_SIZE}"
+        return None
     return None if isinstance(value, type(default)) else f"must be a {type(default).__name__}"
 
 
@@ -84,12 +108,12 @@ def check_head_options(name, options):
     for option, value in options.items():
         if option not in parameters:
             return option, f"is not an option of the {name} head (options: {', '.join(parameters)})"
-        problem = _option_problem(parameters[option].default, value)
+        problem = _option_problem(parameters[option].default, value, option)
         if problem:
-            return option, f"{problem}, not {value!r}"
+            return option, f"{problem}, not {value!r}"[:300]
     try:
-        build_head(name, 8, **options)
-    except (ValueError, TypeError) as error:
+        head_parameter_count(name, 8, **options)  # built on the meta device: nothing allocated
+    except (ValueError, TypeError, AssertionError) as error:
         return None, str(error)
     return None
 

@@ -11,7 +11,7 @@ import os
 import sys
 
 from dfdtrain import __version__
-from dfdtrain.errors import DfdError
+from dfdtrain.errors import DfdError, printable
 
 # name -> module under dfdtrain.commands; each module has HELP, add_arguments(parser) and run(args) -> int.
 COMMANDS = ("synth", "index", "shard", "preview", "embed", "train", "evaluate", "calibrate", "protocol",
@@ -57,7 +57,7 @@ def main(argv=None):
     try:
         return int(args.run(args) or 0)
     except (DfdError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
-        print(f"dfdtrain {args.command}: error: {error}", file=sys.stderr)
+        print(f"dfdtrain {args.command}: error: {printable(error)}", file=sys.stderr)  # a name may hold a newline
         return 2
     except OSError as error:
         if error.errno not in NO_SPACE_ERRNOS:
@@ -69,7 +69,7 @@ def main(argv=None):
             line = no_space_line(os.fspath(error.filename), error)
         else:
             line = f"{error.strerror or 'no space left on device'} while writing (the system named no file)"
-        print(f"dfdtrain {args.command}: error: {line}", file=sys.stderr)
+        print(f"dfdtrain {args.command}: error: {printable(line)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"dfdtrain {args.command}: interrupted", file=sys.stderr)

@@ -1,6 +1,12 @@
 """Errors that the CLI turns into one clear line (and a non-zero exit)."""
 
 
+def printable(text):
+    """``text`` with control and other non-printable characters escaped as Python writes them (a newline in a
+    file name becomes ``\\n``), so one message is always one line of a terminal or a log."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in str(text))
+
+
 class DfdError(Exception):
     """A user-facing error: the message names the file or argument and the reason."""
 

@@ -27,6 +27,12 @@ def test_unknown_command_is_one_line():
     assert "frobnicate" in result.stderr
 
 
+def test_an_error_naming_a_file_with_a_newline_stays_one_line(tmp_path):
+    result = run_cli("predict", "--checkpoint", tmp_path / "no\nsuch", tmp_path / "clip.mp4")
+    assert result.returncode == 2 and result.stderr.splitlines() == [
+        f"dfdtrain predict: error: {tmp_path}/no\\nsuch: checkpoint not found"], result.stderr
+
+
 def test_demo_data_stage_runs_synth_index_shard_and_resumes(tmp_path):
     out = tmp_path / "demo"
     result = run_cli("demo", "--out", out, "--count", "16", "--frames", "8", "--size", "64x64", "--json", "--quiet",

@@ -305,3 +305,28 @@ def test_the_files_a_killed_write_left_are_removed_by_the_next_run(tmp_path, sma
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"{run_dir}: removed what a killed write left: {', '.join(left)}" in result.stdout
     assert sorted(path.name for path in run_dir.iterdir() if path.name.endswith(".tmp")) == [".notes.tmp"]
+
+
+def test_a_checkpoint_holding_something_else_is_one_line_on_resume(tmp_path, small_shards):
+    """Files that load with weights_only (nothing runs) but hold something else than the run saved: one line."""
+    import torch
+
+    run_dir = tmp_path / "run"
+    first = subprocess.run([sys.executable, *single_run_args(small_shards, run_dir)], capture_output=True, text=True,
+                           timeout=300, env=environment())
+    assert first.returncode == 0, first.stderr[-3000:]
+    last = run_dir / "checkpoints" / "last"
+    cases = {"checkpoint.pt": [[1, 2], {"model": {}, "optimizer": {}, "scheduler": {}, "state": {}}],
+             "rng-rank0.pt": [[1]]}
+    for name, values in cases.items():
+        original = (last / name).read_bytes()
+        for value in values:
+            torch.save(value, last / name)
+            resumed = subprocess.run([sys.executable, *single_run_args(small_shards, run_dir, "train.epochs=2"),
+                                      "--resume", "must"], capture_output=True, text=True, timeout=300,
+                                     env=environment())
+            lines = error_lines(resumed.stderr)
+            assert resumed.returncode == 2 and len(lines) == 1 and "Traceback" not in resumed.stderr, \
+                resumed.stderr[-3000:]
+            assert f"{last}: cannot resume from this checkpoint" in lines[0], lines[0]
+        (last / name).write_bytes(original)

@@ -2,7 +2,7 @@
 
 import json
 
-from dfdtrain.errors import DfdError
+from dfdtrain.errors import DfdError, printable
 
 HELP = "predict REAL/FAKE for video files with a trained detector (run dir, checkpoint or bundle)"
 
@@ -18,12 +18,6 @@ def add_arguments(parser):
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device (default cpu)")
     parser.add_argument("--batch-size", type=int, default=4, help="videos per model batch (default 4)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def printable(text):
-    """``text`` with control and other non-printable characters escaped as Python writes them (a newline in a
-    file name becomes ``\\n``), so one result is always one line of a terminal or a log."""
-    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in str(text))
 
 
 def format_result(result):

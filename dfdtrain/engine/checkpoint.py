@@ -178,9 +178,21 @@ def clean_checkpoints(run_dir):
 
 
 def load_checkpoint(engine, path, context):
-    """Restore the engine's states and this rank's RNG; returns the loop's state."""
-    state = engine.load(path)
-    rng_path = os.path.join(path, f"rng-rank{context.rank}.pt")
-    if os.path.exists(rng_path):
-        set_rng_state(load_plain(rng_path))
+    """Restore the engine's states and this rank's RNG; returns the loop's state. A checkpoint whose files load
+    (weights only) but do not hold what this run saves (a list, missing keys, weights of another model) is one
+    line naming it: it may come from someone else, or from another version or config."""
+    try:
+        state = engine.load(path)
+        rng_path = os.path.join(path, f"rng-rank{context.rank}.pt")
+        if os.path.exists(rng_path):
+            set_rng_state(load_plain(rng_path))
+    except DfdError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as error:
+        # load_state_dict lists every mismatch on its own line: the first one says enough
+        detail = " ".join(" ".join(str(error).split("\n")[:2]).split())[:300]
+        raise DfdError(f"{path}: cannot resume from this checkpoint, it does not hold what this run saves "
+                       f"({type(error).__name__}: {detail})") from None
+    if not isinstance(state, dict):
+        raise DfdError(f"{path}: cannot resume from this checkpoint (its loop state is a {type(state).__name__})")
     return state

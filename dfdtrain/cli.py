@@ -5,7 +5,6 @@ problem (no traceback), so scripts and people both see what went wrong.
 """
 
 import argparse
-import errno
 import importlib
 import os
 import sys
@@ -16,10 +15,6 @@ from dfdtrain.errors import DfdError, printable
 # name -> module under dfdtrain.commands; each module has HELP, add_arguments(parser) and run(args) -> int.
 COMMANDS = ("synth", "index", "shard", "preview", "embed", "train", "evaluate", "calibrate", "protocol",
             "predict", "serve", "export", "bench", "demo")
-
-
-# a write that did not fit: full file system, exceeded quota
-NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
@@ -45,6 +40,13 @@ def build_parser():
     return parser
 
 
+def _say(line):
+    """One line to stderr in one write: the ranks of a job share the stream, and print's separate write of the
+    newline let two ranks' lines run together."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def main(argv=None):
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -57,22 +59,22 @@ def main(argv=None):
     try:
         return int(args.run(args) or 0)
     except (DfdError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
-        print(f"dfdtrain {args.command}: error: {printable(error)}", file=sys.stderr)  # a name may hold a newline
+        _say(f"dfdtrain {args.command}: error: {printable(error)}")  # printable: a name may hold a newline
         return 2
     except OSError as error:
-        if error.errno not in NO_SPACE_ERRNOS:
+        from dfdtrain.data.storage import is_no_space, no_space_line
+
+        if not is_no_space(error):
             raise
         # a full file system (or quota) wherever the command wrote: one line naming the file and the free space
-        from dfdtrain.data.storage import no_space_line
-
         if error.filename:  # atomic_open and the other writers name their file on the error
             line = no_space_line(os.fspath(error.filename), error)
         else:
             line = f"{error.strerror or 'no space left on device'} while writing (the system named no file)"
-        print(f"dfdtrain {args.command}: error: {printable(line)}", file=sys.stderr)
+        _say(f"dfdtrain {args.command}: error: {printable(line)}")
         return 2
     except KeyboardInterrupt:
-        print(f"dfdtrain {args.command}: interrupted", file=sys.stderr)
+        _say(f"dfdtrain {args.command}: interrupted")
         return 130
 
 

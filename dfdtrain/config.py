@@ -26,6 +26,7 @@ The flat names of earlier versions (``data.num_frames``, ``data.crop``, ``data.a
 still read, as ``LEGACY_KEYS`` maps them.
 """
 
+import copy
 import dataclasses
 import difflib
 import functools
@@ -441,7 +442,7 @@ class TrainConfig(Section):
 @dataclasses.dataclass
 class WandbConfig(Section):
     SECTION = "logger.wandb"
-    mode: Literal["online", "offline", "disabled"] = "disabled"
+    mode: Literal["online", "offline", "disabled"] = "disabled"  # WANDB_MODE, when set, decides (wandb_mode)
     project: str = "dfdtrain"
     name: str = ""  # run name (default: the experiment name)
     tags: list = dataclasses.field(default_factory=list)
@@ -452,6 +453,23 @@ class WandbConfig(Section):
 class LoggerConfig(Section):
     SECTION = "logger"
     wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
+
+
+WANDB_MODE_NAMES = {"online": "online", "offline": "offline", "disabled": "disabled",
+                    "dryrun": "offline", "run": "online"}  # the last two: wandb's older names, which it still reads
+
+
+def wandb_mode(configured):
+    """The W&B mode a run uses: ``WANDB_MODE`` when it is set (online, offline or disabled), as W&B users expect
+    of any tool (``WANDB_MODE=offline dfdtrain train ...``), else ``configured`` (``logger.wandb.mode``)."""
+    value = os.environ.get("WANDB_MODE", "")
+    if not value.strip():
+        return configured
+    mode = WANDB_MODE_NAMES.get(value.strip().lower())
+    if mode is None:
+        raise DfdError(f"WANDB_MODE={value!r}: expected online, offline or disabled (it overrides "
+                       "logger.wandb.mode; unset it to use the config's)")
+    return mode
 
 
 # ---------------------------------------------------------------------------------------------- experiment
@@ -573,6 +591,16 @@ def load_config(path=None, overrides=()):
         apply_override(values, override)
         move_legacy_keys(values, moved)  # an override may use an earlier name too; the later setting wins
     return config_from_dict(values, moved)
+
+
+def resolved_run_config(config, run_dir):
+    """``config`` as a run records it (its ``config.yaml``, the W&B run's config) and uses it: ``run_dir`` the
+    absolute folder the run writes (``runs/<name>`` when the key is empty) and ``logger.wandb.mode`` after
+    ``WANDB_MODE`` (``wandb_mode``)."""
+    resolved = copy.deepcopy(config)
+    resolved.run_dir = os.path.abspath(run_dir)
+    resolved.logger.wandb.mode = wandb_mode(config.logger.wandb.mode)
+    return resolved
 
 
 def save_config(config, path):

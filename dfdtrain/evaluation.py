@@ -10,6 +10,11 @@ under torchrun, gathered on rank 0) and writes into ``out_dir`` on rank 0:
 * ``predictions.csv``: one row per video (head score, each rule's score, the frame scores);
 * ``roc.png``, ``pr.png``, ``calibration.png``, ``confusion.png``, ``histogram.png`` (+ ``breakdown.png``);
 * ``report.md``: the above in one page.
+
+Every score is on the verdict's scale: the head's P(fake) and each frame's are calibrated with the detector's
+temperature (sigmoid(logit / T), as ``predict`` reports them), so the threshold, which was chosen on calibrated
+scores, means the same for the head, for each frame's vote in ``majority``, for the other rules and the frame
+level. Bootstrap intervals need at least 2 groups of real and 2 of fake videos (``metrics.interval_problem``).
 """
 
 import collections
@@ -21,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dfdtrain.calibration import FALLBACK_RULE
 from dfdtrain.calibration import describe as describe_calibration
 from dfdtrain.config import DataConfig, config_to_dict
 from dfdtrain.data import storage
@@ -32,7 +38,8 @@ from dfdtrain.errors import DfdError
 from dfdtrain.fileio import atomic_open, check_output_folder, write_json
 from dfdtrain.metrics import (CALIBRATION_BINS, INTERVAL_METRICS, aggregate, bootstrap_intervals,
                               calibration_bin_index, evaluate_predictions, expected_calibration_error,
-                              format_metrics_table, log_loss, precision_recall_curve, roc_auc, roc_curve)
+                              format_metrics_table, groups_per_class, interval_problem, log_loss,
+                              precision_recall_curve, roc_auc, roc_curve)
 from dfdtrain.models.bundle import load_detector
 from dfdtrain.models.detector import detector_score_kind
 from dfdtrain.models.heads import SCORE_KINDS
@@ -87,11 +94,12 @@ def single_process_context(device="cpu"):
 # ---------------------------------------------------------------------------------------------- scores
 
 
-def video_scores(record):
-    """{score name: P(fake)} of one video: the head's score and each rule's aggregate of its frame scores."""
+def video_scores(record, threshold=0.5):
+    """{score name: P(fake)} of one video: the head's score and each rule's aggregate of its frame scores (at the
+    verdict's ``threshold``: each frame's vote in ``majority``)."""
     scores = {"head": record["video_score"]}
     for rule in RULES:
-        scores[rule] = float(aggregate(record["frame_scores"], rule))
+        scores[rule] = float(aggregate(record["frame_scores"], rule, threshold=threshold))
     return scores
 
 
@@ -342,7 +350,7 @@ def _format_score(value):
 
 def write_predictions(records, path, kind="frame"):
     """predictions.csv; the last column holds each video's per-position scores, named by what they are
-    (``frame_scores``, or ``step_scores`` / ``token_scores``: heads.SCORE_KINDS)."""
+    (``frame_scores``, or ``step_scores`` / ``token_scores``: heads.SCORE_KINDS), calibrated like the head's."""
     with atomic_open(path, "w") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["key", "label", "score", *(f"score_{rule}" for rule in RULES), "dataset", "method",
@@ -366,16 +374,29 @@ def _accounting_summary(accounting):
     return f"{counts}. **{problem}**" if problem else f"{counts} (every one accounted for)"
 
 
-def format_interval(value, interval, digits=3):
-    """``0.912 [0.850, 0.961]``; ``-`` where undefined."""
+def format_interval(value, interval, digits=3, groups=None):
+    """``0.912 [0.850, 0.961]``; ``-`` where undefined. ``groups``: the set's group count when its intervals were
+    withheld for too few groups (``metrics.interval_problem``): ``0.500 [n/a (1 group)]``."""
     if value is None:
         return "-"
     text = f"{value:.{digits}f}"
-    return f"{text} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]" if interval else text
+    if interval:
+        return f"{text} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+    return f"{text} [{no_interval(groups)}]" if groups is not None else text
+
+
+def no_interval(groups):
+    """What stands in for an interval withheld for too few groups: ``n/a (1 group)``."""
+    return f"n/a ({groups} group{'' if groups == 1 else 's'})"
 
 
 def calibration_line(summary):
     """How the head's P(fake) was calibrated and what it did on these videos, in one line."""
+    if summary.get("threshold_rule") == FALLBACK_RULE:
+        return (f"FALLBACK, nothing fitted (temperature {summary['temperature']:.4g}, the threshold as configured; "
+                f"{summary['fitted_on']}); here log-loss {_format_optional(summary['log_loss'])}, ECE "
+                f"{_format_optional(summary['ece'])}; fit one with dfdtrain calibrate on validation shards holding 2 "
+                "videos of each class or more")
     if not summary.get("fitted_on"):
         return (f"none (temperature 1; log-loss {_format_optional(summary['log_loss'])}, ECE "
                 f"{_format_optional(summary['ece'])}); fit one with dfdtrain calibrate")
@@ -396,17 +417,23 @@ def write_report(metrics, plot_files, path):
         f"- calibration: {calibration_line(metrics['calibration'])}",
         "", "## Metrics", "",
         "Video level: the temporal head and each frame-aggregation rule; frame level: every frame with its "
-        f"video's label. This head's per-frame scores are {metrics['position_scores']['kind']} scores: "
-        f"{metrics['position_scores']['meaning']}.", "",
+        "video's label. Every score is calibrated with the detector's temperature, on the threshold's scale (each "
+        "frame votes at the threshold in `majority`). This head's per-frame scores are "
+        f"{metrics['position_scores']['kind']} scores: {metrics['position_scores']['meaning']}.", "",
         "```", format_metrics_table(metrics), "```", "",
     ]
     if "intervals" in metrics:
         intervals = metrics["intervals"]
+        by_class = intervals["groups_by_class"]
+        withheld = intervals["groups"] if intervals["problem"] else None
         lines += ["## 95% intervals", "", f"Bootstrap: {intervals['resamples']} resamples of the "
-                  f"{intervals['groups']} groups (identities / source pairs), head score.", "",
+                  f"{intervals['groups']} groups (identities / source pairs; {by_class['real']} with real, "
+                  f"{by_class['fake']} with fake videos), head score."
+                  + (f" **No intervals**: {intervals['problem']}." if intervals["problem"] else ""), "",
                   "| level | " + " | ".join(INTERVAL_METRICS) + " |", "|---|" + "---:|" * len(INTERVAL_METRICS)]
         for level, values in (("video", metrics["video"]["head"]), ("frame", metrics["frame"])):
-            lines.append(f"| {level} | " + " | ".join(format_interval(values[name], intervals[level][name])
+            lines.append(f"| {level} | " + " | ".join(format_interval(values[name], intervals[level][name],
+                                                                      groups=withheld)
                                                        for name in INTERVAL_METRICS) + " |")
         lines.append("")
     if metrics.get("breakdown_note"):
@@ -500,15 +527,18 @@ def calibration_summary(records, calibration):
 
 
 def interval_metrics(records, threshold, resamples, confidence=0.95):
-    """95% bootstrap intervals of the video-level (head score) and frame-level metrics, resampling groups."""
+    """95% bootstrap intervals of the video-level (head score) and frame-level metrics, resampling groups; every
+    interval None, and ``problem`` saying why, with fewer than 2 groups of real or of fake videos."""
     groups = [record["group"] for record in records]
+    counts = groups_per_class([record["label"] for record in records], groups)
     frame_counts = [len(record["frame_scores"]) for record in records]
     video = bootstrap_intervals([record["label"] for record in records], [record["video_score"] for record in records],
                                 groups, threshold, resamples, confidence)
     frame = bootstrap_intervals(np.repeat([record["label"] for record in records], frame_counts),
                                 np.concatenate([record["frame_scores"] for record in records]),
                                 np.repeat(groups, frame_counts), threshold, resamples, confidence)
-    return {"resamples": resamples, "confidence": confidence, "by": "group", "groups": len(set(groups)),
+    return {"resamples": resamples, "confidence": confidence, "by": "group", "groups": counts["total"],
+            "groups_by_class": {"real": counts["real"], "fake": counts["fake"]}, "problem": interval_problem(counts),
             "video": video, "frame": frame}
 
 
@@ -532,10 +562,12 @@ def run_evaluation(checkpoint, shards, out_dir, threshold=None, batch_size=8, wo
         return None
     settings, shard_paths, records, skipped, accounting, storage_retries = scored
     threshold = float(settings.threshold if threshold is None else threshold)
-    for record in records:
+    for record in records:  # every score on the verdict's scale: calibrated, as the threshold was chosen
         record["video_score_raw"] = record["video_score"]
         record["video_score"] = float(settings.calibration.probability(record["video_logit"]))
-        record["scores"] = video_scores(record)
+        record["frame_scores_raw"] = record["frame_scores"]
+        record["frame_scores"] = settings.calibration.probability(record["frame_logits"]).tolist()
+        record["scores"] = video_scores(record, threshold)
 
     metrics = evaluate_predictions(records, threshold=threshold, rules=RULES)
     kind = detector_score_kind(settings.model)
@@ -549,6 +581,8 @@ def run_evaluation(checkpoint, shards, out_dir, threshold=None, batch_size=8, wo
         # transient storage faults (remote shards) that were retried, by kind, over every rank
         "storage_retries": {"total": sum(storage_retries.values()), **dict(storage_retries)},
         "labels": {"real": labels.count(0), "fake": labels.count(1)},
+        # the groups (identities, source pairs) the videos come from: those holding real, fake videos
+        "groups": groups_per_class(labels, [record["group"] for record in records]),
         "skipped": {"count": len(skipped), "samples": skipped},
         "accounting": {**{name: value for name, value in accounting.items() if name != "missing_samples"},
                        "problem": accounting_line(accounting)},

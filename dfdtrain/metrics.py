@@ -1,7 +1,8 @@
 """Detection metrics for deepfake video detectors, and the rules that turn frame scores into a video score.
 
 Conventions: label 1 = FAKE (the positive class), 0 = REAL; a score is P(fake) in [0, 1]; at a threshold a
-sample is predicted FAKE when ``score >= threshold``.
+sample is predicted FAKE when ``score >= threshold`` (``is_fake``: the one verdict rule, for a video's score, for
+each frame's vote in the ``majority`` rule, and for the accuracy of the intervals).
 
 * ``binary_metrics(labels, scores)``: ranking metrics (AUC, log loss, AP, EER) and the confusion-matrix
   metrics at one threshold, as one JSON-ready dict (python floats/ints, ``None`` where undefined).
@@ -12,7 +13,8 @@ sample is predicted FAKE when ``score >= threshold``.
   level, in one dict; ``format_metrics_table`` prints it.
 * ``expected_calibration_error``: how far scores are from the observed fraction of fakes (equal-width bins).
 * ``bootstrap_intervals``: 95% intervals of the ranking, calibration and accuracy metrics, resampling whole
-  groups (identities, source pairs), since videos of one group are not independent.
+  groups (identities, source pairs), since videos of one group are not independent; none (``interval_problem``
+  says why) with fewer than 2 groups of real or of fake videos.
 
 Numpy only (scikit-learn is used by the tests, to check every value against it). Where a value differs from
 scikit-learn (1.9) it is on purpose and said in the docstring of ``binary_metrics``.
@@ -244,16 +246,26 @@ def expected_calibration_error(labels, scores, bins=CALIBRATION_BINS):
 # ------------------------------------------------------------------------------------------ binary metrics
 
 
+def is_fake(scores, threshold=0.5):
+    """The verdict rule: FAKE where ``score >= threshold`` (booleans, one per score; a bool for one score).
+
+    The one definition used for a video's verdict (``confusion_counts``, so every threshold metric), for each
+    frame's vote in the ``majority`` rule and for the accuracy in ``bootstrap_intervals``: scores and threshold
+    must be on the same scale (evaluate puts frame scores on the calibrated scale of the detector's threshold).
+    """
+    return np.asarray(scores) >= threshold
+
+
 def confusion_counts(labels, scores, threshold=0.5):
-    """{"tn", "fp", "fn", "tp"} as python ints, predicting FAKE where ``score >= threshold``."""
+    """{"tn", "fp", "fn", "tp"} as python ints, predicting FAKE where ``score >= threshold`` (``is_fake``)."""
     labels, scores = _as_labels_and_scores(labels, scores)
-    predicted_fake = scores >= threshold
-    is_fake = labels == 1
+    predicted_fake = is_fake(scores, threshold)
+    labelled_fake = labels == 1
     return {
-        "tn": int(np.sum(~is_fake & ~predicted_fake)),
-        "fp": int(np.sum(~is_fake & predicted_fake)),
-        "fn": int(np.sum(is_fake & ~predicted_fake)),
-        "tp": int(np.sum(is_fake & predicted_fake)),
+        "tn": int(np.sum(~labelled_fake & ~predicted_fake)),
+        "fp": int(np.sum(~labelled_fake & predicted_fake)),
+        "fn": int(np.sum(labelled_fake & ~predicted_fake)),
+        "tp": int(np.sum(labelled_fake & predicted_fake)),
     }
 
 
@@ -335,8 +347,33 @@ INTERVAL_METRICS = {
     "eer": lambda labels, scores, threshold: equal_error_rate(labels, scores),
     "log_loss": lambda labels, scores, threshold: log_loss(labels, scores),
     "ece": lambda labels, scores, threshold: expected_calibration_error(labels, scores),
-    "accuracy": lambda labels, scores, threshold: float(np.mean((scores >= threshold) == (labels == 1))),
+    "accuracy": lambda labels, scores, threshold: float(np.mean(is_fake(scores, threshold) == (labels == 1))),
 }
+
+# an interval needs at least this many groups holding real videos and as many holding fake ones: with one group
+# of a class, every resample holds the same videos of it (or none), and the interval says nothing about new faces
+MIN_GROUPS_PER_CLASS = 2
+
+
+def groups_per_class(labels, groups):
+    """{"total", "real", "fake"}: the distinct groups, and those holding at least one real / one fake sample (a
+    group holding both, e.g. an FF++ source pair, counts for each)."""
+    labels = _as_labels(labels)
+    groups = np.asarray(groups)
+    if groups.shape != labels.shape:
+        raise ValueError(f"one group per sample is needed: {groups.size} groups for {labels.size} samples")
+    return {"total": int(np.unique(groups).size), "real": int(np.unique(groups[labels == 0]).size),
+            "fake": int(np.unique(groups[labels == 1]).size)}
+
+
+def interval_problem(counts):
+    """Why a set with these ``groups_per_class`` counts gets no bootstrap interval, or None when it gets one."""
+    short = [name for name in ("real", "fake") if counts[name] < MIN_GROUPS_PER_CLASS]
+    if not short:
+        return None
+    return (f"{counts['total']} group{'' if counts['total'] == 1 else 's'} ({counts['real']} with real, "
+            f"{counts['fake']} with fake videos): an interval needs at least {MIN_GROUPS_PER_CLASS} groups of each "
+            "class, since resampling fewer only repeats the same faces")
 
 
 def bootstrap_intervals(labels, scores, groups, threshold=0.5, resamples=1000, confidence=0.95, seed=0):
@@ -348,13 +385,14 @@ def bootstrap_intervals(labels, scores, groups, threshold=0.5, resamples=1000, c
     minus the estimate on all samples), kept within the metric's range: a statistic that resampling inflates
     (ECE: binning noise only adds to each bin's |gap|) would otherwise get an interval above its own value.
     A resample where a metric is undefined (one class only) is left out of that metric's interval; a metric
-    defined in fewer than half of the resamples gets None. Seeded: the same inputs give the same intervals.
+    defined in fewer than half of the resamples gets None. With fewer than ``MIN_GROUPS_PER_CLASS`` groups of
+    real or of fake samples every metric gets None (``interval_problem`` of ``groups_per_class`` says why): one
+    group resampled is the same videos every time, a zero-width interval that would look certain. Seeded: the
+    same inputs give the same intervals.
     """
     labels, scores = _as_labels_and_scores(labels, scores)
     groups = np.asarray(groups)
-    if groups.shape != labels.shape:
-        raise ValueError(f"one group per sample is needed: {groups.size} groups for {labels.size} samples")
-    if labels.size == 0 or resamples < 1:
+    if labels.size == 0 or resamples < 1 or interval_problem(groups_per_class(labels, groups)):
         return {name: None for name in INTERVAL_METRICS}
     # samples ordered by group, so a group's members are one slice: starts[g] .. starts[g] + sizes[g]
     _, group_of, sizes = np.unique(groups, return_inverse=True, return_counts=True)
@@ -390,10 +428,8 @@ def bootstrap_intervals(labels, scores, groups, threshold=0.5, resamples=1000, c
 # ---------------------------------------------------------------------------------------------- aggregation
 
 AGGREGATIONS = Registry("aggregation rule")
-"""Rules turning the scores of one video's frames (a non-empty float array) into one video score (a float)."""
-
-# a frame votes FAKE for the `majority` rule when its score is at least this
-FRAME_VOTE_THRESHOLD = 0.5
+"""Rules turning the scores of one video's frames (a non-empty float array) into one video score (a float):
+``rule(scores, threshold)``, where ``threshold`` is the verdict's (the frames' scores on its scale)."""
 
 # the `confident` rule's constants, as in the DFDC winner's code (selimsef, kernel_utils.confident_strategy)
 CONFIDENT_FAKE_SCORE = 0.8  # a frame is a confident fake above this
@@ -404,33 +440,36 @@ CONFIDENT_REAL_FRACTION = 0.9  # ... and the video needs more than 90% of them
 
 
 @AGGREGATIONS.register("mean")
-def mean_rule(scores):
+def mean_rule(scores, threshold=0.5):
     return float(np.mean(scores))
 
 
 @AGGREGATIONS.register("max")
-def max_rule(scores):
+def max_rule(scores, threshold=0.5):
     return float(np.max(scores))
 
 
 @AGGREGATIONS.register("median")
-def median_rule(scores):
+def median_rule(scores, threshold=0.5):
     return float(np.median(scores))
 
 
 @AGGREGATIONS.register("majority")
-def majority_rule(scores):
-    """The fraction of frames voting FAKE (score >= 0.5): a score in [0, 1] that ranks videos (so AUC works)
-    and, at the usual threshold 0.5, calls a video FAKE when at least half of its frames vote fake."""
-    return float(np.mean(scores >= FRAME_VOTE_THRESHOLD))
+def majority_rule(scores, threshold=0.5):
+    """The fraction of frames voting FAKE, each frame judged by the verdict's own rule (``is_fake`` at the
+    verdict's ``threshold``, so a frame scoring what the head calls REAL votes REAL): a score in [0, 1] that ranks
+    videos (so AUC works). Compared with the same threshold it calls a video FAKE when at least that share of its
+    frames vote FAKE (at 0.5: at least half)."""
+    return float(np.mean(is_fake(scores, threshold)))
 
 
 @AGGREGATIONS.register("confident")
-def confident_rule(scores):
+def confident_rule(scores, threshold=0.5):
     """The DFDC winner's rule: trust the confident frames when enough of them agree, else the mean.
 
     With n frames: if more than n/2.5 and more than 11 frames score > 0.8, the mean of those frames; else if
-    more than 90% of the frames score < 0.2, the mean of those; else the mean of all frames.
+    more than 90% of the frames score < 0.2, the mean of those; else the mean of all frames. 0.8 and 0.2 are
+    confidence cuts on P(fake), not a verdict: the result is a score, judged at the threshold like the others.
     """
     frame_count = scores.size
     confident_fake = scores > CONFIDENT_FAKE_SCORE
@@ -444,11 +483,12 @@ def confident_rule(scores):
     return float(np.mean(scores))
 
 
-def aggregate(frame_scores, rule="mean", mask=None):
+def aggregate(frame_scores, rule="mean", mask=None, threshold=0.5):
     """One video's score from its frame scores by ``rule`` (a name in AGGREGATIONS), as a python float.
 
     ``mask`` (same length, booleans) marks the real frames, e.g. of a padded clip: only those are used. A video
-    without any (real) frame has no score: ValueError.
+    without any (real) frame has no score: ValueError. ``threshold``: the verdict's, at which each frame votes
+    in the ``majority`` rule (the frame scores must be on its scale).
     """
     scores = np.asarray(frame_scores, dtype=np.float64)
     if mask is not None:
@@ -460,16 +500,16 @@ def aggregate(frame_scores, rule="mean", mask=None):
     scores = _as_scores(scores, "frame scores")
     if scores.size == 0:
         raise ValueError("no frame scores to aggregate")
-    return AGGREGATIONS.get(rule)(scores)
+    return AGGREGATIONS.get(rule)(scores, threshold)
 
 
-def aggregate_many(frame_score_arrays, rule="mean", masks=None):
-    """The score of each video (a list of frame score arrays) by ``rule``, as a float64 array."""
+def aggregate_many(frame_score_arrays, rule="mean", masks=None, threshold=0.5):
+    """The score of each video (a list of frame score arrays) by ``rule`` at ``threshold``, as a float64 array."""
     if masks is None:
         masks = [None] * len(frame_score_arrays)
     if len(masks) != len(frame_score_arrays):
         raise ValueError(f"{len(masks)} masks for {len(frame_score_arrays)} videos")
-    return np.array([aggregate(scores, rule, mask) for scores, mask in zip(frame_score_arrays, masks)],
+    return np.array([aggregate(scores, rule, mask, threshold) for scores, mask in zip(frame_score_arrays, masks)],
                     dtype=np.float64)
 
 
@@ -485,8 +525,10 @@ def evaluate_predictions(records, threshold=0.5, rules=("mean", "max", "majority
     Returns ``{"video": {"head": ..., rule: ... for each rule}, "frame": ..., "videos": n, "frames": n}`` where
     each value under "video" and "frame" is ``binary_metrics`` at ``threshold``: "head" scores the videos by
     ``video_score`` (present only when every record has one; a mix raises ValueError, since comparing the head
-    with the rules on different videos would mislead), each rule by its aggregate of the frame scores, and
-    "frame" scores every frame with its video's label (so videos with more frames weigh more).
+    with the rules on different videos would mislead), each rule by its aggregate of the frame scores (at
+    ``threshold``: the frames vote there in ``majority``), and "frame" scores every frame with its video's label
+    (so videos with more frames weigh more). The frame scores must be on the scale of ``threshold`` and of the
+    head's score (calibrated when the threshold was chosen on calibrated scores).
     """
     for rule in rules:
         AGGREGATIONS.get(rule)  # an unknown rule fails before any work, with the known names
@@ -512,7 +554,8 @@ def evaluate_predictions(records, threshold=0.5, rules=("mean", "max", "majority
     if records and all(with_head):
         video_metrics["head"] = binary_metrics(labels, _as_scores(video_scores, "video_score"), threshold)
     for rule in rules:
-        video_metrics[rule] = binary_metrics(labels, aggregate_many(frame_score_arrays, rule), threshold)
+        video_metrics[rule] = binary_metrics(labels, aggregate_many(frame_score_arrays, rule, threshold=threshold),
+                                             threshold)
 
     frame_counts = [scores.size for scores in frame_score_arrays]
     frame_labels = np.repeat(np.array(labels, dtype=np.int64), frame_counts)

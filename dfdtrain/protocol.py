@@ -8,7 +8,9 @@ A suite is YAML: ``name``, optional ``description`` and ``root`` (relative shard
 ``{shards: ..., note: ...}``. Each test set is one ``run_evaluation`` (distributed like ``evaluate``, every
 video accounted for, the detector's calibration applied) written to ``DIR/sets/<name>/``; the table
 (``table.json``, ``table.md``, ``protocol.png``) puts their video- and frame-level metrics side by side, each
-with its 95% bootstrap interval over groups, and the per-method AUC where a set has methods.
+with its 95% bootstrap interval over groups, and the per-method AUC where a set has methods. It names each set's
+groups (real / fake); a set with fewer than 2 groups of a class has no intervals: ``n/a (N groups)`` in
+``table.md``, null in ``table.json`` with the reason (``interval_note``).
 
 Model selection never sees these sets: the checkpoint and its threshold and temperature come from training's
 validation (or ``dfdtrain calibrate`` on validation shards), and ``train`` refuses validation shards that
@@ -230,8 +232,12 @@ def table_entry(metrics, folder, note="", overlap=None):
              "log_loss_raw": calibration["log_loss_raw"], "ece_raw": calibration["ece_raw"]}
     methods = {name: {"auc": values["auc"], "real": values["real"], "fake": values["fake"]}
                for name, values in (metrics.get("breakdown") or {}).get("method", {}).items()}
+    groups = metrics["groups"]
     return {"videos": metrics["videos"], "real": metrics["labels"]["real"], "fake": metrics["labels"]["fake"],
-            "groups": intervals.get("groups"), "frames": metrics["frames"], "shards": len(metrics["shards"]),
+            "groups": groups["total"], "groups_real": groups["real"], "groups_fake": groups["fake"],
+            # why the intervals are null (too few groups of a class), else None
+            "interval_note": intervals.get("problem"),
+            "frames": metrics["frames"], "shards": len(metrics["shards"]),
             "not_scored": metrics["accounting"]["skipped"] + metrics["accounting"]["missing"],
             "threshold": metrics["threshold"], "note": note, "video": video,
             "frame": _level(metrics["frame"], intervals.get("frame")), "methods": methods,
@@ -247,7 +253,8 @@ def write_table_markdown(table, path):
     lines += [f"- checkpoint: `{table['checkpoint']}`",
               f"- calibration: {table['calibration']}",
               f"- intervals: 95% bootstrap (percentile, bias-corrected), {bootstrap['resamples']} resamples of whole "
-              "groups (identities / source pairs)" if bootstrap["resamples"] else "- intervals: none (--bootstrap 0)",
+              "groups (identities / source pairs); a set with fewer than 2 groups of real or of fake videos has "
+              "none: n/a (N groups)" if bootstrap["resamples"] else "- intervals: none (--bootstrap 0)",
               "- every figure is value [95% interval]; accuracy at the detector's threshold"]
     if table.get("leakage"):
         lines.append(f"- leakage: {table['leakage']['summary']}")
@@ -255,18 +262,20 @@ def write_table_markdown(table, path):
     for level, title in (("video", "Video level (temporal head, calibrated P(fake))"),
                          ("frame", "Frame level (every frame with its video's label)")):
         count = "videos (real / fake)" if level == "video" else "frames"
-        lines += [f"## {title}", "", f"| test set | {count} | " + " | ".join(COLUMNS.values()) + " |",
-                  "|---|---:|" + "---:|" * len(COLUMNS)]
+        lines += [f"## {title}", "", f"| test set | {count} | groups (real / fake) | " + " | ".join(COLUMNS.values())
+                  + " |", "|---|---:|---:|" + "---:|" * len(COLUMNS)]
         for name, entry in table["test_sets"].items():
             values = entry[level]
-            cells = [format_interval(values[key], values[f"{key}_ci"]) for key in COLUMNS]
+            withheld = entry["groups"] if entry.get("interval_note") else None
+            cells = [format_interval(values[key], values[f"{key}_ci"], groups=withheld) for key in COLUMNS]
             if level == "video":
                 cells[list(COLUMNS).index("log_loss")] += f" (raw {_number(values['log_loss_raw'])})"
                 cells[list(COLUMNS).index("ece")] += f" (raw {_number(values['ece_raw'])})"
             counted = (f"{entry['videos']} ({entry['real']} / {entry['fake']})" if level == "video"
                        else str(entry["frames"]))
             shown = f"[{name}]({entry['evaluation']}/report.md)" + (" **OVERLAP**" if entry.get("overlap") else "")
-            lines.append(f"| {shown} | {counted} | " + " | ".join(cells) + " |")
+            groups = f"{entry['groups']} ({entry['groups_real']} / {entry['groups_fake']})"
+            lines.append(f"| {shown} | {counted} | {groups} | " + " | ".join(cells) + " |")
         lines.append("")
     methods = [(name, method, values) for name, entry in table["test_sets"].items()
                for method, values in entry["methods"].items()]
@@ -277,11 +286,13 @@ def write_table_markdown(table, path):
                   for name, method, values in methods]
         lines.append("")
     notes = [(name, entry) for name, entry in table["test_sets"].items()
-             if entry["note"] or entry["not_scored"] or entry.get("overlap")]
+             if entry["note"] or entry["not_scored"] or entry.get("overlap") or entry.get("interval_note")]
     if notes:
         lines += ["## Notes", ""]
         for name, entry in notes:
             parts = [entry["note"]]
+            if entry.get("interval_note"):
+                parts.append(f"No intervals: {entry['interval_note']}.")
             if entry["not_scored"]:
                 parts.append(f"{entry['not_scored']} promised video(s) not scored (named in {entry['evaluation']}/"
                              "metrics.json).")
@@ -298,6 +309,10 @@ def write_table_markdown(table, path):
 
 def _number(value):
     return "-" if value is None else f"{value:.3f}"
+
+
+def _groups(count):
+    return f"{count} group{'' if count == 1 else 's'}"
 
 
 def plot_protocol(table, path):
@@ -339,7 +354,8 @@ def plot_protocol(table, path):
         panel.set_title(title, fontsize=10)
         panel.grid(axis="x", alpha=0.3)
         panel.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2, frameon=False)
-    axes[0].set_yticks(positions, [f"{name}\n({entry['videos']} videos{', OVERLAP' if entry.get('overlap') else ''})"
+    axes[0].set_yticks(positions, [f"{name}\n({entry['videos']} videos, {_groups(entry['groups'])}"
+                                   f"{', OVERLAP' if entry.get('overlap') else ''})"
                                    for name, entry in zip(names, entries)])
     axes[0].invert_yaxis()
     figure.suptitle(table["suite"], fontsize=11)
@@ -375,8 +391,12 @@ def run_protocol(checkpoint, suite, out_dir, context, bootstrap=1000, batch_size
         calibration = metrics["calibration"]["description"]
         video = entries[test_set.name]["video"]
         marked = f" (OVERLAP: {leakage.describe(test_set.name)})" if shared else ""
-        progress(f"[{number}/{len(suite.test_sets)}] {test_set.name}{marked}: {metrics['videos']} videos, video AUC "
-                 f"{format_interval(video['auc'], video['auc_ci'])}, log-loss {_number(video['log_loss'])}")
+        entry = entries[test_set.name]
+        withheld = entry["groups"] if entry["interval_note"] else None
+        progress(f"[{number}/{len(suite.test_sets)}] {test_set.name}{marked}: {metrics['videos']} videos, "
+                 f"{_groups(entry['groups'])}, video AUC "
+                 f"{format_interval(video['auc'], video['auc_ci'], groups=withheld)}, log-loss "
+                 f"{_number(video['log_loss'])}")
     barrier()
     if not context.is_main:
         return None

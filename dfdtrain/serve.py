@@ -6,10 +6,15 @@
 Endpoints:
   POST /api/predict   multipart field ``file`` (or JSON ``{"path": ...}`` when started with ``allow_paths``): the
                       object ``dfdtrain predict --json`` prints for that file, plus ``crops`` (the face crops the
-                      model saw, as JPEG data URLs) with ``?crops=1``; or a 4xx ``{"error": ...}`` for bad input
-  GET  /api/model     backbone, head, input settings, threshold, calibration, training run name, limits
+                      model saw, as JPEG data URLs) with ``?crops=1``, plus ``explain`` (a Grad-CAM map per crop of
+                      what drove the fake score, as PNG data URLs in ``explain.maps``, or ``explain.note`` when
+                      the model has none: Predictor.predict) with ``?explain=1``; or a 4xx ``{"error": ...}`` for
+                      bad input
+  GET  /api/model     backbone, head, input settings, threshold, calibration, the scale of each score field,
+                      training run name, limits
   GET  /healthz       {"status": "ok", "queued": n}
-  GET  /              the page: pick or drop a video; the verdict, P(fake), per-frame scores and the crops
+  GET  /              the page: pick or drop a video; the verdict, P(fake), per-frame scores and the crops, all
+                      on the verdict's scale (calibrated when the detector has a calibration; raw labelled raw)
 
 The model runs in one worker thread that takes up to ``batch_size`` waiting requests at a time into one batched
 forward pass (``Predictor.predict``: the same clip, calibration and threshold as ``dfdtrain predict``). The queue is
@@ -53,10 +58,10 @@ MAX_ERROR_CHARS = 300
 
 
 class Job:
-    """One video waiting for the model: its path, whether crops are wanted, and the future its request awaits."""
+    """One video waiting for the model: its path, whether crops and maps are wanted, the future its request awaits."""
 
-    def __init__(self, path, crops):
-        self.path, self.crops = path, crops
+    def __init__(self, path, crops, explain=False):
+        self.path, self.crops, self.explain = path, crops, explain
         self.future = concurrent.futures.Future()
 
 
@@ -70,9 +75,9 @@ class ModelWorker:
         self.thread = threading.Thread(target=self._run, name="dfdtrain-serve-model", daemon=True)
         self.thread.start()
 
-    def submit(self, path, crops=False):
+    def submit(self, path, crops=False, explain=False):
         """The job's future; raises queue.Full when ``queue_size`` jobs are already waiting."""
-        job = Job(path, crops)
+        job = Job(path, crops, explain)
         self.jobs.put_nowait(job)
         return job.future
 
@@ -105,7 +110,8 @@ class ModelWorker:
                 continue
             try:
                 results = self.predictor.predict([job.path for job in batch],
-                                                 crops=any(job.crops for job in batch))
+                                                 crops=any(job.crops for job in batch),
+                                                 explain=any(job.explain for job in batch))
             except Exception as error:  # noqa: BLE001 (a model failure fails these requests, not the service)
                 for job in batch:
                     job.future.set_exception(error)
@@ -113,6 +119,8 @@ class ModelWorker:
             for job, result in zip(batch, results):
                 if not job.crops:
                     result.pop("crops", None)
+                if not job.explain:
+                    result.pop("explain", None)
                 job.future.set_result(result)
 
 
@@ -207,7 +215,8 @@ def model_info(predictor, name, limits):
     return {"name": settings.name, "backbone": settings.model.backbone, "head": settings.model.head,
             "checkpoint": name, "clip": config_to_dict(predictor.clip), "threshold": predictor.threshold,
             "calibration": config_to_dict(settings.calibration), "faces": predictor.faces,
-            "device": str(predictor.device), "scores": predictor.scores_key, "limits": limits}
+            "device": str(predictor.device), "scores": predictor.scores_key, "scales": predictor.scales(),
+            "limits": limits}
 
 
 def _inside(path, folder):
@@ -377,11 +386,11 @@ def create_app(checkpoint, device="cpu", faces="mtcnn", max_mb=DEFAULT_MAX_MB, t
             raise Refused(404, f"{shown(name)}: no such file")
         return name, os.path.realpath(path)
 
-    async def run_model(path, crops, folder):
+    async def run_model(path, crops, folder, explain=False):
         """The predictor's result for ``path``; deletes ``folder`` (the upload) when the model is done with it,
         even after the request timed out."""
         try:
-            future = worker.submit(path, crops)
+            future = worker.submit(path, crops, explain)
         except queue.Full:
             raise Refused(503, f"busy: {worker.queued()} requests are waiting; try again") from None
         if folder is not None:
@@ -393,13 +402,13 @@ def create_app(checkpoint, device="cpu", faces="mtcnn", max_mb=DEFAULT_MAX_MB, t
             raise Refused(504, f"timed out after {timeout:g} s") from None
 
     @app.post("/api/predict")
-    async def api_predict(request: Request, crops: bool = False):
+    async def api_predict(request: Request, crops: bool = False, explain: bool = False):
         is_json = request.headers.get("content-type", "").lower().startswith("application/json")
         folder = None if is_json else Path(tempfile.mkdtemp(dir=upload_dir))
         try:
             name, path = await within_body_deadline(json_path(request) if is_json else
                                                     receive_upload(request, folder))
-            result = await run_model(path, crops, folder)
+            result = await run_model(path, crops, folder, explain)
             folder = None  # the model's done-callback removed it
         finally:
             if folder is not None:

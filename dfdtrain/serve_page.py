@@ -1,5 +1,7 @@
 """The page ``dfdtrain serve`` shows at ``/``: pick or drop a video, see the verdict, P(fake), the per-frame scores
-over time and the crops the model saw. Self-contained (no CDN, no build step): the service may run offline."""
+over time and the crops the model saw (each with a map under it of what drove the fake score), every score on the
+verdict's scale (calibrated; raw values labelled raw).
+Self-contained (no CDN, no build step): the service may run offline."""
 
 PAGE = """<!doctype html>
 <html lang="en">
@@ -30,6 +32,9 @@ PAGE = """<!doctype html>
   #crops { display: flex; flex-wrap: wrap; gap: 6px; }
   #crops figure { margin: 0; text-align: center; font-size: 11px; color: #5b6475; }
   #crops img { width: 96px; height: 96px; object-fit: cover; border-radius: 4px; display: block; }
+  #crops canvas.map { width: 96px; height: 96px; max-width: none; border: 0; border-radius: 4px; display: block;
+                      margin-top: 3px; }
+  #maps-note { color: #5b6475; font-size: 12px; margin: 0 0 8px; }
 </style>
 </head>
 <body data-state="idle">
@@ -49,6 +54,7 @@ PAGE = """<!doctype html>
     <h2 id="scores-title">Scores over the clip</h2>
     <canvas id="scores" width="820" height="240"></canvas>
     <h2>What the model saw</h2>
+    <p id="maps-note"></p>
     <div id="crops"></div>
   </section>
 </main>
@@ -81,8 +87,12 @@ function showError(message) {
   $("status").textContent = "";
 }
 
-function drawScores(scores, threshold, kind) {
+function drawScores(scores, threshold, kind, scale) {
   const canvas = $("scores"), context = canvas.getContext("2d");
+  // what is plotted, readable from the DOM: the values and the threshold line, both on the verdict's scale
+  canvas.dataset.values = JSON.stringify(scores);
+  canvas.dataset.threshold = String(threshold);
+  canvas.dataset.scale = scale;
   const width = canvas.width, height = canvas.height;
   const left = 44, right = 12, top = 12, bottom = 34;
   const x = (i) => left + (scores.length > 1 ? i / (scores.length - 1) : 0.5) * (width - left - right);
@@ -95,8 +105,8 @@ function drawScores(scores, threshold, kind) {
     context.beginPath(); context.moveTo(left, y(v)); context.lineTo(width - right, y(v)); context.stroke();
     context.fillText(v.toFixed(2), 6, y(v) + 4);
   }
-  context.fillText(`${kind} 1..${scores.length} (P(fake) before calibration; dashed: the threshold)`, left,
-                   height - 10);
+  context.fillText(`${kind} 1..${scores.length} (P(fake) on the verdict's ${scale} scale; dashed: the threshold)`,
+                   left, height - 10);
   context.setLineDash([6, 4]); context.strokeStyle = "#444";
   context.beginPath(); context.moveTo(left, y(threshold)); context.lineTo(width - right, y(threshold)); context.stroke();
   context.setLineDash([]);
@@ -111,22 +121,35 @@ function drawScores(scores, threshold, kind) {
 }
 
 function showResult(result) {
-  const kind = Object.keys(result).find((key) => key.endsWith("_scores"));  // frame, step, token, segment, clip
-  const scores = result[kind] || [];
+  // frame, step, token, segment, clip: on the verdict's scale (the raw ones are *_scores_raw)
+  const scales = result.scales || {};
+  const kind = Object.keys(scales).find((key) => key.endsWith("_scores"))
+    || Object.keys(result).find((key) => key.endsWith("_scores"));
+  const scores = result[kind] || [], raw = result[kind + "_raw"] || [];
+  const scale = scales[kind] || scales.p_fake || "calibrated";
   $("error").style.display = "none";
   $("result").style.display = "block";
   $("verdict").textContent = result.verdict;
   $("verdict").className = result.verdict === "FAKE" ? "fake" : "real";
-  $("pfake").textContent = `P(fake) = ${result.p_fake.toFixed(3)} (threshold ${result.threshold.toFixed(3)})`;
+  const how = (scales.p_fake || scale) === "raw" ? "raw: no calibration fitted"
+    : `${scales.p_fake || scale}; raw ${result.p_fake_raw.toFixed(3)}`;
+  $("pfake").textContent = `P(fake) = ${result.p_fake.toFixed(3)} (${how}), threshold ${result.threshold.toFixed(3)}`;
   const faces = result.faces_found === null ? "no face detection" : `faces in ${result.faces_found} frames`;
+  const stages = Object.entries(result.stage_seconds || {}).filter(([stage]) => stage !== "total")
+    .map(([stage, seconds]) => `${stage} ${seconds.toFixed(2)}`).join(", ");
   $("details").textContent = `${result.path}: ${result.frames_used} frames used, ${faces}, ` +
-    `${result.video.width}x${result.video.height} ${result.video.codec}, ${result.seconds.toFixed(2)} s`;
+    `${result.video.width}x${result.video.height} ${result.video.codec}, ${result.seconds.toFixed(2)} s` +
+    (stages ? ` (${stages})` : "");
   $("scores-title").textContent = kind === "frame_scores" ? "Per-frame scores over the clip"
     : kind === "step_scores" ? "Recurrent step scores over the clip (cumulative over frames 1..t)"
     : kind === "segment_scores" ? "Clip-backbone segment scores (each frame shows its stretch of frames)"
     : kind === "clip_scores" ? "The clip's score at every frame (the model scores the clip as a whole)"
     : "Frame-token scores over the clip";
-  drawScores(scores, result.threshold, kind ? kind.replace("_", " ") : "scores");
+  drawScores(scores, result.threshold, kind ? kind.replace("_", " ") : "scores", scale);
+  const explained = result.explain || {};
+  $("maps-note").textContent = explained.note ? `No evidence maps: ${explained.note}`
+    : explained.maps ? `Under each crop: where the evidence is (${explained.method} of the fake score; red: most)`
+    : "";
   const crops = $("crops");
   crops.replaceChildren();
   (result.crops || []).forEach((url, i) => {
@@ -134,8 +157,23 @@ function showResult(result) {
     const image = document.createElement("img");
     image.src = url; image.alt = `crop ${i + 1}`;
     const caption = document.createElement("figcaption");
-    caption.textContent = scores[i] === undefined ? `${i + 1}` : `${i + 1}: ${scores[i].toFixed(2)}`;
-    figure.append(image, caption);
+    caption.textContent = scores[i] === undefined ? `${i + 1}` : `${i + 1}: ${scores[i].toFixed(2)}`;  // as plotted
+    if (raw[i] !== undefined) figure.title = `${scale} ${scores[i].toFixed(3)}, raw ${raw[i].toFixed(3)}`;
+    const map = ((result.explain || {}).maps || [])[i];  // the evidence map over this crop, drawn under it
+    if (map) {
+      const canvas = document.createElement("canvas");
+      canvas.className = "map"; canvas.width = 96; canvas.height = 96;
+      canvas.title = `${result.explain.method} on ${result.explain.layer}: what drove the fake score`;
+      const picture = new Image();
+      picture.onload = () => {
+        canvas.getContext("2d").drawImage(picture, 0, 0, canvas.width, canvas.height);
+        canvas.dataset.drawn = "1";
+      };
+      picture.src = map;
+      figure.append(image, canvas, caption);
+    } else {
+      figure.append(image, caption);
+    }
     crops.append(figure);
   });
   $("status").textContent = "";
@@ -154,7 +192,7 @@ async function analyse(file) {
   const form = new FormData();
   form.append("file", file);
   try {
-    const response = await fetch("/api/predict?crops=1", { method: "POST", body: form });
+    const response = await fetch("/api/predict?crops=1&explain=1", { method: "POST", body: form });
     const data = await response.json().catch(() => ({ error: response.statusText }));
     if (!response.ok) showError(`Could not analyse ${file.name}: ${data.error || response.status}`);
     else showResult(data);

@@ -177,3 +177,23 @@ def ffpp_shards(tmp_path_factory, fixtures):
     rows = [row for row in rows if row["group"] == "ffpp:183-253"]
     write_shards(rows, root / "shards", target_bytes=2_000_000, progress=False)
     return root / "shards"
+
+
+# `dfdtrain demo` made smaller for the test suite (the README's full run is test_demo's): fewer, shorter clips and one
+# training process on the DDP engine (no DeepSpeed op to build); the same generator, backbone, head, input and
+# optimiser (configs/demo.yaml)
+SMALL_DEMO = ("--count", "96", "--frames", "12", "--nproc", "1", "train.engine=ddp", "train.epochs=8",
+              "data.epoch_samples=128")
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """A detector trained by `dfdtrain demo` for real (SMALL_DEMO): the demo's report.json (``checkpoint``: the best
+    checkpoint, ``data``: the generated clips)."""
+    import json
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    result = run_cli("demo", "--out", out, "--quiet", "--json", *SMALL_DEMO)
+    if result.returncode != 0:
+        pytest.fail(f"the demo training failed: {result.stderr[-2000:]}")
+    return json.loads(result.stdout)

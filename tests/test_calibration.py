@@ -49,10 +49,32 @@ def test_threshold_rules_pick_the_eer_point_and_the_best_f1():
     best_f1 = THRESHOLD_RULES.get("max_f1")(labels, scores, 0.5)
     f1_at = {threshold: binary_metrics(labels, scores, threshold)["f1"] for threshold in np.unique(scores)}
     assert f1_at[best_f1] == pytest.approx(max(f1_at.values()))
-    # too few videos of a class: nothing is fitted, and the reason is kept
-    calibration = fit_calibration([2.0, 3.0, -1.0], [1, 1, 0], rule="eer", threshold=0.4)
-    assert calibration.temperature == 1.0 and calibration.threshold == 0.4
-    assert "fewer than 2 real or fake videos" in calibration.fitted_on
+
+
+def test_a_calibration_that_cannot_be_fitted_says_so_and_a_fallback_is_labelled():
+    """Fewer than 2 videos of a class: the fit used to return temperature 1 and the configured threshold labelled
+    with the rule asked for ("eer"); now it raises naming the class, or with fallback=True (training's validation)
+    returns the fallback labelled as one."""
+    from dfdtrain.errors import DfdError
+
+    with pytest.raises(DfdError, match=r"too few real videos \(1 real, 2 fake") as refused:
+        fit_calibration([2.0, 3.0, -1.0], [1, 1, 0], rule="eer", threshold=0.4)
+
+    from dfdtrain.calibration import CalibrationNotFitted, describe
+
+    assert isinstance(refused.value, CalibrationNotFitted)
+    with pytest.raises(CalibrationNotFitted, match=r"too few fake videos \(3 real, 0 fake; fitting the temperature "):
+        fit_calibration([2.0, 3.0, -1.0], [0, 0, 0])
+    fallback = fit_calibration([2.0, 3.0, -1.0], [1, 1, 0], rule="eer", threshold=0.4, fallback=True,
+                               fitted_on="validation after epoch 1")
+    assert (fallback.temperature, fallback.threshold, fallback.threshold_rule) == (1.0, 0.4, "fallback")
+    assert fallback.fitted_on.startswith("validation after epoch 1; not fitted: too few real videos")
+    line = describe(fallback)
+    assert line.startswith("FALLBACK, nothing fitted (temperature 1, threshold 0.4 as configured)")
+    assert "(eer)" not in line and "too few real videos" in line
+    # a fixed threshold without a temperature needs no video of either class: that is no fallback
+    fixed = fit_calibration([2.0, 3.0], [1, 1], rule="fixed", threshold=0.3, calibrate=False)
+    assert (fixed.temperature, fixed.threshold, fixed.threshold_rule) == (1.0, 0.3, "fixed")
 
 
 def test_bootstrap_intervals_contain_the_estimate_shrink_with_more_videos_and_resample_groups():
@@ -101,6 +123,84 @@ def make_overconfident_bundle(run_dir, out, factor=40.0):
     save_file({name: value.contiguous() for name, value in model.state_dict().items()}, str(out / BUNDLE_WEIGHTS))
     write_settings(settings, out)
     return out
+
+
+def constant_bundle(run_dir, out, logit=0.5, temperature=0.46, threshold=0.7503):
+    """A bundle of the trained detector that gives every video and every frame (step) the same ``logit`` (its head's
+    last layer zeroed, the bias set), calibrated like the issue's detector: T 0.46 and threshold 0.7503 by eer.
+    Raw, every score is sigmoid(0.5) = 0.6225, above 0.5; calibrated, sigmoid(0.5 / 0.46) = 0.7478, just below the
+    threshold: the head calls every video REAL."""
+    import torch
+    from safetensors.torch import save_file
+
+    from dfdtrain.calibration import Calibration
+    from dfdtrain.models.bundle import BUNDLE_WEIGHTS, calibrated, load_detector, write_settings
+
+    model, settings = load_detector(run_dir)
+    last = [module for module in model.head.modules() if isinstance(module, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(logit)
+    out.mkdir(parents=True)
+    save_file({name: value.contiguous() for name, value in model.state_dict().items()}, str(out / BUNDLE_WEIGHTS))
+    calibration = Calibration(temperature=temperature, threshold_rule="eer", fitted_on="validation after epoch 1",
+                              videos=40, nll_raw=0.69, nll_calibrated=0.68, ece_raw=0.2, ece_calibrated=0.1,
+                              threshold=threshold)
+    write_settings(calibrated(settings, calibration), out)
+    return out
+
+
+def subset_shards(run_dir, out, choose):
+    """Shards (split val) of the videos of the trained run's index that ``choose(rows)`` returns."""
+    from dfdtrain.data.shard import write_shards
+
+    rows = [json.loads(line) for line in (run_dir.parent / "m.jsonl").read_text().splitlines() if line.strip()]
+    rows = [{**row, "split": "val"} for row in choose([row for row in rows if isinstance(row, dict) and "key" in row])]
+    write_shards(rows, out, target_bytes=10_000_000, progress=False)
+    return out
+
+
+def one_group(rows):
+    """The real and the fake video of one person (one group: a 2-video, 1-group set)."""
+    group = sorted(row["group"] for row in rows)[0]
+    chosen = sorted((row for row in rows if row["group"] == group), key=lambda row: row["label"])
+    assert [row["label"] for row in chosen] == [0, 1]
+    return chosen
+
+
+def test_calibrate_that_cannot_fit_writes_nothing_unless_forced_and_labels_the_fallback(trained_run, tmp_path):
+    """1 real and 2 fake videos: calibrate used to exit 0 and replace the fitted T 0.46 / threshold 0.7503 with
+    temperature 1 and threshold 0.5 labelled "(eer)". Now it exits 2 with one line naming the class, and
+    detector.json stays byte-identical; --force writes the fallback, labelled as one."""
+    import shutil
+    import subprocess
+    import sys
+
+    bundle = constant_bundle(trained_run, tmp_path / "bundle")
+    forced_bundle = shutil.copytree(bundle, tmp_path / "forced")
+    before = (bundle / "detector.json").read_bytes()
+    shards = subset_shards(trained_run, tmp_path / "shards", lambda rows: (
+        [row for row in rows if row["label"] == 0][:1] + [row for row in rows if row["label"] == 1][:2]))
+    # the refused and the forced command side by side (each on its own copy of the bundle): half the wall time
+    processes = [subprocess.Popen([sys.executable, "-m", "dfdtrain", "calibrate", "--checkpoint", str(folder),
+                                   "--shards", f"{shards}/*.tar", "--workers", "0", "--threshold-rule", "eer", *extra],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for folder, extra in ((bundle, ()), (forced_bundle, ("--force",)))]
+    outputs = [process.communicate(timeout=600) for process in processes]
+    refused, forced = [subprocess.CompletedProcess(process.args, process.returncode, *output)
+                       for process, output in zip(processes, outputs)]
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and len(lines) == 1, refused.stderr[-3000:]
+    assert lines[0].startswith("dfdtrain calibrate: error: ") and "calibration not fitted" in lines[0]
+    assert "too few real videos (1 real, 2 fake" in lines[0] and "nothing written" in lines[0]
+    assert "keeps temperature 0.46, threshold 0.7503" in lines[0] and "--force" in lines[0]
+    assert (bundle / "detector.json").read_bytes() == before
+
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert f"{forced_bundle}: FALLBACK, nothing fitted (temperature 1, threshold 0.5 as configured)" in forced.stdout
+    stored = json.loads((forced_bundle / "detector.json").read_text())
+    assert stored["calibration"]["threshold_rule"] == "fallback" and stored["calibration"]["temperature"] == 1.0
+    assert stored["threshold"] == 0.5 and "not fitted: too few real videos" in stored["calibration"]["fitted_on"]
 
 
 def test_calibrate_fixes_an_overconfident_detector_and_predict_evaluate_export_use_it(trained_run, tmp_path):

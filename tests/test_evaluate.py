@@ -220,3 +220,27 @@ def test_evaluate_out_naming_a_file_is_one_line_before_scoring(trained_run, tmp_
         assert process.returncode == 2, stderr[-3000:]
         assert stderr.strip().splitlines() == [f"dfdtrain evaluate: error: {line}: name a folder to write into"]
     assert taken.read_text() == "{}"
+
+
+def test_majority_votes_at_the_calibrated_threshold_like_the_head(trained_run, tmp_path):
+    """The issue's detector: every score sigmoid(0.5) = 0.6225 raw, 0.7478 calibrated (T 0.46), threshold 0.7503.
+    The head calls every video REAL; score_majority used to be 1.0 for every video (raw frames voting at 0.5), its
+    confusion every video FAKE. Now every frame is on the calibrated scale and votes at the verdict's threshold:
+    every rule and the frame level call what the head calls."""
+    from test_calibration import constant_bundle
+
+    bundle = constant_bundle(trained_run, tmp_path / "bundle")
+    out = tmp_path / "eval"
+    result = run_cli("evaluate", "--checkpoint", bundle, "--shards", f"{trained_run.parent}/shards/val-*.tar", "--out",
+                     out, "--workers", "0", "--bootstrap", "0", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads(result.stdout)
+    head = metrics["video"]["head"]["confusion"]
+    assert metrics["threshold"] == 0.7503 and head["tp"] == head["fp"] == 0 and head["tn"] + head["fn"] == 4
+    for rule in RULES:
+        assert metrics["video"][rule]["confusion"] == head, rule
+    assert metrics["frame"]["confusion"]["tp"] == metrics["frame"]["confusion"]["fp"] == 0
+    calibrated = 1 / (1 + np.exp(-0.5 / 0.46))
+    for row in read_predictions(out / "predictions.csv"):
+        assert float(row["score"]) == pytest.approx(calibrated, abs=1e-6) and float(row["score_majority"]) == 0.0
+        assert all(float(score) == pytest.approx(calibrated, abs=1e-6) for score in row["step_scores"].split())

@@ -421,6 +421,36 @@ def test_index_cli_writes_manifest_summary_and_json(tmp_path, fixtures):
     assert table.returncode == 0 and "missing file: 6" in table.stdout
 
 
+def test_index_summary_names_the_dataset_the_rows_name(tmp_path):
+    """folder --name celeb: the summary (printed JSON and the .summary.json file) says "celeb", as the rows do; the
+    layout it was read as is "folder"."""
+    place_video(tmp_path / "data/real/alice/a.mp4")
+    place_video(tmp_path / "data/fake/alice/b.mp4")
+    out = tmp_path / "celeb.jsonl"
+    result = run_cli("index", "--dataset", "folder", "--name", "celeb", "--root", tmp_path / "data", "--out", out,
+                     "--json", "--quiet", "--val-fraction", "0", "--test-fraction", "0")
+    assert result.returncode == 0, result.stderr
+    for summary in (json.loads(result.stdout), read_json(str(out) + ".summary.json")):
+        assert (summary["dataset"], summary.get("layout")) == ("celeb", "folder")
+    assert {row["dataset"] for row in read_jsonl(out)} == {"celeb"}
+
+
+def test_ffpp_compression_says_how_many_videos_it_left_out(tmp_path):
+    """--compression c23 on a tree that also holds c40 and raw videos: one line and the summary count them."""
+    for compression in ("c23", "c40", "raw"):
+        place_video(tmp_path / f"original_sequences/youtube/{compression}/videos/515.mp4")
+        place_video(tmp_path / f"manipulated_sequences/Deepfakes/{compression}/videos/519_515.mp4")
+    place_video(tmp_path / "manipulated_sequences/FaceSwap/c40/videos/054_071.mp4")
+    common = ("index", "--dataset", "ffpp", "--root", tmp_path, "--quiet", "--compression", "c23")
+    table = run_cli(*common, "--out", tmp_path / "t.jsonl")
+    assert table.returncode == 0, table.stderr
+    assert "excluded by --compression: 5 videos (c40: 3, raw: 2)" in table.stdout.splitlines(), table.stdout
+    summary = json.loads(run_cli(*common, "--out", tmp_path / "j.jsonl", "--json").stdout)
+    assert summary["videos"] == 2 and summary["excluded"] == {"compression": {"c40": 3, "raw": 2}}
+    everything = run_cli("index", "--dataset", "ffpp", "--root", tmp_path, "--quiet", "--out", tmp_path / "a.jsonl")
+    assert everything.returncode == 0 and "excluded" not in everything.stdout
+
+
 @pytest.mark.parametrize("args, message", [
     (["--dataset", "kaggle", "--root", ".", "--out", "x.jsonl"], "invalid choice: 'kaggle'"),
     (["--dataset", "dfdc", "--root", "/no/such/folder", "--out", "x.jsonl"], "/no/such/folder"),

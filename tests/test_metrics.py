@@ -293,6 +293,31 @@ def test_simple_rules():
     assert all(type(aggregate(scores, rule)) is float for rule in AGGREGATIONS.names())
 
 
+def test_majority_frames_vote_at_the_verdict_threshold():
+    """The issue's case: every frame (and the head) at 0.7478, the detector's threshold 0.7503. The head calls the
+    videos REAL; the majority rule used to let each frame vote at 0.5 (share 1.0, every video FAKE, its accuracy
+    row 1.0 where the head's read 0.0). Frames now vote by the verdict's own rule at the verdict's threshold."""
+    threshold = 0.7503
+    records = [{"key": f"v{index}", "label": 1, "video_score": 0.7478, "frame_scores": [0.7478, 0.7479, 0.7477]}
+               for index in range(4)]
+    result = evaluate_predictions(records, threshold=threshold)
+    assert result["video"]["head"]["accuracy"] == 0.0
+    for rule in ("majority", "mean", "max", "confident"):
+        assert result["video"][rule]["confusion"] == result["video"]["head"]["confusion"], rule
+    assert aggregate(records[0]["frame_scores"], "majority", threshold=threshold) == 0.0
+
+    from dfdtrain.metrics import is_fake
+
+    # the share of frames the verdict rule calls FAKE, at any threshold; at 0.5 as before
+    generator = np.random.default_rng(0)
+    for threshold in (0.2, 0.5, 0.7503, 0.9):
+        scores = generator.random(25)
+        assert aggregate(scores, "majority", threshold=threshold) == np.mean(is_fake(scores, threshold))
+        assert is_fake(threshold, threshold) and not is_fake(np.nextafter(threshold, 0), threshold)
+    assert aggregate([0.6, 0.6, 0.6, 0.1], "majority") == 0.75
+    assert aggregate([0.6, 0.6, 0.6, 0.1], "majority", threshold=0.7) == 0.0
+
+
 def test_confident_many_confident_fakes_gives_their_mean():
     # 30 frames, 15 above 0.8: 15 > 30 / 2.5 = 12 and 15 > 11
     fakes = np.linspace(0.85, 0.99, 15)
@@ -463,6 +488,30 @@ def test_format_metrics_table():
     assert frame_row[1] == "-" and frame_row[4] == "-" and frame_row[5] == "-"  # auc, ap, eer
     assert frame_row[8] == "-"  # recall
     assert float(frame_row[2]) > 0 and float(frame_row[3]) > 0  # log loss and ECE are defined
+
+
+def test_intervals_need_two_groups_of_each_class():
+    """A 1-group set used to get a zero-width interval (every resample is the same videos), which looks certain:
+    with fewer than 2 groups of real or of fake samples there is no interval, and interval_problem says why."""
+    from dfdtrain.metrics import bootstrap_intervals
+
+    labels, scores = [0, 1], [0.7478, 0.7478]
+    assert bootstrap_intervals(labels, scores, ["person", "person"], threshold=0.7503, resamples=200) == {
+        name: None for name in ("auc", "ap", "eer", "log_loss", "ece", "accuracy")}
+
+    from dfdtrain.metrics import groups_per_class, interval_problem
+
+    counts = groups_per_class(labels, ["person", "person"])
+    assert counts == {"total": 1, "real": 1, "fake": 1}
+    problem = interval_problem(counts)
+    assert problem.startswith("1 group (1 with real, 1 with fake videos)") and "at least 2 groups of each" in problem
+    # 3 groups, but only one holds real videos: still none; 2 of each: intervals
+    labels, scores = [0, 1, 1, 1], [0.2, 0.7, 0.8, 0.4]
+    assert groups_per_class(labels, ["a", "a", "b", "c"]) == {"total": 3, "real": 1, "fake": 3}
+    assert bootstrap_intervals(labels, scores, ["a", "a", "b", "c"], resamples=200)["accuracy"] is None
+    labels, scores, groups = [0, 1, 0, 1], [0.2, 0.7, 0.4, 0.6], ["a", "a", "b", "b"]
+    assert interval_problem(groups_per_class(labels, groups)) is None
+    assert bootstrap_intervals(labels, scores, groups, resamples=200)["accuracy"] is not None
 
 
 def test_library_does_not_import_sklearn():

@@ -1,6 +1,9 @@
 """Single-video prediction and model export, with the small trained detector and real videos."""
 
+import dataclasses
 import json
+import math
+import re
 import shutil
 import subprocess
 import sys
@@ -69,8 +72,10 @@ def test_predict_scores_good_files_and_reports_bad_ones_in_input_order(trained_r
         assert result["verdict"] == ("FAKE" if result["p_fake"] >= predictor.threshold else "REAL")
         # a GRU head: its positions are recurrent steps (cumulative), named so; the last step is the video score
         assert "frame_scores" not in result and result["frames_used"] == 4 and len(result["step_scores"]) == 4
-        assert all(0.0 <= score <= 1.0 for score in result["step_scores"])
-        assert result["step_scores"][-1] == pytest.approx(result["p_fake_raw"], abs=1e-6)  # before calibration
+        assert all(0.0 <= score <= 1.0 for score in result["step_scores"] + result["step_scores_raw"])
+        # on the verdict's scale (calibrated) as p_fake is, and before calibration as p_fake_raw is
+        assert result["step_scores"][-1] == pytest.approx(result["p_fake"], abs=1e-6)
+        assert result["step_scores_raw"][-1] == pytest.approx(result["p_fake_raw"], abs=1e-6)
         assert result["p_fake"] == pytest.approx(
             float(predictor.calibration.probability(np.log(result["p_fake_raw"] / (1 - result["p_fake_raw"])))))
         assert result["faces_found"] >= 1
@@ -101,15 +106,55 @@ def test_cli_json_output_and_exit_codes(trained_run, videos):
     assert [result["path"] for result in results] == [videos["ffpp"], videos["text"]]
     assert 0.0 <= results[0]["p_fake"] <= 1.0 and results[1]["error"].startswith("undecodable")
     assert results[0]["seconds"] > 0 and results[1]["seconds"] >= 0  # per video: decode, crop and its model share
+    stages = results[0]["stage_seconds"]  # and per stage
+    assert list(stages) == ["decode", "faces", "crop", "model", "total"] and stages["decode"] > 0
+    assert stages["total"] == results[0]["seconds"]
+    assert sum(stages[stage] for stage in ("decode", "faces", "crop", "model")) == pytest.approx(stages["total"],
+                                                                                                 abs=0.003)
 
-    good = run_dfdtrain("predict", "--checkpoint", trained_run, "--faces", "none", "--quiet", videos["ffpp"])
-    assert good.returncode == 0, good.stderr
-    verdict, score, path = good.stdout.split()
+    # the human output: a block per video with what the README promises (verdict, p_fake calibrated and raw,
+    # frames used, faces found, the per-step scores, seconds per stage); an error stays one line
+    human = run_dfdtrain("predict", "--checkpoint", trained_run, "--quiet", videos["ffpp"], videos["text"])
+    assert human.returncode == 1, human.stderr
+    lines = human.stdout.splitlines()
+    assert len(lines) == 6, human.stdout
+    verdict, score, path = lines[0].split()
     assert verdict in ("FAKE", "REAL") and 0.0 <= float(score) <= 1.0 and path == videos["ffpp"]
+    assert re.fullmatch(r"  calibrated P\(fake\) \(temperature \S+; raw [01]\.\d{3}\), threshold [01]\.\d{3}",
+                        lines[1]), lines[1]
+    assert re.fullmatch(r"  frames 4 used of 4 \(video: \d+ frames, 1280x720 h264\), "
+                        r"faces found in [1-4] of 4 frames", lines[2]), lines[2]
+    assert lines[3].startswith("  step scores (calibrated): ") and len(lines[3].split(": ")[1].split()) == 4
+    assert lines[4].startswith("  seconds: decode ") and all(f"{stage} " in lines[4]
+                                                               for stage in ("faces", "crop", "model", "total"))
+    assert lines[5].startswith(f"ERROR {videos['text']}: undecodable")
 
     missing = run_dfdtrain("predict", "--checkpoint", trained_run / "nope", videos["ffpp"])
     assert missing.returncode == 2
     assert missing.stderr.strip().count("\n") == 0 and "checkpoint not found" in missing.stderr
+
+
+def test_position_scores_are_on_the_verdicts_scale_and_raw_is_labelled(trained_run, videos):
+    """The per-step scores get the video's calibration (so they read against the threshold as p_fake does); the
+    values before it are kept under *_raw; ``scales`` says which field is on which scale."""
+    from dfdtrain.calibration import Calibration
+
+    predictor = Predictor(trained_run, faces="none", progress=False)
+    predictor.calibration = dataclasses.replace(predictor.calibration, temperature=0.25)  # far from raw
+    result = predictor.predict([videos["ffpp"]])[0]
+    assert "error" not in result, result
+    raw_logits = [math.log(score) - math.log1p(-score) for score in result["step_scores_raw"]]
+    assert result["step_scores"] == pytest.approx([1 / (1 + math.exp(-logit / 0.25)) for logit in raw_logits],
+                                                  abs=1e-9)
+    assert result["step_scores"][-1] == pytest.approx(result["p_fake"], abs=1e-6)  # the GRU's last step
+    assert result["step_scores_raw"][-1] == pytest.approx(result["p_fake_raw"], abs=1e-6)
+    assert (result["step_scores"][-1] >= result["threshold"]) == (result["verdict"] == "FAKE")
+    assert result["scales"] == {"p_fake": "calibrated", "threshold": "calibrated", "step_scores": "calibrated",
+                                "p_fake_raw": "raw", "step_scores_raw": "raw"}
+    assert result["temperature"] == 0.25 and result["clip_frames"] == 4
+
+    predictor.calibration = Calibration()  # never fitted (T = 1): the verdict's fields are raw, and say so
+    assert predictor.scales()["p_fake"] == predictor.scales()["step_scores"] == "raw"
 
 
 def test_export_bundle_onnx_and_torchscript_match_the_checkpoint(trained_run, videos, tmp_path):

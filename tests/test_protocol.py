@@ -78,13 +78,17 @@ def test_protocol_writes_one_table_for_test_sets_of_two_indexes(one_rank, traine
         for level in ("video", "frame"):
             for name in ("auc", "ap", "eer", "log_loss", "ece", "accuracy"):
                 value, interval = entry[level][name], entry[level][f"{name}_ci"]
-                assert interval[0] - 1e-12 <= value <= interval[1] + 1e-12, (level, name, value, interval)
+                if entry is ffpp:  # one source pair is one group: resampling it would give a point, no interval
+                    assert interval is None, (level, name, interval)
+                else:
+                    assert interval[0] - 1e-12 <= value <= interval[1] + 1e-12, (level, name, value, interval)
         assert entry["video"]["log_loss_raw"] is not None and entry["video"]["ece_raw"] is not None
         metrics = json.loads((out / entry["evaluation"] / "metrics.json").read_text())
         assert metrics["video"]["head"]["auc"] == entry["video"]["auc"]
         assert metrics["frame"]["auc"] == entry["frame"]["auc"]
-    # one source pair is one group: every resample is the whole set, the interval a point
-    assert ffpp["video"]["accuracy_ci"] == pytest.approx([ffpp["video"]["accuracy"]] * 2, abs=1e-12)
+    assert (synth["groups"], synth["groups_real"], synth["groups_fake"], synth["interval_note"]) == (2, 2, 2, None)
+    assert (ffpp["groups"], ffpp["groups_real"], ffpp["groups_fake"]) == (1, 1, 1)
+    assert ffpp["interval_note"].startswith("1 group (1 with real, 1 with fake videos)")
     assert set(ffpp["methods"]) == {"Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"}
     assert all(values["real"] == 2 and values["fake"] == 2 for values in ffpp["methods"].values())
     assert synth["methods"] == {}
@@ -93,6 +97,8 @@ def test_protocol_writes_one_table_for_test_sets_of_two_indexes(one_rank, traine
     for name in SETS:
         assert markdown.count(f"[{name}](sets/") == 2  # a row in the video and the frame table
     assert "| FF++ 183-253 | NeuralTextures | 2 | 2 |" in markdown and "one source pair" in markdown
+    assert f"| [{SETS[1]}]({ffpp['evaluation']}/report.md) | 10 (2 / 8) | 1 (1 / 1) | " in markdown
+    assert f"{ffpp['video']['accuracy']:.3f} [n/a (1 group)]" in markdown
     assert_valid_png(out / "protocol.png")
     assert f"[1/2] {SETS[0]} (OVERLAP: shares 4 videos" in result.stdout
     assert f"[2/2] {SETS[1]}: 10 videos" in result.stdout
@@ -108,6 +114,38 @@ def test_protocol_writes_one_table_for_test_sets_of_two_indexes(one_rank, traine
     assert f"| [{SETS[0]}]({synth['evaluation']}/report.md) **OVERLAP** |" in markdown
     assert f"| [{SETS[1]}]({ffpp['evaluation']}/report.md) |" in markdown
     assert f"- {SETS[0]}: OVERLAP: shares {len(keys)} video(s)" in markdown and "- leakage: " in markdown
+
+
+def test_a_one_group_set_prints_no_interval(trained_run, tmp_path):
+    """The issue's case: a 1-group, 2-video test set (one person's real and fake clip) and a near-constant model
+    at accuracy 0.5 used to print `0.500 [0.500, 0.500]`, a zero-width interval that looks certain. Now: `n/a (1
+    group)` in table.md, null with the reason in table.json and the set's metrics.json, the groups named."""
+    from test_calibration import constant_bundle, one_group, subset_shards
+
+    bundle = constant_bundle(trained_run, tmp_path / "bundle")
+    shards = subset_shards(trained_run, tmp_path / "one", one_group)
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump({"name": "one face", "test_sets": {"One face": f"{shards}/*.tar"}}))
+    out = tmp_path / "out"
+    result = run_cli("protocol", "--checkpoint", bundle, "--suite", suite, "--out", out, "--workers", "0",
+                     "--bootstrap", "200")
+    assert result.returncode == 0, result.stderr[-3000:]
+    entry = json.loads((out / "table.json").read_text())["test_sets"]["One face"]
+    assert (entry["videos"], entry["real"], entry["fake"]) == (2, 1, 1) and entry["video"]["accuracy"] == 0.5
+    for level in ("video", "frame"):
+        assert all(entry[level][f"{name}_ci"] is None for name in ("auc", "ap", "eer", "log_loss", "ece", "accuracy"))
+    markdown = (out / "table.md").read_text()
+    assert "0.500 [n/a (1 group)]" in markdown and "[0.500, 0.500]" not in markdown
+    assert (entry["groups"], entry["groups_real"], entry["groups_fake"]) == (1, 1, 1)
+    reason = entry["interval_note"]
+    assert reason.startswith("1 group (1 with real, 1 with fake videos)") and "at least 2 groups of each" in reason
+    intervals = json.loads((out / entry["evaluation"] / "metrics.json").read_text())["intervals"]
+    assert intervals["problem"] == reason and intervals["groups_by_class"] == {"real": 1, "fake": 1}
+    assert all(value is None for level in ("video", "frame") for value in intervals[level].values())
+    assert f"| [One face]({entry['evaluation']}/report.md) | 2 (1 / 1) | 1 (1 / 1) | " in markdown
+    assert f"- One face: No intervals: {reason}." in markdown
+    assert "[1/1] One face: 2 videos, 1 group, video AUC 0.500 [n/a (1 group)]" in result.stdout
+    assert "n/a (1 group)" in (out / entry["evaluation"] / "report.md").read_text()
 
 
 def test_protocol_on_two_ranks_equals_one_rank(one_rank, trained_run, suite, tmp_path):

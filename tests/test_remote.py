@@ -123,6 +123,18 @@ def test_shard_to_s3_resumes_a_killed_upload_from_another_staging_folder(s3_env,
     assert json.loads(again.stdout)["totals"]["resumed_shards"] == len(plan)  # a finished run: nothing to do
 
 
+def test_shard_to_s3_leaves_no_index_json_in_staging(s3_env, tmp_path, fixtures):
+    """The staging folder is a work area: once index.json is in the bucket, its local copy goes like the shards'
+    (a rerun takes the bucket's)."""
+    manifest, _ = six_video_manifest(tmp_path, fixtures)
+    staging = tmp_path / "staging"
+    result = run_cli("shard", "--manifest", manifest, "--out", "s3://shards/staged", "--staging", staging,
+                     "--shard-size", "600K", "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "index.json" in storage.list_sizes("s3://shards/staged")
+    assert not (staging / "index.json").exists() and not list(staging.glob("*.tar")), sorted(staging.iterdir())
+
+
 def train_command(run_dir, shards, *overrides):
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "dfdtrain",
             "train", "--quiet", f"run_dir={run_dir}", "train.engine=ddp", f"data.train_shards={shards}/train-*.tar",

@@ -307,3 +307,19 @@ def test_flatten_and_system_values():
     assert system_values("cpu") == {}
     if torch.cuda.is_available():
         assert system_values("cuda")["gpu_max_memory_mb"] >= 0
+
+
+def test_wandb_mode_from_the_environment_wins_over_the_config(monkeypatch):
+    """WANDB_MODE, as W&B users set it, decides over logger.wandb.mode (wandb's older names too); an unknown value
+    is one line naming the variable."""
+    from dfdtrain.config import wandb_mode
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert wandb_mode("disabled") == "disabled" and wandb_mode("online") == "online"
+    for value, mode in (("offline", "offline"), ("dryrun", "offline"), ("OFFLINE ", "offline"),
+                        ("disabled", "disabled"), ("run", "online"), ("", "disabled")):
+        monkeypatch.setenv("WANDB_MODE", value)
+        assert wandb_mode("disabled") == mode, value
+    monkeypatch.setenv("WANDB_MODE", "cloud")
+    with pytest.raises(DfdError, match=r"^WANDB_MODE='cloud': expected online, offline or disabled"):
+        wandb_mode("disabled")

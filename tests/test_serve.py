@@ -189,7 +189,7 @@ def test_a_full_queue_is_refused():
     class Blocked:  # a predictor that holds the worker until released, to fill the queue behind it
         release = threading.Event()
 
-        def predict(self, paths, crops=False):
+        def predict(self, paths, crops=False, explain=False):
             self.release.wait(30)
             return [{"path": path, "p_fake": 0.5} for path in paths]
 
@@ -396,6 +396,19 @@ def test_the_page_in_headless_chromium(server, videos, tmp_path):
             ".getImageData(0, 0, c.width, c.height).data; let n = 0;"
             "for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n;")
         assert drawn > 2000, drawn
+        # one scale: the plotted step scores and the threshold line are both on the verdict's (calibrated) scale,
+        # so the GRU's last step sits at P(fake), on the verdict's side of the line; the captions say the same
+        values, threshold, scale = driver.execute_script(
+            "const c = document.getElementById('scores');"
+            "return [JSON.parse(c.dataset.values), Number(c.dataset.threshold), c.dataset.scale];")
+        assert scale == expected["scales"]["step_scores"] == expected["scales"]["threshold"] == "calibrated"
+        assert threshold == expected["threshold"]
+        assert values == pytest.approx(expected["step_scores"], abs=1e-9)
+        assert values[-1] == pytest.approx(expected["p_fake"], abs=1e-6)
+        assert (values[-1] >= threshold) == (expected["verdict"] == "FAKE")
+        captions = [caption.text for caption in driver.find_elements(By.CSS_SELECTOR, "#crops figcaption")]
+        assert captions == [f"{number}: {value:.2f}" for number, value in enumerate(values, 1)]
+        assert f"raw {expected['p_fake_raw']:.3f}" in driver.find_element(By.ID, "pfake").text
         crops = driver.find_elements(By.CSS_SELECTOR, "#crops img")
         assert len(crops) == expected["frames_used"]
         assert all(driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image) == 48

@@ -1,15 +1,24 @@
 """What `dfdtrain train` tells people, for real: a finished run started again does nothing (early-stopped ones
 too) until train.epochs is raised; curves.png after every epoch; rounded numbers on the console; one line before
-DeepSpeed compiles its CPU communication op."""
+DeepSpeed compiles its CPU communication op, which a user's second run loads from a folder of its Python
+environment without building it; WANDB_MODE=offline; absolute paths in report.json and config.yaml; what export
+says it wrote."""
 
 import json
+import os
 import re
 import shutil
 import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import pytest
 import torch
+import yaml
 
-from conftest import REPO, train_tiny
+from conftest import REPO, run_cli, train_tiny
 from dfdtrain.engine.run_logger import format_number
 
 EXTENSIONS = REPO / ".cache" / "torch_extensions"  # where the other DeepSpeed tests keep the built op
@@ -179,3 +188,119 @@ def test_train_warns_once_when_validation_shares_videos_with_training(tmp_path, 
 
     assert validation_overlap(DataConfig(train_shards=f"{small_shards}/train-*.tar",
                                          val_shards=f"{small_shards}/val-*.tar")) is None
+
+
+# -- a user's second DeepSpeed run on one machine (issue: the comm op was rebuilt by every run) ----------------
+
+FOLDERS = """import torch.utils.cpp_extension as cpp
+import dfdtrain.engine.engines as engines
+print(engines.extensions_root()[0] if hasattr(engines, "extensions_root") else "-")  # versions before it: none
+print(cpp._get_build_directory("deepspeed_shm_comm", False))"""
+DEEPSPEED_LOAD_LINE = re.compile(r"DeepSpeed \S+ built successfully")
+
+
+def user_environment(home):
+    """A user's shell: no TORCH_EXTENSIONS_DIR or dfdtrain cache set, a HOME of their own, WANDB_MODE=offline."""
+    environment = {name: value for name, value in os.environ.items()
+                   if name not in ("TORCH_EXTENSIONS_DIR", "DFDTRAIN_CACHE", "XDG_CACHE_HOME")
+                   and not name.startswith("WANDB_")}
+    return {**environment, "HOME": str(home), "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1",
+            "WANDB_MODE": "offline"}
+
+
+def train_here(cwd, environment, shards):
+    """`dfdtrain train` of a tiny DeepSpeed run in ``cwd`` with the relative run_dir ``run``; (result, seconds)."""
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "dfdtrain", "train", "--quiet", "run_dir=run", "train.engine=deepspeed",
+         f"data.train_shards={shards}/train-*.tar", f"data.val_shards={shards}/val-*.tar",
+         "model.backbone=mobilenetv2_050", "model.head=gru", "model.head_options={hidden_size: 16, hidden: [8]}",
+         "clip.sampler.num_frames=4", "clip.image_size=48", "data.decoder=pyav", "data.batch_size=2",
+         "data.num_workers=0", "data.epoch_samples=8", "train.epochs=1"],
+        capture_output=True, text=True, timeout=600, cwd=cwd, env=environment)
+    return result, time.monotonic() - started
+
+
+@pytest.fixture(scope="module")
+def user_runs(tmp_path_factory, small_shards):
+    """Two `dfdtrain train` runs of one DeepSpeed CPU run, as a user starts them (``user_environment``), where
+    torch's shared extensions folder (~/.cache/torch_extensions/py<ver>_<cu>) holds the comm op of another Python
+    environment, as a second checkout or virtualenv leaves it; its build command names that environment's
+    DeepSpeed and torch, so a run of this environment there rebuilt the op and the other's next run rebuilt it
+    back. Ours is per environment: pre-filled with the op the other DeepSpeed tests built here (when they did),
+    so no test compiles it again."""
+    root = tmp_path_factory.mktemp("user")
+    home = root / "home"
+    home.mkdir()
+    environment = user_environment(home)
+    folders = subprocess.run([sys.executable, "-c", FOLDERS], capture_output=True, text=True, env=environment,
+                             timeout=300)
+    assert folders.returncode == 0, folders.stderr[-3000:]
+    ours, shared = map(Path, folders.stdout.split()[-2:])
+    built = EXTENSIONS / "deepspeed_shm_comm"
+    if (built / "deepspeed_shm_comm.so").is_file() and ours != Path("-"):
+        shutil.copytree(built, ours / "deepspeed_shm_comm")
+    shared.mkdir(parents=True, exist_ok=True)
+    (shared / "build.ninja").write_text(f"# deepspeed_shm_comm of another environment\ncflags = -I/other/venv/lib/"
+                                        f"python3.11/site-packages/deepspeed/ops/csrc/cpu/includes\n")
+    foreign = {path.name: path.read_bytes() for path in shared.iterdir()}
+    first, first_seconds = train_here(root, environment, small_shards)
+    assert first.returncode == 0, first.stderr[-3000:]
+    library = ours / "deepspeed_shm_comm" / "deepspeed_shm_comm.so"
+    built_at = library.stat().st_mtime_ns if library.is_file() else None
+    second, second_seconds = train_here(root, environment, small_shards)
+    assert second.returncode == 0, second.stderr[-3000:]
+    return {"root": root, "run_dir": root / "run", "first": first, "second": second, "seconds": second_seconds,
+            "home": home, "library": library, "built_at": built_at, "shared": shared, "foreign": foreign}
+
+
+def test_a_second_deepspeed_train_loads_the_comm_op_without_building_it(user_runs):
+    """The op is built once per Python environment, in a folder of its own, and loaded from there by every later
+    run, which says nothing about it (DeepSpeed's own "built successfully" line, printed on every load, is
+    dropped); torch's folder, shared by every environment, is left alone."""
+    first, second = user_runs["first"], user_runs["second"]
+    for result in (first, second):
+        assert not [line for line in result.stdout.splitlines() if DEEPSPEED_LOAD_LINE.fullmatch(line)], \
+            result.stdout
+    assert len(second.stdout.splitlines()) == 1 and second.stdout.startswith("run: training is complete"), \
+        second.stdout
+    shared = user_runs["shared"]
+    assert {path.name: path.read_bytes() for path in shared.iterdir()} == user_runs["foreign"]
+    assert str(user_runs["library"]).startswith(str(user_runs["home"] / ".cache/dfdtrain/torch_extensions/py"))
+    building = [line for line in first.stdout.splitlines() if line.startswith(BUILDING)]
+    assert building in ([], [f"{BUILDING} (once, ~30 s; cached in {user_runs['library'].parent.parent}; "
+                              "TORCH_EXTENSIONS_DIR moves it)"]), first.stdout
+    assert user_runs["built_at"] and user_runs["library"].stat().st_mtime_ns == user_runs["built_at"]  # not rebuilt
+    assert user_runs["seconds"] < 20, f"a finished run took {user_runs['seconds']:.1f} s to say so"
+
+
+def test_wandb_mode_offline_in_the_environment_writes_an_offline_run(user_runs):
+    """WANDB_MODE=offline with the config's default (logger.wandb.mode: disabled): an offline run, and one line
+    naming its folder and the command that uploads it. The saved config says what the run used."""
+    run_dir = user_runs["run_dir"].resolve()
+    lines = [line for line in user_runs["first"].stdout.splitlines() if line.startswith("W&B")]
+    offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1, user_runs["first"].stdout
+    offline_run = offline_runs[0]
+    assert list(offline_run.glob("run-*.wandb"))
+    assert lines == [f"W&B: offline run in {offline_run} (upload it with: wandb sync {offline_run})"]
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["logger"]["wandb"]["mode"] == "offline"
+    assert not [line for line in user_runs["second"].stdout.splitlines() if line.startswith("W&B")]
+
+
+def test_report_and_config_name_the_run_by_absolute_paths(user_runs):
+    """run_dir=run (relative): report.json's checkpoint and config.yaml's run_dir are the absolute folders."""
+    run_dir = user_runs["run_dir"].resolve()
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["checkpoint"] == str(run_dir / "checkpoints" / "best")
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["run_dir"] == str(run_dir)
+
+
+def test_export_names_the_files_it_wrote(user_runs):
+    root = user_runs["root"]
+    exported = run_cli("export", "--checkpoint", "run/checkpoints/best", "--out", "bundle", cwd=root)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert exported.stdout.splitlines() == [
+        "wrote bundle/model.safetensors and bundle/detector.json (the bundle: predict --checkpoint bundle)"]
+    assert {path.name for path in (root / "bundle").iterdir()} >= {"model.safetensors", "detector.json"}

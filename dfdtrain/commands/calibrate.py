@@ -19,15 +19,20 @@ def add_arguments(parser):
                         help="how the threshold is chosen on the calibrated validation scores: fixed (--threshold), "
                              "eer (false positive rate = false negative rate) or max_f1 (default fixed)")
     parser.add_argument("--threshold", type=float,
-                        help="the fixed threshold (default: the detector's own when it was fixed, else 0.5)")
+                        help="the fixed threshold (default: the detector's own when it was fixed or a fallback, "
+                             "else 0.5)")
     parser.add_argument("--no-temperature", dest="temperature", action="store_false",
                         help="choose the threshold only; keep P(fake) = sigmoid(logit)")
+    parser.add_argument("--force", action="store_true",
+                        help="when the shards hold fewer than 2 videos of a class (nothing can be fitted), write the "
+                             "fallback anyway: temperature 1 and the fixed threshold, labelled threshold_rule "
+                             "'fallback' (without it: exit 2, nothing written)")
     add_scoring_arguments(parser, evaluation=False)
     parser.add_argument("--json", action="store_true", help="print the calibration as JSON")
 
 
 def run(args):
-    from dfdtrain.calibration import describe, fit_calibration
+    from dfdtrain.calibration import CalibrationNotFitted, describe, fit_calibration
     from dfdtrain.config import config_to_dict
     from dfdtrain.data.shard_index import test_split_overlap
     from dfdtrain.data.storage import expand_shards, mask
@@ -51,12 +56,18 @@ def run(args):
     settings, _, records, skipped, _, _ = scored
     threshold = args.threshold
     if threshold is None:
-        threshold = settings.threshold if settings.calibration.threshold_rule == "fixed" else 0.5
-    calibration = fit_calibration([record["video_logit"] for record in records],
-                                  [record["label"] for record in records],
-                                  args.threshold_rule, threshold, calibrate=args.temperature,
-                                  fitted_on=f"{len(records)} videos of {', '.join(map(mask, args.shards))} "
-                                            "(dfdtrain calibrate)")
+        # a fallback's threshold was a configured one too
+        threshold = settings.threshold if settings.calibration.threshold_rule in ("fixed", "fallback") else 0.5
+    try:
+        calibration = fit_calibration([record["video_logit"] for record in records],
+                                      [record["label"] for record in records],
+                                      args.threshold_rule, threshold, calibrate=args.temperature,
+                                      fitted_on=f"{len(records)} videos of {', '.join(map(mask, args.shards))} "
+                                                "(dfdtrain calibrate)", fallback=args.force)
+    except CalibrationNotFitted as error:
+        raise DfdError(f"{folder}: {error} in --shards; nothing written (detector.json keeps temperature "
+                       f"{settings.calibration.temperature:.4g}, threshold {settings.threshold:.4g}); --force writes "
+                       f"the fallback: temperature 1, threshold {threshold:.4g}") from None
     write_settings(calibrated(settings, calibration), folder)
     if args.json:
         json.dump({"detector": str(folder), "skipped": len(skipped), **config_to_dict(calibration)}, sys.stdout,

@@ -37,7 +37,7 @@ def add_scoring_arguments(parser, evaluation=True):
                                  "default: a corrupt or rewritten shard stops with one line)")
         parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                             help="resamples of the groups (identities, source pairs) for 95%% intervals (default "
-                                 "1000; 0: none)")
+                                 "1000; 0: none); fewer than 2 groups of real or of fake videos give none (n/a)")
 
 
 def check_scoring_arguments(args):

@@ -160,7 +160,8 @@ def run(args):
     out_dir = Path(args.out)
     model, settings = load_detector(args.checkpoint)  # fails early, with one line, on a bad checkpoint
     export_bundle(args.checkpoint, out_dir)
-    print(f"wrote bundle {out_dir} (model.safetensors + detector.json)")
+    print(f"wrote {out_dir / 'model.safetensors'} and {out_dir / 'detector.json'} "
+          f"(the bundle: predict --checkpoint {out_dir})")
     frames = args.frames or settings.clip.sampler.num_frames
     size = args.size or settings.clip.image_size
     if args.onnx:

@@ -1,6 +1,7 @@
 """dfdtrain predict: REAL/FAKE scores for video files from a trained detector."""
 
 import json
+from pathlib import Path
 
 from dfdtrain.errors import DfdError, printable
 
@@ -18,12 +19,49 @@ def add_arguments(parser):
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device (default cpu)")
     parser.add_argument("--batch-size", type=int, default=4, help="videos per model batch (default 4)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--explain", metavar="DIR",
+                        help="write a Grad-CAM map of what drove the fake score over each sampled crop: "
+                             "DIR/KEY-NNN.png per frame (NNN: its frame number) and DIR/KEY-strip.png per video")
+
+
+MAX_POSITIONS_SHOWN = 16  # per-position scores in the human output; --json has them all
 
 
 def format_result(result):
+    """A file's result for people: one line for an error; for a scored video the verdict line (``FAKE 0.873
+    PATH``) and 4 indented ones: the scale of p_fake (and the raw value) with the threshold, frames and faces,
+    the per-position scores on the verdict's scale (at most MAX_POSITIONS_SHOWN), the seconds per stage."""
     if "error" in result:
         return f"ERROR {printable(result['path'])}: {printable(result['error'])}"
-    return f"{result['verdict']} {result['p_fake']:.3f}  {printable(result['path'])}"
+    scales = result.get("scales", {})
+    scale = scales.get("p_fake", "calibrated")
+    how = (f"temperature {result['temperature']:.4g}; raw {result['p_fake_raw']:.3f}" if scale == "calibrated"
+           else "no calibration fitted")
+    head = (f"{result['verdict']} {result['p_fake']:.3f}  {printable(result['path'])}\n"
+            f"  {scale} P(fake) ({how}), threshold {result['threshold']:.3f}")
+    video = result["video"]
+    faces = ("no face detection" if result["faces_found"] is None
+             else f"faces found in {result['faces_found']} of {result['frames_used']} frames")
+    frames = (f"  frames {result['frames_used']} used of {result.get('clip_frames', result['frames_used'])} "
+              f"(video: {video['frames']} frames, {video['width']}x{video['height']} {video['codec']}), {faces}")
+    key = next((key for key in (*scales, *result) if key.endswith("_scores")), None)
+    lines = [head, frames]
+    if key:
+        values = result[key]
+        shown = " ".join(f"{value:.2f}" for value in values[:MAX_POSITIONS_SHOWN])
+        more = f" ... (+{len(values) - MAX_POSITIONS_SHOWN} more)" if len(values) > MAX_POSITIONS_SHOWN else ""
+        lines.append(f"  {key.replace('_', ' ')} ({scales.get(key, scale)}): {shown}{more}")
+    stages = result.get("stage_seconds") or {"total": result["seconds"]}
+    lines.append("  seconds: " + ", ".join(f"{stage} {value:.3f}" for stage, value in stages.items()))
+    return "\n".join(lines)
+
+
+def format_explain(explain):
+    """Where a video's evidence maps went (``predict --explain``), or why there are none: one line."""
+    if "strip" not in explain:
+        return f"  maps: {printable(explain.get('note', 'none'))}"
+    return (f"  maps ({explain['method']} on {explain['layer']}): {printable(explain['strip'])} and "
+            f"{len(explain['files'])} frame PNGs beside it")
 
 
 def run(args):
@@ -33,6 +71,8 @@ def run(args):
         raise DfdError("--frames must be at least 1")
     if args.batch_size < 1:
         raise DfdError("--batch-size must be at least 1")
+    if args.explain is not None and Path(args.explain).exists() and not Path(args.explain).is_dir():
+        raise DfdError(f"--explain {printable(args.explain)}: not a folder")
     if args.device == "cuda":
         import torch
 
@@ -40,10 +80,12 @@ def run(args):
             raise DfdError("--device cuda: CUDA is not available")
     predictor = Predictor(args.checkpoint, device=args.device, faces=args.faces, num_frames=args.frames,
                           batch_size=args.batch_size, progress=not args.quiet)
-    results = predictor.predict(args.videos)
+    results = predictor.predict(args.videos, explain_dir=args.explain)
     if args.json:
         print(json.dumps(results))
     else:
         for result in results:
             print(format_result(result))
+            if "explain" in result:
+                print(format_explain(result["explain"]))
     return 1 if any("error" in result for result in results) else 0

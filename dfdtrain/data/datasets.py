@@ -35,12 +35,16 @@ class IndexOptions:
 
 @dataclasses.dataclass
 class Found:
-    """What an indexer found: entries (dicts, one per video), skipped (dicts with path, reason) and where the
-    official splits came from (official_split / random_split)."""
+    """What an indexer found: entries (dicts, one per video), skipped (dicts with path, reason), where the
+    official splits came from (official_split / random_split), the name its rows carry as ``dataset`` when it is
+    not the indexer's (folder --name) and ``excluded``: videos left out on purpose, by what left them out
+    (``{"compression": {"c40": 12, "raw": 12}}`` for FF++ --compression c23)."""
 
     entries: list = dataclasses.field(default_factory=list)
     skipped: list = dataclasses.field(default_factory=list)
     split_source: dict = None
+    dataset: str = None
+    excluded: dict = dataclasses.field(default_factory=dict)
 
     def add(self, root, path, label, dataset, group, split=None, key_parts=None, **extra):
         """key_parts: what names the video within the dataset (default: its relative path)."""
@@ -347,6 +351,10 @@ def index_ffpp(root, options):
             for path in _media_files(method_folder / compression / "videos"):
                 source_kind = "actors" if method_folder.name == "DeepFakeDetection" else "youtube"
                 videos.append((path, 1, method_folder.name, source_kind, compression))
+    left_out = {compression: len(_ffpp_videos(root, compression)) for compression in FFPP_COMPRESSIONS
+                if compression not in compressions}
+    if any(left_out.values()):  # --compression c23: how many c40/raw videos it excluded
+        found.excluded["compression"] = {compression: count for compression, count in left_out.items() if count}
 
     # YouTube groups: connect the ids of every official pair and every fake's target/source.
     youtube_ids = _UnionFind()
@@ -381,6 +389,15 @@ def index_ffpp(root, options):
     return found
 
 
+def _ffpp_videos(root, compression):
+    """Every FF++ video file of one compression, real and fake."""
+    folders = [root / "original_sequences" / kind / compression / "videos" for kind in ("youtube", "actors")]
+    manipulated = root / "manipulated_sequences"
+    folders += [method / compression / "videos" for method in sorted(manipulated.iterdir())] \
+        if manipulated.is_dir() else []
+    return [path for folder in folders for path in _media_files(folder)]
+
+
 # -------------------------------------------------------------------------------------------- folder
 @DATASETS.register("folder")
 def index_folder(root, options):
@@ -397,7 +414,7 @@ def index_folder(root, options):
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]{0,31}", name):
         raise DfdError(f"dataset name {name!r}: expected a short identifier (a letter, then up to 31 letters, "
                        "digits or -)")
-    found = Found(split_source=random_split(None, "the folder layout has no official split"))
+    found = Found(split_source=random_split(None, "the folder layout has no official split"), dataset=name)
     label_folders = {folder.name.lower(): folder for folder in root.iterdir() if folder.is_dir()} \
         if root.is_dir() else {}
     if not root.is_dir():

@@ -61,6 +61,7 @@ def build_manifest(dataset, root, options=None, val_fraction=0.1, test_fraction=
         raise DfdError(f"{root}: dataset root is not a folder")
     indexer = DATASETS.get(dataset)
     found = indexer(root, options or IndexOptions())
+    name = found.dataset or dataset  # what the rows say (folder --name celeb: "celeb"); the layout is ``dataset``
     entries = found.entries
     skipped = list(found.skipped)
     make_keys_unique(entries)
@@ -91,12 +92,13 @@ def build_manifest(dataset, root, options=None, val_fraction=0.1, test_fraction=
                     "seed": seed, "official_videos": sum(row["split"] is not None for row in rows),
                     "random_groups": len({row["group"] for row in rows if row["split"] is None})}
     assign_splits(rows, fractions, seed)
-    rows, excluded, leaks = enforce_no_leakage(rows, leakage, source=f"{dataset} index of {root}")
+    rows, excluded, leaks = enforce_no_leakage(rows, leakage, source=f"{name} index of {root}")
     for row in excluded:
         skipped.append({"path": row["path"], "reason": "leaking group",
                         "detail": f"group {row['group']} is also in {'/'.join(leaks[row['group']])}"})
     rows = [_ordered(row) for row in rows]
-    return rows, summarise(rows, skipped, leaks, dataset=dataset, root=str(root), split_source=split_source,
+    return rows, summarise(rows, skipped, leaks, dataset=name, layout=dataset, root=str(root),
+                           split_source=split_source, excluded=found.excluded,
                            empty_splits=empty_splits(rows, fractions) if rows else [])
 
 
@@ -144,7 +146,15 @@ def format_summary(summary):
             lines.append(f"  ... {len(summary['skipped']) - 10} more in the summary JSON")
     if summary["leaking_groups"]:
         lines.append(f"leaking groups (reported, kept): {len(summary['leaking_groups'])}")
+    lines += [format_excluded(by, counts) for by, counts in (summary.get("excluded") or {}).items()]
     return "\n".join(lines)
+
+
+def format_excluded(by, counts):
+    """One line for videos left out on purpose: 'excluded by --compression: 24 videos (c40: 12, raw: 12)'."""
+    total = sum(counts.values())
+    detail = ", ".join(f"{name}: {count}" for name, count in sorted(counts.items()))
+    return f"excluded by --{by}: {total} video{'' if total == 1 else 's'} ({detail})"
 
 
 def format_split_source(source):

@@ -453,8 +453,10 @@ class RemoteShardFolder:
                 f"{_name_some(sorted(stale))}"]
 
     def publish_index(self, index_path, planned):
-        """index.json up last; then the shard records go (index.json holds them)."""
+        """index.json up last, and its local copy goes (staging is a work area; a rerun fetches the bucket's);
+        then the shard records go (index.json holds them)."""
         storage.upload(index_path, f"{self.url}/index.json")
+        Path(index_path).unlink(missing_ok=True)
         for name in storage.list_sizes(f"{self.url}/{RECORDS_FOLDER}"):
             if name.endswith(".tar.json") and name[:-len(".json")] in planned:
                 storage.delete(f"{self.url}/{RECORDS_FOLDER}/{name}")

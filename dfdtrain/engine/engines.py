@@ -12,11 +12,15 @@ bf16 mode, which casts every parameter.
 
 import contextlib
 import copy
+import hashlib
 import os
+import re
+import sys
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from dfdtrain.data.storage import cache_root
 from dfdtrain.errors import DfdError
 from dfdtrain.fileio import atomic_open, load_plain, loads_untrusted_json
 from dfdtrain.registry import Registry
@@ -140,14 +144,52 @@ def _merge(base, override):
     return merged
 
 
+# The line DeepSpeed prints every time it loads its CPU comm op, built or not (deepspeed/comm/torch.py)
+DEEPSPEED_LOAD_LINE = re.compile(r"DeepSpeed \S+ built successfully")
+
+
+def extensions_root():
+    """(folder, chosen_by_user): where torch JIT-builds DeepSpeed's ops for this Python environment.
+
+    ``TORCH_EXTENSIONS_DIR`` when set; else ``<dfdtrain cache>/torch_extensions/<environment>`` (the cache is
+    ``$DFDTRAIN_CACHE``, else ``~/.cache/dfdtrain``), one folder per Python environment. torch's own default
+    (``~/.cache/torch_extensions/py<ver>_<cu|cpu>``) is shared by every environment of one Python version: the
+    build command names the environment's torch and DeepSpeed folders, so two environments (two virtualenvs, a
+    CI clone beside a checkout) rewrote each other's build.ninja and each run rebuilt the op (~45 s).
+    ``<environment>`` names torch and DeepSpeed's versions (an upgrade in place builds afresh: ninja does not
+    track torch's headers) and a digest of the folders and compiler the build command names.
+    """
+    chosen = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if chosen:
+        return chosen, True
+    import sysconfig
+
+    import deepspeed
+
+    named = [sys.prefix, os.path.dirname(torch.__file__), os.path.dirname(deepspeed.__file__),
+             sysconfig.get_path("include", scheme="posix_prefix") or "", os.environ.get("CXX", "c++")]
+    digest = hashlib.sha256("\0".join(named).encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    environment = (f"py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}-"
+                   f"deepspeed{deepspeed.__version__}-{digest}")
+    return os.path.join(cache_root(), "torch_extensions", environment), False
+
+
+def use_extensions_root():
+    """Point torch's JIT builds at ``extensions_root()`` (sets TORCH_EXTENSIONS_DIR when it is not set, for this
+    process and the processes it starts); returns (folder, chosen_by_user)."""
+    folder, chosen = extensions_root()
+    os.environ["TORCH_EXTENSIONS_DIR"] = folder
+    return folder, chosen
+
+
 def comm_op_build_folder():
     """The folder DeepSpeed is about to JIT-build its CPU communication op (``deepspeed_shm_comm``) into, or None
     when it will not build it (another accelerator, a prebuilt op, or already built there and up to date).
 
     DeepSpeed's TorchBackend loads the op whenever it is compatible (the CPU accelerator on Linux): from the
     wheel when it was prebuilt, else with torch's JIT loader, which builds into
-    ``$TORCH_EXTENSIONS_DIR/deepspeed_shm_comm`` (default ``~/.cache/torch_extensions/py<ver>_<cu|cpu>/...``)
-    and rebuilds only when the library is missing or older than its sources (ninja's rule).
+    ``$TORCH_EXTENSIONS_DIR/deepspeed_shm_comm`` (``use_extensions_root`` sets it) and rebuilds only when the
+    library is missing or older than its sources, or the build command changed (ninja's rules).
     """
     import deepspeed.ops
     import torch.utils.cpp_extension
@@ -165,21 +207,73 @@ def comm_op_build_folder():
     library = os.path.join(folder, builder.name + ".so")
     if not os.path.isfile(library):
         return folder
+    build_file = _read_text(os.path.join(folder, "build.ninja"))
+    if any(source.replace(" ", "$ ") not in build_file  # ninja escapes spaces in paths
+           for source in (os.path.abspath(builder.deepspeed_src_path(path)) for path in builder.sources())):
+        return folder  # built by another environment (its DeepSpeed's sources): ninja rebuilds it
     sources = [builder.deepspeed_src_path(source) for source in builder.sources()]
     newest = max((os.path.getmtime(source) for source in sources if os.path.isfile(source)), default=0)
     return folder if os.path.getmtime(library) < newest else None
 
 
-def announce_comm_op_build(context):
-    """One line on rank 0 before DeepSpeed's first CPU run spends ~30 s compiling its comm op, silently."""
+def _read_text(path):
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except OSError:
+        return ""
+
+
+def announce_comm_op_build(context, chosen_by_user=True):
+    """One line on rank 0 before DeepSpeed's first CPU run in this environment spends ~30 s compiling its comm
+    op, silently; nothing when the op is already built."""
     if not context.is_main:
         return
     folder = comm_op_build_folder()
     if folder:
         where = os.path.dirname(folder)
-        where = (f"TORCH_EXTENSIONS_DIR={where}" if os.environ.get("TORCH_EXTENSIONS_DIR")
+        where = (f"TORCH_EXTENSIONS_DIR={where}" if chosen_by_user
                  else f"{where}; TORCH_EXTENSIONS_DIR moves it")
         print(f"building DeepSpeed's CPU communication op (once, ~30 s; cached in {where})", flush=True)
+
+
+class _DropLines:
+    """A text stream that passes every line on to ``stream`` except those ``pattern`` matches in full."""
+
+    def __init__(self, stream, pattern):
+        self.stream, self.pattern, self.pending = stream, pattern, ""
+
+    def write(self, text):
+        self.pending += text
+        while "\n" in self.pending:
+            line, _, self.pending = self.pending.partition("\n")
+            if not self.pattern.fullmatch(line):
+                self.stream.write(line + "\n")
+        return len(text)
+
+    def flush(self):
+        self.stream.flush()
+
+    def close_out(self):
+        if self.pending:
+            self.stream.write(self.pending)
+            self.pending = ""
+        self.stream.flush()
+
+    def __getattr__(self, name):  # isatty, encoding, fileno...: the real stream's
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def _without_deepspeed_load_line():
+    """DeepSpeed prints "DeepSpeed deepspeed.ops.comm.deepspeed_shm_comm_op built successfully" whenever it loads
+    the op, cached or not; the line that matters (``announce_comm_op_build``) is printed only when it builds."""
+    filtered = _DropLines(sys.stdout, DEEPSPEED_LOAD_LINE)
+    try:
+        with contextlib.redirect_stdout(filtered):
+            yield
+    finally:
+        filtered.close_out()
 
 
 @ENGINES.register("deepspeed")
@@ -192,15 +286,17 @@ class DeepSpeedEngine:
 
         self.train_config, self.context = train, context
         self.config = deepspeed_config(train, batch_size, context.world_size, train.deepspeed_config)
-        announce_comm_op_build(context)  # deepspeed.init_distributed or deepspeed.initialize builds it
-        if not torch.distributed.is_initialized():
-            if context.world_size == 1:  # no launcher: a one-process group (else DeepSpeed goes looking for MPI)
-                for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
-                                    ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(_free_port()))):
-                    os.environ.setdefault(name, value)
-            deepspeed.init_distributed(dist_backend=context.backend, verbose=False)
-        self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model.to(context.device), optimizer=optimizer, lr_scheduler=scheduler, config=self.config)
+        _, chosen_by_user = use_extensions_root()  # one build per Python environment, not one per run
+        announce_comm_op_build(context, chosen_by_user)  # deepspeed.init_distributed or .initialize builds it
+        with _without_deepspeed_load_line():
+            if not torch.distributed.is_initialized():
+                if context.world_size == 1:  # no launcher: a one-process group (else DeepSpeed looks for MPI)
+                    for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
+                                        ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(_free_port()))):
+                        os.environ.setdefault(name, value)
+                deepspeed.init_distributed(dist_backend=context.backend, verbose=False)
+            self.model, self.optimizer, _, self.scheduler = deepspeed.initialize(
+                model=model.to(context.device), optimizer=optimizer, lr_scheduler=scheduler, config=self.config)
         self.model.checkpoint_engine = PlainLoads(self.model.checkpoint_engine)  # resume runs no code
         self.module = self.model.module
 

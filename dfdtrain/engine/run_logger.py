@@ -28,6 +28,10 @@ W&B session: wandb reads its environment once per process and starts one service
 inherits the environment of that moment. ``close`` therefore ends the session (``wandb.teardown``), so a
 later RunLogger in the same process (tests, sequential runs) starts fresh with its own directories.
 
+The mode is ``wandb_mode``; the trainer passes ``logger.wandb.mode`` after ``WANDB_MODE`` (which wins when set,
+see ``dfdtrain.config.wandb_mode``). An offline run says in one line (rank 0, stdout) where it is written and the
+``wandb sync`` command that uploads it.
+
 Online mode without credentials (no WANDB_API_KEY / WANDB_IDENTITY_TOKEN_FILE, no netrc entry for the W&B
 host), or when the server cannot be reached within ``online_init_timeout_s``, falls back to offline with one
 warning (a failed attempt leaves its debug logs in ``wandb/run-*``). The API key is only ever read by wandb itself: it is never put into the config, the metrics or a
@@ -40,6 +44,7 @@ import math
 import netrc
 import numbers
 import os
+import shlex
 import time
 import urllib.parse
 
@@ -95,6 +100,8 @@ class RunLogger:
             except BaseException:
                 self._restore_environment()
                 raise
+            if self.wandb_mode == "offline":
+                print(offline_run_line(self.wandb_run), flush=True)
         if resume_step is not None:
             self._drop_rows_after(resume_step)
         self._metrics_file = open(self.metrics_path, "a", encoding="utf-8")
@@ -128,8 +135,7 @@ class RunLogger:
         init_arguments = dict(project=project, name=run_name, tags=list(tags), group=group, job_type=job_type,
                               config=config_dict, dir=self.run_dir)
         if self.wandb_mode == "online" and not _wandb_credentials_available(wandb):
-            log.warning("W&B: no API key (WANDB_API_KEY or a netrc entry for the W&B host); "
-                        "logging offline to %s/wandb (upload later with `wandb sync`)", self.run_dir)
+            log.warning("W&B: no API key (WANDB_API_KEY or a netrc entry for the W&B host); logging offline")
             self.wandb_mode = "offline"
         if self.wandb_mode == "online":
             # quiet: the "logged in as" message asks the server who we are, with its own long timeout.
@@ -140,8 +146,7 @@ class RunLogger:
                 return wandb.init(mode="online", settings=online_settings, **init_arguments)
             except Exception as error:  # CommError, AuthenticationError, UsageError, timeouts: all mean offline
                 reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-                log.warning("W&B: online start failed (%s); logging offline to %s/wandb "
-                            "(upload later with `wandb sync`)", reason, self.run_dir)
+                log.warning("W&B: online start failed (%s); logging offline", reason)
                 self.wandb_mode = "offline"
         return wandb.init(mode=self.wandb_mode, settings=wandb.Settings(quiet=True), **init_arguments)
 
@@ -248,6 +253,12 @@ class RunLogger:
     def __exit__(self, exc_type, exc, traceback):
         self.close(exit_code=0 if exc_type is None else 1)  # W&B marks the run failed on an exception
         return False
+
+
+def offline_run_line(run):
+    """The one line that says where an offline W&B run is written and how to upload it."""
+    folder = run.settings.sync_dir  # run_dir/wandb/offline-run-<time>-<id>
+    return f"W&B: offline run in {folder} (upload it with: wandb sync {shlex.quote(folder)})"
 
 
 def format_number(value):

@@ -14,8 +14,9 @@ from dfdtrain.metrics import evaluate_predictions
 
 
 def score_videos(model, loader, device, precision="fp32", embeddings=False):
-    """Per-video records {key, label, video_score, video_logit, frame_scores, dataset, method, group, shard} of
-    this rank (group: the identity / source pair that splits keep together; the key when the shard has none)."""
+    """Per-video records {key, label, video_score, video_logit, frame_scores, frame_logits, dataset, method, group,
+    shard} of this rank (group: the identity / source pair that splits keep together; the key when the shard has
+    none). Scores are raw, sigmoid(logit); the logits let a calibration put the frames on the verdict's scale."""
     records = []
     model.eval()
     with torch.inference_mode(), autocast(device, precision):
@@ -25,6 +26,7 @@ def score_videos(model, loader, device, precision="fp32", embeddings=False):
             video_logits = video_logits.float().cpu()
             video_scores = torch.sigmoid(video_logits)
             frame_scores = torch.sigmoid(frame_logits.float()).cpu()
+            frame_logits = frame_logits.float().cpu()
             mask = batch["mask"].cpu()
             for position, key in enumerate(batch["key"]):
                 meta = batch["meta"][position]
@@ -33,6 +35,7 @@ def score_videos(model, loader, device, precision="fp32", embeddings=False):
                     "video_score": float(video_scores[position]),
                     "video_logit": float(video_logits[position]),
                     "frame_scores": frame_scores[position][mask[position]].tolist(),
+                    "frame_logits": frame_logits[position][mask[position]].tolist(),
                     "dataset": meta.get("dataset"), "method": meta.get("method"),
                     "group": str(meta.get("group") or key), "shard": meta.get("shard"),
                 })

@@ -32,7 +32,7 @@ import torch
 
 from dfdtrain.calibration import describe as describe_calibration
 from dfdtrain.calibration import fit_calibration
-from dfdtrain.config import config_to_dict, save_config
+from dfdtrain.config import config_to_dict, resolved_run_config, save_config
 from dfdtrain.data import storage
 from dfdtrain.data.loader import VideoLoader, expand_shards
 from dfdtrain.data.shard_index import positive_class_weight, test_split_overlap
@@ -290,7 +290,7 @@ class Trainer:
             train = self.config.train
             self.calibration = (self.state.step, fit_calibration(
                 [record["video_logit"] for record in records], [record["label"] for record in records],
-                train.threshold_rule, train.threshold, calibrate=train.calibrate,
+                train.threshold_rule, train.threshold, calibrate=train.calibrate, fallback=True,
                 fitted_on=f"validation after epoch {self.state.epoch}, step {self.state.step} "
                           f"({len(records)} videos)"))
         skipped = gather_to_rank0(self.val_loader.skipped[skipped_before:])  # this pass's, from every rank
@@ -434,6 +434,7 @@ class Trainer:
         state = self.state  # after resume: it replaces the state
         if checkpoint and self.finished():  # every rank loaded the same state: all return here together
             return self._already_finished()
+        config = resolved_run_config(config, self.run_dir)  # config.yaml and W&B: absolute run_dir, WANDB_MODE
         problem = None
         if context.is_main:  # not before: a finished run keeps the config.yaml it was trained with
             try:
@@ -512,7 +513,7 @@ class Trainer:
             "epochs_run": state.epoch,
             "steps": state.step,
             "stopped_early": stopped_early,
-            "checkpoint": best_checkpoint or find_checkpoint(self.run_dir, "last"),
+            "checkpoint": _absolute(best_checkpoint or find_checkpoint(self.run_dir, "last")),
             "best_epoch": state.best_epoch if best_checkpoint else None,
             "calibration": self._best_calibration(),
             "early_stopping_metric": self.config.train.early_stopping_metric,
@@ -533,6 +534,10 @@ class Trainer:
         checkpoint = find_checkpoint(self.run_dir, "best") or find_checkpoint(self.run_dir, "last")
         path = os.path.join(checkpoint, SETTINGS_FILE) if checkpoint else None
         return read_json(path).get("calibration") if path and os.path.isfile(path) else None
+
+
+def _absolute(path):
+    return os.path.abspath(path) if path else path
 
 
 def _skipped_summary(skipped):

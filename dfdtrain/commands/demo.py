@@ -49,7 +49,6 @@ def run_training(args, out):
         command.append("--quiet")
     environment = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     environment.setdefault("DS_ACCELERATOR", "cpu")
-    environment.setdefault("TORCH_EXTENSIONS_DIR", str(out / ".torch_extensions"))  # DeepSpeed's JIT-built op
     # with --json, stdout carries only the report: the training job's own output goes to stderr
     result = subprocess.run(command, env=environment, stdout=sys.stderr if args.json else None)
     if result.returncode != 0:

@@ -125,7 +125,10 @@ def _plot_learning_rate(axes, train, evaluations):
                   markersize=3, label="backbone")
     axes.legend(loc="upper right", fontsize="small")
     axes.set_ylim(bottom=0)
-    axes.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    from matplotlib.ticker import FuncFormatter
+
+    # each tick its own short number: a shared "1e-3" multiplier sits on the epoch labels at the top
+    axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
 
 
 def _per_epoch(axes, evaluations, series, ylabel, title):

@@ -80,6 +80,15 @@ def created():
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+# The real DFDC/FF++ clips: $DFDTRAIN_FIXTURES, else the shared folder beside the repository (as the tests find them).
+DEFAULT_FIXTURES = os.environ.get("DFDTRAIN_FIXTURES", str(Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
+
+
+def add_fixtures_argument(parser, help="the real fixtures folder (default: $DFDTRAIN_FIXTURES, else "
+                                       "../shared/fixtures)"):
+    parser.add_argument("--fixtures", default=DEFAULT_FIXTURES, help=help)
+
+
 def add_device_argument(parser):
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where to run: auto (cuda when a GPU is visible), cpu or cuda")

@@ -17,7 +17,6 @@ that load changes on the machine hit them alike; the median is reported. Ratios 
 import argparse
 import importlib
 import io
-import os
 import statistics
 import sys
 import tempfile
@@ -26,15 +25,13 @@ from pathlib import Path
 
 import av
 
-from common import add_device_argument, emit, envelope, resolve_device
+from common import add_device_argument, add_fixtures_argument, emit, envelope, resolve_device
 from dfdtrain.data.decoders import build_decoder
 from dfdtrain.data.sampler import SamplerConfig, sample_indices
 from dfdtrain.data.synth import synthesize
 from dfdtrain.data.video import is_media_file, probe
 from dfdtrain.errors import DfdError
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_FIXTURES = os.environ.get("DFDTRAIN_FIXTURES", str(REPO.parent / "shared" / "fixtures"))
 DFDC_CLIP = "dfdc/dfdc_train_part_0/brtujopkby.mp4"
 FFPP_CLIP = "ffpp/original_sequences/youtube/c40/videos/183.mp4"
 NUM_FRAMES = 16
@@ -176,9 +173,8 @@ def real_videos(folder, count):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fixtures", default=DEFAULT_FIXTURES,
-                        help="a folder of real videos (default: the shared fixtures, their DFDC and FF++ clips; "
-                             "elsewhere the first videos found)")
+    add_fixtures_argument(parser, help="a folder of real videos (default: the shared fixtures, their DFDC and FF++ "
+                                       "clips; elsewhere the first videos found)")
     parser.add_argument("--repeats", type=int, default=5, help="timed reads per method and video (median)")
     parser.add_argument("--quick", action="store_true", help="1 repeat, no DFDC clip, smaller synthetic clips")
     parser.add_argument("--out", help="write the JSON result here too")

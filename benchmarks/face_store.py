@@ -31,10 +31,8 @@ import sys
 import time
 from pathlib import Path
 
-from common import emit, envelope
+from common import add_fixtures_argument, emit, envelope
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_FIXTURES = os.environ.get("DFDTRAIN_FIXTURES", str(REPO.parent / "shared" / "fixtures"))
 NUM_FRAMES = 16
 PNG_SAMPLE_FRAMES = 16
 QUICK_VIDEOS = ["dfdc/dfdc_train_part_0/brtujopkby.mp4", "ffpp/original_sequences/youtube/c40/videos/183.mp4"]
@@ -224,7 +222,7 @@ def find_videos(fixtures, quick):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fixtures", default=DEFAULT_FIXTURES, help="the shared real fixtures folder")
+    add_fixtures_argument(parser)
     parser.add_argument("--quick", action="store_true",
                         help="2 videos (the DFDC clip and FF++ 183), settings default and all_intra, 2 repeats")
     parser.add_argument("--repeats", type=int, default=3, help="timed reads per video and source (median)")

@@ -47,11 +47,9 @@ from pathlib import Path
 
 import numpy as np
 
-from common import emit, envelope, first_frames
+from common import add_fixtures_argument, emit, envelope, first_frames
 from shard_parts import parts_comparison
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_FIXTURES = os.environ.get("DFDTRAIN_FIXTURES", str(REPO.parent / "shared" / "fixtures"))
 QUICK_VIDEOS = ["dfdc/dfdc_train_part_0/brtujopkby.mp4", "ffpp/original_sequences/youtube/c40/videos/183.mp4"]
 FULL_VIDEOS = QUICK_VIDEOS + ["dfdc/train_sample_videos/*.mp4", "ffpp/original_sequences/youtube/c40/videos/*.mp4",
                               "ffpp/original_sequences/actors/c40/videos/*.mp4",
@@ -397,7 +395,7 @@ def find_videos(fixtures, quick):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fixtures", default=DEFAULT_FIXTURES, help="the shared real fixtures folder")
+    add_fixtures_argument(parser)
     parser.add_argument("--quick", action="store_true",
                         help="2 videos (the DFDC clip and FF++ 183), 3 repeats (1 of the originals), the parts on "
                              f"their first {QUICK_PART_FRAMES} frames")

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from common import emit, envelope
+from common import add_fixtures_argument, emit, envelope
 from dfdtrain.data.datasets import IndexOptions
 from dfdtrain.data.index import build_manifest, write_manifest
 from dfdtrain.data.shard import write_shards
@@ -77,7 +77,7 @@ def png_store_sizes(job):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fixtures", default=str(Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
+    add_fixtures_argument(parser)
     parser.add_argument("--out", help="write the JSON result here too")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--face-frames", type=int, default=16)

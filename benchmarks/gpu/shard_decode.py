@@ -33,10 +33,9 @@ import numpy as np
 BENCHMARKS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(BENCHMARKS))  # common.py: the envelope, devices and JSON out every benchmark shares
 
-from common import add_device_argument, emit, envelope, first_frames, resolve_device  # noqa: E402
+from common import (add_device_argument, add_fixtures_argument, emit, envelope, first_frames,  # noqa: E402
+                    resolve_device)
 
-REPO = BENCHMARKS.parent
-DEFAULT_FIXTURES = os.environ.get("DFDTRAIN_FIXTURES", str(REPO.parent / "shared" / "fixtures"))
 NUM_FRAMES = 16
 # A portrait DFDC clip (1080x1920, no rotation flag), two FF++ YouTube originals at 720p and a fake of theirs:
 # all in the kit's carried fixtures (kit.py FIXTURES).
@@ -200,8 +199,7 @@ def notes_for(stores, ratios, unavailable):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_device_argument(parser)
-    parser.add_argument("--fixtures", default=DEFAULT_FIXTURES, help="the real fixtures folder (default: "
-                        "$DFDTRAIN_FIXTURES, else ../shared/fixtures)")
+    add_fixtures_argument(parser)
     parser.add_argument("--quick", action="store_true", help=f"one FF++ clip cut to its first {QUICK_FRAMES} frames, "
                         "1 repeat (the kit's CPU dry run)")
     parser.add_argument("--repeats", type=int, default=5, help="timed reads per method and video (median)")

@@ -27,8 +27,8 @@ BENCHMARKS = KIT.parent
 sys.path.insert(0, str(BENCHMARKS))  # common.py: the envelope, devices and JSON out every benchmark shares
 sys.path.insert(0, str(KIT))  # shard_decode.py: the folder dataset of fixture copies, and cutting a clip short
 
-from common import add_device_argument, emit, envelope, resolve_device  # noqa: E402
-from shard_decode import DEFAULT_FIXTURES, QUICK_FRAMES, folder_manifest  # noqa: E402
+from common import add_device_argument, add_fixtures_argument, emit, envelope, resolve_device  # noqa: E402
+from shard_decode import QUICK_FRAMES, folder_manifest  # noqa: E402
 
 # 10 s, 1080x1920 portrait without a rotation flag, 300 frames: in the kit's carried fixtures (kit.py FIXTURES)
 CLIP = "dfdc/dfdc_train_part_0/brtujopkby.mp4"
@@ -85,8 +85,7 @@ def notes_for(runs, ratios, goal):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_device_argument(parser)
-    parser.add_argument("--fixtures", default=DEFAULT_FIXTURES, help="the real fixtures folder (default: "
-                        "$DFDTRAIN_FIXTURES, else ../shared/fixtures)")
+    add_fixtures_argument(parser)
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_COPIES} copies cut to the first "
                         f"{QUICK_FRAMES} frames (the kit's CPU dry run)")
     parser.add_argument("--copies", type=int, default=16, help="copies of the DFDC clip to shard (default 16)")

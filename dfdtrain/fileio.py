@@ -11,7 +11,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from dfdtrain.errors import DfdError
+from dfdtrain.errors import BadVideo, DfdError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -108,12 +108,9 @@ def load_plain(path, map_location="cpu", allow=()):
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6 is a zip archive
 
 
-class FileRefused(DfdError):
-    """A file that was not read: ``reason`` is a short tag (unreadable, not a regular file), ``detail`` says more."""
-
-    def __init__(self, path, reason, detail=""):
-        self.path, self.reason, self.detail = str(path), reason, detail
-        super().__init__(f"{self.path}: {reason}" + (f" ({detail})" if detail else ""))
+class FileRefused(BadVideo):
+    """A file that was not read (reason: unreadable, not a regular file): for a video, the same skip or error entry
+    as any bad video."""
 
 
 _FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),

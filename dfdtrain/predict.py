@@ -24,7 +24,7 @@ from dfdtrain.data.clips import make_clip, model_input
 from dfdtrain.data.decoders import build_decoder
 from dfdtrain.data.video import probe
 from dfdtrain.errors import BadVideo, DfdError
-from dfdtrain.fileio import FileRefused, read_regular_file
+from dfdtrain.fileio import read_regular_file
 from dfdtrain.models.bundle import load_detector
 from dfdtrain.models.detector import detector_score_kind
 from dfdtrain.models.explain import METHOD, NotExplainable, overlay, png_data_url, safe_key, write_overlays
@@ -166,7 +166,7 @@ class Predictor:
                     clip = self.prepare(data, info, name=path, seconds=seconds)
                     del data
                     pending.append((position, path, clip, {**info, "stage_seconds": seconds}))
-                except (BadVideo, FileRefused) as error:
+                except BadVideo as error:  # FileRefused too (a FIFO, a device)
                     results[position] = _error_entry(path, _bad_video_message(error))
                 except DfdError as error:
                     results[position] = _error_entry(path, str(error))

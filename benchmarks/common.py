@@ -209,9 +209,9 @@ def first_frames(data, count):
 def make_synth_shards(root, count, frames, width, height, val_fraction=0.2, target_bytes=1 << 20, seed=0,
                       codec="h264", gop=12):
     """Generated clips, their manifest and shards under ``root``; returns (shard folder, manifest rows)."""
-    from dfdtrain.data.index import build_manifest, write_manifest
-    from dfdtrain.data.shard import write_shards
-    from dfdtrain.data.synth import synthesize
+    from dfdtrain.data.ingest.manifest import build_manifest, write_manifest
+    from dfdtrain.data.shards.writer import write_shards
+    from dfdtrain.demo.synth import synthesize
 
     root = Path(root)
     synthesize(root / "data", count=count, frames=frames, width=width, height=height, codec=codec, seed=seed,

@@ -5,7 +5,7 @@ centre of 16 equal segments), decoded from the file's bytes in memory into uint8
   pyav        the ``pyav`` backend: decodes only from the keyframe before each run of wanted frames;
   sequential  the ``sequential`` backend: decodes every frame up to the last wanted one (the reference
               notebooks' way, and ``video.read_frames``);
-  dali_cpu    the ``dali`` backend on the CPU (VP9 only there), when ``dfdtrain.data.dali`` imports;
+  dali_cpu    the ``dali`` backend on the CPU (VP9 only there), when ``dfdtrain.data.decode.dali`` imports;
   dali_gpu    the ``dali`` backend on the GPU (NVDEC, ``mixed``; every codec), with ``--device cuda``/auto on a GPU;
   torchcodec  the ``torchcodec`` backend, when torchcodec imports.
 Every method reads every video once untimed (warm-up), then ``--repeats`` times, the methods interleaved so
@@ -26,11 +26,11 @@ from pathlib import Path
 import av
 
 from common import add_device_argument, add_fixtures_argument, emit, envelope, resolve_device
-from dfdtrain.data.decoders import build_decoder
-from dfdtrain.data.sampler import SamplerConfig, sample_indices
-from dfdtrain.data.synth import synthesize
-from dfdtrain.data.video import is_media_file, probe
-from dfdtrain.errors import DfdError
+from dfdtrain.data.decode.decoders import build_decoder
+from dfdtrain.data.decode.sampler import SamplerConfig, sample_indices
+from dfdtrain.demo.synth import synthesize
+from dfdtrain.data.decode.video import is_media_file, probe
+from dfdtrain.core.errors import DfdError
 
 DFDC_CLIP = "dfdc/dfdc_train_part_0/brtujopkby.mp4"
 FFPP_CLIP = "ffpp/original_sequences/youtube/c40/videos/183.mp4"
@@ -84,7 +84,7 @@ def build_methods(device):
     methods = {"pyav": build_decoder("pyav"), "sequential": build_decoder("sequential")}
     unavailable = {}
     try:
-        importlib.import_module("dfdtrain.data.dali")  # written separately; absent on older checkouts
+        importlib.import_module("dfdtrain.data.decode.dali")  # written separately; absent on older checkouts
 
         methods["dali_cpu"] = build_decoder("dali", device="cpu")
     except Exception as error:  # ImportError, DfdError (nvidia.dali missing), or a DALI start-up failure

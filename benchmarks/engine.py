@@ -2,7 +2,7 @@
 >= 0.97 x DDP throughput); and what a host sync per step costs.
 
 The driver starts ``torchrun --standalone --nproc_per_node N benchmarks/engine.py --worker JOB`` (gloo and
-DeepSpeed's CPU accelerator on a CPU, NCCL on GPUs). Every process builds one ``dfdtrain.engine.trainer.Trainer``
+DeepSpeed's CPU accelerator on a CPU, NCCL on GPUs). Every process builds one ``dfdtrain.training.trainer.Trainer``
 per variant from an ExperimentConfig (the job's detector, the same seed, the training defaults: AdamW, cosine
 schedule; train.engine / zero_stage / precision from the variant), all in the one process group, each fed a
 fixed random batch per rank already on the device, and trains with the Trainer's own ``train_step`` (after one
@@ -104,8 +104,8 @@ def worker(job_path):
     from torch.nn.parallel import DistributedDataParallel
 
     from common import OnDeviceBatches, timed
-    from dfdtrain.engine.distributed import cleanup, init_distributed
-    from dfdtrain.engine.trainer import Trainer
+    from dfdtrain.core.distributed import cleanup, init_distributed
+    from dfdtrain.training.trainer import Trainer
 
     job = json.loads(Path(job_path).read_text())
     torch.set_num_threads(job["threads"])
@@ -210,7 +210,7 @@ def main(argv=None):
     result = envelope(
         "engine", device,
         {**job, "quick": args.quick, "nproc": nproc, "optimizer": "AdamW (OptimConfig defaults)",
-         "step": "Trainer.train_step (dfdtrain.engine.trainer), one Trainer per variant",
+         "step": "Trainer.train_step (dfdtrain.training.trainer), one Trainer per variant",
          "data": "a fixed random batch per rank, on the device"},
         started, **measured, ratios=ratios,
         goal={"deepspeed_over_ddp_at_least": GOAL_DEEPSPEED_OVER_DDP,

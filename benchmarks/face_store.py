@@ -55,7 +55,7 @@ C40_GOALS = "FF++ c40: bytes <= a 32-PNG-crop store's at <= 2/255 and >= 10x fas
 
 
 def clip_options(setting):
-    from dfdtrain.data.face_clips import FaceClipOptions
+    from dfdtrain.data.faces.store import FaceClipOptions
 
     return FaceClipOptions(**SETTINGS[setting])
 
@@ -65,9 +65,9 @@ def png_bytes_estimate(data, name, track, size):
     import numpy as np
     from PIL import Image
 
-    from dfdtrain.data.decoders import build_decoder
-    from dfdtrain.data.face_clips import crop_window
-    from dfdtrain.data.sampler import uniform_indices
+    from dfdtrain.data.decode.decoders import build_decoder
+    from dfdtrain.data.faces.store import crop_window
+    from dfdtrain.data.decode.sampler import uniform_indices
 
     positions = uniform_indices(len(track["source_frames"]), PNG_SAMPLE_FRAMES)
     frames = build_decoder("pyav").read(data, [track["source_frames"][p] for p in positions], name=name)
@@ -84,9 +84,9 @@ def prepare_video(job):
     import torch
 
     torch.set_num_threads(1)
-    from dfdtrain.data.face_clips import centre_track, encode_tracks, find_tracks, scan_video
-    from dfdtrain.data.faces import build_face_detector
-    from dfdtrain.data.video import probe
+    from dfdtrain.data.faces.store import centre_track, encode_tracks, find_tracks, scan_video
+    from dfdtrain.data.faces.detect import build_face_detector
+    from dfdtrain.data.decode.video import probe
 
     fixtures, relative, settings = job
     path = Path(fixtures) / relative
@@ -122,7 +122,7 @@ def prepare_video(job):
 
 def decode_methods(use_gpu):
     """{method: (decoder, which videos it reads)}: pyav always; DALI where it can decode here."""
-    from dfdtrain.data.decoders import build_decoder
+    from dfdtrain.data.decode.decoders import build_decoder
 
     methods = {"pyav": (build_decoder("pyav"), "all")}
     unavailable = {}
@@ -142,7 +142,7 @@ def decode_methods(use_gpu):
 
 def time_decodes(videos, originals, clips, repeats, use_gpu):
     """Median seconds of a 16-frame sampled read per (video, source, method); sources interleaved per repeat."""
-    from dfdtrain.data.sampler import SamplerConfig, sample_indices
+    from dfdtrain.data.decode.sampler import SamplerConfig, sample_indices
 
     methods, unavailable = decode_methods(use_gpu)
     reads = []  # (video number, source, method, decoder, bytes, name, indices)

@@ -7,7 +7,7 @@ Data: dfdtrain's own generated clips (synth -> index -> shard, H.264 with a keyf
           and normalise in the main process;
   files   one file per video (the reference notebooks' layout): a map-style dataset that opens each video's
           own file in random order, then the same ``ClipDecoder``, ``collate`` and ``model_input`` (the clip
-          contract, ``dfdtrain.data.clips``);
+          contract, ``dfdtrain.data.loading.clips``);
   dali    (GPU only) the training loader with ``decoder=dali``: DALI reads the shards and decodes with NVDEC;
   s3      the shards method over the same shards in a real S3 server on loopback (SeaweedFS, ``weed``: started
           here; skipped with a note when it is not installed), streamed with ranged GETs (``dfdtrain.data.storage``);
@@ -36,9 +36,9 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from common import add_device_argument, emit, envelope, make_synth_shards, median, progress, resolve_device
 from dfdtrain.config import ClipSpec, DataConfig, SamplerConfig
-from dfdtrain.data.clips import model_input
-from dfdtrain.data.loader import ClipDecoder, VideoLoader, collate
-from dfdtrain.loopback import HttpServer, S3Server
+from dfdtrain.data.loading.clips import model_input
+from dfdtrain.data.loading.loader import ClipDecoder, VideoLoader, collate
+from dfdtrain.testing.loopback import HttpServer, S3Server
 
 # Data and loader sizes per mode. GPU: larger frames, more workers (a GPU host has more cores).
 SETTINGS = {

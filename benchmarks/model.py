@@ -3,7 +3,7 @@
 Each case is a detector as training builds it (``build_detector``: timm backbone per frame + temporal head, or a
 clip backbone) on
 random clips [B,T,3,S,S] already on the device; a step is autocast forward (the engines' ``autocast``), BCE
-loss (the training objective, ``dfdtrain.engine.loss.video_bce``), backward and an SGD step (timm's benchmark
+loss (the training objective, ``dfdtrain.models.loss.video_bce``), backward and an SGD step (timm's benchmark
 trains with SGD too). For every case the four variants (fp32 / bf16 autocast x NCHW / channels_last) are
 built from the same seed and timed interleaved: ``--repeats`` blocks of ``--steps`` steps each, after
 ``--warmup`` untimed steps; the median block gives samples/s (clips) and frames/s. FLOPs are counted once per case (``model_stats.forward_flops``, training =
@@ -20,8 +20,8 @@ import time
 import torch
 
 from common import add_device_argument, emit, envelope, math_mode, median, mfu, progress, resolve_device, timed
-from dfdtrain.engine.engines import autocast
-from dfdtrain.engine.loss import video_bce
+from dfdtrain.core.devices import autocast
+from dfdtrain.models.loss import video_bce
 from model_stats import build_case, forward_flops
 
 

@@ -238,7 +238,7 @@ def main(argv=None):
     result = envelope(
         "scaling", device,
         {"quick": args.quick, "engine": "ddp", "scaling": "weak (fixed batch per process)",
-         "rounds": 1 if args.quick else args.rounds, "step": "Trainer.train_step (dfdtrain.engine.trainer)",
+         "rounds": 1 if args.quick else args.rounds, "step": "Trainer.train_step (dfdtrain.training.trainer)",
          "data": "a fixed random batch per rank, on the device"},
         started,
         measured=measured,

@@ -86,9 +86,9 @@ import json, resource, sys
 sys.path.insert(0, sys.argv[1])
 import torch
 torch.set_num_threads(1)
-from dfdtrain.data.face_clips import FaceClipOptions, make_face_clips
-from dfdtrain.data.faces import build_face_detector
-from dfdtrain.data.video import probe
+from dfdtrain.data.faces.store import FaceClipOptions, make_face_clips
+from dfdtrain.data.faces.detect import build_face_detector
+from dfdtrain.data.decode.video import probe
 detector, seconds = build_face_detector("mtcnn"), {}
 for video in sys.argv[2:] * 2:
     data = open(video, "rb").read()
@@ -121,8 +121,8 @@ def storage_group(relative):
 def folder_manifest(fixtures, relatives, folder, max_frames=None):
     """A manifest of the videos as one folder dataset (copies: each its own key, with ``max_frames`` only their
     first frames), every video in train; returns it, its rows and {a row's path: its fixture}."""
-    from dfdtrain.data.datasets import IndexOptions
-    from dfdtrain.data.index import build_manifest, write_manifest
+    from dfdtrain.data.ingest.datasets import IndexOptions
+    from dfdtrain.data.ingest.manifest import build_manifest, write_manifest
 
     fixture_of = {}
     for number, relative in enumerate(relatives):
@@ -142,7 +142,7 @@ def shard_run(manifest, out, store, workers):
     """One timed ``write_shards``: wall, CPU seconds and the index."""
     import torch
 
-    from dfdtrain.data.shard import Compute, write_shards
+    from dfdtrain.data.shards.writer import Compute, write_shards
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each worker process does: a 1-process run is one core's work
@@ -196,7 +196,7 @@ def resize_frames(frames):
     """[T,H,W,3] uint8 -> [T,224,224,3] uint8 with the loaders' own resize (``crop_and_resize``, whole frame)."""
     import torch
 
-    from dfdtrain.data.crops import crop_and_resize
+    from dfdtrain.data.faces.crops import crop_and_resize
 
     frames = torch.from_numpy(np.ascontiguousarray(frames))
     return crop_and_resize(frames, [[0, 0, frames.shape[2], frames.shape[1]]] * len(frames), LOAD_SIZE)
@@ -206,9 +206,9 @@ def build_png_store(source, name, track, folder):
     """DeepfakeBench's store of one track: 32 spread frames, aligned crop at 256 px, one PNG file each."""
     from PIL import Image
 
-    from dfdtrain.data.decoders import build_decoder
-    from dfdtrain.data.face_clips import crop_window
-    from dfdtrain.data.sampler import uniform_indices
+    from dfdtrain.data.decode.decoders import build_decoder
+    from dfdtrain.data.faces.store import crop_window
+    from dfdtrain.data.decode.sampler import uniform_indices
 
     positions = uniform_indices(len(track["source_frames"]), PNG_FRAMES)
     frames = build_decoder("pyav").read(source, [track["source_frames"][p] for p in positions], name=name)
@@ -230,7 +230,7 @@ def load_png_clip(paths):
 
 def load_sampled(decoder, data, name, frame_count):
     """A face clip's or an original video's 16 uniform (evaluation) frames, decoded from its bytes, resized."""
-    from dfdtrain.data.sampler import uniform_indices
+    from dfdtrain.data.decode.sampler import uniform_indices
 
     return resize_frames(decoder.read(data, uniform_indices(frame_count, LOAD_FRAMES), name=name))
 
@@ -257,7 +257,7 @@ def png_comparison(shard_dirs, rows, fixture_of, repeats, folder, original_repea
     import torch
     import webdataset as wds
 
-    from dfdtrain.data.decoders import build_decoder
+    from dfdtrain.data.decode.decoders import build_decoder
 
     by_key = {row["key"]: row for row in rows}
     samples = [(sample["__key__"], json.loads(sample["json"]), sample) for sample in
@@ -427,7 +427,7 @@ def main(argv=None):
         for dataset in ("dfdc", "ffpp"):
             chosen = [row for row in rows if dataset_of(row["path"]) == dataset]
             if chosen:
-                from dfdtrain.data.index import write_manifest
+                from dfdtrain.data.ingest.manifest import write_manifest
 
                 write_manifest(scratch / f"{dataset}.jsonl", chosen, {"dataset": "folder"})
                 run, _ = shard_run(scratch / f"{dataset}.jsonl", scratch / f"faces_{dataset}", "faces", 1)

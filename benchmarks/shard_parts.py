@@ -67,7 +67,7 @@ def _shards(index):
 def parts_comparison(manifest, folder, shard_size):
     """One process vs 2 parts started together, each ``--workers 1``, on the face store of ``manifest``."""
     import dfdtrain
-    from dfdtrain.data.shard import RECORDS_FOLDER, Part
+    from dfdtrain.data.shards.writer import RECORDS_FOLDER, Part
 
     tree = str(Path(dfdtrain.__file__).resolve().parents[1])
     folder.mkdir(parents=True, exist_ok=True)

@@ -25,9 +25,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from common import add_fixtures_argument, emit, envelope
-from dfdtrain.data.datasets import IndexOptions
-from dfdtrain.data.index import build_manifest, write_manifest
-from dfdtrain.data.shard import write_shards
+from dfdtrain.data.ingest.datasets import IndexOptions
+from dfdtrain.data.ingest.manifest import build_manifest, write_manifest
+from dfdtrain.data.shards.writer import write_shards
 
 
 def interpolate_boxes(faces, frame_count, width, height):

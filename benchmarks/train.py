@@ -1,7 +1,7 @@
 """End to end: steps/s of the real training loop with real data vs the same loop fed by one batch already on the
 device. The ratio (real / synthetic) says whether the loader starves the model (goal >= 0.95).
 
-Both modes run ``dfdtrain.engine.trainer.Trainer(config, train_loader=...).train()`` on the same config
+Both modes run ``dfdtrain.training.trainer.Trainer(config, train_loader=...).train()`` on the same config
 (dfdtrain's own generated clips, synth -> index -> shard); the real mode lets the Trainer build its VideoLoader,
 the synthetic mode passes ``train_loader=``: one real batch from the same kind of loader (``VideoLoader`` over
 the same shards, clip spec and data settings), kept on the device and yielded ``len(loader)`` times, so decode,
@@ -27,8 +27,8 @@ import torch
 from common import (OnDeviceBatches, add_device_argument, emit, envelope, make_synth_shards, median, progress,
                     resolve_device)
 from dfdtrain.config import config_from_dict
-from dfdtrain.data.loader import VideoLoader
-from dfdtrain.engine.trainer import Trainer
+from dfdtrain.data.loading.loader import VideoLoader
+from dfdtrain.training.trainer import Trainer
 from dfdtrain.models.detector import build_detector_from_config
 
 GOAL_REAL_OVER_SYNTHETIC = 0.95

@@ -4,24 +4,17 @@ Every subcommand has --help; a bad argument, path or input exits with status 2 a
 problem (no traceback), so scripts and people both see what went wrong.
 """
 
-import argparse
 import importlib
 import os
 import sys
 
 from dfdtrain import __version__
-from dfdtrain.errors import DfdError, printable
+from dfdtrain.commands._common import OneLineArgumentParser
+from dfdtrain.core.errors import DfdError, printable
 
 # name -> module under dfdtrain.commands; each module has HELP, add_arguments(parser) and run(args) -> int.
 COMMANDS = ("synth", "index", "shard", "preview", "embed", "train", "evaluate", "calibrate", "protocol",
             "predict", "serve", "export", "bench", "demo")
-
-
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """argparse prints a usage block before the error; we print only the error line."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def build_parser():

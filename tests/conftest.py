@@ -38,8 +38,8 @@ SIX_VIDEOS = {**{f"real/{name}.mp4": f"original_sequences/youtube/c40/videos/{na
 def six_video_manifest(root, fixtures):
     """``SIX_VIDEOS`` copied to ``root/data`` and indexed (everything in train) into ``root/m.jsonl``; returns
     (manifest path, rows)."""
-    from dfdtrain.data.datasets import IndexOptions
-    from dfdtrain.data.index import build_manifest, write_manifest
+    from dfdtrain.data.ingest.datasets import IndexOptions
+    from dfdtrain.data.ingest.manifest import build_manifest, write_manifest
 
     for path, source in SIX_VIDEOS.items():
         place_video(root / "data" / path, fixtures / "ffpp" / source)
@@ -83,9 +83,9 @@ def data_config(**options):
 
 def make_synth_shards(root, count, frames, val_fraction, target_bytes, seed, width=64, height=64, codec="h264"):
     """Real shards of generated clips: synth -> folder index (no test split) -> shard. Returns the shard folder."""
-    from dfdtrain.data.index import build_manifest, write_manifest
-    from dfdtrain.data.shard import write_shards
-    from dfdtrain.data.synth import synthesize
+    from dfdtrain.data.ingest.manifest import build_manifest, write_manifest
+    from dfdtrain.data.shards.writer import write_shards
+    from dfdtrain.demo.synth import synthesize
 
     root = Path(root)
     synthesize(root / "data", count=count, frames=frames, width=width, height=height, codec=codec, seed=seed,
@@ -167,9 +167,9 @@ def small_shards(tmp_path_factory):
 def ffpp_shards(tmp_path_factory, fixtures):
     """Real FF++ shards with a ``method`` field: the YouTube pair 183/253, its 2 reals and its fakes by each of
     the 4 manipulation methods (a whole leakage group, and few videos: decoding full-size clips is slow)."""
-    from dfdtrain.data.datasets import IndexOptions
-    from dfdtrain.data.index import build_manifest
-    from dfdtrain.data.shard import write_shards
+    from dfdtrain.data.ingest.datasets import IndexOptions
+    from dfdtrain.data.ingest.manifest import build_manifest
+    from dfdtrain.data.shards.writer import write_shards
 
     root = tmp_path_factory.mktemp("ffpp_eval")
     rows, _ = build_manifest("ffpp", fixtures / "ffpp", IndexOptions(ffpp_splits=str(fixtures / "labels/ffpp")),

@@ -14,8 +14,8 @@ import tempfile
 import torch
 
 from dfdtrain.config import config_from_dict
-from dfdtrain.engine.distributed import cleanup
-from dfdtrain.engine.trainer import Trainer
+from dfdtrain.core.distributed import cleanup
+from dfdtrain.training.trainer import Trainer
 
 GLOBAL_BATCH = 4
 

@@ -11,8 +11,8 @@ import torch
 import torch.distributed as dist
 
 from dfdtrain.config import ClipSpec, DataConfig, SamplerConfig
-from dfdtrain.data.loader import VideoLoader
-from dfdtrain.engine.distributed import gather_to_rank0
+from dfdtrain.data.loading.loader import VideoLoader
+from dfdtrain.core.distributed import gather_to_rank0
 
 CLIP = ClipSpec(sampler=SamplerConfig("uniform", 4), crop="center", image_size=32, mean=(0.485, 0.456, 0.406),
                 std=(0.229, 0.224, 0.225))

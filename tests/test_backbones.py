@@ -12,7 +12,7 @@ import safetensors.torch
 import timm
 import torch
 
-from dfdtrain.errors import DfdError
+from dfdtrain.core.errors import DfdError
 from dfdtrain.models.backbones import (ALIAS_NOTES, KERAS_ALIASES, backbone_stages, build_backbone,
                                        resolve_backbone_name)
 

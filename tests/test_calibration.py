@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import make_synth_shards, run_cli, train_tiny
-from dfdtrain.calibration import THRESHOLD_RULES, fit_calibration, fit_temperature, sigmoid
+from dfdtrain.metrics.calibration import THRESHOLD_RULES, fit_calibration, fit_temperature, sigmoid
 from dfdtrain.metrics import bootstrap_intervals, binary_metrics, expected_calibration_error, log_loss, roc_curve
 
 
@@ -55,12 +55,12 @@ def test_a_calibration_that_cannot_be_fitted_says_so_and_a_fallback_is_labelled(
     """Fewer than 2 videos of a class: the fit used to return temperature 1 and the configured threshold labelled
     with the rule asked for ("eer"); now it raises naming the class, or with fallback=True (training's validation)
     returns the fallback labelled as one."""
-    from dfdtrain.errors import DfdError
+    from dfdtrain.core.errors import DfdError
 
     with pytest.raises(DfdError, match=r"too few real videos \(1 real, 2 fake") as refused:
         fit_calibration([2.0, 3.0, -1.0], [1, 1, 0], rule="eer", threshold=0.4)
 
-    from dfdtrain.calibration import CalibrationNotFitted, describe
+    from dfdtrain.metrics.calibration import CalibrationNotFitted, describe
 
     assert isinstance(refused.value, CalibrationNotFitted)
     with pytest.raises(CalibrationNotFitted, match=r"too few fake videos \(3 real, 0 fake; fitting the temperature "):
@@ -133,7 +133,7 @@ def constant_bundle(run_dir, out, logit=0.5, temperature=0.46, threshold=0.7503)
     import torch
     from safetensors.torch import save_file
 
-    from dfdtrain.calibration import Calibration
+    from dfdtrain.metrics.calibration import Calibration
     from dfdtrain.models.bundle import BUNDLE_WEIGHTS, calibrated, load_detector, write_settings
 
     model, settings = load_detector(run_dir)
@@ -152,7 +152,7 @@ def constant_bundle(run_dir, out, logit=0.5, temperature=0.46, threshold=0.7503)
 
 def subset_shards(run_dir, out, choose):
     """Shards (split val) of the videos of the trained run's index that ``choose(rows)`` returns."""
-    from dfdtrain.data.shard import write_shards
+    from dfdtrain.data.shards.writer import write_shards
 
     rows = [json.loads(line) for line in (run_dir.parent / "m.jsonl").read_text().splitlines() if line.strip()]
     rows = [{**row, "split": "val"} for row in choose([row for row in rows if isinstance(row, dict) and "key" in row])]
@@ -260,8 +260,8 @@ def test_training_stores_a_calibration_with_each_checkpoint(trained_run):
 def split_shards(tmp_path_factory):
     """Generated clips indexed with a test split, sharded; and the same videos indexed again with another seed
     (another index whose val split holds videos of the first one's test split)."""
-    from dfdtrain.data.index import build_manifest, write_manifest
-    from dfdtrain.data.shard import write_shards
+    from dfdtrain.data.ingest.manifest import build_manifest, write_manifest
+    from dfdtrain.data.shards.writer import write_shards
 
     root = tmp_path_factory.mktemp("splits")
     make_synth_shards(root / "a", count=12, frames=8, val_fraction=0.25, target_bytes=10_000_000, seed=4)

@@ -13,7 +13,7 @@ from torch import nn
 
 from conftest import run_cli
 from dfdtrain.config import ConfigError, load_config
-from dfdtrain.errors import DfdError
+from dfdtrain.core.errors import DfdError
 from dfdtrain.models import ClipDetector, build_detector
 from dfdtrain.models.backbones import backbone_stages
 from dfdtrain.models.clip_backbones import ThumbnailBackbone, thumbnail_layout
@@ -153,9 +153,9 @@ def test_pretrained_weights_come_from_a_file_and_never_silently_from_nowhere(tmp
 @pytest.fixture(scope="module")
 def face_clip_shards(tmp_path_factory, fixtures):
     """Face-clip shards (MTCNN tracks, 64-px H.264 clips) of real FF++ videos: a real and a fake per split."""
-    from dfdtrain.data.face_clips import FaceClipOptions
-    from dfdtrain.data.shard import write_shards
-    from dfdtrain.data.tracks import TrackOptions
+    from dfdtrain.data.faces.store import FaceClipOptions
+    from dfdtrain.data.shards.writer import write_shards
+    from dfdtrain.data.faces.tracks import TrackOptions
 
     ffpp = "ffpp/{}/c40/videos/{}.mp4"
     videos = [("real469", "original_sequences/youtube", "469", 0, "train"),

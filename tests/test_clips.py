@@ -10,12 +10,12 @@ import webdataset as wds
 
 from conftest import SMALL_CLIP, frames_by_key
 from dfdtrain.config import DataConfig
-from dfdtrain.data.clips import model_input, video_member
-from dfdtrain.data.face_clips import FaceClipOptions
-from dfdtrain.data.loader import VideoLoader
-from dfdtrain.data.shard import write_shards
-from dfdtrain.data.tracks import TrackOptions
-from dfdtrain.predict import Predictor
+from dfdtrain.data.loading.clips import model_input, video_member
+from dfdtrain.data.faces.store import FaceClipOptions
+from dfdtrain.data.loading.loader import VideoLoader
+from dfdtrain.data.shards.writer import write_shards
+from dfdtrain.data.faces.tracks import TrackOptions
+from dfdtrain.inference.predict import Predictor
 
 pytest.importorskip("facenet_pytorch")
 

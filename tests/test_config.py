@@ -13,9 +13,9 @@ import pytest
 
 from dfdtrain.config import (ClipSpec, ConfigError, DataConfig, ExperimentConfig, Range, SamplerConfig, Section,
                              config_to_dict, load_config, save_config)
-from dfdtrain.errors import DfdError
+from dfdtrain.core.errors import DfdError
 from dfdtrain.models.bundle import read_settings
-from dfdtrain.registry import Registry, UnknownName
+from dfdtrain.core.registry import Registry, UnknownName
 
 # (override, what the one line must say): the list, run through the real command line
 BAD_TRAIN_OVERRIDES = [

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from dfdtrain.config import AugmentConfig, ClipSpec
-from dfdtrain.data.augment import augment_clips, ela
-from dfdtrain.data.clips import model_input
-from dfdtrain.data.crops import boxes_for_frames, crop_and_resize, crop_regions, square_regions
-from dfdtrain.errors import DfdError
+from dfdtrain.data.loading.augment import augment_clips, ela
+from dfdtrain.data.loading.clips import model_input
+from dfdtrain.data.faces.crops import boxes_for_frames, crop_and_resize, crop_regions, square_regions
+from dfdtrain.core.errors import DfdError
 
 
 def test_boxes_are_interpolated_between_sampled_frames_and_held_at_the_ends():
@@ -46,8 +46,8 @@ def test_crop_lands_on_the_face_and_pads_outside_the_frame():
 
 
 def test_crop_on_synth_ground_truth_boxes_contains_the_face(tmp_path):
-    from dfdtrain.data.synth import synthesize
-    from dfdtrain.data.video import read_frames
+    from dfdtrain.demo.synth import synthesize
+    from dfdtrain.data.decode.video import read_frames
     import json
 
     synthesize(tmp_path, count=2, frames=8, width=128, height=96, seed=3, progress=False)

@@ -20,13 +20,13 @@ try:
 except Exception as error:  # a broken install fails with more than ImportError
     pytest.skip(f"nvidia.dali does not import ({type(error).__name__}: {error})", allow_module_level=True)
 
-from dfdtrain.data.dali import DaliDecoder, DaliShardLoader
-from dfdtrain.data.index import build_manifest
-from dfdtrain.data.sampler import SamplerConfig, sample_indices
-from dfdtrain.data.shard import write_shards
-from dfdtrain.data.synth import synthesize
-from dfdtrain.data.video import read_frames
-from dfdtrain.errors import BadVideo, DfdError
+from dfdtrain.data.decode.dali import DaliDecoder, DaliShardLoader
+from dfdtrain.data.ingest.manifest import build_manifest
+from dfdtrain.data.decode.sampler import SamplerConfig, sample_indices
+from dfdtrain.data.shards.writer import write_shards
+from dfdtrain.demo.synth import synthesize
+from dfdtrain.data.decode.video import read_frames
+from dfdtrain.core.errors import BadVideo, DfdError
 
 NUM_FRAMES = 8
 SAMPLER = SamplerConfig("uniform", NUM_FRAMES)

@@ -11,7 +11,7 @@ import tarfile
 import pytest
 import webdataset
 
-from dfdtrain.data.dali_index import INDEX_VERSION, dali_index_path, read_index_samples, write_dali_index
+from dfdtrain.data.decode.dali_tar_index import INDEX_VERSION, dali_index_path, read_index_samples, write_dali_index
 
 # Payload sizes around the 512-byte tar block (0, 1, 511, 512, 513) and odd larger ones.
 PAYLOAD_SIZES = [0, 1, 511, 512, 513, 1023, 4097, 40961, 3, 777, 65537]

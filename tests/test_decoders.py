@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from dfdtrain.data import read_frames, video
-from dfdtrain.data.decoders import DECODERS, PyAVDecoder, SequentialDecoder, build_decoder
-from dfdtrain.data.sampler import SamplerConfig, sample_indices
-from dfdtrain.data.synth import synthesize
-from dfdtrain.errors import BadVideo, DfdError
+from dfdtrain.data import read_frames
+from dfdtrain.data.decode import video
+from dfdtrain.data.decode.decoders import DECODERS, PyAVDecoder, SequentialDecoder, build_decoder
+from dfdtrain.data.decode.sampler import SamplerConfig, sample_indices
+from dfdtrain.demo.synth import synthesize
+from dfdtrain.core.errors import BadVideo, DfdError
 
 DFDC_CLIP = "dfdc/dfdc_train_part_0/brtujopkby.mp4"  # 1080x1920 portrait (no rotation flag), keyframes 0, 250
 FFPP_CLIP = "ffpp/original_sequences/youtube/c40/videos/183.mp4"  # 1280x720 yuv444p, B-frames, 390 frames
@@ -288,7 +289,7 @@ def test_public_read_frames_returns_a_uint8_tensor(synth_clips):
 
 
 def test_importing_the_decoders_does_not_import_torch():
-    code = "import sys, dfdtrain.data, dfdtrain.data.decoders; print('torch' in sys.modules)"
+    code = "import sys, dfdtrain.data, dfdtrain.data.decode.decoders; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import REPO, SMALL_CLIP, live_processes, make_synth_shards, run_cli
-from dfdtrain.errors import DfdError
+from dfdtrain.core.errors import DfdError
 
 HERE = Path(__file__).resolve().parent
 EXTENSIONS = REPO / ".cache" / "torch_extensions"  # DeepSpeed JIT-builds a small CPU comm op once (~65 s)
@@ -201,7 +201,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
 
 def test_raw_deepspeed_json_overrides_generated_keys(tmp_path):
     from dfdtrain.config import TrainConfig
-    from dfdtrain.engine.engines import deepspeed_config
+    from dfdtrain.training.engines import deepspeed_config
 
     raw = tmp_path / "ds.json"
     raw.write_text(json.dumps({"zero_optimization": {"stage": 2, "overlap_comm": True}, "steps_per_print": 50}))
@@ -231,7 +231,7 @@ def test_trainer_steps_track_non_finite_losses_on_the_device_and_check_them_once
     """train_step never waits for the device: a NaN loss is folded into a flag that check_finite reads (the
     training loop calls it at log and checkpoint steps), which then stops with one line naming the steps."""
     from dfdtrain.config import config_from_dict
-    from dfdtrain.engine.trainer import NonFiniteLoss, Trainer
+    from dfdtrain.training.trainer import NonFiniteLoss, Trainer
     from dist_engine_job import FixedBatches
 
     config = config_from_dict({"run_dir": str(tmp_path / "run"), "train": {"engine": "ddp", "device": "cpu"},

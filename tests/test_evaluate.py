@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_cli
-from dfdtrain.evaluation import RULES, format_breakdown, resolve_checkpoint, run_evaluation
+from dfdtrain.evaluation.evaluate import RULES, format_breakdown, resolve_checkpoint, run_evaluation
 from dfdtrain.metrics import roc_auc
 
 BASE_PLOTS = ("roc.png", "pr.png", "calibration.png", "confusion.png", "histogram.png")

@@ -15,7 +15,7 @@ from PIL import Image
 from conftest import run_cli
 from dfdtrain.commands.predict import format_explain
 from dfdtrain.models.explain import NotExplainable, explain, explain_note, find_target, safe_key
-from dfdtrain.predict import Predictor
+from dfdtrain.inference.predict import Predictor
 
 FFPP_FAKE = "ffpp/manipulated_sequences/Deepfakes/c40/videos/183_253.mp4"
 FFPP_REAL = "ffpp/original_sequences/youtube/c40/videos/183.mp4"
@@ -121,7 +121,7 @@ def inner_face_masks(clip, inner_faces, size):
 
 def test_maps_of_a_demo_trained_model_put_the_mass_in_the_blended_box(demo_run, tmp_path):
     """Held-out synthetic fakes (another seed): the map's mean inside the blended ellipse beats its mean outside."""
-    from dfdtrain.data.synth import synthesize
+    from dfdtrain.demo.synth import synthesize
 
     synthesize(tmp_path / "data", count=12, frames=24, width=128, height=128, seed=777, progress=False)
     meta = json.loads((tmp_path / "data" / "synth.json").read_text())
@@ -180,7 +180,7 @@ def test_predict_explain_writes_png_overlays_and_says_where(trained_run, fixture
 def test_the_service_returns_maps_with_explain_1_and_the_page_draws_them(trained_run, fixtures):
     from fastapi.testclient import TestClient
 
-    from dfdtrain.serve import create_app
+    from dfdtrain.inference.service import create_app
 
     app = create_app(trained_run, faces="none")
     with TestClient(app) as client:
@@ -208,7 +208,7 @@ def test_the_page_draws_a_map_under_each_crop_in_headless_chromium(trained_run, 
     from selenium.webdriver.support.ui import WebDriverWait
     from test_serve import chromium_driver, free_port
 
-    from dfdtrain.serve import create_app
+    from dfdtrain.inference.service import create_app
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(trained_run, faces="none"), host="127.0.0.1", port=port,

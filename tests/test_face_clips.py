@@ -6,13 +6,13 @@ import av
 import numpy as np
 import pytest
 
-from dfdtrain.data.decoders import PyAVDecoder, SequentialDecoder, build_decoder
-from dfdtrain.data.face_clips import (DEFAULT_CRF, ClipEncoder, FaceClipOptions, check_clip, crop_window,
+from dfdtrain.data.decode.decoders import PyAVDecoder, SequentialDecoder, build_decoder
+from dfdtrain.data.faces.store import (DEFAULT_CRF, ClipEncoder, FaceClipOptions, check_clip, crop_window,
                                       make_face_clips, member_extension)
-from dfdtrain.data.shard import prepare_sample
-from dfdtrain.data.synth import encode_video
-from dfdtrain.data.tracks import TrackOptions
-from dfdtrain.data.video import probe
+from dfdtrain.data.shards.writer import prepare_sample
+from dfdtrain.demo.synth import encode_video
+from dfdtrain.data.faces.tracks import TrackOptions
+from dfdtrain.data.decode.video import probe
 
 DFDC_CLIP = "dfdc/dfdc_train_part_0/brtujopkby.mp4"
 
@@ -44,7 +44,7 @@ def no_face_clip(path, frames=40, width=160, height=128):
 @pytest.fixture(scope="module")
 def detector():
     pytest.importorskip("facenet_pytorch")
-    from dfdtrain.data.faces import build_face_detector
+    from dfdtrain.data.faces.detect import build_face_detector
 
     return build_face_detector("mtcnn")
 

@@ -9,17 +9,17 @@ import torch
 import webdataset as wds
 
 from conftest import SMALL_CLIP, clip_spec, data_config, frames_by_key, run_cli, train_tiny
-from dfdtrain.data.crops import crop_and_resize
-from dfdtrain.data.decoders import build_decoder
-from dfdtrain.data.face_clips import FaceClipOptions
-from dfdtrain.data.loader import ClipDecoder, VideoLoader
-from dfdtrain.data.preview import preview
-from dfdtrain.data.shard import Compute, write_shards
-from dfdtrain.data.synth import encode_video
-from dfdtrain.data.tracks import TrackOptions
-from dfdtrain.data.video import probe
-from dfdtrain.errors import DfdError
-from dfdtrain.fileio import read_json
+from dfdtrain.data.faces.crops import crop_and_resize
+from dfdtrain.data.decode.decoders import build_decoder
+from dfdtrain.data.faces.store import FaceClipOptions
+from dfdtrain.data.loading.loader import ClipDecoder, VideoLoader
+from dfdtrain.demo.preview import preview
+from dfdtrain.data.shards.writer import Compute, write_shards
+from dfdtrain.demo.synth import encode_video
+from dfdtrain.data.faces.tracks import TrackOptions
+from dfdtrain.data.decode.video import probe
+from dfdtrain.core.errors import DfdError
+from dfdtrain.core.fileio import read_json
 from test_face_clips import no_face_clip
 
 pytest.importorskip("facenet_pytorch")

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dfdtrain.data.faces import FACE_DETECTORS, auto_contrast, build_face_detector, detect_faces
-from dfdtrain.data.sampler import uniform_indices
-from dfdtrain.data.tracks import landmarks_sane
-from dfdtrain.data.video import probe, read_frames
-from dfdtrain.errors import DfdError
+from dfdtrain.data.faces.detect import FACE_DETECTORS, auto_contrast, build_face_detector, detect_faces
+from dfdtrain.data.decode.sampler import uniform_indices
+from dfdtrain.data.faces.tracks import landmarks_sane
+from dfdtrain.data.decode.video import probe, read_frames
+from dfdtrain.core.errors import DfdError
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 FFPP_183 = FIXTURES / "ffpp/original_sequences/youtube/c40/videos/183.mp4"  # 1280x720, one face

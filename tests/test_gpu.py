@@ -48,10 +48,10 @@ def dali_test_helpers():
 
 
 def test_dali_mixed_decode_matches_pyav_on_the_real_fixtures(fixtures):
-    from dfdtrain.data.dali import DaliDecoder
-    from dfdtrain.data.decoders import build_decoder
-    from dfdtrain.data.sampler import SamplerConfig, sample_indices
-    from dfdtrain.data.video import probe
+    from dfdtrain.data.decode.dali import DaliDecoder
+    from dfdtrain.data.decode.decoders import build_decoder
+    from dfdtrain.data.decode.sampler import SamplerConfig, sample_indices
+    from dfdtrain.data.decode.video import probe
 
     mean_tolerance, p99_tolerance, _ = dali_test_helpers()
     dali, pyav = DaliDecoder("gpu"), build_decoder("pyav")
@@ -71,8 +71,8 @@ def test_dali_mixed_decode_matches_pyav_on_the_real_fixtures(fixtures):
 def test_dali_mixed_decode_gives_exactly_the_frames_asked_for(tmp_path):
     """Generated H.264 clips (B-frames, every frame different): each DALI frame is nearest to PyAV's frame of
     the same index, in any order and with repeats (tests/test_dali.py's check, on NVDEC)."""
-    from dfdtrain.data.dali import DaliDecoder
-    from dfdtrain.data.synth import synthesize
+    from dfdtrain.data.decode.dali import DaliDecoder
+    from dfdtrain.demo.synth import synthesize
 
     _, _, assert_close_to_pyav = dali_test_helpers()
     synthesize(tmp_path, count=4, frames=16, width=64, height=48, codec="h264", gop=8, progress=False)
@@ -89,8 +89,8 @@ def test_dali_mixed_decode_gives_exactly_the_frames_asked_for(tmp_path):
 
 def test_dali_shard_loader_decodes_onto_the_gpu(tmp_path):
     from dfdtrain.config import SamplerConfig
-    from dfdtrain.data.dali import DaliShardLoader
-    from dfdtrain.data.shard import load_manifest
+    from dfdtrain.data.decode.dali import DaliShardLoader
+    from dfdtrain.data.shards.writer import load_manifest
 
     _, _, assert_close_to_pyav = dali_test_helpers()
     shards = make_synth_shards(tmp_path, count=6, frames=16, val_fraction=0, target_bytes=40_000, seed=5, width=64,
@@ -117,7 +117,7 @@ def predictions(completed):
 
 
 def test_predict_on_cuda_scores_as_the_cpu_does(trained_run, fixtures):
-    from dfdtrain.predict import Predictor
+    from dfdtrain.inference.predict import Predictor
 
     videos = [str(fixtures / clip) for clip in PREDICT_CLIPS]
     on_gpu = predictions(run_cli("predict", "--checkpoint", trained_run, "--device", "cuda", "--faces", "none",

@@ -243,8 +243,8 @@ def test_the_gpu_run_reads_only_carried_fixtures_and_marked_tests():
 def test_summaries_fail_a_gpu_run_whose_gpu_path_did_not_run(tmp_path):
     """A stand-in for DALI (PyAV itself) drives shard_decode's GPU-only code; a GPU run without DALI, or with a
     skipped GPU test, is a failed step, while the same on a CPU is expected."""
-    from dfdtrain.data.decoders import build_decoder
-    from dfdtrain.data.synth import synthesize
+    from dfdtrain.data.decode.decoders import build_decoder
+    from dfdtrain.demo.synth import synthesize
 
     shard_decode = load("gpu_shard_decode", KIT_DIR / "shard_decode.py")
     synthesize(tmp_path / "clips", count=2, frames=24, width=64, height=48, codec="h264", progress=False)

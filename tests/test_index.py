@@ -8,11 +8,11 @@ import shutil
 import pytest
 
 from conftest import SMALL_CLIP, place_video, run_cli
-from dfdtrain.data.datasets import IndexOptions, read_celebdf_test_list
-from dfdtrain.data.index import build_manifest
-from dfdtrain.data.splits import assign_splits, enforce_no_leakage, leaking_groups
-from dfdtrain.errors import DfdError
-from dfdtrain.fileio import read_json, read_jsonl
+from dfdtrain.data.ingest.datasets import IndexOptions, read_celebdf_test_list
+from dfdtrain.data.ingest.manifest import build_manifest
+from dfdtrain.data.ingest.splits import assign_splits, enforce_no_leakage, leaking_groups
+from dfdtrain.core.errors import DfdError
+from dfdtrain.core.fileio import read_json, read_jsonl
 
 
 def by_path(rows):

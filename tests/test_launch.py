@@ -109,7 +109,7 @@ def test_multi_node_launcher_rendezvous_of_two_nodes_on_this_machine_trains(tmp_
 # real in tests/test_slurm.py). Both must write exactly the shards of a one-process run.
 
 def one_process_shards(manifest, out):
-    from dfdtrain.data.shard import write_shards
+    from dfdtrain.data.shards.writer import write_shards
 
     write_shards(manifest, out, target_bytes=600_000, progress=False)
     shards, _ = shards_by_name(out)

@@ -11,11 +11,11 @@ import torch
 import webdataset as wds
 
 from conftest import clip_spec, data_config, frames_by_key, make_synth_shards, train_tiny, write_garbage_shard
-from dfdtrain.data.decoders import DECODERS
-from dfdtrain.data.loader import LoaderError, VideoLoader, expand_shards
-from dfdtrain.data.shard_index import label_counts, positive_class_weight
-from dfdtrain.errors import DfdError
-from dfdtrain.fileio import read_json
+from dfdtrain.data.decode.decoders import DECODERS
+from dfdtrain.data.loading.loader import LoaderError, VideoLoader, expand_shards
+from dfdtrain.data.shards.catalog import label_counts, positive_class_weight
+from dfdtrain.core.errors import DfdError
+from dfdtrain.core.fileio import read_json
 
 HERE = Path(__file__).resolve().parent
 

@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from dfdtrain.locks import LOCK_FILE, DirectoryLock, DirectoryLocked
+from dfdtrain.core.locks import LOCK_FILE, DirectoryLock, DirectoryLocked
 
 HOLD = """
 import sys, time
-from dfdtrain.locks import DirectoryLock
+from dfdtrain.core.locks import DirectoryLock
 with DirectoryLock(sys.argv[1], "train"):
     print("held", flush=True)
     time.sleep(60)
@@ -75,7 +75,7 @@ def test_a_dead_owner_whose_pid_this_process_now_has_is_stale(tmp_path):
 
 TRY = """
 import sys, time
-from dfdtrain.locks import DirectoryLock, DirectoryLocked
+from dfdtrain.core.locks import DirectoryLock, DirectoryLocked
 sys.stdin.readline()  # start together
 try:
     with DirectoryLock(sys.argv[1], "train"):

@@ -9,13 +9,13 @@ import torch
 
 from conftest import REPO, make_synth_shards, run_cli
 from dfdtrain.config import load_config
-from dfdtrain.data.loader import VideoLoader
-from dfdtrain.errors import DfdError
+from dfdtrain.data.loading.loader import VideoLoader
+from dfdtrain.core.errors import DfdError
 from dfdtrain.models.backbones import KERAS_ALIASES, build_backbone, resolve_backbone_name
 from dfdtrain.models.clip_backbones import is_clip_backbone
 from dfdtrain.models.detector import VideoDetector, build_detector, build_detector_from_config
-from dfdtrain.models.embed import write_embeddings
-from dfdtrain.engine.optim import LearningRateSchedule, build_optimizer
+from dfdtrain.training.embed import write_embeddings
+from dfdtrain.training.optim import LearningRateSchedule, build_optimizer
 from dfdtrain.config import OptimConfig
 from dfdtrain.models.finetune import (FinetuneSchedule, apply_phase, freeze_batchnorm_statistics,
                                       parameter_groups, prepare_trainable, set_trainable_stages)

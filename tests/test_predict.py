@@ -12,7 +12,7 @@ import av
 import numpy as np
 import pytest
 
-from dfdtrain.predict import Predictor
+from dfdtrain.inference.predict import Predictor
 
 DFDC_CLIP = "dfdc/dfdc_train_part_0/brtujopkby.mp4"
 FFPP_CLIP = "ffpp/manipulated_sequences/Deepfakes/c40/videos/183_253.mp4"
@@ -137,7 +137,7 @@ def test_cli_json_output_and_exit_codes(trained_run, videos):
 def test_position_scores_are_on_the_verdicts_scale_and_raw_is_labelled(trained_run, videos):
     """The per-step scores get the video's calibration (so they read against the threshold as p_fake does); the
     values before it are kept under *_raw; ``scales`` says which field is on which scale."""
-    from dfdtrain.calibration import Calibration
+    from dfdtrain.metrics.calibration import Calibration
 
     predictor = Predictor(trained_run, faces="none", progress=False)
     predictor.calibration = dataclasses.replace(predictor.calibration, temperature=0.25)  # far from raw

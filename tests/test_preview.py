@@ -7,9 +7,9 @@ import numpy as np
 from PIL import Image
 
 from conftest import run_cli
-from dfdtrain.data.index import build_manifest, write_manifest
-from dfdtrain.data.shard import write_shards
-from dfdtrain.data.synth import synthesize
+from dfdtrain.data.ingest.manifest import build_manifest, write_manifest
+from dfdtrain.data.shards.writer import write_shards
+from dfdtrain.demo.synth import synthesize
 
 
 def colour_pixels(path, rgb):

@@ -225,7 +225,7 @@ def test_a_suite_file_runs_no_command_without_allow_pipe(trained_run, suite, tmp
     assert f"test set {SETS[0]!r} of {piped} shares 4 videos" in one_line_error(allowed)
     assert not marker.exists() and not (tmp_path / "out").exists()
 
-    from dfdtrain.protocol import load_suite
+    from dfdtrain.evaluation.protocol import load_suite
 
     loaded = load_suite(piped, allow_pipe=True)  # the command line's --root stays the caller's own
     assert loaded.test_sets["Piped"].shards == [f"pipe:touch {marker} && cat {val_tar}"]
@@ -255,7 +255,7 @@ def test_bad_roots_binary_suites_and_an_out_file_are_one_line(trained_run, tmp_p
 
 
 def test_shipped_suites_load():
-    from dfdtrain.protocol import load_suite
+    from dfdtrain.evaluation.protocol import load_suite
 
     suites = sorted((REPO / "configs" / "protocols").glob("*.yaml"))
     assert len(suites) >= 3

@@ -17,10 +17,10 @@ import pytest
 
 from conftest import make_synth_shards, run_cli, shards_by_name, six_video_manifest
 from dfdtrain.data import storage
-from dfdtrain.data.loader import ReadTars, VideoLoader, expand_shards
-from dfdtrain.data.shard import plan_shards, write_shards
-from dfdtrain.errors import DfdError
-from dfdtrain.loopback import HttpServer, S3Server
+from dfdtrain.data.loading.loader import ReadTars, VideoLoader, expand_shards
+from dfdtrain.data.shards.writer import plan_shards, write_shards
+from dfdtrain.core.errors import DfdError
+from dfdtrain.testing.loopback import HttpServer, S3Server
 
 SECRET = "dfdtrain-test-secret-8d1f3a"  # the key pair's secret half: it must never show up anywhere
 

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-from dfdtrain.engine.run_logger import RunLogger, flatten, system_values
-from dfdtrain.errors import DfdError
-from dfdtrain.fileio import read_json, read_jsonl
+from dfdtrain.training.run_logger import RunLogger, flatten, system_values
+from dfdtrain.core.errors import DfdError
+from dfdtrain.core.fileio import read_json, read_jsonl
 
 # wandb is an extra (dfdtrain[wandb]): without it only the tests that need no W&B run.
 needs_wandb = pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="wandb is not installed")
@@ -123,7 +123,7 @@ def files_containing(folder, text):
 
 def our_warnings(caplog):
     return [record for record in caplog.records
-            if record.name == "dfdtrain.engine.run_logger" and record.levelno == logging.WARNING]
+            if record.name == "dfdtrain.training.run_logger" and record.levelno == logging.WARNING]
 
 
 @pytest.fixture

@@ -152,7 +152,7 @@ def test_a_second_run_on_a_live_run_directory_is_refused_and_a_stale_lock_is_tak
 DEEPSPEED_SAVE = """
 import sys
 from dfdtrain.config import config_from_dict
-from dfdtrain.engine.trainer import Trainer
+from dfdtrain.training.trainer import Trainer
 from dist_engine_job import FixedBatches
 
 config = config_from_dict({"run_dir": sys.argv[1], "train": {"engine": "deepspeed", "device": "cpu"},
@@ -283,7 +283,7 @@ ls {run_dir}/checkpoints
 
 HALF_WRITE = """
 import os, signal, sys
-from dfdtrain.fileio import atomic_open
+from dfdtrain.core.fileio import atomic_open
 with atomic_open(sys.argv[1], "wb") as handle:
     handle.write(b"half a PNG")
     os.kill(os.getpid(), signal.SIGTERM)  # what a SIGTERM'd run does in the middle of drawing its curves

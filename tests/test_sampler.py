@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dfdtrain.data.sampler import SamplerConfig, sample_indices
+from dfdtrain.data.decode.sampler import SamplerConfig, sample_indices
 
 
 @pytest.mark.parametrize("mode", ["uniform", "clip", "every"])

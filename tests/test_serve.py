@@ -168,7 +168,7 @@ def test_paths_are_confined_to_allow_paths(server, videos):
 def test_the_app_factory_times_out_without_losing_uploads(trained_run, videos, tmp_path):
     from fastapi.testclient import TestClient
 
-    from dfdtrain.serve import create_app
+    from dfdtrain.inference.service import create_app
 
     app = create_app(trained_run, faces="none", timeout=0.01, upload_dir=tmp_path / "uploads")
     with TestClient(app) as client:
@@ -184,7 +184,7 @@ def test_the_app_factory_times_out_without_losing_uploads(trained_run, videos, t
 
 
 def test_a_full_queue_is_refused():
-    from dfdtrain.serve import ModelWorker
+    from dfdtrain.inference.service import ModelWorker
 
     class Blocked:  # a predictor that holds the worker until released, to fill the queue behind it
         release = threading.Event()

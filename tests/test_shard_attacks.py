@@ -14,8 +14,8 @@ import tarfile
 import pytest
 
 from conftest import SMALL_CLIP, run_cli, six_video_manifest
-from dfdtrain.data.shard import Part, TarShardWriter, merge_parts, write_shards
-from dfdtrain.errors import DfdError
+from dfdtrain.data.shards.writer import Part, TarShardWriter, merge_parts, write_shards
+from dfdtrain.core.errors import DfdError
 
 
 def one_error_line(result, *fragments):
@@ -138,7 +138,7 @@ def test_a_full_shard_write_names_the_shard_and_leaves_no_temp_file(tmp_path):
     ("sha256", 12, "field sha256 is 12, not a string"),
 ])
 def test_a_wrongly_typed_index_field_is_one_line_wherever_it_is_read(tmp_path, field, value, fragment):
-    from dfdtrain.data.shard_index import count_samples, label_counts, reconcile, test_split_overlap, verify_shards
+    from dfdtrain.data.shards.catalog import count_samples, label_counts, reconcile, test_split_overlap, verify_shards
 
     out = tmp_path / "shards"
     out.mkdir()

@@ -10,9 +10,9 @@ import time
 import pytest
 
 from conftest import SIX_VIDEOS, place_video, run_cli, shards_by_name, six_video_manifest
-from dfdtrain.data.shard import Part, assign_parts, plan_shards, write_shards
-from dfdtrain.errors import DfdError
-from dfdtrain.fileio import read_json
+from dfdtrain.data.shards.writer import Part, assign_parts, plan_shards, write_shards
+from dfdtrain.core.errors import DfdError
+from dfdtrain.core.fileio import read_json
 from test_shard import ffpp_manifest, read_back  # noqa: F401 (ffpp_manifest is a fixture)
 
 SHARD_SIZE = "1.5M"
@@ -136,8 +136,8 @@ def test_parts_share_the_predicted_work_not_the_bytes(fixtures):
     """The 18 fixture videos at 1M a shard: balanced by bytes one part got 12 videos and twice the work of the
     other (a 3.8 MB DFDC clip is about as much work as a 0.2 MB FF++ c40 one); balanced by predicted work (frames x
     pixels, frames, detections) the parts are within 25%."""
-    from dfdtrain.data.shard import shard_work
-    from dfdtrain.data.video import probe
+    from dfdtrain.data.shards.writer import shard_work
+    from dfdtrain.data.decode.video import probe
 
     rows = []
     for pattern in ("dfdc/*/*.mp4", "ffpp/original_sequences/*/c40/videos/*.mp4",
@@ -164,8 +164,8 @@ def test_face_store_bytes_do_not_depend_on_threads_workers_or_parts(tmp_path, fi
     processes and parts write."""
     import torch
 
-    from dfdtrain.data.face_clips import FaceClipOptions
-    from dfdtrain.data.shard import merge_parts
+    from dfdtrain.data.faces.store import FaceClipOptions
+    from dfdtrain.data.shards.writer import merge_parts
 
     rows = [{"key": name, "path": f"ffpp/original_sequences/youtube/c40/videos/{name}.mp4", "root": str(fixtures),
              "label": 0, "dataset": "test", "group": name, "split": "train",

@@ -12,9 +12,9 @@ import av
 import numpy as np
 import pytest
 
-from dfdtrain.data.synth import synthesize
-from dfdtrain.errors import DfdError
-from dfdtrain.fileio import read_json
+from dfdtrain.demo.synth import synthesize
+from dfdtrain.core.errors import DfdError
+from dfdtrain.core.fileio import read_json
 
 REPO = Path(__file__).resolve().parents[1]
 # Small but big enough that the face has a few pixels of cheek around the swapped inner face.

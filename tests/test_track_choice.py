@@ -14,8 +14,8 @@ import webdataset as wds
 from PIL import Image
 
 from conftest import run_cli
-from dfdtrain.data.decoders import build_decoder
-from dfdtrain.data.synth import encode_video
+from dfdtrain.data.decode.decoders import build_decoder
+from dfdtrain.demo.synth import encode_video
 
 pytest.importorskip("facenet_pytorch")
 

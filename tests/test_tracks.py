@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from dfdtrain.data.decoders import build_decoder
-from dfdtrain.data.tracks import (TrackOptions, best_track_boxes, box_iou, build_tracks, detection_frames,
+from dfdtrain.data.decode.decoders import build_decoder
+from dfdtrain.data.faces.tracks import (TrackOptions, best_track_boxes, box_iou, build_tracks, detection_frames,
                                   detections_agree, doubtful_reason, landmarks_sane, link_detections, moving_average,
                                   rank_tracks, schedule_detections, track_quality, track_windows)
-from dfdtrain.data.video import probe
+from dfdtrain.data.decode.video import probe
 
 FFPP_YOUTUBE = "ffpp/original_sequences/youtube/c40/videos"
 # 585 shows a second, smaller face in the background on every frame: the fixtures' two-person clip.
@@ -193,7 +193,7 @@ def detect_every_frame_of(detector, data, frame_count, every):
 @pytest.fixture(scope="module")
 def detector():
     pytest.importorskip("facenet_pytorch")
-    from dfdtrain.data.faces import build_face_detector
+    from dfdtrain.data.faces.detect import build_face_detector
 
     return build_face_detector("mtcnn")
 

@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from conftest import REPO, run_cli, train_tiny
-from dfdtrain.engine.run_logger import format_number
+from dfdtrain.training.run_logger import format_number
 
 EXTENSIONS = REPO / ".cache" / "torch_extensions"  # where the other DeepSpeed tests keep the built op
 UNROUNDED = re.compile(r"\d\.\d{5,}")  # e.g. 0.4444444444444444: a number printed for a machine, not a person
@@ -148,7 +148,7 @@ def test_early_stopped_run_is_complete_also_from_an_older_checkpoint(tmp_path, s
 def test_curves_png_shows_a_long_run(tmp_path):
     """curves.png from a metrics.jsonl of 3 epochs x 40 steps with warmup, a frozen backbone in epoch 1 and an
     epoch without AUC: drawn, at its full size, with nothing left behind."""
-    from dfdtrain.engine.curves import write_curves
+    from dfdtrain.training.curves import write_curves
 
     rows = []
     for step in range(1, 121):
@@ -193,7 +193,7 @@ def test_train_warns_once_when_validation_shares_videos_with_training(tmp_path, 
 # -- a user's second DeepSpeed run on one machine (issue: the comm op was rebuilt by every run) ----------------
 
 FOLDERS = """import torch.utils.cpp_extension as cpp
-import dfdtrain.engine.engines as engines
+import dfdtrain.training.engines as engines
 print(engines.extensions_root()[0] if hasattr(engines, "extensions_root") else "-")  # versions before it: none
 print(cpp._get_build_directory("deepspeed_shm_comm", False))"""
 DEEPSPEED_LOAD_LINE = re.compile(r"DeepSpeed \S+ built successfully")

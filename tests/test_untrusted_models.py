@@ -126,7 +126,7 @@ def test_predict_refuses_fifos_and_devices_and_escapes_names(bundle, tmp_path):
 
 
 def test_reading_a_file_stops_at_its_size_and_refuses_the_rest(tmp_path):
-    from dfdtrain.fileio import FileRefused, read_regular_file
+    from dfdtrain.core.fileio import FileRefused, read_regular_file
 
     (tmp_path / "a.bin").write_bytes(b"abc")
     assert read_regular_file(tmp_path / "a.bin") == b"abc"
@@ -143,7 +143,7 @@ def test_checkpoint_files_without_model_weights_are_one_line(bundle, tmp_path):
     """Attack item 13: mp_rank_00_model_states.pt holding a list, or a dict without ``module``: one line."""
     import torch
 
-    from dfdtrain.errors import DfdError
+    from dfdtrain.core.errors import DfdError
     from dfdtrain.models.bundle import load_detector
 
     listed = checkpoint_folder(bundle, tmp_path / "list", "mp_rank_00_model_states.pt",
@@ -183,8 +183,8 @@ def test_a_raw_pickle_is_refused_plainly_and_never_run(bundle, tmp_path):
 
     import torch
 
-    from dfdtrain.errors import DfdError
-    from dfdtrain.fileio import load_plain
+    from dfdtrain.core.errors import DfdError
+    from dfdtrain.core.fileio import load_plain
 
     for name, data, expected in (
             ("empty.pt", b"", "unreadable (an empty file, not a PyTorch checkpoint)"),
@@ -215,7 +215,7 @@ def test_a_bundle_naming_another_backbone_is_one_line(bundle, tmp_path):
 
 def test_tampered_bundles_are_one_line_naming_the_file_before_any_allocation(bundle, tmp_path):
     """Attack item 15: each tampering is a DfdError of one line naming the file and what is wrong."""
-    from dfdtrain.errors import DfdError
+    from dfdtrain.core.errors import DfdError
     from dfdtrain.models.bundle import load_detector
 
     header, data = safetensors_parts(bundle)
@@ -272,7 +272,7 @@ def test_detector_json_refuses_nan_and_infinite_numbers(bundle, tmp_path):
     assert line.endswith(f"{nan}/detector.json: unreadable detector settings (it holds NaN: NaN and infinite "
                          "numbers are refused)"), line
 
-    from dfdtrain.errors import DfdError
+    from dfdtrain.core.errors import DfdError
     from dfdtrain.models.bundle import read_settings
 
     for number, (old, new, expected) in enumerate((

@@ -659,7 +659,7 @@ for module, package in (("torch", "torch"), ("torchvision", "torchvision"), ("ti
     except Exception as error:
         found[module] = f"unavailable ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
 import torch
-from dfdtrain.data.decoders import dali_usable
+from dfdtrain.data.decode.decoders import dali_usable
 gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 tag = re.sub(r"[^a-z0-9]+", "-", re.sub(r"^nvidia[ -]", "", gpu.lower())).strip("-") if gpu else None
 print(json.dumps({"python": __import__("sys").version.split()[0], "modules": found,

@@ -52,8 +52,8 @@ MEAN_TOLERANCE, P99_TOLERANCE = 2.5, 20.0
 def folder_manifest(fixtures, relatives, folder, max_frames):
     """The videos as one folder dataset (real/ or fake/ by their fixture folder), all in train; returns the
     manifest's path and {manifest path of a video: its fixture path}."""
-    from dfdtrain.data.datasets import IndexOptions
-    from dfdtrain.data.index import build_manifest, write_manifest
+    from dfdtrain.data.ingest.datasets import IndexOptions
+    from dfdtrain.data.ingest.manifest import build_manifest, write_manifest
 
     fixture_of = {}
     for number, relative in enumerate(relatives):
@@ -84,7 +84,7 @@ def shard_samples(shard_dir):
 
 def reads_of(store, shard_dir, fixture_of):
     """One read per sample: (label, store, bytes, member name, frame count, width, height, codec, indices)."""
-    from dfdtrain.data.sampler import SamplerConfig, sample_indices
+    from dfdtrain.data.decode.sampler import SamplerConfig, sample_indices
 
     reads = []
     for key, meta, members in shard_samples(shard_dir):
@@ -104,7 +104,7 @@ def reads_of(store, shard_dir, fixture_of):
 
 def build_methods(device):
     """{method: decoder} for what this machine can run, and {method: reason} for the rest."""
-    from dfdtrain.data.decoders import build_decoder
+    from dfdtrain.data.decode.decoders import build_decoder
 
     methods, unavailable = {"pyav": build_decoder("pyav")}, {}
     if device.type == "cuda":
@@ -221,7 +221,7 @@ def main(argv=None):
     max_frames = QUICK_FRAMES if args.quick else 0
     workers = args.workers or max(1, min(len(relatives), len(os.sched_getaffinity(0))))
     started = time.time()
-    from dfdtrain.data.shard import Compute, write_shards
+    from dfdtrain.data.shards.writer import Compute, write_shards
 
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)

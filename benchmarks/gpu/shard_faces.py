@@ -38,7 +38,7 @@ GOAL_S_PER_VIDEO = 1.0
 
 def shard_run(manifest, out, device, workers, videos):
     """Shard the face store with the detector on ``device``; the run's figures from its index.json."""
-    from dfdtrain.data.shard import Compute, write_shards
+    from dfdtrain.data.shards.writer import Compute, write_shards
 
     started = time.perf_counter()
     index = write_shards(manifest, out, progress=False, store="faces",

@@ -25,7 +25,7 @@ import train  # noqa: E402  (benchmarks/train.py)
 
 def generate(job):
     """One process's share of the clips (run in a worker)."""
-    from dfdtrain.data.synth import synthesize
+    from dfdtrain.demo.synth import synthesize
 
     folder, count, frames, width, height, seed, codec, gop = job
     synthesize(folder, count=count, frames=frames, width=width, height=height, codec=codec, seed=seed, gop=gop,
@@ -40,8 +40,8 @@ def processes_for(count):
 def make_synth_shards_parallel(root, count, frames, width, height, val_fraction=0.2, target_bytes=1 << 20, seed=0,
                                codec="h264", gop=12):
     """common.make_synth_shards' result, (shard folder, manifest rows), with the clips generated in parallel."""
-    from dfdtrain.data.index import build_manifest, write_manifest
-    from dfdtrain.data.shard import write_shards
+    from dfdtrain.data.ingest.manifest import build_manifest, write_manifest
+    from dfdtrain.data.shards.writer import write_shards
 
     root = Path(root)
     processes = processes_for(count)

@@ -17,8 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from dfdtrain.cli import OneLineArgumentParser
-from dfdtrain.errors import DfdError
+from dfdtrain.commands._common import OneLineArgumentParser
+from dfdtrain.core.errors import DfdError
 
 HELP = ("run a throughput benchmark (decode, storage, loader, model, train, engine, scaling, face_store, shard, all) "
         "or render the table")

@@ -32,13 +32,13 @@ def add_arguments(parser):
 
 
 def run(args):
-    from dfdtrain.calibration import CalibrationNotFitted, describe, fit_calibration
+    from dfdtrain.metrics.calibration import CalibrationNotFitted, describe, fit_calibration
     from dfdtrain.config import config_to_dict
-    from dfdtrain.data.shard_index import test_split_overlap
+    from dfdtrain.data.shards.catalog import test_split_overlap
     from dfdtrain.data.storage import expand_shards, mask
-    from dfdtrain.engine.distributed import cleanup, init_distributed
-    from dfdtrain.errors import DfdError
-    from dfdtrain.evaluation import score_shards
+    from dfdtrain.core.distributed import cleanup, init_distributed
+    from dfdtrain.core.errors import DfdError
+    from dfdtrain.evaluation.evaluate import score_shards
     from dfdtrain.models.bundle import calibrated, settings_folder, write_settings
 
     check_scoring_arguments(args)

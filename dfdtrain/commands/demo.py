@@ -11,12 +11,12 @@ import sys
 import time
 from pathlib import Path
 
-from dfdtrain.data.datasets import IndexOptions
-from dfdtrain.data.index import build_manifest, format_summary, write_manifest
-from dfdtrain.data.shard import format_index, write_shards
-from dfdtrain.data.synth import synthesize
-from dfdtrain.errors import DfdError
-from dfdtrain.fileio import read_json, write_json
+from dfdtrain.data.ingest.datasets import IndexOptions
+from dfdtrain.data.ingest.manifest import build_manifest, format_summary, write_manifest
+from dfdtrain.data.shards.writer import format_index, write_shards
+from dfdtrain.demo.synth import synthesize
+from dfdtrain.core.errors import DfdError
+from dfdtrain.core.fileio import read_json, write_json
 
 HELP = "run the main job end to end on a generated dataset: synth -> index -> shard -> 2-process training"
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"

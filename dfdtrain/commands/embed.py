@@ -3,7 +3,7 @@
 import json
 import sys
 
-from dfdtrain.errors import DfdError
+from dfdtrain.core.errors import DfdError
 
 HELP = "run a frozen backbone once over sampled frames and write per-video frame embeddings as shards"
 
@@ -22,7 +22,7 @@ def add_arguments(parser):
 
 def run(args):
     from dfdtrain.config import load_config
-    from dfdtrain.models.embed import write_embeddings
+    from dfdtrain.training.embed import write_embeddings
 
     config = load_config(args.config, args.overrides)
     if config.data.source != "videos":

@@ -42,8 +42,8 @@ def add_scoring_arguments(parser, evaluation=True):
 
 def check_scoring_arguments(args):
     """One line for a scoring option that cannot work, before any process group or model."""
-    from dfdtrain.data.decoders import DECODERS
-    from dfdtrain.errors import DfdError
+    from dfdtrain.data.decode.decoders import DECODERS
+    from dfdtrain.core.errors import DfdError
 
     if getattr(args, "threshold", None) is not None and not 0.0 <= args.threshold <= 1.0:
         raise DfdError(f"--threshold must be in [0, 1], not {args.threshold}")
@@ -54,9 +54,9 @@ def check_scoring_arguments(args):
 
 
 def run(args):
-    from dfdtrain.engine.distributed import cleanup, init_distributed
-    from dfdtrain.evaluation import calibration_line, format_breakdown, resolve_checkpoint, run_evaluation
-    from dfdtrain.fileio import check_output_folder
+    from dfdtrain.core.distributed import cleanup, init_distributed
+    from dfdtrain.evaluation.evaluate import calibration_line, format_breakdown, resolve_checkpoint, run_evaluation
+    from dfdtrain.core.fileio import check_output_folder
     from dfdtrain.metrics import format_metrics_table
 
     check_scoring_arguments(args)

@@ -20,7 +20,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from dfdtrain.errors import DfdError
+from dfdtrain.core.errors import DfdError
 
 HELP = "export a trained detector as a bundle (model.safetensors + detector.json), optionally ONNX / TorchScript"
 

@@ -3,10 +3,10 @@
 import json
 import sys
 
-from dfdtrain.data.datasets import DATASETS, IndexOptions
-from dfdtrain.data.index import build_manifest, format_summary, split_warning, summary_path, write_manifest
-from dfdtrain.data.splits import LEAKAGE_POLICIES
-from dfdtrain.errors import DfdError
+from dfdtrain.data.ingest.datasets import DATASETS, IndexOptions
+from dfdtrain.data.ingest.manifest import build_manifest, format_summary, split_warning, summary_path, write_manifest
+from dfdtrain.data.ingest.splits import LEAKAGE_POLICIES
+from dfdtrain.core.errors import DfdError
 
 HELP = "index a dataset folder (dfdc, celebdf, ffpp, folder) into a manifest.jsonl with group-level splits"
 

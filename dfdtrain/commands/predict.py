@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from dfdtrain.errors import DfdError, printable
+from dfdtrain.core.errors import DfdError, printable
 
 HELP = "predict REAL/FAKE for video files with a trained detector (run dir, checkpoint or bundle)"
 
@@ -65,7 +65,7 @@ def format_explain(explain):
 
 
 def run(args):
-    from dfdtrain.predict import Predictor
+    from dfdtrain.inference.predict import Predictor
 
     if args.frames is not None and args.frames < 1:
         raise DfdError("--frames must be at least 1")

@@ -3,7 +3,7 @@
 import json
 
 from dfdtrain.config import ClipSpec, choices
-from dfdtrain.errors import DfdError
+from dfdtrain.core.errors import DfdError
 
 HELP = "draw the sampled frames of a video or shard sample with face boxes and crops into a PNG"
 
@@ -31,7 +31,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    from dfdtrain.data.preview import preview, preview_doubtful
+    from dfdtrain.demo.preview import preview, preview_doubtful
 
     if args.frames is not None and args.frames < 1:
         raise DfdError("--frames must be at least 1")

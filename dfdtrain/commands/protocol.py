@@ -28,10 +28,10 @@ def add_arguments(parser):
 
 
 def run(args):
-    from dfdtrain.engine.distributed import cleanup, init_distributed
-    from dfdtrain.fileio import check_output_folder
+    from dfdtrain.core.distributed import cleanup, init_distributed
+    from dfdtrain.core.fileio import check_output_folder
     from dfdtrain.models.bundle import settings_folder
-    from dfdtrain.protocol import TABLE_FILES, check_shards, find_leakage, load_suite, refuse_leakage, run_protocol
+    from dfdtrain.evaluation.protocol import TABLE_FILES, check_shards, find_leakage, load_suite, refuse_leakage, run_protocol
 
     check_scoring_arguments(args)
     check_output_folder(args.out)

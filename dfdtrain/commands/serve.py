@@ -18,7 +18,7 @@ def positive_float(text):
 
 
 def add_arguments(parser):
-    from dfdtrain import serve
+    from dfdtrain.inference import service as serve
 
     parser.add_argument("--checkpoint", required=True,
                         help="a run directory, a checkpoint folder (RUN/checkpoints/best) or an exported bundle")
@@ -48,8 +48,8 @@ def add_arguments(parser):
 def run(args):
     import torch
 
-    from dfdtrain.errors import DfdError
-    from dfdtrain.serve import serve
+    from dfdtrain.core.errors import DfdError
+    from dfdtrain.inference.service import serve
 
     device = args.device
     if device == "auto":

@@ -5,9 +5,9 @@ import json
 import os
 import sys
 
-from dfdtrain.data.shard import (DEFAULT_TARGET_BYTES, PART_FORMAT, STORES, Compute, Part, format_index, merge_parts,
+from dfdtrain.data.shards.writer import (DEFAULT_TARGET_BYTES, PART_FORMAT, STORES, Compute, Part, format_index, merge_parts,
                                  write_shards)
-from dfdtrain.errors import DfdError
+from dfdtrain.core.errors import DfdError
 
 # no "%" here: argparse %-formats a subcommand's help (in 'dfdtrain --help') but not its description (in
 # 'dfdtrain shard --help'), so no spelling of a printf pattern reads right in both
@@ -60,8 +60,8 @@ def resolve_device(device):
 
 
 def add_arguments(parser):
-    from dfdtrain.data.face_clips import CLIP_CODECS, DEFAULT_CRF, NO_FACE_POLICIES, PIXEL_FORMATS, FaceClipOptions
-    from dfdtrain.data.tracks import TrackOptions
+    from dfdtrain.data.faces.store import CLIP_CODECS, DEFAULT_CRF, NO_FACE_POLICIES, PIXEL_FORMATS, FaceClipOptions
+    from dfdtrain.data.faces.tracks import TrackOptions
 
     clip_defaults, track_defaults = FaceClipOptions(), TrackOptions()
     parser.add_argument("--manifest", help="manifest.jsonl from 'dfdtrain index' (not with --merge)")
@@ -143,8 +143,8 @@ def add_arguments(parser):
 
 
 def face_clip_options(args):
-    from dfdtrain.data.face_clips import FaceClipOptions
-    from dfdtrain.data.tracks import TrackOptions
+    from dfdtrain.data.faces.store import FaceClipOptions
+    from dfdtrain.data.faces.tracks import TrackOptions
 
     try:
         tracks = TrackOptions(detect_every=args.detect_every, refine_every=args.refine_every,

@@ -3,7 +3,7 @@
 import json
 import re
 
-from dfdtrain.errors import DfdError
+from dfdtrain.core.errors import DfdError
 
 HELP = "Generate a small synthetic real/fake face video dataset (the built-in default dataset)."
 
@@ -37,7 +37,7 @@ def parse_frame_size(text):
 
 def run(args):
     # Imported here so `dfdtrain --help` does not pay for numpy and PyAV.
-    from dfdtrain.data.synth import synthesize
+    from dfdtrain.demo.synth import synthesize
 
     width, height = parse_frame_size(args.size)
     summary = synthesize(

@@ -21,8 +21,8 @@ def add_arguments(parser):
 
 def run(args):
     from dfdtrain.config import load_config
-    from dfdtrain.engine.run_logger import format_number
-    from dfdtrain.engine.trainer import Trainer
+    from dfdtrain.training.run_logger import format_number
+    from dfdtrain.training.trainer import Trainer
 
     config = load_config(args.config, args.overrides)
     trainer = Trainer(config, progress=not args.quiet)
@@ -45,9 +45,9 @@ def run(args):
 def validation_overlap(data):
     """One line when ``data.val_shards`` share videos or groups with ``data.train_shards`` (validation would then
     pick and calibrate the checkpoint on what it trained on), else None."""
-    from dfdtrain.data.overlap import overlap, sample_identities
+    from dfdtrain.data.shards.overlap import overlap, sample_identities
     from dfdtrain.data.storage import expand_shards
-    from dfdtrain.errors import DfdError
+    from dfdtrain.core.errors import DfdError
 
     if not data.val_shards or not data.train_shards:
         return None

@@ -27,7 +27,7 @@ from timm.data import resolve_model_data_config
 from timm.models import (get_pretrained_cfg, group_parameters, is_model_pretrained, list_pretrained,
                          split_model_name_tag)
 
-from dfdtrain.errors import DfdError
+from dfdtrain.core.errors import DfdError
 
 # The names users know from the reference Keras notebooks -> the closest timm model.
 KERAS_ALIASES = {

@@ -15,10 +15,10 @@ decision threshold and the calibration (temperature) fitted on validation data.
 import dataclasses
 from pathlib import Path
 
-from dfdtrain.calibration import Calibration
+from dfdtrain.metrics.calibration import Calibration
 from dfdtrain.config import ClipSpec, Fraction, ModelConfig, Section, build_section, config_to_dict, load_config
-from dfdtrain.errors import DfdError
-from dfdtrain.fileio import (atomic_open, load_plain, loads_untrusted_json, open_regular_file,
+from dfdtrain.core.errors import DfdError
+from dfdtrain.core.fileio import (atomic_open, load_plain, loads_untrusted_json, open_regular_file,
                              read_safetensors_header, write_json)
 from dfdtrain.models.detector import build_detector_from_config
 

@@ -32,8 +32,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from dfdtrain.errors import DfdError
-from dfdtrain.registry import Registry
+from dfdtrain.core.errors import DfdError
+from dfdtrain.core.registry import Registry
 
 CLIP_BACKBONES = Registry("clip backbone")
 
@@ -292,7 +292,7 @@ def build_clip_backbone(name, num_frames=None, image_size=None, pretrained=False
 def _load_torchvision_weights(name, model, spec, path, url):
     """Load torchvision's checkpoint at ``path`` into ``model`` (its classifier dropped); every other tensor must
     be there and fit: a file of another model is a one-line error, never a silent random init."""
-    from dfdtrain.fileio import load_plain
+    from dfdtrain.core.fileio import load_plain
     from dfdtrain.models.backbones import _one_line
 
     path = Path(path)

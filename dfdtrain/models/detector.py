@@ -19,7 +19,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from dfdtrain.errors import DfdError
+from dfdtrain.core.errors import DfdError
 from dfdtrain.models.backbones import build_backbone
 from dfdtrain.models.clip_backbones import (CLIP_BACKBONES, TALL_PREFIX, build_clip_backbone, clip_spec,
                                             is_clip_backbone)

@@ -50,10 +50,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from dfdtrain.errors import DfdError
+from dfdtrain.core.errors import DfdError
 from dfdtrain.models.clip_backbones import ThumbnailBackbone, TorchvisionClipBackbone
 from dfdtrain.models.detector import ClipDetector, VideoDetector
-from dfdtrain.registry import Registry
+from dfdtrain.core.registry import Registry
 
 METHOD = "Grad-CAM"
 MIN_CELLS = 7  # a CNN stage's map must be at least this many cells a side (a 224-px input at stride 32: 7)

@@ -123,7 +123,7 @@ def prepare_trainable(detector, schedule):
 def apply_phase(detector, schedule, epoch, optimizer=None):
     """Set the backbone groups' ``lr_scale`` for ``epoch`` (0 while frozen); returns the Phase.
 
-    The learning-rate schedule multiplies it in (dfdtrain.engine.optim.LearningRateSchedule); without one,
+    The learning-rate schedule multiplies it in (dfdtrain.training.optim.LearningRateSchedule); without one,
     the groups' ``lr`` is set directly from their ``base_lr``.
     """
     phase = schedule.phase(epoch)

@@ -22,8 +22,8 @@ Heads (all end in ``dense_stack``: ``hidden`` widths, ``dropout``, ``batch_norm`
 import torch
 from torch import nn
 
-from dfdtrain.errors import DfdError
-from dfdtrain.registry import Registry
+from dfdtrain.core.errors import DfdError
+from dfdtrain.core.registry import Registry
 
 HEADS = Registry("head")
 

@@ -1,0 +1,186 @@
+"""The index stage: dataset folder -> manifest.jsonl (one row per usable video) + a summary.
+
+Row fields: key, path (relative to root), root, label (0 real / 1 fake), dataset, group, split, the
+dataset's own fields (method, compression, original, ...) and the probe (frames, fps, width, height,
+codec, duration, rotation, bytes). Rows carry their root so manifests of several datasets can be
+concatenated and sharded together.
+"""
+
+import collections
+import hashlib
+import multiprocessing
+import os
+from pathlib import Path
+
+from tqdm import tqdm
+
+from dfdtrain.data.ingest.datasets import DATASETS, IndexOptions, random_split
+from dfdtrain.data.ingest.splits import assign_splits, empty_splits, enforce_no_leakage
+from dfdtrain.data.decode.video import probe
+from dfdtrain.core.errors import BadVideo, DfdError
+from dfdtrain.core.fileio import write_json, write_jsonl
+
+
+def _probe_one(path):
+    try:
+        return probe(path), None
+    except BadVideo as error:
+        return None, (error.reason, error.detail)
+
+
+def probe_all(paths, workers=1, progress=True, description="probe"):
+    """Probe files in parallel processes; returns [(info or None, (reason, detail) or None)] in order."""
+    bar = tqdm(total=len(paths), desc=description, unit="video", disable=not progress, mininterval=0.5)
+    results = []
+    if workers > 1 and len(paths) > 1:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            for result in pool.imap(_probe_one, paths, chunksize=4):
+                results.append(result)
+                bar.update()
+    else:
+        for path in paths:
+            results.append(_probe_one(path))
+            bar.update()
+    bar.close()
+    return results
+
+
+def make_keys_unique(entries):
+    """Keys are made from relative paths; sanitising can collide (a.b vs a-b): suffix a path hash then."""
+    counts = collections.Counter(entry["key"] for entry in entries)
+    for entry in entries:
+        if counts[entry["key"]] > 1:
+            entry["key"] += "-" + hashlib.sha1(entry["path"].encode()).hexdigest()[:8]
+
+
+def build_manifest(dataset, root, options=None, val_fraction=0.1, test_fraction=0.1, seed=0,
+                   leakage="error", workers=1, progress=True):
+    """Index ``root`` as ``dataset``; returns (rows, summary dict)."""
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise DfdError(f"{root}: dataset root is not a folder")
+    indexer = DATASETS.get(dataset)
+    found = indexer(root, options or IndexOptions())
+    name = found.dataset or dataset  # what the rows say (folder --name celeb: "celeb"); the layout is ``dataset``
+    entries = found.entries
+    skipped = list(found.skipped)
+    make_keys_unique(entries)
+    present = []
+    for entry in entries:
+        path = root / entry["path"]
+        if path.exists():
+            present.append(entry)
+        elif path.is_symlink():  # a link to nothing: the file it names is what is missing
+            skipped.append({"path": entry["path"], "reason": "missing file",
+                            "detail": f"dangling symlink to {os.readlink(path)}"})
+        else:  # removed while the folder was walked
+            skipped.append({"path": entry["path"], "reason": "missing file", "detail": "gone since the walk"})
+    entries = present
+
+    rows = []
+    for entry, (info, problem) in zip(entries, probe_all([root / e["path"] for e in entries], workers, progress)):
+        if problem:
+            skipped.append({"path": entry["path"], "reason": problem[0], "detail": problem[1]})
+            continue
+        rows.append({**entry, "root": str(root), **info})
+
+    fractions = {"train": 1.0 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
+    if any(entry["split"] == "test" for entry in rows):  # an official test set exists: split the rest
+        fractions = {"train": 1.0 - val_fraction, "val": val_fraction}
+    # where the splits come from, said once: a missing split file must not pass for an official split
+    split_source = {**(found.split_source or random_split(None, f"the {dataset} indexer reads no official split")),
+                    "seed": seed, "official_videos": sum(row["split"] is not None for row in rows),
+                    "random_groups": len({row["group"] for row in rows if row["split"] is None})}
+    assign_splits(rows, fractions, seed)
+    rows, excluded, leaks = enforce_no_leakage(rows, leakage, source=f"{name} index of {root}")
+    for row in excluded:
+        skipped.append({"path": row["path"], "reason": "leaking group",
+                        "detail": f"group {row['group']} is also in {'/'.join(leaks[row['group']])}"})
+    rows = [_ordered(row) for row in rows]
+    return rows, summarise(rows, skipped, leaks, dataset=name, layout=dataset, root=str(root),
+                           split_source=split_source, excluded=found.excluded,
+                           empty_splits=empty_splits(rows, fractions) if rows else [])
+
+
+_ROW_ORDER = ("key", "path", "root", "label", "dataset", "group", "split")
+
+
+def _ordered(row):
+    return {**{name: row[name] for name in _ROW_ORDER}, **{k: v for k, v in row.items() if k not in _ROW_ORDER}}
+
+
+def summarise(rows, skipped, leaks, **about):
+    table = collections.Counter((row["split"], row["dataset"], row["label"]) for row in rows)
+    return {
+        **about,
+        "videos": len(rows),
+        "groups": len({row["group"] for row in rows}),
+        "counts": [{"split": split, "dataset": dataset, "label": label, "videos": count}
+                   for (split, dataset, label), count in sorted(table.items())],
+        "skipped": skipped,
+        "skipped_by_reason": dict(collections.Counter(item["reason"] for item in skipped)),
+        "leaking_groups": leaks,
+    }
+
+
+def format_summary(summary):
+    """A plain-text table: videos per split x dataset x label, then skipped counts by reason."""
+    lines = [f"{summary['videos']} videos in {summary['groups']} groups from {summary.get('root', '?')}"]
+    if summary.get("split_source"):
+        lines.append(format_split_source(summary["split_source"]))
+    if split_warning(summary):
+        lines.append(split_warning(summary))
+    lines.append(f"{'split':<6} {'dataset':<9} {'real':>7} {'fake':>7}")
+    per = collections.defaultdict(lambda: [0, 0])
+    for item in summary["counts"]:
+        per[(item["split"], item["dataset"])][item["label"]] += item["videos"]
+    order = {split: rank for rank, split in enumerate(("train", "val", "test"))}
+    for (split, dataset), (real, fake) in sorted(per.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0])):
+        lines.append(f"{split:<6} {dataset:<9} {real:>7} {fake:>7}")
+    if summary["skipped"]:
+        reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(summary["skipped_by_reason"].items()))
+        lines.append(f"skipped {len(summary['skipped'])} ({reasons})")
+        for item in summary["skipped"][:10]:
+            lines.append(f"  {item['path']}: {item['reason']}" + (f" ({item['detail']})" if item["detail"] else ""))
+        if len(summary["skipped"]) > 10:
+            lines.append(f"  ... {len(summary['skipped']) - 10} more in the summary JSON")
+    if summary["leaking_groups"]:
+        lines.append(f"leaking groups (reported, kept): {len(summary['leaking_groups'])}")
+    lines += [format_excluded(by, counts) for by, counts in (summary.get("excluded") or {}).items()]
+    return "\n".join(lines)
+
+
+def format_excluded(by, counts):
+    """One line for videos left out on purpose: 'excluded by --compression: 24 videos (c40: 12, raw: 12)'."""
+    total = sum(counts.values())
+    detail = ", ".join(f"{name}: {count}" for name, count in sorted(counts.items()))
+    return f"excluded by --{by}: {total} video{'' if total == 1 else 's'} ({detail})"
+
+
+def format_split_source(source):
+    """One line: official split lists (and from where) or a seeded random split by group (and why)."""
+    if source["kind"] != "official":
+        return f"split: seeded random by group (seed {source['seed']}) because {source['reason']}"
+    line = f"split: official lists at {source['path']} ({source['official_videos']} videos)"
+    if source["random_groups"]:
+        line += f"; the other {source['random_groups']} groups split at random (seed {source['seed']})"
+    return line
+
+
+def split_warning(summary):
+    """One line when a split asked for (fraction > 0) ended up without videos, else None."""
+    if not summary.get("empty_splits"):
+        return None
+    return (f"warning: no videos in {' or '.join(summary['empty_splits'])}: "
+            f"{summary['split_source']['random_groups']} group(s) to split are too few to give every requested "
+            "split one (see --val-fraction, --test-fraction)")
+
+
+def summary_path(manifest_path):
+    return os.fspath(manifest_path) + ".summary.json"
+
+
+def write_manifest(path, rows, summary):
+    """manifest.jsonl and its summary (manifest.jsonl.summary.json), each written atomically."""
+    write_jsonl(path, rows)
+    write_json(summary_path(path), summary)

@@ -112,6 +112,15 @@ def broadcast_object(value, source=0):
     return holder[0]
 
 
+def raise_together(problem, source=0):
+    """The "one rank tries, every rank stops" rule: ``problem`` is rank ``source``'s one-line message (or None)
+    after it tried something alone (opening the run folder, writing a file); every rank raises DfdError with that
+    line, so none waits forever in the next collective for a rank that stopped."""
+    problem = broadcast_object(problem, source)
+    if problem:
+        raise DfdError(problem)
+
+
 def any_rank(flag, device):
     """True on every rank when ``flag`` is true on at least one (e.g. a non-finite loss).
 

@@ -7,6 +7,15 @@ def printable(text):
     return "".join(char if char.isprintable() else repr(char)[1:-1] for char in str(text))
 
 
+def one_line(text, limit=None):
+    """``text`` (a message or an exception) as one line: every run of whitespace, newlines included, becomes one
+    space; with ``limit``, cut to that many characters ending in "..." (a library's report can span pages)."""
+    line = " ".join(str(text).split())
+    if limit is not None and len(line) > limit:
+        line = line[:limit - 3] + "..."
+    return line
+
+
 class DfdError(Exception):
     """A user-facing error: the message names the file or argument and the reason."""
 

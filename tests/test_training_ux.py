@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from conftest import REPO, run_cli, train_tiny
-from dfdtrain.training.run_logger import format_number
+from dfdtrain.core.text import format_number
 
 EXTENSIONS = REPO / ".cache" / "torch_extensions"  # where the other DeepSpeed tests keep the built op
 UNROUNDED = re.compile(r"\d\.\d{5,}")  # e.g. 0.4444444444444444: a number printed for a machine, not a person

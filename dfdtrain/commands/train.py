@@ -21,7 +21,7 @@ def add_arguments(parser):
 
 def run(args):
     from dfdtrain.config import load_config
-    from dfdtrain.training.run_logger import format_number
+    from dfdtrain.core.text import format_number
     from dfdtrain.training.trainer import Trainer
 
     config = load_config(args.config, args.overrides)

@@ -14,7 +14,8 @@ import os
 
 import numpy as np
 
-from dfdtrain.training.run_logger import METRICS_FILE, format_number
+from dfdtrain.core.text import format_number
+from dfdtrain.training.run_logger import METRICS_FILE
 from dfdtrain.core.fileio import atomic_open
 
 CURVES_FILE = "curves.png"

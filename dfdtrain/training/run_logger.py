@@ -40,9 +40,7 @@ file of ours.
 
 import json
 import logging
-import math
 import netrc
-import numbers
 import os
 import shlex
 import time
@@ -259,21 +257,6 @@ def offline_run_line(run):
     """The one line that says where an offline W&B run is written and how to upload it."""
     folder = run.settings.sync_dir  # run_dir/wandb/offline-run-<time>-<id>
     return f"W&B: offline run in {folder} (upload it with: wandb sync {shlex.quote(folder)})"
-
-
-def format_number(value):
-    """A number for people on the console: 4 decimals (0.4444, 12.3457), 4 significant digits where decimals
-    would hide it (1.235e-05); ints as they are. Files (metrics.jsonl, report.json) keep full precision."""
-    if value is None:
-        return "n/a"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return str(value)
-    if isinstance(value, numbers.Integral):
-        return str(int(value))
-    value = float(value)
-    if value != 0 and math.isfinite(value) and not 1e-3 <= abs(value) < 1e5:
-        return f"{value:.4g}"
-    return f"{value:.4f}"
 
 
 def system_values(device):

@@ -42,7 +42,8 @@ from dfdtrain.core.distributed import any_rank, barrier, broadcast_object, gathe
 from dfdtrain.training.engines import build_engine
 from dfdtrain.models.loss import video_bce
 from dfdtrain.training.optim import LearningRateSchedule, build_optimizer
-from dfdtrain.training.run_logger import RunLogger, format_number, system_values
+from dfdtrain.core.text import format_number
+from dfdtrain.training.run_logger import RunLogger, system_values
 from dfdtrain.evaluation.scoring import metric_value, validation_metrics
 from dfdtrain.core.errors import DfdError
 from dfdtrain.core.fileio import read_json, remove_stale_temporaries, write_json

@@ -31,6 +31,27 @@ class DistributedContext:
         return self.rank == 0
 
 
+def rank_and_world():
+    """(rank, world size, local rank) of this process as its launcher set them: torchrun's and the deepspeed
+    launcher's RANK, WORLD_SIZE and LOCAL_RANK; else an srun step's SLURM_PROCID, SLURM_STEP_NUM_TASKS and
+    SLURM_LOCALID (a batch script outside any step is one process, although its SLURM_NTASKS counts the job's
+    tasks); else (0, 1, 0). A value that is not an integer is one line naming the variable."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        names = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+    elif os.environ.get("SLURM_STEP_ID") is not None and "SLURM_PROCID" in os.environ:
+        names = ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID")
+    else:
+        return 0, 1, 0
+    values = []
+    for name, default in zip(names, ("0", "1", "0")):
+        text = os.environ.get(name, default) or default
+        try:
+            values.append(int(text))
+        except ValueError:
+            raise DfdError(f"{name}={text!r}: not an integer (set by the launcher: torchrun or srun)") from None
+    return tuple(values)
+
+
 def _environment_rank():
     """(rank, world, local rank) from torchrun / deepspeed (RANK, ...) or Slurm's srun (SLURM_PROCID, ...)."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:

@@ -1,6 +1,7 @@
-"""What every benchmark shares: the machine it ran on, devices, timing, peak FLOP/s (MFU), test data, the result
-envelope and JSON out."""
+"""What every benchmark shares: the machine it ran on, the arguments most benchmarks take, devices, timing, peak
+FLOP/s (MFU), test data, the result envelope and JSON out, and an error in one line."""
 
+import argparse
 import datetime
 import io
 import json
@@ -92,6 +93,46 @@ def add_fixtures_argument(parser, help="the real fixtures folder (default: $DFDT
 def add_device_argument(parser):
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where to run: auto (cuda when a GPU is visible), cpu or cuda")
+
+
+def benchmark_parser(doc, quick_help, fixtures=False):
+    """The arguments most benchmarks start with: the description (the first line of the script's docstring
+    ``doc``), --device, --fixtures when ``fixtures``, and --quick with ``quick_help``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    add_device_argument(parser)
+    if fixtures:
+        add_fixtures_argument(parser)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    return parser
+
+
+def parse_arguments(parser, argv):
+    """--out, the last option of every benchmark that writes one result, then ``argv`` parsed."""
+    parser.add_argument("--out", help="write the JSON result here too")
+    return parser.parse_args(argv)
+
+
+def start_benchmark(parser, argv):
+    """A benchmark's start: ``argv`` parsed (with --out), the clock started (``time.time()``, for ``envelope``)
+    and --device resolved; returns (args, started, device)."""
+    args = parse_arguments(parser, argv)
+    started = time.time()
+    return args, started, resolve_device(args.device)
+
+
+def settings_for(table, args, device):
+    """A copy of this run's settings: ``table["quick"]`` with --quick, else the row of the device's type; a
+    --repeats given replaces its repeats."""
+    settings = dict(table["quick" if args.quick else device.type])
+    if args.repeats:
+        settings["repeats"] = args.repeats
+    return settings
+
+
+def error_line(error):
+    """An exception as "Type: its first line" (a library's report can span pages): why a method is unavailable."""
+    text = str(error)
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def resolve_device(name):
@@ -223,25 +264,6 @@ def make_synth_shards(root, count, frames, width, height, val_fraction=0.2, targ
     return root / "shards", rows
 
 
-class OnDeviceBatches:
-    """The training loader interface (``len``, ``set_epoch``, iteration, ``skipped``), fed by one fixed batch
-    dict already on the device ({"frames", "mask", "label", "key"}): no decode, no copy, ``count`` per epoch."""
-
-    def __init__(self, batch, count):
-        self.batch, self.count = batch, count
-        self.skipped = []
-
-    def set_epoch(self, epoch):
-        pass
-
-    def __len__(self):
-        return self.count
-
-    def __iter__(self):
-        for _ in range(self.count):
-            yield self.batch
-
-
 # ---------------------------------------------------------------------------------------------------
 # The result
 
@@ -274,10 +296,11 @@ def human_summary(result):
 
 def emit(result, out=None):
     """Print the result as JSON on stdout and, for people, its summary on stderr; with ``out``, also save the
-    JSON there (results/ files are committed)."""
+    JSON there (results/ files are committed). Returns 0: the exit status of a benchmark that wrote its result."""
     text = json.dumps(result, indent=2)
     print(text)
     print(human_summary(result), file=sys.stderr)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text + "\n")
+    return 0

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import av
 
-from common import add_device_argument, add_fixtures_argument, emit, envelope, resolve_device
+from common import add_device_argument, add_fixtures_argument, emit, envelope, error_line, resolve_device
 from dfdtrain.data.decode.decoders import build_decoder
 from dfdtrain.data.decode.sampler import SamplerConfig, sample_indices
 from dfdtrain.demo.synth import synthesize
@@ -88,12 +88,12 @@ def build_methods(device):
 
         methods["dali_cpu"] = build_decoder("dali", device="cpu")
     except Exception as error:  # ImportError, DfdError (nvidia.dali missing), or a DALI start-up failure
-        unavailable["dali_cpu"] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        unavailable["dali_cpu"] = error_line(error)
     if device.type == "cuda":
         try:
             methods["dali_gpu"] = build_decoder("dali", device="gpu")
         except Exception as error:  # DfdError (nvidia.dali missing) or a DALI start-up failure
-            unavailable["dali_gpu"] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            unavailable["dali_gpu"] = error_line(error)
     else:
         unavailable["dali_gpu"] = "no GPU (run with --device cuda on a GPU machine)"
     try:
@@ -211,8 +211,7 @@ def main(argv=None):
         {"sampler": {"mode": "uniform", "num_frames": NUM_FRAMES, "train": False}, "repeats": repeats,
          "quick": args.quick, "synthetic_clips": synth_settings, "source": "file bytes in memory"},
         started, comparisons=comparisons, unavailable=unavailable, notes=notes_for(comparisons))
-    emit(result, args.out)
-    return 0
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

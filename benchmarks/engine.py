@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import add_device_argument, emit, envelope, median, resolve_device
+from common import benchmark_parser, emit, envelope, median, parse_arguments, resolve_device
 
 REPO = Path(__file__).resolve().parents[1]
 # name -> (engine, ZeRO stage): the engines compared in "engines" and "ratios"
@@ -84,11 +84,11 @@ def default_nproc(device):
 
 def experiment_config(job, variant, run_dir):
     """The ExperimentConfig of one variant: the job's detector and batch, the training defaults otherwise."""
-    from dfdtrain.config import config_from_dict
+    from dfdtrain.checks import experiment_from_dict
 
     engine_name, zero_stage = VARIANTS[variant]
     model = job["model"]
-    return config_from_dict({
+    return experiment_from_dict({
         "name": f"bench-engine-{variant}", "seed": 0, "run_dir": str(run_dir),  # same seed: same initial weights
         "clip": {"sampler": {"num_frames": model["frames"]}, "image_size": model["size"]},
         "data": {"batch_size": model["clips"]},  # clips per rank
@@ -103,8 +103,9 @@ def worker(job_path):
     import torch
     from torch.nn.parallel import DistributedDataParallel
 
-    from common import OnDeviceBatches, timed
+    from common import timed
     from dfdtrain.core.distributed import cleanup, init_distributed
+    from dfdtrain.testing.batches import FixedBatches
     from dfdtrain.training.trainer import Trainer
 
     job = json.loads(Path(job_path).read_text())
@@ -123,7 +124,8 @@ def worker(job_path):
         trainers = {}
         for variant in job["variants"]:
             config = experiment_config(job, variant, Path(folder) / variant)
-            trainers[variant] = Trainer(config, train_loader=OnDeviceBatches(batch, steps_per_variant), progress=False)
+            trainers[variant] = Trainer(config, train_loader=FixedBatches.repeating(batch, steps_per_variant),
+                                        progress=False)
             trainers[variant].begin_epoch(0)
 
         def run(variant, count):
@@ -172,16 +174,13 @@ def worker(job_path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_device_argument(parser)
-    parser.add_argument("--quick", action="store_true", help="a tiny detector, 2 repeats of 2 steps (CI)")
+    parser = benchmark_parser(__doc__, "a tiny detector, 2 repeats of 2 steps (CI)")
     parser.add_argument("--nproc", type=int, default=0, help="processes (default: the GPU count, 2 on a CPU)")
     parser.add_argument("--repeats", type=int, default=5, help="timed blocks per engine (median)")
     parser.add_argument("--steps", type=int, default=5, help="steps per timed block")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per engine first")
-    parser.add_argument("--out", help="write the JSON result here too")
     parser.add_argument("--worker", metavar="JOB", help=argparse.SUPPRESS)  # set by the driver under torchrun
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
     if args.worker:
         worker(args.worker)
         return 0
@@ -216,8 +215,7 @@ def main(argv=None):
         goal={"deepspeed_over_ddp_at_least": GOAL_DEEPSPEED_OVER_DDP,
               "met": {name: value >= GOAL_DEEPSPEED_OVER_DDP for name, value in ratios.items()}},
         per_step_sync=per_step_sync)
-    emit(result, args.out)
-    return 0
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import add_fixtures_argument, emit, envelope
+from common import add_fixtures_argument, emit, envelope, parse_arguments
 
 NUM_FRAMES = 16
 PNG_SAMPLE_FRAMES = 16
@@ -55,7 +55,7 @@ C40_GOALS = "FF++ c40: bytes <= a 32-PNG-crop store's at <= 2/255 and >= 10x fas
 
 
 def clip_options(setting):
-    from dfdtrain.data.faces.store import FaceClipOptions
+    from dfdtrain.data.faces.clip_options import FaceClipOptions
 
     return FaceClipOptions(**SETTINGS[setting])
 
@@ -66,7 +66,7 @@ def png_bytes_estimate(data, name, track, size):
     from PIL import Image
 
     from dfdtrain.data.decode.decoders import build_decoder
-    from dfdtrain.data.faces.store import crop_window
+    from dfdtrain.data.faces.clip_encoding import crop_window
     from dfdtrain.data.decode.sampler import uniform_indices
 
     positions = uniform_indices(len(track["source_frames"]), PNG_SAMPLE_FRAMES)
@@ -84,7 +84,8 @@ def prepare_video(job):
     import torch
 
     torch.set_num_threads(1)
-    from dfdtrain.data.faces.store import centre_track, encode_tracks, find_tracks, scan_video
+    from dfdtrain.data.faces.clip_encoding import encode_tracks
+    from dfdtrain.data.faces.store import centre_track, find_tracks, scan_video
     from dfdtrain.data.faces.detect import build_face_detector
     from dfdtrain.data.decode.video import probe
 
@@ -231,8 +232,7 @@ def main(argv=None):
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="cuda (or auto with a GPU visible): also time DALI/NVDEC on the originals and H.264 "
                              "clips; detection and encoding run on the CPU either way")
-    parser.add_argument("--out", help="write the JSON result here too")
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
     if args.repeats < 1 or args.workers < 1:
         parser.error("--repeats and --workers must be >= 1")
     import torch
@@ -279,8 +279,7 @@ def main(argv=None):
                     for dataset in sorted({video["dataset"] for video in videos})},
         videos=videos,
         detect_track_encode_s=round(prepare_s, 1))
-    emit(result, args.out)
-    return 0
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ The files sit in the page cache: the per-file cost here is open/read/seek on a l
     python benchmarks/loader.py [--device auto] [--quick] [--out benchmarks/results/loader_cpu.json]
 """
 
-import argparse
 import contextlib
 import dataclasses
 import os
@@ -34,10 +33,11 @@ import torch
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from common import add_device_argument, emit, envelope, make_synth_shards, median, progress, resolve_device
+from common import benchmark_parser, emit, envelope, make_synth_shards, median, progress, settings_for, start_benchmark
 from dfdtrain.config import ClipSpec, DataConfig, SamplerConfig
 from dfdtrain.data.loading.clips import model_input
-from dfdtrain.data.loading.loader import ClipDecoder, VideoLoader, collate
+from dfdtrain.data.loading.loader import VideoLoader
+from dfdtrain.data.loading.stages import ClipDecoder, collate
 from dfdtrain.testing.loopback import HttpServer, S3Server
 
 # Data and loader sizes per mode. GPU: larger frames, more workers (a GPU host has more cores).
@@ -126,17 +126,10 @@ def read_epoch(batches, device):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_device_argument(parser)
-    parser.add_argument("--quick", action="store_true", help="tiny clips, 0 and 1 workers, 1 repeat (CI)")
+    parser = benchmark_parser(__doc__, "tiny clips, 0 and 1 workers, 1 repeat (CI)")
     parser.add_argument("--repeats", type=int, default=0, help="passes per method and worker count (median)")
-    parser.add_argument("--out", help="write the JSON result here too")
-    args = parser.parse_args(argv)
-    started = time.time()
-    device = resolve_device(args.device)
-    settings = dict(SETTINGS["quick" if args.quick else device.type])
-    if args.repeats:
-        settings["repeats"] = args.repeats
+    args, started, device = start_benchmark(parser, argv)
+    settings = settings_for(SETTINGS, args, device)
     workers = [count for count in settings["workers"] if count <= len(os.sched_getaffinity(0))]
     batch_size, batches = settings["batch_size"], settings["batches"]
     # what each video becomes: the training loader's clip, normalised with ImageNet's mean and std
@@ -202,8 +195,7 @@ def main(argv=None):
                "layout grows, the shards' sequential reads do not.",
                "On this CPU-only machine the workers share the cores with the main process, which "
                "normalises the batches; more workers than free cores cannot help."])
-    emit(result, args.out)
-    return 0
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

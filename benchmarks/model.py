@@ -12,14 +12,12 @@ built from the same seed and timed interleaved: ``--repeats`` blocks of ``--step
     python benchmarks/model.py [--device auto] [--quick] [--out benchmarks/results/model_cpu.json]
 """
 
-import argparse
 import dataclasses
 import sys
-import time
 
 import torch
 
-from common import add_device_argument, emit, envelope, math_mode, median, mfu, progress, resolve_device, timed
+from common import benchmark_parser, emit, envelope, math_mode, median, mfu, progress, start_benchmark, timed
 from dfdtrain.core.devices import autocast
 from dfdtrain.models.loss import video_bce
 from model_stats import build_case, forward_flops
@@ -125,10 +123,6 @@ def measure_case(case, batch, device, steps, warmup, repeats):
     return frame_flops, clip_flops, results
 
 
-def machine_gpu(device):
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else None
-
-
 def ratios_for(results):
     """Speed-ups of one variant over another, from the medians of this run."""
     by = {(row["precision"], row["memory_format"]): row["median_step_s"] for row in results}
@@ -157,18 +151,17 @@ def compare_with_timm(case, results, device):
     return comparison
 
 
+def machine_gpu(device):
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else None
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_device_argument(parser)
-    parser.add_argument("--quick", action="store_true", help="one small detector, 2 repeats of 1 step (CI)")
+    parser = benchmark_parser(__doc__, "one small detector, 2 repeats of 1 step (CI)")
     parser.add_argument("--repeats", type=int, default=3, help="timed blocks per variant (median)")
     parser.add_argument("--steps", type=int, default=0, help="steps per timed block (default: 10 on a GPU, 1 on a CPU)")
     parser.add_argument("--warmup", type=int, default=0, help="untimed steps per variant (default: 5 on a GPU, 1 on a CPU)")
     parser.add_argument("--cases", default="", help="comma-separated case names to run, e.g. ResNet152V2@224")
-    parser.add_argument("--out", help="write the JSON result here too")
-    args = parser.parse_args(argv)
-    started = time.time()
-    device = resolve_device(args.device)
+    args, started, device = start_benchmark(parser, argv)
     on_gpu = device.type == "cuda"
     if on_gpu:
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
@@ -202,8 +195,7 @@ def main(argv=None):
          "flops": "FlopCounterMode forward FLOPs x 3 for training", "torch_threads": torch.get_num_threads(),
          "cudnn_benchmark": on_gpu},
         started, cases=measured, skipped=skipped)
-    emit(result, args.out)
-    return 0
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def describe(backbone, head, head_options, size, frames):
     model = build_case(backbone, head, head_options, size, frames)
     frame_flops, clip_flops = forward_flops(model, size, frames)
     return {
-        "backbone": backbone, "timm_name": model.backbone_info["timm_name"], "head": head,
+        "backbone": backbone, "timm_name": model.backbone_info.model_name, "head": head,
         "head_options": head_options, "input_size": size, "frames": frames,
         "params_backbone_m": round(sum(p.numel() for p in model.backbone.parameters()) / 1e6, 2),
         "params_head_m": round(sum(p.numel() for p in model.head.parameters()) / 1e6, 3),
@@ -87,8 +87,7 @@ def main(argv=None):
     # FLOP counting runs nothing timed on a device: the result has no "device" key
     result = envelope("model_stats", None, {"quick": args.quick}, started,
                       detectors=[describe(*entry) for entry in chosen])
-    emit(result, args.out)
-    return 0
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -14,14 +14,12 @@ Every number the projection uses is in the JSON (``projection.assumptions``) wit
     python benchmarks/scaling.py [--device auto] [--quick] [--out benchmarks/results/scaling_cpu.json]
 """
 
-import argparse
 import glob
 import json
 import sys
-import time
 from pathlib import Path
 
-from common import PEAK_TFLOPS, add_device_argument, emit, envelope, median, resolve_device
+from common import PEAK_TFLOPS, benchmark_parser, emit, envelope, median, start_benchmark
 from engine import MODELS, default_nproc, launch
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -221,16 +219,11 @@ def projection_text(workloads, decode_source):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_device_argument(parser)
-    parser.add_argument("--quick", action="store_true", help="a tiny detector, 2 repeats of 2 steps (CI)")
+    parser = benchmark_parser(__doc__, "a tiny detector, 2 repeats of 2 steps (CI)")
     parser.add_argument("--rounds", type=int, default=2, help="turns of every process count (jobs interleaved)")
     parser.add_argument("--repeats", type=int, default=4, help="timed blocks per process count and round")
     parser.add_argument("--steps", type=int, default=5, help="steps per timed block")
-    parser.add_argument("--out", help="write the JSON result here too")
-    args = parser.parse_args(argv)
-    started = time.time()
-    device = resolve_device(args.device)
+    args, started, device = start_benchmark(parser, argv)
     measured = measure(device, args.quick, 1 if args.quick else args.rounds, 2 if args.quick else args.repeats,
                        2 if args.quick else args.steps)
     decode_rate, decode_source = pyav_decode_rate()
@@ -245,8 +238,7 @@ def main(argv=None):
         projection={"assumptions": {**ASSUMPTIONS, "pyav_decode_videos_per_s": decode_rate,
                                     "pyav_decode_source": decode_source},
                     "workloads": workloads, "text": projection_text(workloads, decode_source)})
-    emit(result, args.out)
-    return 0
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ the original videos and a DeepfakeBench-style PNG store.
               clip: decode the clip's 16 sampled frames, resize; both with the loaders' own resize), median of
               ``--repeats`` loads, the two stores interleaved so that machine load hits them alike; in the same
               loop the original video's 16 sampled frames (the same sampler and resize, decoded from its bytes;
-              no warm-up, and in quick mode one read: a read takes a second or more).
+              no warm-up, and in quick mode one read: a read takes a second or more; benchmarks/shard_png.py).
   storage     issue 29's goals per group (dfdc, FF++ raw/c23, FF++ c40): clip bytes / original bytes, clip bytes /
               PNG bytes, the clips' mean error vs their source crops, and the originals' sampled load ms / the
               clips' (summed over the group). On c40 the 4:2:0 chroma floor makes a clip faithful to <= 2/255
@@ -37,7 +37,6 @@ the original videos and a DeepfakeBench-style PNG store.
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import sys
@@ -45,16 +44,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-from common import add_fixtures_argument, emit, envelope, first_frames
+from common import add_fixtures_argument, emit, envelope, first_frames, parse_arguments
 from shard_parts import parts_comparison
+from shard_png import LOAD_FRAMES, LOAD_SIZE, PNG_FRAMES, PNG_SIZE, dataset_of, png_comparison, summarise_png
 
 QUICK_VIDEOS = ["dfdc/dfdc_train_part_0/brtujopkby.mp4", "ffpp/original_sequences/youtube/c40/videos/183.mp4"]
 FULL_VIDEOS = QUICK_VIDEOS + ["dfdc/train_sample_videos/*.mp4", "ffpp/original_sequences/youtube/c40/videos/*.mp4",
                               "ffpp/original_sequences/actors/c40/videos/*.mp4",
                               "ffpp/manipulated_sequences/*/c40/videos/183_253.mp4"]
-PNG_FRAMES, PNG_SIZE = 32, 256  # DeepfakeBench's default store
 PART_SHARD_SIZE, QUICK_PART_SHARD_SIZE, QUICK_PART_FRAMES = "1M", "1K", 48
 STORAGE_GROUPS = ("dfdc", "raw/c23", "c40")
 STORAGE_GOALS = {  # goal: (group, figure, its bound in GOALS)
@@ -65,7 +62,6 @@ STORAGE_GOALS = {  # goal: (group, figure, its bound in GOALS)
     "c40: sampled decode >= 10x the original (set)": ("c40", "original_load_over_clip_load",
                                                       "c40_original_load_over_clip_load_min"),
 }
-LOAD_FRAMES, LOAD_SIZE = 16, 224
 DFDC = {"videos": 119_154, "bytes": 470e9}
 PROJECTION_NODES = (1, 4, 16, 64)
 GPUS_PER_NODE, CORES_PER_NODE = 8, 64  # an 8-GPU node (DGX-class): an assumption, stated in the result
@@ -86,7 +82,8 @@ import json, resource, sys
 sys.path.insert(0, sys.argv[1])
 import torch
 torch.set_num_threads(1)
-from dfdtrain.data.faces.store import FaceClipOptions, make_face_clips
+from dfdtrain.data.faces.clip_options import FaceClipOptions
+from dfdtrain.data.faces.store import make_face_clips
 from dfdtrain.data.faces.detect import build_face_detector
 from dfdtrain.data.decode.video import probe
 detector, seconds = build_face_detector("mtcnn"), {}
@@ -103,19 +100,6 @@ def cpu_seconds():
     """CPU seconds of this process and its reaped children (the workers of a finished run)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-def dataset_of(path):
-    """dfdc or ffpp: a fixture's first folder, or the prefix its copy is named with."""
-    return "dfdc" if Path(path).parts[0] == "dfdc" or Path(path).name.startswith("dfdc_") else "ffpp"
-
-
-def storage_group(relative):
-    """dfdc, raw/c23 or c40 (FF++ by its compression folder): the groups of issue 29's storage goals."""
-    if dataset_of(relative) == "dfdc":
-        return "dfdc"
-    parts = Path(relative).parts
-    return "c40" if "c40" in parts else "raw/c23" if "c23" in parts or "raw" in parts else None
 
 
 def folder_manifest(fixtures, relatives, folder, max_frames=None):
@@ -142,7 +126,8 @@ def shard_run(manifest, out, store, workers):
     """One timed ``write_shards``: wall, CPU seconds and the index."""
     import torch
 
-    from dfdtrain.data.shards.writer import Compute, write_shards
+    from dfdtrain.data.shards.samples import Compute
+    from dfdtrain.data.shards.writer import write_shards
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each worker process does: a 1-process run is one core's work
@@ -191,50 +176,6 @@ def projection(dfdc_cpu_s, dfdc_detect_s, detections_per_video, efficiency):
     }
 
 
-# ------------------------------------------------------------------------------------------ PNG store
-def resize_frames(frames):
-    """[T,H,W,3] uint8 -> [T,224,224,3] uint8 with the loaders' own resize (``crop_and_resize``, whole frame)."""
-    import torch
-
-    from dfdtrain.data.faces.crops import crop_and_resize
-
-    frames = torch.from_numpy(np.ascontiguousarray(frames))
-    return crop_and_resize(frames, [[0, 0, frames.shape[2], frames.shape[1]]] * len(frames), LOAD_SIZE)
-
-
-def build_png_store(source, name, track, folder):
-    """DeepfakeBench's store of one track: 32 spread frames, aligned crop at 256 px, one PNG file each."""
-    from PIL import Image
-
-    from dfdtrain.data.decode.decoders import build_decoder
-    from dfdtrain.data.faces.store import crop_window
-    from dfdtrain.data.decode.sampler import uniform_indices
-
-    positions = uniform_indices(len(track["source_frames"]), PNG_FRAMES)
-    frames = build_decoder("pyav").read(source, [track["source_frames"][p] for p in positions], name=name)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for number, (rgb, position) in enumerate(zip(frames, positions)):
-        path = folder / f"{number:03d}.png"
-        Image.fromarray(crop_window(rgb, track["windows"][position], PNG_SIZE)).save(path, format="PNG")
-        paths.append(path)
-    return paths
-
-
-def load_png_clip(paths):
-    from PIL import Image
-
-    chosen = [paths[i] for i in np.linspace(0, len(paths) - 1, LOAD_FRAMES).round().astype(int)]
-    return resize_frames(np.stack([np.asarray(Image.open(path).convert("RGB")) for path in chosen]))
-
-
-def load_sampled(decoder, data, name, frame_count):
-    """A face clip's or an original video's 16 uniform (evaluation) frames, decoded from its bytes, resized."""
-    from dfdtrain.data.decode.sampler import uniform_indices
-
-    return resize_frames(decoder.read(data, uniform_indices(frame_count, LOAD_FRAMES), name=name))
-
-
 def combined_run(runs):
     """One run's figures from runs over disjoint parts of the videos, one after the other in one process."""
     videos, wall = sum(run["videos"] for run in runs), sum(run["wall_s"] for run in runs)
@@ -249,83 +190,6 @@ def combined_run(runs):
             "detector_frames_per_video": round(sum(run["detector_frames_per_video"] * run["videos"]
                                                    for run in runs) / videos, 1),
             "combined_from": "the per-dataset 1-process runs"}
-
-
-def png_comparison(shard_dirs, rows, fixture_of, repeats, folder, original_repeats):
-    """Per video: track 0's clip vs its PNG store and the original video, bytes and one-core load time (median of
-    ``repeats``; the original's of the first ``original_repeats``: a second or more per read, without warm-up)."""
-    import torch
-    import webdataset as wds
-
-    from dfdtrain.data.decode.decoders import build_decoder
-
-    by_key = {row["key"]: row for row in rows}
-    samples = [(sample["__key__"], json.loads(sample["json"]), sample) for sample in
-               wds.WebDataset(sorted(str(path) for shard_dir in shard_dirs for path in shard_dir.glob("*.tar")),
-                              shardshuffle=False)]
-    decoder = build_decoder("pyav", thread_count=1)  # one core
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    videos, loads = [], []
-    try:
-        for key, meta, sample in samples:
-            track = meta["tracks"][0]
-            row = by_key[key]
-            source = os.path.join(row["root"], row["path"])
-            paths = build_png_store(source, row["path"], track, folder / key)
-            clip, clip_name = sample[track["member"]], f"{key}.{track['member']}"
-            original = Path(source).read_bytes()  # decoded from memory, as the clip is
-            videos.append({"key": key, "video": row["path"], "fixture": fixture_of[row["path"]],
-                           "group": storage_group(fixture_of[row["path"]]), "source_width": meta["source"]["width"],
-                           "source_height": meta["source"]["height"], "clip_size": track["size"],
-                           "clip_frames": track["frames"], "tracks": len(meta["tracks"]),
-                           "png_bytes": sum(path.stat().st_size for path in paths),
-                           "clip_bytes": len(clip), "sample_clip_bytes": meta["bytes"], "original_bytes": len(original),
-                           "mean_abs_error": track["fidelity"]["mean_abs_error"]})
-            loads.append((paths, clip, clip_name, track["frames"], original, row["path"], meta["source"]["frames"]))
-        for paths, clip, clip_name, frame_count, *_ in loads:  # warm-up: file cache, codec set-up
-            load_png_clip(paths)
-            load_sampled(decoder, clip, clip_name, frame_count)
-        times = [([], [], []) for _ in loads]
-        for repeat in range(repeats):
-            for (paths, clip, clip_name, frame_count, original, name, source_frames), (png_s, clip_s, original_s) \
-                    in zip(loads, times):
-                started = time.perf_counter()
-                assert load_png_clip(paths).shape == (LOAD_FRAMES, LOAD_SIZE, LOAD_SIZE, 3)
-                png_s.append(time.perf_counter() - started)
-                started = time.perf_counter()
-                assert load_sampled(decoder, clip, clip_name, frame_count).shape[0] == LOAD_FRAMES
-                clip_s.append(time.perf_counter() - started)
-                if repeat >= original_repeats:
-                    continue
-                started = time.perf_counter()
-                assert load_sampled(decoder, original, name, source_frames).shape[0] == LOAD_FRAMES
-                original_s.append(time.perf_counter() - started)
-    finally:
-        torch.set_num_threads(threads)
-    for video, (png_s, clip_s, original_s) in zip(videos, times):
-        video["png_load_ms"] = round(1000 * statistics.median(png_s), 2)
-        video["clip_load_ms"] = round(1000 * statistics.median(clip_s), 2)
-        video["original_load_ms"] = round(1000 * statistics.median(original_s), 2)
-        video["png_load_over_clip_load"] = round(video["png_load_ms"] / video["clip_load_ms"], 3)
-        video["original_load_over_clip_load"] = round(video["original_load_ms"] / video["clip_load_ms"], 2)
-        video["clip_bytes_over_png"] = round(video["clip_bytes"] / video["png_bytes"], 3)
-        video["clip_bytes_over_original"] = round(video["sample_clip_bytes"] / video["original_bytes"], 3)
-    return videos
-
-
-def summarise_png(videos):
-    png_ms, clip_ms = sum(v["png_load_ms"] for v in videos), sum(v["clip_load_ms"] for v in videos)
-    png_bytes, clip_bytes = sum(v["png_bytes"] for v in videos), sum(v["clip_bytes"] for v in videos)
-    return {"videos": len(videos), "png_load_ms_mean": round(png_ms / len(videos), 2),
-            "clip_load_ms_mean": round(clip_ms / len(videos), 2),
-            "png_clips_per_s_per_core": round(1000 * len(videos) / png_ms, 2),
-            "clip_clips_per_s_per_core": round(1000 * len(videos) / clip_ms, 2),
-            "png_load_over_clip_load": round(png_ms / clip_ms, 3),
-            "png_load_over_clip_load_min_per_video": min(v["png_load_over_clip_load"] for v in videos),
-            "png_bytes": png_bytes, "clip_bytes": clip_bytes, "clip_bytes_over_png": round(clip_bytes / png_bytes, 3),
-            "clip_bytes_over_png_max_per_video": max(v["clip_bytes_over_png"] for v in videos),
-            "frames_kept": {"png": PNG_FRAMES, "clip": "every frame of the track"}}
 
 
 def summarise_group(videos, group):
@@ -406,8 +270,7 @@ def main(argv=None):
     parser.add_argument("--baseline", metavar="CHECKOUT",
                         help="also measure the face store's CPU seconds per DFDC fixture video at another checkout "
                              "(e.g. 'git worktree add /tmp/before COMMIT'), and the ratio to this one's")
-    parser.add_argument("--out", help="write the JSON result here too")
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
     fixtures = Path(args.fixtures)
@@ -479,8 +342,7 @@ def main(argv=None):
         storage_groups=groups,
         parts=parts,
         face_store_cpu_vs_baseline=baseline)
-    emit(result, args.out)
-    return 0
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,8 @@ def _shards(index):
 def parts_comparison(manifest, folder, shard_size):
     """One process vs 2 parts started together, each ``--workers 1``, on the face store of ``manifest``."""
     import dfdtrain
-    from dfdtrain.data.shards.writer import RECORDS_FOLDER, Part
+    from dfdtrain.data.shards.folder import RECORDS_FOLDER
+    from dfdtrain.data.shards.parts import Part
 
     tree = str(Path(dfdtrain.__file__).resolve().parents[1])
     folder.mkdir(parents=True, exist_ok=True)

@@ -119,8 +119,7 @@ def main(argv=None):
     result = envelope("storage", "cpu", {"quick": args.quick, "limit": args.limit, "face_frames": args.face_frames,
                                          "face_detector": "mtcnn (CPU)"},
                       started, **compare(rows, sizes, shard_bytes), by_dataset=by_dataset)
-    emit(result, args.out)
-    return 0
+    return emit(result, args.out)
 
 
 def compare(rows, sizes, shard_bytes):

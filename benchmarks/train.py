@@ -14,20 +14,19 @@ cancels out; the medians of each mode are reported too.
     python benchmarks/train.py [--device auto] [--quick] [--out benchmarks/results/train_cpu.json]
 """
 
-import argparse
 import contextlib
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from common import (OnDeviceBatches, add_device_argument, emit, envelope, make_synth_shards, median, progress,
-                    resolve_device)
-from dfdtrain.config import config_from_dict
+from common import (benchmark_parser, emit, envelope, make_synth_shards, median, progress, settings_for,
+                    start_benchmark)
+from dfdtrain.checks import experiment_from_dict
 from dfdtrain.data.loading.loader import VideoLoader
+from dfdtrain.testing.batches import FixedBatches
 from dfdtrain.training.trainer import Trainer
 from dfdtrain.models.detector import build_detector_from_config
 
@@ -49,7 +48,7 @@ SETTINGS = {
 def experiment(settings, shards, run_dir, device, engine):
     steps = settings["log_every"] * settings["windows"]
     on_gpu = device.type == "cuda"
-    return config_from_dict({
+    return experiment_from_dict({
         "name": "bench-train", "seed": 0, "run_dir": str(run_dir),
         "clip": {"sampler": {"mode": "uniform", "num_frames": settings["num_frames"]},
                  "image_size": settings["image_size"], "crop": "face"},
@@ -65,7 +64,7 @@ def experiment(settings, shards, run_dir, device, engine):
 
 def one_batch_on_device(config, device):
     """The first batch of the same training loader the Trainer builds, and that loader's length."""
-    clip = config.clip.resolve(build_detector_from_config(config.model, config.clip).backbone_info["data_config"])
+    clip = config.clip.resolve(build_detector_from_config(config.model, config.clip).backbone_info.data_config)
     loader = VideoLoader(config.data.train_shards, clip, config.data, train=True, device=device, seed=config.seed)
     batches = iter(loader)
     batch = next(batches)
@@ -83,18 +82,11 @@ def run_once(config, train_loader):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_device_argument(parser)
-    parser.add_argument("--quick", action="store_true", help="a tiny detector, one run per mode (CI)")
+    parser = benchmark_parser(__doc__, "a tiny detector, one run per mode (CI)")
     parser.add_argument("--engine", choices=("ddp", "deepspeed"), default="ddp", help="training engine (default ddp)")
     parser.add_argument("--repeats", type=int, default=0, help="runs per mode (median)")
-    parser.add_argument("--out", help="write the JSON result here too")
-    args = parser.parse_args(argv)
-    started = time.time()
-    device = resolve_device(args.device)
-    settings = dict(SETTINGS["quick" if args.quick else device.type])
-    if args.repeats:
-        settings["repeats"] = args.repeats
+    args, started, device = start_benchmark(parser, argv)
+    settings = settings_for(SETTINGS, args, device)
     runs = {"real": [], "synthetic": []}
     with tempfile.TemporaryDirectory() as folder:
         shards, _ = make_synth_shards(Path(folder) / "data", count=settings["videos"], frames=settings["video_frames"],
@@ -105,7 +97,7 @@ def main(argv=None):
             for mode in runs:
                 config = experiment(settings, shards, Path(folder) / f"run-{mode}-{repeat}", device, args.engine)
                 if mode == "synthetic" and synthetic_loader is None:
-                    synthetic_loader = OnDeviceBatches(*one_batch_on_device(config, device))
+                    synthetic_loader = FixedBatches.repeating(*one_batch_on_device(config, device))
                 steady, whole_epoch, windows = run_once(config, synthetic_loader if mode == "synthetic" else None)
                 runs[mode].append({"samples_per_s": round(steady, 3), "epoch_samples_per_s": round(whole_epoch, 3),
                                    "window_samples_per_s": [round(value, 3) for value in windows]})
@@ -133,8 +125,7 @@ def main(argv=None):
         notes=["whole_epoch includes the first window (DataLoader worker start-up each epoch, first allocations).",
                "On a CPU-only machine the loader's workers and the model share the same cores, so the real loop "
                "is slower than the synthetic one by the CPU time decoding takes; on a GPU host they do not compete."])
-    emit(result, args.out)
-    return 0
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,12 @@ def _say(line):
     sys.stderr.flush()
 
 
+def _fail(command, problem):
+    """The error line of a command that failed (printable: a file name may hold a newline); exit status 2."""
+    _say(f"dfdtrain {command}: error: {printable(problem)}")
+    return 2
+
+
 def main(argv=None):
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -52,8 +58,7 @@ def main(argv=None):
     try:
         return int(args.run(args) or 0)
     except (DfdError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
-        _say(f"dfdtrain {args.command}: error: {printable(error)}")  # printable: a name may hold a newline
-        return 2
+        return _fail(args.command, error)
     except OSError as error:
         from dfdtrain.data.storage import is_no_space, no_space_line
 
@@ -64,8 +69,7 @@ def main(argv=None):
             line = no_space_line(os.fspath(error.filename), error)
         else:
             line = f"{error.strerror or 'no space left on device'} while writing (the system named no file)"
-        _say(f"dfdtrain {args.command}: error: {printable(line)}")
-        return 2
+        return _fail(args.command, line)
     except KeyboardInterrupt:
         _say(f"dfdtrain {args.command}: interrupted")
         return 130

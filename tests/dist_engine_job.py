@@ -7,48 +7,20 @@ head has no dropout: with per-rank BatchNorm batches and random dropout, runs wo
 The steps are ``Trainer.train_step``, the training loop's own.
 """
 
-import os
 import sys
 import tempfile
 
 import torch
 
 from dfdtrain.config import config_from_dict
-from dfdtrain.core.distributed import cleanup
+from dfdtrain.core.distributed import cleanup, rank_and_world
+from dfdtrain.testing.batches import GLOBAL_BATCH, FixedBatches
 from dfdtrain.training.trainer import Trainer
-
-GLOBAL_BATCH = 4
-
-
-class FixedBatches:
-    """This rank's slice of fixed random clips, one batch per step: the loader interface the Trainer takes."""
-
-    def __init__(self, steps, rank, per_rank):
-        data = torch.Generator().manual_seed(1)
-        self.frames = torch.randn(steps * GLOBAL_BATCH, 3, 3, 32, 32, generator=data)
-        self.labels = torch.randint(0, 2, (steps * GLOBAL_BATCH,), generator=data).float()
-        mask = torch.ones(GLOBAL_BATCH, 3, dtype=torch.bool)
-        mask[1, 2] = False  # a padded frame, as real batches have
-        self.mask = mask[rank * per_rank: (rank + 1) * per_rank]
-        self.steps, self.rank, self.per_rank = steps, rank, per_rank
-        self.skipped = []
-
-    def set_epoch(self, epoch):
-        pass
-
-    def __len__(self):
-        return self.steps
-
-    def __iter__(self):
-        for step in range(self.steps):
-            start = step * GLOBAL_BATCH + self.rank * self.per_rank
-            rows = slice(start, start + self.per_rank)
-            yield {"frames": self.frames[rows], "mask": self.mask, "label": self.labels[rows],
-                   "key": [str(index) for index in range(rows.start, rows.stop)]}
 
 
 def main(engine_name, zero_stage, steps, out_prefix, frozen_epochs):
-    steps, world_size = int(steps), int(os.environ.get("WORLD_SIZE", 1))
+    rank, world_size, _ = rank_and_world()
+    steps = int(steps)
     per_rank = GLOBAL_BATCH // world_size
     config = config_from_dict({
         "run_dir": tempfile.mkdtemp(), "seed": 0,
@@ -62,7 +34,6 @@ def main(engine_name, zero_stage, steps, out_prefix, frozen_epochs):
                   "device": "cpu"},
         "data": {"batch_size": per_rank},
     })
-    rank = int(os.environ.get("RANK", 0))
     trainer = Trainer(config, train_loader=FixedBatches(steps, rank, per_rank))
     before = {name: value.detach().clone() for name, value in trainer.model.state_dict().items()}
     trainer.begin_epoch(0)

@@ -39,14 +39,14 @@ def built():
 @pytest.mark.parametrize("alias", list(KERAS_ALIASES))
 def test_every_alias_builds_and_gives_pooled_features(built, alias):
     module, info = built(alias)
-    assert info["name"] == alias and info["timm_name"] == KERAS_ALIASES[alias]
-    assert info["pretrained"] == "none" and info["note"] == ALIAS_NOTES.get(alias)
-    assert set(info["data_config"]) >= {"input_size", "mean", "std", "interpolation", "crop_pct"}
+    assert info.name == alias and info.model_name == KERAS_ALIASES[alias]
+    assert info.pretrained == "none" and info.note == ALIAS_NOTES.get(alias)
+    assert set(info.data_config) >= {"input_size", "mean", "std", "interpolation", "crop_pct"}
     size = FORWARD_SIZE.get(alias, 32)
     module.eval()
     with torch.no_grad():
         features = module(torch.randn(2, 3, size, size))
-    assert features.shape == (2, info["num_features"]) and torch.isfinite(features).all()
+    assert features.shape == (2, info.num_features) and torch.isfinite(features).all()
 
 
 @pytest.mark.parametrize("alias", list(KERAS_ALIASES))
@@ -136,7 +136,7 @@ def test_pretrained_file_loads_exactly_the_saved_weights(tmp_path, suffix, with_
     torch.manual_seed(5)
     assert torch.equal(after_build, torch.rand(3))  # the caller's random stream is untouched
 
-    assert info["pretrained"] == f"file:{path}" and info["timm_name"] == "mobilenetv2_100"
+    assert info.pretrained == f"file:{path}" and info.model_name == "mobilenetv2_100"
     loaded = module.state_dict()
     assert set(loaded) <= set(saved)
     for name, tensor in loaded.items():
@@ -179,13 +179,13 @@ def test_pretrained_file_that_is_not_a_checkpoint_is_an_error(tmp_path):
 
 def test_data_config_follows_the_model(built):
     _, inception = built("InceptionV3")
-    assert inception["data_config"]["mean"] == (0.5, 0.5, 0.5) and inception["data_config"]["std"] == (0.5, 0.5, 0.5)
-    assert inception["data_config"]["input_size"] == (3, 299, 299)
+    assert inception.data_config["mean"] == (0.5, 0.5, 0.5) and inception.data_config["std"] == (0.5, 0.5, 0.5)
+    assert inception.data_config["input_size"] == (3, 299, 299)
     _, efficientnet = built("EfficientNetB7")
-    assert efficientnet["data_config"]["input_size"] == (3, 600, 600)
-    assert efficientnet["data_config"]["mean"] == (0.485, 0.456, 0.406)
+    assert efficientnet.data_config["input_size"] == (3, 600, 600)
+    assert efficientnet.data_config["mean"] == (0.485, 0.456, 0.406)
     _, resized = build_backbone("resnet18", image_size=128)
-    assert resized["data_config"]["input_size"] == (3, 128, 128)
+    assert resized.data_config["input_size"] == (3, 128, 128)
 
 
 def test_grad_checkpointing_and_channels_last_train_like_the_plain_model():

@@ -12,7 +12,8 @@ from einops import rearrange
 from torch import nn
 
 from conftest import run_cli
-from dfdtrain.config import ConfigError, load_config
+from dfdtrain.checks import load_experiment
+from dfdtrain.config import ConfigError
 from dfdtrain.core.errors import DfdError
 from dfdtrain.models import ClipDetector, build_detector
 from dfdtrain.models.backbones import backbone_stages
@@ -32,9 +33,9 @@ def test_every_clip_backbone_trains_on_a_masked_clip_and_ignores_what_padding_ho
     frames, size, batch = CASES[name]
     torch.manual_seed(0)
     model = build_detector(name, "none", num_frames=frames, image_size=size)
-    assert isinstance(model, ClipDetector) and model.backbone_info["kind"] == "clip"
-    assert model.backbone_info["score_kind"] in SCORE_KINDS
-    size = model.backbone_info["data_config"]["input_size"][-1]
+    assert isinstance(model, ClipDetector) and model.backbone_info.kind == "clip"
+    assert model.backbone_info.score_kind in SCORE_KINDS
+    size = model.backbone_info.data_config["input_size"][-1]
     clips = torch.randn(batch, frames, 3, size, size)
     mask = torch.ones(batch, frames, dtype=torch.bool)
     mask[-1, frames - 2:] = False  # the last clip is 2 frames short
@@ -54,7 +55,7 @@ def test_every_clip_backbone_trains_on_a_masked_clip_and_ignores_what_padding_ho
         other_padding[~mask] = 100 * torch.randn_like(other_padding[~mask])
         got = model(other_padding, mask)
     assert torch.equal(expected[0], got[0]) and torch.equal(expected[1], got[1])
-    if model.backbone_info["score_kind"] == "clip":  # one score for the clip, at every real frame
+    if model.backbone_info.score_kind == "clip":  # one score for the clip, at every real frame
         assert torch.allclose(expected[1][mask], expected[0].unsqueeze(1).expand(batch, frames)[mask])
 
 
@@ -129,7 +130,7 @@ def test_fine_tuning_policies_reach_clip_backbones():
 ])
 def test_config_refuses_what_a_clip_backbone_cannot_do(overrides, key, words):
     with pytest.raises(ConfigError) as error:
-        load_config(None, overrides)
+        load_experiment(None, overrides)
     assert error.value.path == key and words in str(error.value) and "\n" not in str(error.value)
 
 
@@ -141,7 +142,7 @@ def test_pretrained_weights_come_from_a_file_and_never_silently_from_nowhere(tmp
     published = mc3_18()  # stands in for torchvision's download: the same keys, classifier included
     torch.save(published.state_dict(), tmp_path / "mc3_18.pth")
     model = build_detector("mc3_18", "none", pretrained_file=tmp_path / "mc3_18.pth", num_frames=4)
-    assert model.backbone_info["pretrained"].startswith("file:")
+    assert model.backbone_info.pretrained.startswith("file:")
     assert torch.equal(model.backbone.model.layer4[1].conv2[0].weight, published.layer4[1].conv2[0].weight)
     torch.save(r3d_18().state_dict(), tmp_path / "r3d_18.pth")
     with pytest.raises(DfdError, match="does not fit mc3_18"):
@@ -153,7 +154,7 @@ def test_pretrained_weights_come_from_a_file_and_never_silently_from_nowhere(tmp
 @pytest.fixture(scope="module")
 def face_clip_shards(tmp_path_factory, fixtures):
     """Face-clip shards (MTCNN tracks, 64-px H.264 clips) of real FF++ videos: a real and a fake per split."""
-    from dfdtrain.data.faces.store import FaceClipOptions
+    from dfdtrain.data.faces.clip_options import FaceClipOptions
     from dfdtrain.data.shards.writer import write_shards
     from dfdtrain.data.faces.tracks import TrackOptions
 

@@ -11,7 +11,7 @@ import webdataset as wds
 from conftest import SMALL_CLIP, frames_by_key
 from dfdtrain.config import DataConfig
 from dfdtrain.data.loading.clips import model_input, video_member
-from dfdtrain.data.faces.store import FaceClipOptions
+from dfdtrain.data.faces.clip_options import FaceClipOptions
 from dfdtrain.data.loading.loader import VideoLoader
 from dfdtrain.data.shards.writer import write_shards
 from dfdtrain.data.faces.tracks import TrackOptions

@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import pytest
 
+from dfdtrain.checks import load_experiment
 from dfdtrain.config import (ClipSpec, ConfigError, DataConfig, ExperimentConfig, Range, SamplerConfig, Section,
                              config_to_dict, load_config, save_config)
 from dfdtrain.core.errors import DfdError
@@ -36,7 +37,7 @@ NAN_TRAIN_OVERRIDES = [
     ("train.threshold=nan", "'train.threshold' must be a finite number, not nan"),
     ("optim.lr=nan", "'optim.lr' must be a finite number, not nan"),
 ]
-# more of the same, checked in this process (the same load_config the command runs)
+# more of the same, checked in this process (the same load_experiment the command runs)
 BAD_OVERRIDES = [
     (["model.head_options.num_layers=1.5"], "'model.head_options.num_layers' must be an integer >= 1, not 1.5"),
     (["model.head_options.layers=2"], "'model.head_options.layers' is not an option of the gru head"),
@@ -96,7 +97,7 @@ def test_nan_is_refused_by_train_with_one_line(tmp_path):
 @pytest.mark.parametrize("overrides, expected", BAD_OVERRIDES, ids=[" ".join(item[0]) for item in BAD_OVERRIDES])
 def test_more_bad_values_are_one_line_naming_the_key(overrides, expected):
     with pytest.raises(DfdError) as caught:
-        load_config(None, overrides)
+        load_experiment(None, overrides)
     assert expected in str(caught.value) and "\n" not in str(caught.value)
 
 

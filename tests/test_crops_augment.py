@@ -89,9 +89,9 @@ def test_flip_mirrors_and_noise_stays_clip_bounded():
 def test_normalisation_comes_from_the_backbones_timm_config():
     from dfdtrain.models.backbones import build_backbone
 
-    inception = ClipSpec().resolve(build_backbone("inception_v3")[1]["data_config"])
+    inception = ClipSpec().resolve(build_backbone("inception_v3")[1].data_config)
     assert inception.mean == (0.5, 0.5, 0.5) and inception.image_size == 299
-    resnet = ClipSpec(image_size=64).resolve(build_backbone("resnet18")[1]["data_config"])
+    resnet = ClipSpec(image_size=64).resolve(build_backbone("resnet18")[1].data_config)
     assert resnet.mean == pytest.approx((0.485, 0.456, 0.406)) and resnet.std == pytest.approx((0.229, 0.224, 0.225))
     assert resnet.image_size == 64  # the config's size wins over the backbone's
     batch = torch.full((1, 2, 8, 8, 3), 128, dtype=torch.uint8)

@@ -20,7 +20,8 @@ try:
 except Exception as error:  # a broken install fails with more than ImportError
     pytest.skip(f"nvidia.dali does not import ({type(error).__name__}: {error})", allow_module_level=True)
 
-from dfdtrain.data.decode.dali import DaliDecoder, DaliShardLoader
+from dfdtrain.data.decode.dali import DaliDecoder
+from dfdtrain.data.decode.dali_shards import DaliShardLoader
 from dfdtrain.data.ingest.manifest import build_manifest
 from dfdtrain.data.decode.sampler import SamplerConfig, sample_indices
 from dfdtrain.data.shards.writer import write_shards

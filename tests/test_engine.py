@@ -232,7 +232,7 @@ def test_trainer_steps_track_non_finite_losses_on_the_device_and_check_them_once
     training loop calls it at log and checkpoint steps), which then stops with one line naming the steps."""
     from dfdtrain.config import config_from_dict
     from dfdtrain.training.trainer import NonFiniteLoss, Trainer
-    from dist_engine_job import FixedBatches
+    from dfdtrain.testing.batches import FixedBatches
 
     config = config_from_dict({"run_dir": str(tmp_path / "run"), "train": {"engine": "ddp", "device": "cpu"},
                                "model": {"backbone": "mobilenetv2_050", "head": "mean",

@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from conftest import run_cli
-from dfdtrain.evaluation.evaluate import RULES, format_breakdown, resolve_checkpoint, run_evaluation
-from dfdtrain.metrics import roc_auc
+from dfdtrain.evaluation.evaluate import resolve_checkpoint, run_evaluation
+from dfdtrain.evaluation.report import format_breakdown
+from dfdtrain.metrics import REPORTED_RULES as RULES, roc_auc
 
 BASE_PLOTS = ("roc.png", "pr.png", "calibration.png", "confusion.png", "histogram.png")
 

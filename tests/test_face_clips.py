@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from dfdtrain.data.decode.decoders import PyAVDecoder, SequentialDecoder, build_decoder
-from dfdtrain.data.faces.store import (DEFAULT_CRF, ClipEncoder, FaceClipOptions, check_clip, crop_window,
-                                      make_face_clips, member_extension)
-from dfdtrain.data.shards.writer import prepare_sample
-from dfdtrain.demo.synth import encode_video
+from dfdtrain.data.faces.clip_encoding import ClipEncoder, check_clip, crop_window, member_extension
+from dfdtrain.data.faces.clip_options import DEFAULT_CRF, FaceClipOptions
+from dfdtrain.data.faces.store import make_face_clips
+from dfdtrain.data.shards.samples import prepare_sample
+from dfdtrain.demo.encode import encode_video
 from dfdtrain.data.faces.tracks import TrackOptions
 from dfdtrain.data.decode.video import probe
 

@@ -11,11 +11,13 @@ import webdataset as wds
 from conftest import SMALL_CLIP, clip_spec, data_config, frames_by_key, run_cli, train_tiny
 from dfdtrain.data.faces.crops import crop_and_resize
 from dfdtrain.data.decode.decoders import build_decoder
-from dfdtrain.data.faces.store import FaceClipOptions
-from dfdtrain.data.loading.loader import ClipDecoder, VideoLoader
+from dfdtrain.data.faces.clip_options import FaceClipOptions
+from dfdtrain.data.loading.loader import VideoLoader
+from dfdtrain.data.loading.stages import ClipDecoder
 from dfdtrain.demo.preview import preview
-from dfdtrain.data.shards.writer import Compute, write_shards
-from dfdtrain.demo.synth import encode_video
+from dfdtrain.data.shards.samples import Compute
+from dfdtrain.data.shards.writer import write_shards
+from dfdtrain.demo.encode import encode_video
 from dfdtrain.data.faces.tracks import TrackOptions
 from dfdtrain.data.decode.video import probe
 from dfdtrain.core.errors import DfdError

@@ -89,8 +89,8 @@ def test_dali_mixed_decode_gives_exactly_the_frames_asked_for(tmp_path):
 
 def test_dali_shard_loader_decodes_onto_the_gpu(tmp_path):
     from dfdtrain.config import SamplerConfig
-    from dfdtrain.data.decode.dali import DaliShardLoader
-    from dfdtrain.data.shards.writer import load_manifest
+    from dfdtrain.data.decode.dali_shards import DaliShardLoader
+    from dfdtrain.data.ingest.manifest import load_manifest
 
     _, _, assert_close_to_pyav = dali_test_helpers()
     shards = make_synth_shards(tmp_path, count=6, frames=16, val_fraction=0, target_bytes=40_000, seed=5, width=64,

@@ -27,7 +27,10 @@ def load(name, path):
     return module
 
 
-kit = load("gpu_kit", KIT_DIR / "kit.py")
+sys.path.insert(0, str(KIT_DIR))  # the kit's modules import one another by name, as run.sh runs kit.py
+import kit_carry  # noqa: E402
+import kit_steps  # noqa: E402
+import kit_wheels  # noqa: E402
 
 
 def run_script(script, *args):
@@ -47,12 +50,12 @@ def dry_run(tmp_path_factory, fixtures):
 def test_dry_run_prints_the_plan_with_each_budget(dry_run):
     completed, out, plan = dry_run
     text = completed.stdout
-    count = len(kit.read_wheel_list())
+    count = len(kit_wheels.read_wheel_list())
     assert f"wheels  benchmarks/gpu/wheels.txt: {count} pinned wheels for cp312 manylinux x86_64" in text
     assert "nvidia-dali-cuda130==2.4.0" in text and "4 parts of at most 60 MiB (split -b 60M)" in text
     assert f"budget {plan['budget_s']} s of 540 s" in text
     assert "install      45 s" in text
-    for step in kit.steps():
+    for step in kit_steps.steps():
         assert f"  {step.name:<10} {step.budget_s:>4} s  {step.what}" in text
     receive = "run(command='bash benchmarks/gpu/run.sh --receive', carry=['.gpu-carry/load1'], timeout_s=60)"
     assert f"call 1: {receive}" in text
@@ -68,7 +71,7 @@ def test_dry_run_prints_the_plan_with_each_budget(dry_run):
 def test_plan_json_holds_the_budgets_the_carry_and_every_step(dry_run):
     _, out, plan = dry_run
     assert plan["mode"] == "dry-run" and plan["ok"] is True and plan["tag"] == "quick"
-    assert plan["budget_s"] == 45 + sum(step.budget_s for step in kit.steps()) <= plan["total_budget_s"] == 540
+    assert plan["budget_s"] == 45 + sum(step.budget_s for step in kit_steps.steps()) <= plan["total_budget_s"] == 540
     assert [record["name"] for record in plan["steps"]] == STEPS
     for record in plan["steps"]:
         assert record["status"] == "ok" and record["rc"] == 0 and record["problems"] == [], record
@@ -108,8 +111,8 @@ def test_each_step_wrote_its_complete_result(dry_run):
     assert run["detector_frames"] > 0 and {"decode", "detect", "encode"} <= set(run["stage_seconds"])
     assert faces["goal"]["met"] is None and faces["unavailable"]["cuda"].startswith("no GPU")
     # a GPU run whose face detector stayed on the CPU fails the step; on a CPU that is expected
-    assert kit.summarise_faces(faces, False, {})[1] == []
-    assert kit.summarise_faces(faces, True, {})[1] == [
+    assert kit_steps.summarise_faces(faces, False, {})[1] == []
+    assert kit_steps.summarise_faces(faces, True, {})[1] == [
         "the face store did not run with the detector on the GPU: no GPU (run with --device cuda on a GPU machine)"]
     # the GPU-only reading, driven by this CPU run standing in for the cuda one (as PyAV stands in for DALI below):
     # several workers must have shared one detector, and the headline must hold the ratio and the goal
@@ -117,11 +120,11 @@ def test_each_step_wrote_its_complete_result(dry_run):
     runs = {"cuda": {**run, "device": "cuda"}, "cpu": run}
     stand_in = {**faces, "runs": runs, "ratios": {"cpu_over_gpu_wall": 1.0}, "unavailable": {},
                 "goal": shard_faces.goal_of(runs, False, {})}
-    summary, problems = kit.summarise_faces(stand_in, True, {})
+    summary, problems = kit_steps.summarise_faces(stand_in, True, {})
     assert problems == ([f"{run['workers']} workers on the GPU, but no shared detector ran"] if run["workers"] > 1
                         else [])  # one worker keeps its own detector
     assert summary["goal_met"] is (run["wall_s_per_video"] <= 1.0) and set(summary["wall_s"]) == {"cuda", "cpu"}
-    assert "on the GPU" in kit.headline("faces", {"summary": summary})
+    assert "on the GPU" in kit_steps.headline("faces", {"summary": summary})
     assert "GPU detector 1.0x faster" in " ".join(shard_faces.notes_for(runs, stand_in["ratios"], stand_in["goal"]))
 
     model = json.loads((out / RESULTS["model"]).read_text())
@@ -191,13 +194,13 @@ def test_the_carry_goes_round_trip_in_loads_and_parts(tmp_path):
     for file, size in sizes.items():
         (wheels / file).write_bytes(random.randbytes(size))
     originals = {file: (wheels / file).read_bytes() for file in sizes}
-    calls = kit.carry_plan(sizes, tree=100, fixtures=200, part_bytes=1000, limit=1500, margin=0)
+    calls = kit_carry.carry_plan(sizes, tree=100, fixtures=200, part_bytes=1000, limit=1500, margin=0)
     assert all(call["bytes"] <= 1500 for call in calls) and calls[-1]["carry"][-1] == ".gpu-carry/fixtures"
     assert sorted(name for call in calls for name, _, _ in call["pieces"]) == sorted(
         ["big-1.0-py3-none-any.whl.part00", "big-1.0-py3-none-any.whl.part01", "big-1.0-py3-none-any.whl.part02",
          "mid-1.0-py3-none-any.whl", "small-1.0-py3-none-any.whl"])
     carry = tmp_path / "carry"
-    kit.write_loads(calls, wheels, carry, {file: kit.sha256(wheels / file) for file in sizes})
+    kit_carry.write_loads(calls, wheels, carry, {file: kit_carry.sha256(wheels / file) for file in sizes})
 
     parts = tmp_path / "root-parts"
     missing_counts = []
@@ -206,29 +209,29 @@ def test_the_carry_goes_round_trip_in_loads_and_parts(tmp_path):
         (sent / f"load{call['call']}").mkdir(parents=True)
         for path in (carry / f"load{call['call']}").iterdir():
             (sent / f"load{call['call']}" / path.name).write_bytes(path.read_bytes())
-        manifest, missing, received = kit.receive(sent, parts)
+        manifest, missing, received = kit_carry.receive(sent, parts)
         assert received == [f"load{call['call']}"]
         missing_counts.append(len(missing))
     assert missing_counts[-1] == 0 and missing_counts == sorted(missing_counts, reverse=True)
-    assert kit.missing_text(manifest, ["big-1.0-py3-none-any.whl.part01"]) == \
+    assert kit_carry.missing_text(manifest, ["big-1.0-py3-none-any.whl.part01"]) == \
         "1 piece(s) of the calls 3 (.gpu-carry/load3)"
     concatenated = subprocess.run("cat big-1.0-py3-none-any.whl.part*", shell=True, cwd=parts, capture_output=True)
     assert concatenated.stdout == originals["big-1.0-py3-none-any.whl"]
-    paths = kit.reassemble(manifest, parts)
+    paths = kit_carry.reassemble(manifest, parts)
     assert {path.name: path.read_bytes() for path in paths} == originals
 
     damaged = parts / "big-1.0-py3-none-any.whl.part01"
     damaged.write_bytes(b"x" + damaged.read_bytes()[1:])
     (parts / "wheels" / "big-1.0-py3-none-any.whl").unlink()
-    with pytest.raises(kit.KitError, match=r"big-1.0-py3-none-any.whl: sha256 differs from the manifest"):
-        kit.reassemble(manifest, parts)
+    with pytest.raises(kit_wheels.KitError, match=r"big-1.0-py3-none-any.whl: sha256 differs from the manifest"):
+        kit_carry.reassemble(manifest, parts)
 
 
 def test_the_gpu_run_reads_only_carried_fixtures_and_marked_tests():
     shard_decode = load("gpu_shard_decode", KIT_DIR / "shard_decode.py")
     shard_faces = load("gpu_shard_faces", KIT_DIR / "shard_faces.py")
     gpu_tests = load("gpu_tests_module", REPO / "tests" / "test_gpu.py")
-    carried = set(kit.FIXTURES)
+    carried = set(kit_carry.FIXTURES)
     assert set(shard_decode.VIDEOS) | set(shard_decode.QUICK_VIDEOS) | {shard_faces.CLIP} <= carried
     assert set(gpu_tests.REAL_CLIPS) | set(gpu_tests.PREDICT_CLIPS) <= carried
     # conftest's ffpp_shards: the FF++ 183/253 group (2 originals, 8 fakes) with the official splits
@@ -236,7 +239,7 @@ def test_the_gpu_run_reads_only_carried_fixtures_and_marked_tests():
     group |= {f"ffpp/manipulated_sequences/{method}/c40/videos/{pair}.mp4" for pair in ("183_253", "253_183")
               for method in ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")}
     assert group | {f"labels/ffpp/{split}.json" for split in ("train", "val", "test")} <= carried
-    assert kit.gpu_test_files() == ["tests/test_gpu.py"]
+    assert kit_steps.gpu_test_files() == ["tests/test_gpu.py"]
     assert any(mark.name == "gpu" for mark in gpu_tests.pytestmark)
 
 
@@ -256,23 +259,25 @@ def test_summaries_fail_a_gpu_run_whose_gpu_path_did_not_run(tmp_path):
     comparisons = shard_decode.measure(reads, methods, repeats=1)
     stores, ratios = shard_decode.store_totals(comparisons, methods)
     result = {"stores": stores, "ratios": ratios, "unavailable": {}}
-    summary, problems = kit.summarise_decode(result, True, {})
+    summary, problems = kit_steps.summarise_decode(result, True, {})
     assert problems == [] and summary["dali_vs_pyav_within_tolerance"] is True
     assert summary["dali_vs_pyav_mean_abs_max"] == {"original": 0.0, "faces": 0.0}
     assert set(summary["dali_gpu_speedup_over_pyav"]) == {"original", "faces"}
     assert any("DALI mixed (NVDEC)" in note for note in shard_decode.notes_for(stores, ratios, {}))
 
     without_dali = {**result, "unavailable": {"dali_gpu": "DfdError: nvidia.dali missing"}}
-    assert kit.summarise_decode(without_dali, True, {})[1] == ["DALI mixed did not run: DfdError: nvidia.dali missing"]
-    assert kit.summarise_decode(without_dali, False, {})[1] == []
+    assert kit_steps.summarise_decode(without_dali, True, {})[1] == [
+        "DALI mixed did not run: DfdError: nvidia.dali missing"]
+    assert kit_steps.summarise_decode(without_dali, False, {})[1] == []
 
     junit = tmp_path / "junit.xml"
     junit.write_text('<testsuites><testsuite name="pytest" tests="2" failures="0" errors="0" skipped="1">'
                      '<testcase classname="tests.test_gpu" name="test_a"/>'
                      '<testcase classname="tests.test_gpu" name="test_b"><skipped message="no DALI"/></testcase>'
                      '</testsuite></testsuites>')
-    assert kit.summarise_gpu_tests(junit, True, {})[1] == ["skipped on a GPU: tests.test_gpu.test_b (no DALI)"]
-    assert kit.summarise_gpu_tests(junit, False, {})[1] == ["a GPU-marked test ran without CUDA (it must skip)"]
-    assert kit.summarise_train({"ratios": {"real_over_synthetic": 1.0}, "goal": {"real_over_synthetic_at_least": 0.95,
-                                "met": True}, "modes": {}}, True, {"dali_usable": False})[1] == [
+    assert kit_steps.summarise_gpu_tests(junit, True, {})[1] == ["skipped on a GPU: tests.test_gpu.test_b (no DALI)"]
+    assert kit_steps.summarise_gpu_tests(junit, False, {})[1] == ["a GPU-marked test ran without CUDA (it must skip)"]
+    assert kit_steps.summarise_train({"ratios": {"real_over_synthetic": 1.0},
+                                      "goal": {"real_over_synthetic_at_least": 0.95, "met": True}, "modes": {}},
+                                     True, {"dali_usable": False})[1] == [
         "the real loop did not use DALI (dali_usable() is False here)"]

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import REPO, make_synth_shards, run_cli
+from dfdtrain.checks import load_experiment
 from dfdtrain.config import load_config
 from dfdtrain.data.loading.loader import VideoLoader
 from dfdtrain.core.errors import DfdError
@@ -40,7 +41,7 @@ def test_every_alias_with_every_head_forward_backward_on_a_masked_batch(alias):
     heads = HEADS.names()
     # end to end with one head (rotating over the aliases), gradients reach the backbone's first layer
     head_name = heads[sorted(KERAS_ALIASES).index(alias) % len(heads)]
-    detector = VideoDetector(backbone, build_head(head_name, in_features=info["num_features"]), info)
+    detector = VideoDetector(backbone, build_head(head_name, in_features=info.num_features), info)
     video_logits, frame_logits = detector(clips, mask)
     assert video_logits.shape == (2,) and frame_logits.shape == (2, 3)
     video_logits.sum().backward()
@@ -50,7 +51,7 @@ def test_every_alias_with_every_head_forward_backward_on_a_masked_batch(alias):
     features = detector.frame_features(clips, mask).detach()
     assert torch.all(features[1, 2] == 0)  # the padded frame never went through the backbone
     for name in heads:
-        head = build_head(name, in_features=info["num_features"])
+        head = build_head(name, in_features=info.num_features)
         leaf = features.clone().requires_grad_(True)
         video, frames = head(leaf, mask)
         assert video.shape == (2,) and frames.shape == (2, 3) and torch.isfinite(video).all(), name
@@ -144,10 +145,10 @@ def test_every_recipe_in_configs_loads_and_names_real_components():
     recipes = sorted((REPO / "configs").glob("*.yaml"))
     assert len(recipes) >= 9
     for path in recipes:
-        config = load_config(path)
+        config = load_experiment(path)
         if is_clip_backbone(config.model.backbone):  # small enough to build (without downloading weights)
             model = build_detector_from_config(dataclasses.replace(config.model, pretrained=False), config.clip)
-            assert model.backbone_info["data_config"]["input_size"][-1] == config.clip.image_size
+            assert model.backbone_info.data_config["input_size"][-1] == config.clip.image_size
             continue
         assert config.model.head in HEADS
         assert resolve_backbone_name(config.model.backbone)  # building every flagship here would be slow
@@ -194,7 +195,7 @@ def test_embedding_cache_round_trip_reproduces_the_live_head_output(video_shards
 
     torch.manual_seed(config.seed)  # the same weights embed built
     model = build_detector_from_config(config.model).eval()
-    clip = config.clip.resolve(model.backbone_info["data_config"])
+    clip = config.clip.resolve(model.backbone_info.data_config)
     live = {}
     with torch.inference_mode():
         for spec in shards:

@@ -17,8 +17,11 @@ import pytest
 
 from conftest import make_synth_shards, run_cli, shards_by_name, six_video_manifest
 from dfdtrain.data import storage
-from dfdtrain.data.loading.loader import ReadTars, VideoLoader, expand_shards
-from dfdtrain.data.shards.writer import plan_shards, write_shards
+from dfdtrain.data.storage import clients as storage_clients
+from dfdtrain.data.loading.loader import VideoLoader, expand_shards
+from dfdtrain.data.loading.stages import ReadTars
+from dfdtrain.data.shards.plan import plan_shards
+from dfdtrain.data.shards.writer import write_shards
 from dfdtrain.core.errors import DfdError
 from dfdtrain.testing.loopback import HttpServer, S3Server
 
@@ -38,7 +41,7 @@ def s3_env(s3, tmp_path, monkeypatch):
     environment = {**s3.environment(), "AWS_SECRET_ACCESS_KEY": SECRET, "DFDTRAIN_CACHE": str(tmp_path / "cache")}
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
-    storage._CLIENTS.clear()  # a client made with another environment must not be reused
+    storage_clients._CLIENTS.clear()  # a client made with another environment must not be reused
     return {**os.environ, **environment}
 
 
@@ -58,9 +61,9 @@ def one_error_line(result, *fragments):
 
 
 def test_urls_are_masked_and_passwords_refused():
-    assert storage.mask("https://user:pw@host/p/x.tar?X-Amz-Signature=abc&t=1") == \
+    assert storage.redact("https://user:pw@host/p/x.tar?X-Amz-Signature=abc&t=1") == \
         "https://user:***@host/p/x.tar?X-Amz-Signature=***&t=***"
-    assert storage.mask("s3://bucket/key.tar") == "s3://bucket/key.tar"
+    assert storage.redact("s3://bucket/key.tar") == "s3://bucket/key.tar"
     with pytest.raises(DfdError, match=r"https://user:\*\*\*@host/x.tar: a password in a URL"):
         expand_shards("https://user:pw@host/x.tar")
     assert storage.split("s3://b/p/train-000001.tar") == ("s3://b/p", "train-000001.tar")
@@ -255,9 +258,9 @@ def test_access_denied_is_one_line_and_never_shows_the_secret(tmp_path, monkeypa
         assert SECRET not in result.stdout + result.stderr
         for name, value in server.environment().items():  # the owner's pair reads it
             monkeypatch.setenv(name, value)
-        storage._CLIENTS.clear()
+        storage_clients._CLIENTS.clear()
         assert len(expand_shards("s3://private/synth/*.tar")) == len(list(synth_shards.glob("*.tar")))
-    storage._CLIENTS.clear()
+    storage_clients._CLIENTS.clear()
 
 
 class _FlakyHandler(http.server.BaseHTTPRequestHandler):

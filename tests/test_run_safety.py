@@ -153,7 +153,7 @@ DEEPSPEED_SAVE = """
 import sys
 from dfdtrain.config import config_from_dict
 from dfdtrain.training.trainer import Trainer
-from dist_engine_job import FixedBatches
+from dfdtrain.testing.batches import FixedBatches
 
 config = config_from_dict({"run_dir": sys.argv[1], "train": {"engine": "deepspeed", "device": "cpu"},
                            "model": {"backbone": "mobilenetv2_050", "head": "mean", "head_options": {"hidden": [8]}},

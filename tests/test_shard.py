@@ -16,7 +16,8 @@ from conftest import SIX_VIDEOS, SMALL_CLIP, place_video, run_cli, six_video_man
 from dfdtrain.data.decode.dali_tar_index import dali_index_path
 from dfdtrain.data.ingest.manifest import build_manifest, write_manifest
 from dfdtrain.data.ingest.datasets import IndexOptions
-from dfdtrain.data.shards.writer import plan_shards, write_shards
+from dfdtrain.data.shards.plan import plan_shards
+from dfdtrain.data.shards.writer import write_shards
 from dfdtrain.core.errors import DfdError
 from dfdtrain.core.fileio import read_json, read_jsonl
 from dfdtrain.core.locks import DirectoryLocked
@@ -123,7 +124,7 @@ def test_bad_videos_are_skipped_counted_and_the_rest_kept(tmp_path):
 
 
 def test_a_shard_whose_every_video_is_skipped_is_written_empty(tmp_path):
-    from dfdtrain.data.decode.dali import is_empty_tar
+    from dfdtrain.data.decode.dali_shards import is_empty_tar
 
     data_root = tmp_path / "data"
     place_video(data_root / "real" / "good.mp4")

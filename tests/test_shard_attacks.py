@@ -14,7 +14,9 @@ import tarfile
 import pytest
 
 from conftest import SMALL_CLIP, run_cli, six_video_manifest
-from dfdtrain.data.shards.writer import Part, TarShardWriter, merge_parts, write_shards
+from dfdtrain.data.shards.parts import Part, merge_parts
+from dfdtrain.data.shards.tars import TarShardWriter
+from dfdtrain.data.shards.writer import write_shards
 from dfdtrain.core.errors import DfdError
 
 

@@ -10,7 +10,9 @@ import time
 import pytest
 
 from conftest import SIX_VIDEOS, place_video, run_cli, shards_by_name, six_video_manifest
-from dfdtrain.data.shards.writer import Part, assign_parts, plan_shards, write_shards
+from dfdtrain.data.shards.parts import Part, assign_parts
+from dfdtrain.data.shards.plan import plan_shards
+from dfdtrain.data.shards.writer import write_shards
 from dfdtrain.core.errors import DfdError
 from dfdtrain.core.fileio import read_json
 from test_shard import ffpp_manifest, read_back  # noqa: F401 (ffpp_manifest is a fixture)
@@ -136,7 +138,7 @@ def test_parts_share_the_predicted_work_not_the_bytes(fixtures):
     """The 18 fixture videos at 1M a shard: balanced by bytes one part got 12 videos and twice the work of the
     other (a 3.8 MB DFDC clip is about as much work as a 0.2 MB FF++ c40 one); balanced by predicted work (frames x
     pixels, frames, detections) the parts are within 25%."""
-    from dfdtrain.data.shards.writer import shard_work
+    from dfdtrain.data.shards.parts import shard_work
     from dfdtrain.data.decode.video import probe
 
     rows = []
@@ -164,8 +166,8 @@ def test_face_store_bytes_do_not_depend_on_threads_workers_or_parts(tmp_path, fi
     processes and parts write."""
     import torch
 
-    from dfdtrain.data.faces.store import FaceClipOptions
-    from dfdtrain.data.shards.writer import merge_parts
+    from dfdtrain.data.faces.clip_options import FaceClipOptions
+    from dfdtrain.data.shards.parts import merge_parts
 
     rows = [{"key": name, "path": f"ffpp/original_sequences/youtube/c40/videos/{name}.mp4", "root": str(fixtures),
              "label": 0, "dataset": "test", "group": name, "split": "train",

@@ -15,7 +15,7 @@ from PIL import Image
 
 from conftest import run_cli
 from dfdtrain.data.decode.decoders import build_decoder
-from dfdtrain.demo.synth import encode_video
+from dfdtrain.demo.encode import encode_video
 
 pytest.importorskip("facenet_pytorch")
 

@@ -18,7 +18,6 @@ The result is a ``decode`` benchmark result (its RESULTS.md renderer shows every
     python benchmarks/gpu/shard_decode.py [--device auto|cpu|cuda] [--quick] [--repeats 5] [--out FILE]
 """
 
-import argparse
 import json
 import os
 import statistics
@@ -33,12 +32,12 @@ import numpy as np
 BENCHMARKS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(BENCHMARKS))  # common.py: the envelope, devices and JSON out every benchmark shares
 
-from common import (add_device_argument, add_fixtures_argument, emit, envelope, first_frames,  # noqa: E402
+from common import (benchmark_parser, emit, envelope, error_line, first_frames, parse_arguments,  # noqa: E402
                     resolve_device)
 
 NUM_FRAMES = 16
 # A portrait DFDC clip (1080x1920, no rotation flag), two FF++ YouTube originals at 720p and a fake of theirs:
-# all in the kit's carried fixtures (kit.py FIXTURES).
+# all in the kit's carried fixtures (kit_carry.py FIXTURES).
 VIDEOS = ["dfdc/dfdc_train_part_0/brtujopkby.mp4", "ffpp/original_sequences/youtube/c40/videos/183.mp4",
           "ffpp/original_sequences/youtube/c40/videos/253.mp4",
           "ffpp/manipulated_sequences/Deepfakes/c40/videos/183_253.mp4"]
@@ -111,7 +110,7 @@ def build_methods(device):
         try:
             methods["dali_gpu"] = build_decoder("dali", device="gpu")
         except Exception as error:  # DfdError (nvidia.dali missing) or a DALI start-up failure: say which
-            unavailable["dali_gpu"] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            unavailable["dali_gpu"] = error_line(error)
     else:
         unavailable["dali_gpu"] = "no GPU (run with --device cuda on a GPU machine)"
     return methods, unavailable
@@ -197,16 +196,12 @@ def notes_for(stores, ratios, unavailable):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_device_argument(parser)
-    add_fixtures_argument(parser)
-    parser.add_argument("--quick", action="store_true", help=f"one FF++ clip cut to its first {QUICK_FRAMES} frames, "
-                        "1 repeat (the kit's CPU dry run)")
+    parser = benchmark_parser(__doc__, f"one FF++ clip cut to its first {QUICK_FRAMES} frames, 1 repeat (the kit's CPU "
+                              "dry run)", fixtures=True)
     parser.add_argument("--repeats", type=int, default=5, help="timed reads per method and video (median)")
     parser.add_argument("--workers", type=int, default=0,
                         help="processes detecting faces for the face store (default: one per video, at most the cores)")
-    parser.add_argument("--out", help="write the JSON result here too")
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
     device = resolve_device(args.device)
@@ -221,7 +216,8 @@ def main(argv=None):
     max_frames = QUICK_FRAMES if args.quick else 0
     workers = args.workers or max(1, min(len(relatives), len(os.sched_getaffinity(0))))
     started = time.time()
-    from dfdtrain.data.shards.writer import Compute, write_shards
+    from dfdtrain.data.shards.samples import Compute
+    from dfdtrain.data.shards.writer import write_shards
 
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
@@ -248,8 +244,7 @@ def main(argv=None):
         started, comparisons=comparisons, stores=stores, ratios=ratios, unavailable=unavailable,
         shard_seconds={"original": round(original_s, 2), "faces": round(faces_s, 2)},
         notes=notes_for(stores, ratios, unavailable))
-    emit(result, args.out)
-    return 0
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ The result is a ``shard_faces`` benchmark result.
     python benchmarks/gpu/shard_faces.py [--device auto|cpu|cuda] [--quick] [--copies 16] [--workers N] [--out FILE]
 """
 
-import argparse
 import os
 import sys
 import tempfile
@@ -27,10 +26,10 @@ BENCHMARKS = KIT.parent
 sys.path.insert(0, str(BENCHMARKS))  # common.py: the envelope, devices and JSON out every benchmark shares
 sys.path.insert(0, str(KIT))  # shard_decode.py: the folder dataset of fixture copies, and cutting a clip short
 
-from common import add_device_argument, add_fixtures_argument, emit, envelope, resolve_device  # noqa: E402
+from common import benchmark_parser, emit, envelope, parse_arguments, resolve_device  # noqa: E402
 from shard_decode import QUICK_FRAMES, folder_manifest  # noqa: E402
 
-# 10 s, 1080x1920 portrait without a rotation flag, 300 frames: in the kit's carried fixtures (kit.py FIXTURES)
+# 10 s, 1080x1920 portrait without a rotation flag, 300 frames: in the kit's carried fixtures (kit_carry.py FIXTURES)
 CLIP = "dfdc/dfdc_train_part_0/brtujopkby.mp4"
 QUICK_COPIES = 2
 GOAL_S_PER_VIDEO = 1.0
@@ -38,7 +37,8 @@ GOAL_S_PER_VIDEO = 1.0
 
 def shard_run(manifest, out, device, workers, videos):
     """Shard the face store with the detector on ``device``; the run's figures from its index.json."""
-    from dfdtrain.data.shards.writer import Compute, write_shards
+    from dfdtrain.data.shards.samples import Compute
+    from dfdtrain.data.shards.writer import write_shards
 
     started = time.perf_counter()
     index = write_shards(manifest, out, progress=False, store="faces",
@@ -83,15 +83,11 @@ def notes_for(runs, ratios, goal):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_device_argument(parser)
-    add_fixtures_argument(parser)
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK_COPIES} copies cut to the first "
-                        f"{QUICK_FRAMES} frames (the kit's CPU dry run)")
+    parser = benchmark_parser(__doc__, f"{QUICK_COPIES} copies cut to the first {QUICK_FRAMES} frames (the kit's CPU "
+                              "dry run)", fixtures=True)
     parser.add_argument("--copies", type=int, default=16, help="copies of the DFDC clip to shard (default 16)")
     parser.add_argument("--workers", type=int, default=0, help="shard processes (default: the usable cores)")
-    parser.add_argument("--out", help="write the JSON result here too")
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
     if args.copies < 1 or args.workers < 0:
         parser.error("--copies must be >= 1 and --workers >= 0")
     device = resolve_device(args.device)
@@ -122,8 +118,7 @@ def main(argv=None):
          "face_store": "FaceClipOptions() defaults, MTCNN; on the GPU with several workers one shared detector",
          "script": "benchmarks/gpu/shard_faces.py"},
         started, runs=runs, ratios=ratios, goal=goal, unavailable=unavailable, notes=notes_for(runs, ratios, goal))
-    emit(result, args.out)
-    return 0
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

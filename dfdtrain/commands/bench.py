@@ -9,7 +9,6 @@ through --benchmarks-dir, else $DFDTRAIN_BENCHMARKS, else beside this package's 
 """
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -17,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from dfdtrain.commands._common import OneLineArgumentParser
+from dfdtrain.commands._common import OneLineArgumentParser, print_json
 from dfdtrain.core.errors import DfdError
 
 HELP = ("run a throughput benchmark (decode, storage, loader, model, train, engine, scaling, face_store, shard, all) "
@@ -112,7 +111,7 @@ def run_all(folder, arguments):
         summary[name] = {"path": str(out), "seconds": seconds, "status": status}
         print(f"{name}: {'ok' if status == 0 else f'FAILED (exit {status})'} in {seconds} s -> {out}", file=sys.stderr)
     if options.json:
-        print(json.dumps(summary, indent=2))
+        print_json(summary)
     failed = [name for name, entry in summary.items() if entry["status"] != 0]
     if failed:
         raise DfdError(f"benchmark(s) failed: {', '.join(failed)} (their output is above)")

@@ -4,7 +4,6 @@ synth -> index (folder layout, group = person) -> shard -> a 2-process DeepSpeed
 torchrun (configs/demo.yaml) -> validation metrics printed and DIR/report.json written.
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -13,7 +12,8 @@ from pathlib import Path
 
 from dfdtrain.data.ingest.datasets import IndexOptions
 from dfdtrain.data.ingest.manifest import build_manifest, format_summary, write_manifest
-from dfdtrain.data.shards.writer import format_index, write_shards
+from dfdtrain.data.shards.summary import format_index
+from dfdtrain.data.shards.writer import write_shards
 from dfdtrain.demo.synth import synthesize
 from dfdtrain.core.errors import DfdError
 from dfdtrain.core.fileio import read_json, write_json
@@ -57,7 +57,7 @@ def run_training(args, out):
 
 
 def run(args):
-    from dfdtrain.commands.synth import parse_frame_size
+    from dfdtrain.commands._common import parse_frame_size, print_json
 
     started = time.time()
     out = Path(args.out).resolve()
@@ -88,7 +88,7 @@ def run(args):
     report["seconds"] = round(time.time() - started, 1)
     write_json(out / "report.json", report)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print_json(report)
     else:
         auc = report.get("val", {}).get("video", {}).get("auc")
         print(f"report: {out / 'report.json'} ({report['seconds']} s)" +

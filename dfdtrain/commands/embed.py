@@ -1,8 +1,7 @@
 """dfdtrain embed: cache a frozen backbone's frame embeddings of video shards as embedding shards."""
 
-import json
-import sys
 
+from dfdtrain.commands._common import print_json
 from dfdtrain.core.errors import DfdError
 
 HELP = "run a frozen backbone once over sampled frames and write per-video frame embeddings as shards"
@@ -21,17 +20,16 @@ def add_arguments(parser):
 
 
 def run(args):
-    from dfdtrain.config import load_config
+    from dfdtrain.checks import load_experiment
     from dfdtrain.training.embed import write_embeddings
 
-    config = load_config(args.config, args.overrides)
+    config = load_experiment(args.config, args.overrides)
     if config.data.source != "videos":
         raise DfdError("embed reads video shards: data.source must be 'videos'")
     index = write_embeddings(config, args.shards, args.out, device=args.device, dtype=args.dtype,
                              progress=not args.quiet)
     if args.json:
-        json.dump(index, sys.stdout, indent=2)
-        print()
+        print_json(index)
     else:
         print(f"embedded {index['totals']['samples']} videos with {index['backbone']} into "
               f"{index['totals']['shards']} shards in {args.out} ({index['totals']['skipped']} skipped, "

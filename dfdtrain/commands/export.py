@@ -20,7 +20,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from dfdtrain.core.errors import DfdError
+from dfdtrain.commands._common import check_minimum
+from dfdtrain.core.errors import DfdError, one_line
 
 HELP = "export a trained detector as a bundle (model.safetensors + detector.json), optionally ONNX / TorchScript"
 
@@ -112,8 +113,7 @@ def export_onnx(model, part, path, frames, size):
                               dynamic_axes={"frames": {0: "batch"}, "mask": {0: "batch"},
                                             "video_logits": {0: "batch"}, "frame_logits": {0: "batch"}})
     except Exception as error:
-        message = " ".join(str(error).split())
-        raise DfdError(f"--onnx: {part} does not export to ONNX: {type(error).__name__}: {message}") from None
+        raise DfdError(f"--onnx: {part} does not export to ONNX: {type(error).__name__}: {one_line(error)}") from None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     differences = []
     for batch in CHECK_BATCH_SIZES:
@@ -153,10 +153,8 @@ def run(args):
     from dfdtrain.models.bundle import export_bundle, load_detector
     from dfdtrain.models.clip_backbones import is_clip_backbone
 
-    if args.frames is not None and args.frames < 1:
-        raise DfdError("--frames must be at least 1")
-    if args.size is not None and args.size < 16:
-        raise DfdError("--size must be at least 16")
+    check_minimum(args.frames, "--frames")
+    check_minimum(args.size, "--size", 16)
     out_dir = Path(args.out)
     model, settings = load_detector(args.checkpoint)  # fails early, with one line, on a bad checkpoint
     export_bundle(args.checkpoint, out_dir)

@@ -1,8 +1,8 @@
 """dfdtrain index: a dataset folder -> manifest.jsonl with leakage-free, group-level splits."""
 
-import json
 import sys
 
+from dfdtrain.commands._common import print_json
 from dfdtrain.data.ingest.datasets import DATASETS, IndexOptions
 from dfdtrain.data.ingest.manifest import build_manifest, format_summary, split_warning, summary_path, write_manifest
 from dfdtrain.data.ingest.splits import LEAKAGE_POLICIES
@@ -56,8 +56,7 @@ def run(args):
     write_manifest(args.out, rows, summary)
     summary = {**summary, "manifest": args.out, "summary_file": summary_path(args.out)}
     if args.json:
-        json.dump(summary, sys.stdout, indent=2)
-        print()
+        print_json(summary)
         if split_warning(summary):  # stdout is the JSON alone: the warning still reaches the user
             print(split_warning(summary), file=sys.stderr)
     else:

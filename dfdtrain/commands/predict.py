@@ -1,9 +1,10 @@
 """dfdtrain predict: REAL/FAKE scores for video files from a trained detector."""
 
-import json
 from pathlib import Path
 
+from dfdtrain.commands._common import check_minimum, print_json
 from dfdtrain.core.errors import DfdError, printable
+from dfdtrain.inference.faces import DEFAULT_FACES, FACES_HELP, face_modes
 
 HELP = "predict REAL/FAKE for video files with a trained detector (run dir, checkpoint or bundle)"
 
@@ -13,8 +14,7 @@ def add_arguments(parser):
     parser.add_argument("--checkpoint", required=True,
                         help="a run directory, a checkpoint folder (RUN/checkpoints/best) or an exported bundle")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON list on stdout")
-    parser.add_argument("--faces", choices=("mtcnn", "none"), default="mtcnn",
-                        help="mtcnn: detect faces and crop as in training (default); none: the crop without boxes")
+    parser.add_argument("--faces", choices=face_modes(), default=DEFAULT_FACES, help=FACES_HELP)
     parser.add_argument("--frames", type=int, help="frames to sample per video (default: as in training)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device (default cpu)")
     parser.add_argument("--batch-size", type=int, default=4, help="videos per model batch (default 4)")
@@ -65,24 +65,18 @@ def format_explain(explain):
 
 
 def run(args):
+    from dfdtrain.core.devices import pick_device
     from dfdtrain.inference.predict import Predictor
 
-    if args.frames is not None and args.frames < 1:
-        raise DfdError("--frames must be at least 1")
-    if args.batch_size < 1:
-        raise DfdError("--batch-size must be at least 1")
+    check_minimum(args.frames, "--frames")
+    check_minimum(args.batch_size, "--batch-size")
     if args.explain is not None and Path(args.explain).exists() and not Path(args.explain).is_dir():
         raise DfdError(f"--explain {printable(args.explain)}: not a folder")
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise DfdError("--device cuda: CUDA is not available")
-    predictor = Predictor(args.checkpoint, device=args.device, faces=args.faces, num_frames=args.frames,
+    predictor = Predictor(args.checkpoint, device=pick_device(args.device), faces=args.faces, num_frames=args.frames,
                           batch_size=args.batch_size, progress=not args.quiet)
     results = predictor.predict(args.videos, explain_dir=args.explain)
     if args.json:
-        print(json.dumps(results))
+        print_json(results, indent=None)
     else:
         for result in results:
             print(format_result(result))

@@ -2,8 +2,10 @@
 
 import json
 
+from dfdtrain.commands._common import check_minimum, print_json
 from dfdtrain.config import ClipSpec, choices
 from dfdtrain.core.errors import DfdError
+from dfdtrain.inference.faces import NO_FACES, face_modes
 
 HELP = "draw the sampled frames of a video or shard sample with face boxes and crops into a PNG"
 
@@ -17,7 +19,7 @@ def add_arguments(parser):
                                       "face-clip sample's second track")
     parser.add_argument("--track", type=int, default=None,
                         help="the face track of a face-clip sample to draw (default 0, the first)")
-    parser.add_argument("--faces", choices=("none", "mtcnn"), default="none",
+    parser.add_argument("--faces", choices=face_modes(NO_FACES), default=NO_FACES,
                         help="detect faces when the source has no stored boxes (default none: centre crop)")
     parser.add_argument("--crop", choices=choices(ClipSpec, "crop"), default="face", help="crop mode (default face)")
     parser.add_argument("--margin", type=float, default=1 / 3, help="face box growth per side (default 1/3)")
@@ -33,8 +35,7 @@ def add_arguments(parser):
 def run(args):
     from dfdtrain.demo.preview import preview, preview_doubtful
 
-    if args.frames is not None and args.frames < 1:
-        raise DfdError("--frames must be at least 1")
+    check_minimum(args.frames, "--frames")
     if not args.out.lower().endswith(".png"):
         raise DfdError(f"--out {args.out}: expected a .png file name")
     if args.doubtful:
@@ -42,7 +43,7 @@ def run(args):
             raise DfdError("--doubtful draws every doubtful video of a shard folder: no --key or --track")
         result = preview_doubtful(args.source, args.out, args.frames or 8)
         if args.json:
-            print(json.dumps(result))
+            print_json(result, indent=None)
         elif not result["sheets"]:
             print(f"no doubtful faces in {args.source}: nothing drawn")
         else:

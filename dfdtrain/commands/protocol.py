@@ -1,12 +1,8 @@
 """dfdtrain protocol: one checkpoint on every test set of a suite; table.md, table.json and a comparison plot."""
 
-import json
-import sys
+from dfdtrain.commands._common import add_scoring_arguments, check_scoring_arguments, print_json
 
 HELP = "evaluate one checkpoint on every test set of a suite (cross-dataset protocol): table.md/json + plot"
-
-
-from dfdtrain.commands.evaluate import add_scoring_arguments, check_scoring_arguments
 
 
 def add_arguments(parser):
@@ -28,10 +24,11 @@ def add_arguments(parser):
 
 
 def run(args):
-    from dfdtrain.core.distributed import cleanup, init_distributed
+    from dfdtrain.core.distributed import process_group
     from dfdtrain.core.fileio import check_output_folder
     from dfdtrain.models.bundle import settings_folder
-    from dfdtrain.evaluation.protocol import TABLE_FILES, check_shards, find_leakage, load_suite, refuse_leakage, run_protocol
+    from dfdtrain.evaluation.protocol import (TABLE_FILES, check_shards, find_leakage, load_suite, refuse_leakage,
+                                             run_protocol)
 
     check_scoring_arguments(args)
     check_output_folder(args.out)
@@ -41,20 +38,16 @@ def run(args):
     leakage = find_leakage(checkpoint, suite)
     if not args.allow_overlap:
         refuse_leakage(leakage, suite)
-    context = init_distributed(args.device)
-    progress = print if context.is_main and not args.json else (lambda line: None)
-    try:
+    with process_group(args.device) as context:
+        progress = print if context.is_main and not args.json else (lambda line: None)
         table = run_protocol(checkpoint, suite, args.out, context, bootstrap=args.bootstrap,
                              batch_size=args.batch_size, workers=args.workers, decoder=args.decoder,
                              verify=args.verify_shards, threshold=args.threshold, progress=progress,
                              allow_overlap=args.allow_overlap, leakage=leakage)
-    finally:
-        cleanup()
     if table is None:  # not rank 0
         return 0
     if args.json:
-        json.dump(table, sys.stdout, indent=2)
-        print()
+        print_json(table)
     else:
         print(f"wrote {', '.join(TABLE_FILES)} and sets/ to {args.out}")
     return 0

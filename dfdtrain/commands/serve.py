@@ -3,6 +3,8 @@
 import argparse
 import math
 
+from dfdtrain.inference.faces import DEFAULT_FACES, FACES_HELP, face_modes
+
 HELP = "serve a trained detector over HTTP: POST /api/predict, GET /api/model, /healthz and a web page at /"
 
 
@@ -26,8 +28,7 @@ def add_arguments(parser):
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: cuda when available (default)")
-    parser.add_argument("--faces", choices=("mtcnn", "none"), default="mtcnn",
-                        help="mtcnn: detect faces and crop as in training (default); none: the crop without boxes")
+    parser.add_argument("--faces", choices=face_modes(), default=DEFAULT_FACES, help=FACES_HELP)
     parser.add_argument("--allow-paths", metavar="DIR",
                         help='also accept JSON {"path": FILE} requests for files inside DIR (default: uploads only)')
     parser.add_argument("--max-mb", type=positive_float, default=serve.DEFAULT_MAX_MB,
@@ -46,16 +47,11 @@ def add_arguments(parser):
 
 
 def run(args):
-    import torch
-
+    from dfdtrain.core.devices import pick_device
     from dfdtrain.core.errors import DfdError
     from dfdtrain.inference.service import serve
 
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device == "cuda" and not torch.cuda.is_available():
-        raise DfdError("--device cuda: CUDA is not available")
+    device = pick_device(args.device)
     if not 0 < args.port < 65536:
         raise DfdError(f"--port must be between 1 and 65535, not {args.port}")
     serve(args.checkpoint, host=args.host, port=args.port, device=device, faces=args.faces, max_mb=args.max_mb,

@@ -1,12 +1,14 @@
 """dfdtrain shard: manifest.jsonl -> WebDataset tar shards (original bytes or face clips), DALI indexes, index.json."""
 
 import argparse
-import json
 import os
-import sys
 
-from dfdtrain.data.shards.writer import (DEFAULT_TARGET_BYTES, PART_FORMAT, STORES, Compute, Part, format_index, merge_parts,
-                                 write_shards)
+from dfdtrain.commands._common import print_json
+from dfdtrain.data.shards.parts import PART_FORMAT, Part, merge_parts
+from dfdtrain.data.shards.plan import DEFAULT_TARGET_BYTES
+from dfdtrain.data.shards.samples import Compute
+from dfdtrain.data.shards.summary import format_index
+from dfdtrain.data.shards.writer import STORES, write_shards
 from dfdtrain.core.errors import DfdError
 
 # no "%" here: argparse %-formats a subcommand's help (in 'dfdtrain --help') but not its description (in
@@ -27,18 +29,16 @@ def parse_size(text):
 
 
 def part_from_environment(explicit):
-    """(Part or None, launched): --part I/N, else torchrun's RANK/WORLD_SIZE, else an srun step's
-    SLURM_PROCID/SLURM_STEP_NUM_TASKS (not a batch script's SLURM_NTASKS: that one runs once for all tasks)."""
+    """(Part or None, launched): --part I/N, else the launcher's rank and world size (``rank_and_world``:
+    torchrun's RANK/WORLD_SIZE, else an srun step's SLURM_PROCID/SLURM_STEP_NUM_TASKS, not a batch script's
+    SLURM_NTASKS: that one runs once for all tasks); a world of one process is no part."""
     if explicit:
         return Part.parse(explicit), False
-    for rank, size in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS")):
-        if rank == "SLURM_PROCID" and os.environ.get("SLURM_STEP_ID") is None:
-            continue
-        if os.environ.get(size, "1") not in ("", "1") and os.environ.get(rank) is not None:
-            try:
-                return Part(int(os.environ[rank]), int(os.environ[size])), True
-            except ValueError:
-                raise DfdError(f"{rank}={os.environ[rank]!r} / {size}={os.environ[size]!r}: not a part I/N") from None
+    from dfdtrain.core.distributed import rank_and_world  # here: it imports torch, which the CLI starts without
+
+    rank, world, _ = rank_and_world()
+    if world != 1:
+        return Part(rank, world), True
     return None, False
 
 
@@ -60,7 +60,7 @@ def resolve_device(device):
 
 
 def add_arguments(parser):
-    from dfdtrain.data.faces.store import CLIP_CODECS, DEFAULT_CRF, NO_FACE_POLICIES, PIXEL_FORMATS, FaceClipOptions
+    from dfdtrain.data.faces.clip_options import CLIP_CODECS, DEFAULT_CRF, NO_FACE_POLICIES, PIXEL_FORMATS, FaceClipOptions
     from dfdtrain.data.faces.tracks import TrackOptions
 
     clip_defaults, track_defaults = FaceClipOptions(), TrackOptions()
@@ -143,7 +143,7 @@ def add_arguments(parser):
 
 
 def face_clip_options(args):
-    from dfdtrain.data.faces.store import FaceClipOptions
+    from dfdtrain.data.faces.clip_options import FaceClipOptions
     from dfdtrain.data.faces.tracks import TrackOptions
 
     try:
@@ -181,8 +181,7 @@ def run(args):
                           merge_when_done=launched and part is not None and part.index == 0, staging=args.staging)
     if result.get("format") == PART_FORMAT:  # a part's record (rank 0 under a launcher merged: an index)
         if args.json:
-            json.dump(result, sys.stdout, indent=2)
-            print()
+            print_json(result)
         elif not launched:
             for note in result["notes"]:
                 print(note)
@@ -195,8 +194,7 @@ def run(args):
 
 def report(index, args):
     if args.json:
-        json.dump(index, sys.stdout, indent=2)
-        print()
+        print_json(index)
     else:
         print(format_index(index))
         print(f"wrote {args.out.rstrip('/')}/index.json")

@@ -1,9 +1,7 @@
 """``dfdtrain synth``: generate the built-in synthetic real/fake video dataset."""
 
-import json
-import re
 
-from dfdtrain.core.errors import DfdError
+from dfdtrain.commands._common import parse_frame_size, print_json
 
 HELP = "Generate a small synthetic real/fake face video dataset (the built-in default dataset)."
 
@@ -21,18 +19,6 @@ def add_arguments(parser):
                         help="random seed; the same arguments give the same files (default 0)")
     parser.add_argument("--gop", type=int, default=12, metavar="N", help="keyframe interval in frames (default 12)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
-
-
-def parse_frame_size(text):
-    """'128x96' -> (128, 96)."""
-    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if not match:
-        raise DfdError(f"--size {text}: expected WIDTHxHEIGHT, e.g. 128x128")
-    width, height = int(match.group(1)), int(match.group(2))
-    for name, value in (("width", width), ("height", height)):
-        if value <= 0 or value % 2:
-            raise DfdError(f"--size {text}: {name} must be a positive even number (yuv420p video)")
-    return width, height
 
 
 def run(args):
@@ -53,7 +39,7 @@ def run(args):
         progress=True,
     )
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print_json(summary)
     else:
         counts = summary["counts"]
         print(

@@ -4,7 +4,6 @@ Start it with torchrun (`torchrun --nproc_per_node 8 -m dfdtrain train --config 
 launcher or srun; alone it runs as a single process.
 """
 
-import json
 import sys
 
 HELP = "train a detector (DeepSpeed or DDP) from a YAML config; run under torchrun/deepspeed/srun for several processes"
@@ -20,11 +19,12 @@ def add_arguments(parser):
 
 
 def run(args):
-    from dfdtrain.config import load_config
+    from dfdtrain.checks import load_experiment
+    from dfdtrain.commands._common import print_json
     from dfdtrain.core.text import format_number
     from dfdtrain.training.trainer import Trainer
 
-    config = load_config(args.config, args.overrides)
+    config = load_experiment(args.config, args.overrides)
     trainer = Trainer(config, progress=not args.quiet)
     if trainer.context.is_main:
         warning = validation_overlap(config.data)
@@ -33,7 +33,7 @@ def run(args):
     report = trainer.train(resume=args.resume)
     if report is not None:
         if args.json:
-            print(json.dumps(report, indent=2))
+            print_json(report)
         elif not trainer.complete:  # a finished run said so in its one line
             video = report["val"]["video"]
             print(f"done: {report['epochs_run']} epochs, {report['steps']} steps on {report['world_size']} "

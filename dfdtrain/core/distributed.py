@@ -5,6 +5,7 @@ sessions of their own, so killing the launcher's process group (or the launcher 
 otherwise leave the ranks training, writing the run directory, holding its lock and the GPUs.
 """
 
+import contextlib
 import ctypes
 import dataclasses
 import os
@@ -52,15 +53,6 @@ def rank_and_world():
     return tuple(values)
 
 
-def _environment_rank():
-    """(rank, world, local rank) from torchrun / deepspeed (RANK, ...) or Slurm's srun (SLURM_PROCID, ...)."""
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
-    if "SLURM_PROCID" in os.environ and "SLURM_NTASKS" in os.environ and "MASTER_ADDR" in os.environ:
-        return int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"]), int(os.environ.get("SLURM_LOCALID", 0))
-    return 0, 1, 0
-
-
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 _launcher_checked = False
 
@@ -98,9 +90,16 @@ def die_with_launcher():
 
 
 def init_distributed(device="auto"):
-    """Join the process group (gloo on CPU, NCCL on GPUs); a single process needs no launcher."""
+    """Join the process group (gloo on CPU, NCCL on GPUs); a single process needs no launcher. Rank and world
+    size are ``rank_and_world()``'s; an srun step's tasks form a group only with MASTER_ADDR set (where
+    init_process_group meets; torchrun and the deepspeed launcher set it). Without it each task runs alone, and
+    RANK=0 WORLD_SIZE=1 tell the later readers of ``rank_and_world()`` (the data loader) so."""
     die_with_launcher()
-    rank, world_size, local_rank = _environment_rank()
+    rank, world_size, local_rank = rank_and_world()
+    if not ("RANK" in os.environ and "WORLD_SIZE" in os.environ) and "MASTER_ADDR" not in os.environ:
+        if world_size > 1:
+            os.environ["RANK"], os.environ["WORLD_SIZE"] = "0", "1"
+        rank, world_size, local_rank = 0, 1, 0
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
@@ -169,3 +168,14 @@ def cleanup():
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group(device="auto"):
+    """``init_distributed(device)``'s context for the body, then ``cleanup()`` however the body ends: a command
+    that joins the group for one job (evaluate, calibrate, protocol)."""
+    context = init_distributed(device)
+    try:
+        yield context
+    finally:
+        cleanup()

@@ -41,7 +41,12 @@ class Registry:
             raise UnknownName(self.unknown_name_message(name)) from None
 
     def names(self):
+        """The names, sorted (for messages that list what is known)."""
         return sorted(self._entries)
+
+    def __iter__(self):
+        """The names in the order they were registered (for choices shown in a fixed order)."""
+        return iter(self._entries)
 
     def __contains__(self, name):
         try:

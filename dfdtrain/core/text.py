@@ -17,3 +17,11 @@ def format_number(value):
     if value != 0 and math.isfinite(value) and not 1e-3 <= abs(value) < 1e5:
         return f"{value:.4g}"
     return f"{value:.4f}"
+
+
+def format_fixed(value, digits=4):
+    """A number in a table cell or a report line: always ``digits`` decimals (0.4440), so a column's numbers line
+    up; ``-`` where the value is undefined (None, NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"

@@ -35,7 +35,7 @@ def load_from_shard(shard_path, key=None, track=None):
     """(video bytes, meta, member name) of sample ``key`` (default: the first) in a shard tar; for a face-clip
     sample, its track ``track`` (default 0; ``key`` may also say it, ``KEY.track1``), with the meta describing
     that track."""
-    from dfdtrain.data.loading.loader import ReadTars
+    from dfdtrain.data.loading.stages import ReadTars
 
     match = TRACK_KEY.match(key) if key else None
     if match:
@@ -149,7 +149,7 @@ def preview(path, out, num_frames=16, key=None, faces="none", margin=1 / 3, crop
 
         data = storage.read_bytes(path) if storage.is_url(path) else Path(path).read_bytes()
         if data is None:
-            raise DfdError(f"{storage.mask(path)}: not found")
+            raise DfdError(f"{storage.redact(path)}: not found")
         name = path
         meta = {"key": os.path.basename(path), **probe(data, name=path)}
     if faces != "none" and "faces" not in meta and meta.get("store") != "faces":
@@ -181,7 +181,7 @@ def doubtful_samples(folder):
     """[(doubtful entry, its sample)] of a face-clip shard folder (local or remote), in index.json's order; each
     doubtful video's shard is read once."""
     from dfdtrain.data import storage
-    from dfdtrain.data.loading.loader import ReadTars
+    from dfdtrain.data.loading.stages import ReadTars
 
     folder = os.fspath(folder).rstrip("/")
     index_path = storage.join(folder, "index.json")
@@ -190,12 +190,12 @@ def doubtful_samples(folder):
     except OSError as error:
         raise DfdError(f"{index_path}: {error.strerror or error}") from None
     if data is None:
-        raise DfdError(f"{storage.mask(index_path)}: not found (give the shard folder of 'dfdtrain shard --out')")
+        raise DfdError(f"{storage.redact(index_path)}: not found (give the shard folder of 'dfdtrain shard --out')")
     try:
         index = json.loads(data)
         doubtful = index.get("doubtful_faces")
         if not isinstance(doubtful, list):
-            raise DfdError(f"{storage.mask(index_path)}: no doubtful_faces list: not a face-clip store "
+            raise DfdError(f"{storage.redact(index_path)}: no doubtful_faces list: not a face-clip store "
                            "(shard --store faces) of this version")
         wanted = {str(item["key"]): item for item in doubtful}
         by_shard = {}  # only names of files in the folder itself
@@ -205,7 +205,7 @@ def doubtful_samples(folder):
                     by_shard.setdefault(shard["name"], set()).add(key)
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         why = f"{type(error).__name__}: {error}"
-        raise DfdError(f"{storage.mask(index_path)}: not a shard index.json ({why})") from None
+        raise DfdError(f"{storage.redact(index_path)}: not a shard index.json ({why})") from None
     found = {}
     for name, keys in by_shard.items():
         for sample in ReadTars.read(storage.join(folder, name)):
@@ -215,7 +215,7 @@ def doubtful_samples(folder):
                 found[sample["__key__"]] = sample
     missing = [key for key in wanted if key not in found]
     if missing:
-        raise DfdError(f"{storage.mask(folder)}: doubtful video(s) {', '.join(missing[:5])} not found in their shards")
+        raise DfdError(f"{storage.redact(folder)}: doubtful video(s) {', '.join(missing[:5])} not found in their shards")
     return [(wanted[key], found[key]) for key in wanted]
 
 

@@ -27,13 +27,16 @@ from pathlib import Path
 
 import numpy as np
 
+from dfdtrain.core.distributed import barrier
+from dfdtrain.core.errors import DfdError
+from dfdtrain.core.fileio import atomic_open, check_output_folder, read_yaml_mapping, write_json
+from dfdtrain.core.text import format_fixed
 from dfdtrain.data import storage
 from dfdtrain.data.shards.overlap import overlap, sample_identities
 from dfdtrain.data.storage import expand_shards
-from dfdtrain.core.distributed import barrier
-from dfdtrain.core.errors import DfdError
-from dfdtrain.evaluation.evaluate import _new_figure, _save, format_interval, run_evaluation
-from dfdtrain.core.fileio import atomic_open, check_output_folder, read_yaml_mapping, write_json
+from dfdtrain.evaluation.evaluate import run_evaluation
+from dfdtrain.evaluation.plots import new_figure, save_figure
+from dfdtrain.evaluation.report import format_interval, groups_phrase
 
 SUITE_KEYS = ("name", "description", "root", "test_sets")
 TEST_SET_KEYS = ("shards", "note")
@@ -186,9 +189,9 @@ def find_leakage(checkpoint, suite):
         try:
             references[role] = sample_identities(expand_shards(pattern))
         except DfdError as error:
-            return Leakage(unchecked=f"the run's data.{key} ({storage.mask(pattern)}, in {config_path}) cannot be "
+            return Leakage(unchecked=f"the run's data.{key} ({storage.redact(pattern)}, in {config_path}) cannot be "
                                      f"read from here ({error})")
-        compared[role] = storage.mask(pattern)
+        compared[role] = storage.redact(pattern)
         unlisted += references[role].unchecked
     if not references:
         return Leakage(unchecked=f"{config_path} names no training or validation shards")
@@ -269,8 +272,8 @@ def write_table_markdown(table, path):
             withheld = entry["groups"] if entry.get("interval_note") else None
             cells = [format_interval(values[key], values[f"{key}_ci"], groups=withheld) for key in COLUMNS]
             if level == "video":
-                cells[list(COLUMNS).index("log_loss")] += f" (raw {_number(values['log_loss_raw'])})"
-                cells[list(COLUMNS).index("ece")] += f" (raw {_number(values['ece_raw'])})"
+                cells[list(COLUMNS).index("log_loss")] += f" (raw {format_fixed(values['log_loss_raw'], 3)})"
+                cells[list(COLUMNS).index("ece")] += f" (raw {format_fixed(values['ece_raw'], 3)})"
             counted = (f"{entry['videos']} ({entry['real']} / {entry['fake']})" if level == "video"
                        else str(entry["frames"]))
             shown = f"[{name}]({entry['evaluation']}/report.md)" + (" **OVERLAP**" if entry.get("overlap") else "")
@@ -282,7 +285,7 @@ def write_table_markdown(table, path):
     if methods:
         lines += ["## Video AUC per manipulation method (its fakes against the set's reals)", "",
                   "| test set | method | real | fake | AUC |", "|---|---|---:|---:|---:|"]
-        lines += [f"| {name} | {method} | {values['real']} | {values['fake']} | {_number(values['auc'])} |"
+        lines += [f"| {name} | {method} | {values['real']} | {values['fake']} | {format_fixed(values['auc'], 3)} |"
                   for name, method, values in methods]
         lines.append("")
     notes = [(name, entry) for name, entry in table["test_sets"].items()
@@ -307,20 +310,12 @@ def write_table_markdown(table, path):
     return path
 
 
-def _number(value):
-    return "-" if value is None else f"{value:.3f}"
-
-
-def _groups(count):
-    return f"{count} group{'' if count == 1 else 's'}"
-
-
 def plot_protocol(table, path):
     """The test sets side by side: video and frame AUC, log-loss and ECE (raw and calibrated), with intervals."""
     names = list(table["test_sets"])
     entries = [table["test_sets"][name] for name in names]
     positions = np.arange(len(names))
-    figure, axes = _new_figure(12.0, max(3.2, 0.6 * len(names) + 2.0), columns=3, sharey=True)
+    figure, axes = new_figure(12.0, max(3.2, 0.6 * len(names) + 2.0), columns=3, sharey=True)
     panels = [
         (axes[0], "AUC (95% interval)", [("video", "auc", "video", "#1f77b4"), ("frame", "auc", "frame", "#ff7f0e")],
          (0, 1.0)),
@@ -344,7 +339,7 @@ def plot_protocol(table, path):
                        error_kw={"elinewidth": 1, "ecolor": "black"})
             for y, value, interval in zip(where, values, intervals):
                 end = max(value or 0.0, interval[1] if interval else 0.0)  # right of the interval's whisker
-                panel.text(end, y, f" {_number(value) if value is not None else 'n/a'}", va="center", fontsize=7)
+                panel.text(end, y, f" {format_fixed(value, 3) if value is not None else 'n/a'}", va="center", fontsize=7)
                 right = max(right, end)
         # room on the right for the value labels
         panel.set_xlim(0, (limits[1] if limits and limits[1] else max(right, 1e-3)) * 1.2)
@@ -354,12 +349,12 @@ def plot_protocol(table, path):
         panel.set_title(title, fontsize=10)
         panel.grid(axis="x", alpha=0.3)
         panel.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2, frameon=False)
-    axes[0].set_yticks(positions, [f"{name}\n({entry['videos']} videos, {_groups(entry['groups'])}"
+    axes[0].set_yticks(positions, [f"{name}\n({entry['videos']} videos, {groups_phrase(entry['groups'])}"
                                    f"{', OVERLAP' if entry.get('overlap') else ''})"
                                    for name, entry in zip(names, entries)])
     axes[0].invert_yaxis()
     figure.suptitle(table["suite"], fontsize=11)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -394,16 +389,16 @@ def run_protocol(checkpoint, suite, out_dir, context, bootstrap=1000, batch_size
         entry = entries[test_set.name]
         withheld = entry["groups"] if entry["interval_note"] else None
         progress(f"[{number}/{len(suite.test_sets)}] {test_set.name}{marked}: {metrics['videos']} videos, "
-                 f"{_groups(entry['groups'])}, video AUC "
+                 f"{groups_phrase(entry['groups'])}, video AUC "
                  f"{format_interval(video['auc'], video['auc_ci'], groups=withheld)}, log-loss "
-                 f"{_number(video['log_loss'])}")
+                 f"{format_fixed(video['log_loss'], 3)}")
     barrier()
     if not context.is_main:
         return None
     table = {"suite": suite.name, "description": suite.description, "suite_file": suite.path,
              "checkpoint": str(checkpoint), "calibration": calibration,
              "bootstrap": {"resamples": bootstrap, "confidence": 0.95, "by": "group"},
-             "shards": {name: [storage.mask(pattern) for pattern in test_set.shards]
+             "shards": {name: [storage.redact(pattern) for pattern in test_set.shards]
                         for name, test_set in suite.test_sets.items()},
              "leakage": {**leakage.to_json(), "allowed": bool(allow_overlap), "summary": leakage.summary()},
              "test_sets": entries}

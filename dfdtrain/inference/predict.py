@@ -23,23 +23,20 @@ from dfdtrain.metrics.calibration import sigmoid
 from dfdtrain.data.loading.clips import make_clip, model_input
 from dfdtrain.data.decode.decoders import build_decoder
 from dfdtrain.data.decode.video import probe
-from dfdtrain.core.errors import BadVideo, DfdError
+from dfdtrain.data.faces.detect import build_face_detector
+from dfdtrain.core.errors import BadVideo, DfdError, one_line
 from dfdtrain.core.fileio import read_regular_file
 from dfdtrain.models.bundle import load_detector
 from dfdtrain.models.detector import detector_score_kind
 from dfdtrain.models.explain import METHOD, NotExplainable, overlay, png_data_url, safe_key, write_overlays
 from dfdtrain.models.explain import explain as explain_batch
+from dfdtrain.inference.faces import DEFAULT_FACES, NO_FACES, face_modes
 
-FACE_MODES = ("mtcnn", "none")
 VIDEO_INFO = ("frames", "fps", "width", "height", "codec")
 
 
-def _one_line(text):
-    return " ".join(str(text).split())
-
-
 def _error_entry(path, message):
-    return {"path": str(path), "error": _one_line(message)}
+    return {"path": str(path), "error": one_line(message)}
 
 
 def _bad_video_message(error):
@@ -76,9 +73,10 @@ class _Timed:
 class Predictor:
     """A loaded detector plus everything needed to turn video files into p_fake scores."""
 
-    def __init__(self, checkpoint, device="cpu", faces="mtcnn", num_frames=None, batch_size=4, progress=True):
-        if faces not in FACE_MODES:
-            raise DfdError(f"faces must be one of {', '.join(FACE_MODES)}, not {faces!r}")
+    def __init__(self, checkpoint, device="cpu", faces=DEFAULT_FACES, num_frames=None, batch_size=4,
+                 progress=True):
+        if faces not in face_modes():
+            raise DfdError(f"faces must be one of {', '.join(face_modes())}, not {faces!r}")
         if num_frames is not None and num_frames < 1:
             raise DfdError("the number of frames must be at least 1")
         if batch_size < 1:
@@ -101,9 +99,7 @@ class Predictor:
 
     def face_detector(self):
         if self._face_detector is None:
-            from dfdtrain.data.faces.detect import build_face_detector
-
-            self._face_detector = build_face_detector("mtcnn", device=str(self.device))
+            self._face_detector = build_face_detector(self.faces, device=str(self.device))
         return self._face_detector
 
     def prepare(self, source, meta=None, name=None, seconds=None):
@@ -124,7 +120,7 @@ class Predictor:
             meta = probe(source, name=name)
             seconds["decode"] += time.perf_counter() - started
         detector = None
-        if self.faces == "mtcnn" and self.clip.crop == "face":
+        if self.faces != NO_FACES and self.clip.crop == "face":
             loading = time.perf_counter()
             detector = _Timed(self.face_detector(), "detect", seconds, "faces")  # the first call loads MTCNN
             seconds["faces"] += time.perf_counter() - loading
@@ -216,7 +212,8 @@ class Predictor:
                 "temperature": self.calibration.temperature,
                 "frames_used": used,
                 "clip_frames": self.clip.sampler.num_frames,  # more than frames_used: a short video, padded
-                "faces_found": sum(1 for boxes in faces["boxes"] if boxes) if self.faces == "mtcnn" and faces else None,
+                "faces_found": (sum(1 for boxes in faces["boxes"] if boxes) if self.faces != NO_FACES and faces
+                                else None),
                 "video": {key: info[key] for key in VIDEO_INFO},
                 "seconds": round(stages["total"], 3),  # decode, faces, crop + its share of the model batch
                 "stage_seconds": {stage: round(stages[stage], 3) for stage in STAGES},
@@ -260,7 +257,7 @@ class Predictor:
         except NotExplainable as reason:
             return (*self.logits(clips), f"no maps: {reason}")
         except Exception as error:  # noqa: BLE001 (the maps are extra: the scores must still come)
-            return (*self.logits(clips), f"no maps: {type(error).__name__}: {_one_line(error)}")
+            return (*self.logits(clips), f"no maps: {type(error).__name__}: {one_line(error)}")
         explanation.maps = explanation.maps.cpu()
         return explanation.video_logits.float().cpu(), explanation.frame_logits.float().cpu(), explanation
 
@@ -278,7 +275,7 @@ class Predictor:
                 entry.update(write_overlays(explaining["dir"], safe_key(path, explaining["taken"]), crops, maps,
                                             clip.indices[:used]))
             except OSError as error:  # a full disk or an unwritable folder: the score still stands
-                entry["note"] = f"maps not written: {_one_line(error)}"
+                entry["note"] = f"maps not written: {one_line(error)}"
         return entry
 
 
@@ -296,7 +293,3 @@ def crop_thumbnails(frames, quality=85):
         urls.append("data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"))
     return urls
 
-
-def predict_videos(checkpoint, paths, **options):
-    """Shorthand: ``Predictor(checkpoint, **options).predict(paths)``."""
-    return Predictor(checkpoint, **options).predict(paths)

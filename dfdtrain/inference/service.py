@@ -28,8 +28,8 @@ disconnect, timeout):
           arrive, before anything of it is stored (so one request can open one file, not one per part)
   time    the body must arrive within ``body_timeout`` seconds (408), the result within ``timeout`` (504)
 Every error answer closes the connection: one sent before the body was read to its end stops the client sending.
-Uploads stream into a private folder under ``upload_dir``; error messages are one line and quote at most a short,
-escaped prefix of a client-given path.
+Uploads stream into a private folder under ``upload_dir`` (dfdtrain.inference.uploads); error messages are one
+line and quote at most a short, escaped prefix of a client-given path.
 """
 
 import asyncio
@@ -38,22 +38,19 @@ import json
 import math
 import os
 import queue
-import re
 import shutil
 import tempfile
 import threading
 from pathlib import Path
 
 from dfdtrain.config import config_to_dict
-from dfdtrain.core.errors import DfdError
+from dfdtrain.core.errors import DfdError, one_line
+from dfdtrain.inference.uploads import FORM_OVERHEAD, MAX_FORM_FIELDS, MAX_JSON_BYTES, Refused, UploadParts
 
 DEFAULT_MAX_MB = 200
 DEFAULT_TIMEOUT = 120.0
 DEFAULT_QUEUE = 32
 DEFAULT_BODY_TIMEOUT = 60.0
-MAX_JSON_BYTES = 64 * 1024  # a JSON request is {"path": ...}: a few hundred bytes
-MAX_FORM_FIELDS = 16  # the page sends none; a client may add a few, not thousands
-FORM_OVERHEAD = 64 * 1024  # an upload's bytes besides the file: boundaries, part headers, small fields
 MAX_ERROR_CHARS = 300
 
 
@@ -124,84 +121,6 @@ class ModelWorker:
                 job.future.set_result(result)
 
 
-class Refused(Exception):
-    """A request refused: its answer is ``status`` with the JSON {"error": message}."""
-
-    def __init__(self, status, message):
-        super().__init__(message)
-        self.status, self.message = status, message
-
-
-class UploadParts:
-    """python-multipart callbacks that stage the one file part, the field ``file``, as ``folder``/upload<.ext>.
-
-    A second file part, a file part under another name or more than MAX_FORM_FIELDS fields are refused (Refused)
-    when that part's headers arrive, before anything of it is stored: a request can open one file, not one per
-    part. Fields are counted and their values dropped. ``close()`` closes the staged file on every path."""
-
-    def __init__(self, folder, max_bytes, max_mb):
-        self.folder, self.max_bytes, self.max_mb = folder, max_bytes, max_mb
-        self.name = self.path = self.file = None  # the client's file name, the staged path, its open file
-        self.size = self.fields = 0
-        self.writing = self.ended = False  # inside the file part's data; the closing boundary seen
-        self.headers, self.header = {}, [b"", b""]  # this part's headers; the one being read (field, value)
-
-    def callbacks(self):
-        return {"on_part_begin": self.part_begin, "on_header_field": self.header_field,
-                "on_header_value": self.header_value, "on_header_end": self.header_end,
-                "on_headers_finished": self.headers_finished, "on_part_data": self.part_data,
-                "on_part_end": self.part_end, "on_end": self.end}
-
-    def part_begin(self):
-        self.headers, self.header = {}, [b"", b""]
-
-    def header_field(self, data, start, end):  # a header may come in pieces across chunks
-        self.header[0] += data[start:end]
-
-    def header_value(self, data, start, end):
-        self.header[1] += data[start:end]
-
-    def header_end(self):
-        self.headers[self.header[0].lower()] = self.header[1]
-        self.header = [b"", b""]
-
-    def headers_finished(self):
-        from python_multipart.multipart import parse_options_header
-
-        _, options = parse_options_header(self.headers.get(b"content-disposition", b""))
-        if b"filename" not in options:
-            self.fields += 1
-            if self.fields > MAX_FORM_FIELDS:
-                raise Refused(400, f"too many form fields: at most {MAX_FORM_FIELDS} besides the file")
-            return
-        if self.file is not None:
-            raise Refused(400, "one file per request: send the video as the one multipart field 'file'")
-        if options.get(b"name") != b"file":
-            raise Refused(400, "no file: send the video as the multipart field 'file'")
-        self.name = os.path.basename(options[b"filename"].decode("utf-8", "replace")) or "upload"
-        # staged as upload<.ext>: the probe reads an .mp4's boxes to tell a truncated file from a broken one
-        suffix = os.path.splitext(self.name)[1].lower()
-        self.path = self.folder / ("upload" + (suffix if re.fullmatch(r"\.[a-z0-9]{1,8}", suffix) else ""))
-        self.file = open(self.path, "xb")
-        self.writing = True
-
-    def part_data(self, data, start, end):
-        if not self.writing:
-            return  # a field's value: not kept
-        self.size += end - start
-        if self.size > self.max_bytes:
-            raise Refused(413, f"file too large: more than --max-mb {self.max_mb:g} MB")
-        self.file.write(data[start:end])
-
-    def part_end(self):
-        self.writing = False
-
-    def end(self):
-        self.ended = True
-
-    def close(self):
-        if self.file is not None:
-            self.file.close()
 
 
 def shown(text, limit=60):
@@ -274,7 +193,7 @@ def create_app(checkpoint, device="cpu", faces="mtcnn", max_mb=DEFAULT_MAX_MB, t
     app.state.worker, app.state.upload_dir = worker, upload_dir
 
     def error(status, message):
-        message = " ".join(str(message).split())
+        message = one_line(message)
         if len(message) > MAX_ERROR_CHARS:
             message = message[:MAX_ERROR_CHARS] + "..."
         # an error may come before the body was read to its end; closing the connection stops the client from

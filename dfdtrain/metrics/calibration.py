@@ -24,14 +24,49 @@ import numpy as np
 
 from dfdtrain.config import Fraction, Positive, Section
 from dfdtrain.core.errors import DfdError
-from dfdtrain.metrics import expected_calibration_error, f1_by_threshold, log_loss, roc_curve
 from dfdtrain.core.registry import Registry
+from dfdtrain.core.text import format_fixed
+from dfdtrain.metrics.binary import expected_calibration_error, log_loss
+from dfdtrain.metrics.curves import f1_by_threshold, roc_curve
 
 # 1/T is searched in [MIN_INVERSE, MAX_INVERSE]: T from 0.001 (sharpen a timid model) to 1000 (near-flat).
 MIN_INVERSE_TEMPERATURE, MAX_INVERSE_TEMPERATURE = 1e-3, 1e3
 # below this many validation videos of each class nothing is fitted (CalibrationNotFitted, or a fallback)
 MIN_VIDEOS_PER_CLASS = 2
 FALLBACK_RULE = "fallback"  # the threshold_rule of a calibration that could not be fitted
+
+
+# ---------------------------------------------------------------------------------------------- thresholds
+
+THRESHOLD_RULES = Registry("threshold rule")
+"""Rules choosing the decision threshold from validation (labels, calibrated scores, configured threshold)."""
+
+
+@THRESHOLD_RULES.register("fixed")
+def fixed_threshold(labels, scores, configured):
+    return configured
+
+
+@THRESHOLD_RULES.register("eer")
+def eer_threshold(labels, scores, configured):
+    """The score where the false positive rate and the false negative rate are closest (the EER point)."""
+    false_positive_rate, true_positive_rate, thresholds = roc_curve(labels, scores, drop_intermediate=False)
+    gap = np.abs(false_positive_rate - (1.0 - true_positive_rate))[1:]  # [0] is the inf threshold
+    return float(thresholds[1:][int(np.argmin(gap))])
+
+
+@THRESHOLD_RULES.register("max_f1")
+def max_f1_threshold(labels, scores, configured):
+    """The score whose threshold gives the highest F1 (the highest such score on a tie)."""
+    f1, thresholds = f1_by_threshold(labels, scores)
+    return float(thresholds[int(np.argmax(f1))])
+
+
+# The threshold rules in the order they are defined above: the order the CLI offers them and messages list them.
+THRESHOLD_RULE_NAMES = tuple(THRESHOLD_RULES)  # in the order defined above
+
+
+# --------------------------------------------------------------------------------------------- calibration
 
 
 class CalibrationNotFitted(DfdError):
@@ -49,7 +84,7 @@ class Calibration(Section):
     temperature: Positive = 1.0  # P(fake) = sigmoid(logit / temperature); 1 = uncalibrated
     # how the detector's threshold was chosen; "fallback": nothing could be fitted (temperature 1, the threshold
     # as configured; fitted_on says why)
-    threshold_rule: Literal["fixed", "eer", "max_f1", "fallback"] = "fixed"
+    threshold_rule: Literal[(*THRESHOLD_RULE_NAMES, FALLBACK_RULE)] = "fixed"
     fitted_on: str = ""  # e.g. "validation after epoch 3 (120 videos)"; empty: never fitted
     videos: int = 0  # validation videos of the fit
     nll_raw: Optional[float] = None  # validation log-loss before / after
@@ -93,32 +128,6 @@ def fit_temperature(logits, labels):
         else:
             high = middle
     return 1.0 / math.exp((low + high) / 2)
-
-
-# ---------------------------------------------------------------------------------------------- thresholds
-
-THRESHOLD_RULES = Registry("threshold rule")
-"""Rules choosing the decision threshold from validation (labels, calibrated scores, configured threshold)."""
-
-
-@THRESHOLD_RULES.register("fixed")
-def fixed_threshold(labels, scores, configured):
-    return configured
-
-
-@THRESHOLD_RULES.register("eer")
-def eer_threshold(labels, scores, configured):
-    """The score where the false positive rate and the false negative rate are closest (the EER point)."""
-    false_positive_rate, true_positive_rate, thresholds = roc_curve(labels, scores, drop_intermediate=False)
-    gap = np.abs(false_positive_rate - (1.0 - true_positive_rate))[1:]  # [0] is the inf threshold
-    return float(thresholds[1:][int(np.argmin(gap))])
-
-
-@THRESHOLD_RULES.register("max_f1")
-def max_f1_threshold(labels, scores, configured):
-    """The score whose threshold gives the highest F1 (the highest such score on a tie)."""
-    f1, thresholds = f1_by_threshold(labels, scores)
-    return float(thresholds[int(np.argmax(f1))])
 
 
 def unfittable_reason(labels, rule="fixed", calibrate=True):
@@ -169,12 +178,8 @@ def describe(calibration):
     if calibration.threshold_rule == FALLBACK_RULE:
         return (f"FALLBACK, nothing fitted (temperature {calibration.temperature:.4g}, threshold "
                 f"{calibration.threshold:.4g} as configured) on {calibration.fitted_on}; validation NLL "
-                f"{_number(calibration.nll_raw)}, ECE {_number(calibration.ece_raw)}")
+                f"{format_fixed(calibration.nll_raw)}, ECE {format_fixed(calibration.ece_raw)}")
     return (f"temperature {calibration.temperature:.4g}, threshold {calibration.threshold:.4g} "
             f"({calibration.threshold_rule}), fitted on {calibration.fitted_on}: validation NLL "
             f"{calibration.nll_raw:.4f} -> {calibration.nll_calibrated:.4f}, ECE {calibration.ece_raw:.4f} -> "
             f"{calibration.ece_calibrated:.4f}")
-
-
-def _number(value):
-    return "-" if value is None else f"{value:.4f}"

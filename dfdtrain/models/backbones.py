@@ -4,9 +4,9 @@ One factory, in the spirit of timm's registry: a name resolves to a timm model, 
 module together with what the data pipeline needs to feed it (timm's resolved data config)::
 
     module, info = build_backbone("EfficientNetB7")   # module(x[N,3,H,W]) -> pooled features [N, D]
-    info == {"name": "EfficientNetB7", "timm_name": "tf_efficientnet_b7", "num_features": 2560,
-             "data_config": {"input_size": (3, 600, 600), "mean": ..., "std": ..., ...},
-             "pretrained": "none", "note": None}
+    info == BackboneInfo(name="EfficientNetB7", model_name="tf_efficientnet_b7", num_features=2560,
+                         data_config={"input_size": (3, 600, 600), "mean": ..., "std": ..., ...},
+                         pretrained="none", note=None)
 
 Names: a Keras-style alias (``KERAS_ALIASES``; matched case-insensitively, ignoring ``-`` and ``_``, so
 ``efficientnet-b7``, ``EfficientNetB7`` and ``efficientnetb7`` are one model) or any timm model name, with or
@@ -17,6 +17,7 @@ Pretrained weights never fall back to random init: they come from the timm hub o
 are checked to have actually replaced the random initialisation, and any failure is a one-line DfdError.
 """
 
+import dataclasses
 import difflib
 import re
 from pathlib import Path
@@ -27,7 +28,28 @@ from timm.data import resolve_model_data_config
 from timm.models import (get_pretrained_cfg, group_parameters, is_model_pretrained, list_pretrained,
                          split_model_name_tag)
 
-from dfdtrain.core.errors import DfdError
+from dfdtrain.core.errors import DfdError, one_line
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneInfo:
+    """What building a backbone tells the rest of the pipeline: ``build_backbone``'s (an image backbone) or
+    ``dfdtrain.models.clip_backbones.build_clip_backbone``'s (a clip backbone), kept as ``model.backbone_info``.
+
+    ``model_name`` is the model's name in the library that builds it: timm's (with its pretrained tag) for an image
+    backbone and for TALL's image model, torchvision's for its video models. Files that record it keep their key
+    (the embedding shards' "backbone", model_stats.json's "timm_name")."""
+
+    name: str  # as asked for: a Keras alias, a timm name or a clip backbone name
+    model_name: str
+    num_features: int  # D: the pooled features of a frame, or of each segment of a clip
+    data_config: dict  # timm's input_size, mean, std, interpolation, crop_pct (ClipSpec.resolve reads it)
+    pretrained: str  # "timm hub", "file:<path>" or "none"
+    note: str | None  # what the model differs in from what its name suggests, or None
+    kind: str = "image"  # "image": one frame at a time (then a temporal head); "clip": the whole clip
+    score_kind: str | None = None  # a clip backbone's per-position scores, a key of heads.SCORE_KINDS
+    dropout: float = 0.0  # a clip backbone's dropout before its classifier
+
 
 # The names users know from the reference Keras notebooks -> the closest timm model.
 KERAS_ALIASES = {
@@ -57,7 +79,7 @@ KERAS_ALIASES = {
     "NASNetMobile": "mnasnet_100",
 }
 
-# What a user of the Keras name should know about its timm stand-in (shown as info["note"]).
+# What a user of the Keras name should know about its timm stand-in (shown as info.note).
 ALIAS_NOTES = {
     "ResNet152V2": "resnetv2_152 is pre-activation like Keras' ResNet152V2, but timm ships no ImageNet weights "
                    "for it: pretrained needs pretrained_file, or use resnetv2_152x2_bit (BiT, 2x wider)",
@@ -126,10 +148,11 @@ def build_backbone(name, pretrained=False, pretrained_file=None, image_size=None
                    grad_checkpointing=False, channels_last=False):
     """Build the timm model for ``name`` without a classifier: ``module(x[N,3,H,W]) -> features [N, D]``.
 
-    Returns ``(module, info)``; info holds name, timm_name, num_features (D), data_config (timm's input_size,
-    mean, std, interpolation, crop_pct for this model; input_size follows ``image_size`` when given),
-    pretrained ("timm hub", "file:<path>" or "none") and note (what the Keras name's stand-in differs in, or
-    None). ``pretrained_file`` (a .safetensors/.pth state dict of the timm model) implies pretrained weights.
+    Returns ``(module, info)``; info (a BackboneInfo) holds name, model_name (the timm name), num_features (D),
+    data_config (timm's input_size, mean, std, interpolation, crop_pct for this model; input_size follows
+    ``image_size`` when given), pretrained ("timm hub", "file:<path>" or "none") and note (what the Keras name's
+    stand-in differs in, or None). ``pretrained_file`` (a .safetensors/.pth state dict of the timm model) implies
+    pretrained weights.
     """
     timm_name = resolve_backbone_name(name)
     alias = keras_alias(name)
@@ -173,15 +196,15 @@ def build_backbone(name, pretrained=False, pretrained_file=None, image_size=None
         model = model.to(memory_format=torch.channels_last)
 
     data_args = {"input_size": (3, image_size, image_size)} if image_size is not None else None
-    info = {
-        "name": name,
-        "timm_name": timm_name,
+    info = BackboneInfo(
+        name=name,
+        model_name=timm_name,
         # head_hidden_size is the pooled output width where it differs from num_features (VGG's fc7: 4096)
-        "num_features": getattr(model, "head_hidden_size", None) or model.num_features,
-        "data_config": dict(resolve_model_data_config(model, args=data_args)),
-        "pretrained": source,
-        "note": ALIAS_NOTES.get(alias),
-    }
+        num_features=getattr(model, "head_hidden_size", None) or model.num_features,
+        data_config=dict(resolve_model_data_config(model, args=data_args)),
+        pretrained=source,
+        note=ALIAS_NOTES.get(alias),
+    )
     return model, info
 
 
@@ -212,14 +235,15 @@ def _create_with_weights(name, timm_name, source, **options):
         except DfdError:
             raise
         except OSError as error:  # no network / not in the local cache (hf_hub, torch.hub), unreadable file
+            reason = one_line(error, 300) or type(error).__name__  # load_state_dict's reports span many lines
             if source == "timm hub":
                 raise DfdError(f"{name}: pretrained weights requested but the timm hub is unreachable "
-                               f"({_one_line(error)}); pass pretrained_file=PATH (a .safetensors/.pth of "
+                               f"({reason}); pass pretrained_file=PATH (a .safetensors/.pth of "
                                f"{timm_name}) or pretrained=False") from None
-            raise DfdError(f"{name}: could not read {source[5:]} ({_one_line(error)})") from None
+            raise DfdError(f"{name}: could not read {source[5:]} ({reason})") from None
         except Exception as error:  # a corrupt file, or one of another model (shape mismatch)
             raise DfdError(f"{name}: could not load pretrained weights from {source} into {timm_name} "
-                           f"({_one_line(error)})") from None
+                           f"({one_line(error, 300) or type(error).__name__})") from None
 
     loaded = model.state_dict()
     randomly_initialised = [key for key, tensor in random_init.items()
@@ -238,12 +262,6 @@ def _no_hub_weights_message(name, timm_name):
     hint = f" (pretrained relatives: {', '.join(relatives[:5])})" if relatives else ""
     return (f"{name}: timm ships no pretrained weights for {timm_name}{hint}; pass pretrained_file=PATH "
             f"(a .safetensors/.pth of {timm_name}) or pretrained=False")
-
-
-def _one_line(error, limit=300):
-    """An exception as one short line (load_state_dict's reports span many lines)."""
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def backbone_stages(module):

@@ -17,9 +17,10 @@ from pathlib import Path
 
 from dfdtrain.metrics.calibration import Calibration
 from dfdtrain.config import ClipSpec, Fraction, ModelConfig, Section, build_section, config_to_dict, load_config
-from dfdtrain.core.errors import DfdError
+from dfdtrain.core.errors import DfdError, one_line
 from dfdtrain.core.fileio import (atomic_open, load_plain, loads_untrusted_json, open_regular_file,
                              read_safetensors_header, write_json)
+from dfdtrain.models.checks import check_clip_for_model, check_model_config
 from dfdtrain.models.detector import build_detector_from_config
 
 BUNDLE_WEIGHTS = "model.safetensors"
@@ -60,7 +61,7 @@ def detector_settings(config, model):
     """The DetectorSettings of a training config and its built model (the clip resolved with the backbone)."""
     model_config = dataclasses.replace(config.model, pretrained=False, pretrained_file="")  # weights come with it
     return DetectorSettings(name=config.name, model=model_config,
-                            clip=config.clip.resolve(model.backbone_info["data_config"]),
+                            clip=config.clip.resolve(model.backbone_info.data_config),
                             threshold=config.train.threshold)
 
 
@@ -83,7 +84,7 @@ def read_settings(path):
     try:
         values = loads_untrusted_json(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as error:
-        raise DfdError(f"{path}: unreadable detector settings ({' '.join(str(error).split())[:200]})") from None
+        raise DfdError(f"{path}: unreadable detector settings ({one_line(error)[:200]})") from None
     if not isinstance(values, dict):
         raise DfdError(f"{path}: detector settings must be a JSON object")
     if values.pop("format", None) != SETTINGS_FORMAT:
@@ -98,6 +99,7 @@ def read_settings(path):
     values["model"] = {**values.get("model", {}), "pretrained": False, "pretrained_file": ""}  # never a download
     try:
         settings = build_section(DetectorSettings, values, "")
+        check_model_config(settings.model)
     except DfdError as error:
         raise DfdError(f"{path}: {error}") from None
     if settings.clip.sampler.num_frames > MAX_FRAMES:
@@ -187,6 +189,8 @@ def _checkpoint_settings(checkpoint):
     if not config_path.is_file():
         raise DfdError(f"{checkpoint}: not a bundle, and no {SETTINGS_FILE} or run config at {config_path}")
     config = load_config(config_path, ["model.pretrained=false", "model.pretrained_file="])
+    check_model_config(config.model)
+    check_clip_for_model(config.model, config.clip, config.data.source)
     return detector_settings(config, build_detector_from_config(config.model, config.clip))
 
 
@@ -214,7 +218,7 @@ def load_detector(path, device="cpu"):
         try:
             weights = load(data)
         except SafetensorError as error:
-            raise DfdError(f"{weights_file}: not a valid safetensors file ({' '.join(str(error).split())})") from None
+            raise DfdError(f"{weights_file}: not a valid safetensors file ({one_line(error)})") from None
         _load_weights(model, weights, weights_file, settings_file)
         return model.to(device).eval(), settings
     settings = _checkpoint_settings(path)

@@ -18,10 +18,10 @@ Members of ``CLIP_BACKBONES`` (adding one is one entry):
       image for any timm model (Swin, as in the paper). ``tile_mask: P`` blanks a random P x P square at the same
       place in every tile of a training clip (the paper's masking; its code uses 16 px on 112-px tiles).
 
-``info`` holds what an image backbone's does (name, num_features, data_config, pretrained, note) plus
-``kind: "clip"``, ``score_kind`` ("segment" or "clip": what the per-position scores are, heads.SCORE_KINDS) and
-the classifier's ``dropout``. The clips each model takes (frames, size) are its registry entry's; ``check_clip``
-enforces them.
+``info`` is a BackboneInfo (dfdtrain.models.backbones) as an image backbone's (name, model_name, num_features,
+data_config, pretrained, note) with ``kind="clip"``, ``score_kind`` ("segment" or "clip": what the per-position
+scores are, heads.SCORE_KINDS) and the classifier's ``dropout``. The clips each model takes (frames, size) are
+its registry entry's; ``check_clip`` enforces them.
 """
 
 import dataclasses
@@ -32,7 +32,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from dfdtrain.core.errors import DfdError
+from dfdtrain.core.errors import DfdError, one_line
 from dfdtrain.core.registry import Registry
 
 CLIP_BACKBONES = Registry("clip backbone")
@@ -264,6 +264,8 @@ def build_clip_backbone(name, num_frames=None, image_size=None, pretrained=False
         raise DfdError(f"{name}: {problem[0]} {problem[1]}")
     from torchvision.models import get_model, get_model_weights
 
+    from dfdtrain.models.backbones import BackboneInfo  # here: backbones imports timm, which checks do not need
+
     create_options = {"weights": None}
     if drop_path_rate:
         create_options["stochastic_depth_prob"] = drop_path_rate
@@ -280,12 +282,11 @@ def build_clip_backbone(name, num_frames=None, image_size=None, pretrained=False
     if channels_last:
         module = module.to(memory_format=torch.channels_last_3d)
     size = image_size or spec.input_size
-    # timm_name: the key image backbones fill, which model_stats and run reports read
-    info = {"name": name, "kind": "clip", "timm_name": name, "num_features": spec.num_features,
-            "data_config": {"input_size": (3, size, size), "mean": spec.mean, "std": spec.std,
-                            "interpolation": "bilinear", "crop_pct": 1.0},
-            "pretrained": source, "note": f"torchvision {name} (Kinetics-400 weights: {weights.url})",
-            "score_kind": spec.score_kind, "dropout": options.get("dropout", spec.dropout)}
+    info = BackboneInfo(name=name, kind="clip", model_name=name, num_features=spec.num_features,
+                        data_config={"input_size": (3, size, size), "mean": spec.mean, "std": spec.std,
+                                     "interpolation": "bilinear", "crop_pct": 1.0},
+                        pretrained=source, note=f"torchvision {name} (Kinetics-400 weights: {weights.url})",
+                        score_kind=spec.score_kind, dropout=options.get("dropout", spec.dropout))
     return module, info
 
 
@@ -293,7 +294,6 @@ def _load_torchvision_weights(name, model, spec, path, url):
     """Load torchvision's checkpoint at ``path`` into ``model`` (its classifier dropped); every other tensor must
     be there and fit: a file of another model is a one-line error, never a silent random init."""
     from dfdtrain.core.fileio import load_plain
-    from dfdtrain.models.backbones import _one_line
 
     path = Path(path)
     if not path.is_file():
@@ -306,14 +306,16 @@ def _load_torchvision_weights(name, model, spec, path, url):
         else:
             state = load_plain(path)
     except Exception as error:  # unreadable, truncated, or a pickle that would run code
-        raise DfdError(f"{name}: could not read {path} ({_one_line(error)})") from None
+        raise DfdError(f"{name}: could not read {path} "
+                       f"({one_line(error, 300) or type(error).__name__})") from None
     if not isinstance(state, dict):
         raise DfdError(f"{name}: {path} is not a state dict")
     state = {key: value for key, value in state.items() if not key.startswith(spec.classifier + ".")}
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as error:  # shape mismatch: another model's weights
-        raise DfdError(f"{name}: {path} does not fit {name} ({_one_line(error)})") from None
+        raise DfdError(f"{name}: {path} does not fit {name} "
+                       f"({one_line(error, 300) or type(error).__name__})") from None
     missing = [key for key in missing if not key.startswith(spec.classifier + ".")]
     if missing or unexpected:
         raise DfdError(f"{name}: {path} does not fit {name} ({len(missing)} missing, {len(unexpected)} unexpected "
@@ -335,9 +337,9 @@ def _build_tall(name, num_frames, image_size, pretrained, pretrained_file, drop_
                                              image_size=grid * image_size, drop_path_rate=drop_path_rate,
                                              grad_checkpointing=grad_checkpointing, channels_last=channels_last)
     module = ThumbnailBackbone(image_model, num_frames, tile_mask=options.get("tile_mask", 0))
-    data_config = {**image_info["data_config"], "input_size": (3, image_size, image_size)}
-    info = {**image_info, "name": name, "kind": "clip", "data_config": data_config, "score_kind": "clip",
-            "dropout": options.get("dropout", 0.0),
-            "note": f"TALL thumbnail: {num_frames} frames of {image_size} px in a {grid} x {grid} grid "
-                    f"({grid * image_size} px) for {image_info['timm_name']}"}
+    data_config = {**image_info.data_config, "input_size": (3, image_size, image_size)}
+    info = dataclasses.replace(image_info, name=name, kind="clip", data_config=data_config, score_kind="clip",
+                               dropout=options.get("dropout", 0.0),
+                               note=f"TALL thumbnail: {num_frames} frames of {image_size} px in a {grid} x {grid} "
+                                    f"grid ({grid * image_size} px) for {image_info.model_name}")
     return module, info

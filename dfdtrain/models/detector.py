@@ -34,7 +34,7 @@ class VideoDetector(nn.Module):
         self.backbone = backbone
         self.head = head
         self.backbone_info = backbone_info
-        self.num_features = backbone_info["num_features"]
+        self.num_features = backbone_info.num_features
         self.channels_last = False
 
     def frame_features(self, frames, mask=None):
@@ -79,13 +79,13 @@ class ClipDetector(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.backbone_info = backbone_info
-        self.num_features = backbone_info["num_features"]
-        self.head = nn.Sequential(nn.Dropout(backbone_info["dropout"]), nn.Linear(self.num_features, 1))
+        self.num_features = backbone_info.num_features
+        self.head = nn.Sequential(nn.Dropout(backbone_info.dropout), nn.Linear(self.num_features, 1))
         self.channels_last = False
 
     def forward(self, frames, mask=None):
         if frames.dim() != 5:
-            raise ValueError(f"{self.backbone_info['name']} takes clips [B,T,C,H,W], not {list(frames.shape)} "
+            raise ValueError(f"{self.backbone_info.name} takes clips [B,T,C,H,W], not {list(frames.shape)} "
                              "(cached frame features are for image backbones + temporal heads)")
         if mask is None:
             mask = torch.ones(frames.shape[:2], dtype=torch.bool, device=frames.device)
@@ -143,7 +143,7 @@ def build_detector(backbone, head, pretrained=False, head_options=None, pretrain
     backbone_module, info = build_backbone(backbone, pretrained=pretrained, pretrained_file=pretrained_file,
                                            image_size=image_size, drop_path_rate=drop_path_rate,
                                            grad_checkpointing=grad_checkpointing, channels_last=channels_last)
-    head_module = build_head(head, in_features=info["num_features"], **(head_options or {}))
+    head_module = build_head(head, in_features=info.num_features, **(head_options or {}))
     model = VideoDetector(backbone_module, head_module, info)
     model.channels_last = channels_last
     return model

@@ -183,7 +183,7 @@ CLIP_LAYERS = {"r3d_18": ("layer4", "ncthw"), "mc3_18": ("layer4", "ncthw"), "r2
 @EXPLAINERS.register("clip3d")
 def clip_backbone_target(model, size):
     """A torchvision video model: Grad-CAM over the last 3D stage's cells [T',h,w]; frame t gets cell t*T'//T."""
-    name = model.backbone_info["name"]
+    name = model.backbone_info.name
     if name not in CLIP_LAYERS:
         raise NotExplainable(f"no explainer for the clip backbone {name} (explained: {', '.join(CLIP_LAYERS)})")
     layer, layout = CLIP_LAYERS[name]

@@ -1,4 +1,5 @@
-"""The embedding cache: run a frozen backbone once over the sampled frames, store per-video features.
+"""The ``dfdtrain embed`` job: writes embedding shards, the cache that head-only training reads. It runs a frozen
+backbone once over every video's sampled frames and stores the per-video frame features (``write_embeddings``).
 
 A reference notebook's key finding: with the backbone frozen, caching its frame embeddings makes fitting
 temporal heads "extremely quick" (seconds instead of hours). Output shards mirror the video shards:
@@ -23,7 +24,7 @@ from dfdtrain.config import config_to_dict
 from dfdtrain.data import storage
 from dfdtrain.data.ingest.datasets import safe_key
 from dfdtrain.data.loading.loader import VideoLoader
-from dfdtrain.data.shards.writer import TarShardWriter
+from dfdtrain.data.shards.tars import TarShardWriter
 from dfdtrain.core.errors import DfdError
 from dfdtrain.core.fileio import check_output_folder, write_json
 from dfdtrain.models.clip_backbones import is_clip_backbone
@@ -76,7 +77,7 @@ def write_embeddings(config, shard_specs, out_dir, device="cpu", dtype="float16"
                        f"{config.model.backbone} sees the clip as a whole and has none: train it end to end")
     out_dir = check_output_folder(out_dir)
     model = build_detector_from_config(config.model, config.clip).to(device).eval()
-    clip = config.clip.resolve(model.backbone_info["data_config"])
+    clip = config.clip.resolve(model.backbone_info.data_config)
     writers, skipped, renamed = {}, [], []
     bar = tqdm(desc="embed", unit="video", disable=not progress, mininterval=0.5)
     for spec in shard_specs:
@@ -87,7 +88,7 @@ def write_embeddings(config, shard_specs, out_dir, device="cpu", dtype="float16"
                 features = model.frame_features(batch["frames"], batch["mask"]).float().cpu().numpy()
                 for position, (key, meta) in enumerate(zip(batch["key"], batch["meta"])):
                     mask = batch["mask"][position].cpu().tolist()
-                    meta = {**meta, "mask": mask, "backbone": model.backbone_info["timm_name"],
+                    meta = {**meta, "mask": mask, "backbone": model.backbone_info.model_name,
                             "image_size": clip.image_size, "num_features": int(features.shape[-1])}
                     split = safe_key(meta.get("split", "all"))  # the split names the output file
                     written_key = safe_key(key)
@@ -104,9 +105,9 @@ def write_embeddings(config, shard_specs, out_dir, device="cpu", dtype="float16"
         writer.close()
     shards = [record for writer in writers.values() for record in writer.records]
     index = {"format": "dfdtrain-embeddings/1", "created_by": f"dfdtrain {__version__}",
-             "backbone": model.backbone_info["timm_name"], "image_size": clip.image_size, "dtype": dtype,
+             "backbone": model.backbone_info.model_name, "image_size": clip.image_size, "dtype": dtype,
              "num_frames": clip.sampler.num_frames, "clip": config_to_dict(clip),
-             "sources": [storage.mask(str(spec)) for spec in shard_specs],
+             "sources": [storage.redact(str(spec)) for spec in shard_specs],
              "shards": shards, "totals": {"shards": len(shards), "samples": sum(s["samples"] for s in shards),
                                           "skipped": len(skipped), "seconds": round(time.time() - started, 2)},
              "skipped": skipped}

@@ -1,6 +1,6 @@
 """Two ways to run the same training step (the ``ENGINES`` registry): DeepSpeed (default) and plain DDP.
 
-Both offer one small interface used by the training loop:
+Both offer one small interface used by the training loop, the ``Engine`` Protocol:
     with engine.micro_step():            # gradient sync only on the last micro-batch of an optimizer step
         video_logits, frame_logits = engine.forward(frames, mask)
         engine.backward(loss)
@@ -16,6 +16,7 @@ import hashlib
 import os
 import re
 import sys
+from typing import Any, ContextManager, Protocol, Tuple
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -29,6 +30,45 @@ from dfdtrain.core.registry import Registry
 ENGINES = Registry("engine")
 
 
+class Engine(Protocol):
+    """What the training loop (``Trainer``, ``save_checkpoint``, ``load_checkpoint``) uses of an engine. An engine
+    is registered in ``ENGINES`` under its ``train.engine`` name and built by ``build_engine`` as
+    ``cls(model, optimizer, scheduler, train, context, batch_size)``: it moves ``model`` to ``context.device``,
+    wraps it for the process group, and owns the optimizer and learning-rate schedule steps from then on."""
+
+    name: str  # its ENGINES name (report.json's "engine")
+    module: torch.nn.Module  # the detector itself: its state_dict and buffers are what a checkpoint holds
+    model: Any  # what the forward pass runs (the module, DDP or DeepSpeed around it): train() / eval() on it
+    optimizer: Any  # the optimizer (DeepSpeed's wraps torch's): the fine-tuning phases set its param_groups' lr
+
+    def micro_step(self) -> ContextManager:
+        """The context of one micro-batch's forward and backward: gradients are synced over the ranks only on the
+        last micro-batch of an optimizer step (``train.grad_accum``)."""
+        ...
+
+    def forward(self, frames: torch.Tensor, mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(video_logits [B], frame_logits [B, T]) of the model, under autocast of ``train.precision``."""
+        ...
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Accumulate the gradients of one micro-batch's ``loss`` (the engine divides by the accumulation)."""
+        ...
+
+    def step(self) -> bool:
+        """After every micro-batch: at an accumulation boundary, clip the gradients (``train.grad_clip``), step the
+        optimizer and the schedule; True when it stepped."""
+        ...
+
+    def save(self, folder: str, state: dict) -> None:
+        """Write the weights, optimizer and schedule, and the loop's ``state``, into ``folder`` (every rank calls
+        it; each writes what it holds)."""
+        ...
+
+    def load(self, folder: str) -> dict:
+        """Restore what ``save`` wrote into ``folder``; returns the loop's state."""
+        ...
+
+
 def _save_torch(obj, path):
     with atomic_open(path, "wb") as handle:
         torch.save(obj, handle)
@@ -36,6 +76,8 @@ def _save_torch(obj, path):
 
 @ENGINES.register("ddp")
 class DDPEngine:
+    """The ``Engine`` over torch's DistributedDataParallel (none for one process)."""
+
     name = "ddp"
 
     def __init__(self, model, optimizer, scheduler, train, context, batch_size):
@@ -272,6 +314,8 @@ def _without_deepspeed_load_line():
 
 @ENGINES.register("deepspeed")
 class DeepSpeedEngine:
+    """The ``Engine`` over DeepSpeed's (ZeRO stage ``train.zero_stage``, a raw JSON's keys on top)."""
+
     name = "deepspeed"
 
     def __init__(self, model, optimizer, scheduler, train, context, batch_size):
@@ -346,6 +390,6 @@ class PlainLoads:
         return load_plain(path, map_location=map_location, allow=(LossScaler, ZeroStageEnum, fragment_address))
 
 
-def build_engine(name, model, optimizer, scheduler, train, context, batch_size):
+def build_engine(name, model, optimizer, scheduler, train, context, batch_size) -> Engine:
     """The engine registered as ``name`` (train.engine) around ``model``; ``batch_size`` is per rank."""
     return ENGINES.get(name)(model, optimizer, scheduler, train, context, batch_size)

@@ -1,4 +1,5 @@
-"""Optimizers and learning-rate schedules.
+"""Optimizers and learning-rate schedules, each family a registry (``OPTIMIZERS``, ``SCHEDULES``) whose names the
+config's ``optim.optimizer`` and ``optim.schedule`` take (checked by ``dfdtrain.checks.check_experiment``).
 
 Each optimizer group carries ``base_lr`` (the peak rate) and ``lr_scale`` (the fine-tuning phase's factor:
 0 while a backbone is frozen). The schedule sets ``lr = base_lr x lr_scale x factor(step)`` on every step,
@@ -9,10 +10,46 @@ import math
 
 import torch
 
-from dfdtrain.core.errors import DfdError
+from dfdtrain.core.registry import Registry
 
-OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULES = ("cosine", "poly", "constant")
+# ``optim.optimizer`` names one: (parameter groups, the optim config) -> a torch optimizer
+OPTIMIZERS = Registry("optimizer")
+# ``optim.schedule`` names one: (progress in [0, 1] after warmup, min_lr_ratio, poly_power) -> the factor of the peak
+SCHEDULES = Registry("schedule")
+
+
+@OPTIMIZERS.register("adamw")
+def _adamw(groups, optim):
+    return torch.optim.AdamW(groups, lr=optim.lr, weight_decay=optim.weight_decay)
+
+
+@OPTIMIZERS.register("adam")
+def _adam(groups, optim):
+    return torch.optim.Adam(groups, lr=optim.lr)
+
+
+@OPTIMIZERS.register("sgd")
+def _sgd(groups, optim):
+    """Nesterov momentum."""
+    return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, nesterov=True,
+                           weight_decay=optim.weight_decay)
+
+
+@SCHEDULES.register("cosine")
+def _cosine(progress, min_lr_ratio, poly_power):
+    decay = 0.5 * (1 + math.cos(math.pi * progress))
+    return min_lr_ratio + (1 - min_lr_ratio) * decay
+
+
+@SCHEDULES.register("poly")
+def _poly(progress, min_lr_ratio, poly_power):
+    decay = (1 - progress) ** poly_power
+    return min_lr_ratio + (1 - min_lr_ratio) * decay
+
+
+@SCHEDULES.register("constant")
+def _constant(progress, min_lr_ratio, poly_power):
+    return 1.0
 
 
 def build_optimizer(groups, optim):
@@ -20,14 +57,7 @@ def build_optimizer(groups, optim):
     for group in groups:  # the head's rate is the base; a backbone group differs by its lr_scale
         group["base_lr"] = optim.lr
         group.setdefault("lr_scale", 1.0)
-    if optim.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=optim.lr, weight_decay=optim.weight_decay)
-    if optim.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=optim.lr)
-    if optim.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, nesterov=True,
-                               weight_decay=optim.weight_decay)
-    raise DfdError(f"optim.optimizer must be one of {', '.join(OPTIMIZERS)}, not {optim.optimizer!r}")
+    return OPTIMIZERS.get(optim.optimizer)(groups, optim)
 
 
 class LearningRateSchedule:
@@ -37,8 +67,7 @@ class LearningRateSchedule:
     """
 
     def __init__(self, optimizer, optim, total_steps):
-        if optim.schedule not in SCHEDULES:
-            raise DfdError(f"optim.schedule must be one of {', '.join(SCHEDULES)}, not {optim.schedule!r}")
+        self.after_warmup = SCHEDULES.get(optim.schedule)  # an unknown name fails first, with the known ones
         self.optimizer = optimizer
         self.schedule = optim.schedule
         self.warmup_steps = optim.warmup_steps
@@ -51,11 +80,8 @@ class LearningRateSchedule:
     def factor(self, step):
         if self.warmup_steps and step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
-        if self.schedule == "constant":
-            return 1.0
         progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
-        decay = 0.5 * (1 + math.cos(math.pi * progress)) if self.schedule == "cosine" else (1 - progress) ** self.poly_power
-        return self.min_lr_ratio + (1 - self.min_lr_ratio) * decay
+        return self.after_warmup(progress, self.min_lr_ratio, self.poly_power)
 
     def apply(self):
         factor = self.factor(self.step_count)

@@ -5,9 +5,9 @@ the last epoch or early stopping. One instance runs on every rank (torchrun, the
     report = trainer.train()             # the whole run; or, piece by piece:
     trainer.begin_epoch(epoch); trainer.train_step(batch); trainer.validate(); trainer.state_dict()
 
-The run directory holds the resolved ``config.yaml``, ``metrics.jsonl``, ``curves.png`` (redrawn after every
-evaluation), ``checkpoints/{last,best}`` (each with the ``detector.json`` that evaluate/predict/export read) and,
-at the end, ``report.json``. A run resumes from ``checkpoints/last``, mid-epoch too: the loader is deterministic
+The run directory (``RunDirectory``) holds the resolved ``config.yaml``, ``metrics.jsonl``, ``curves.png``
+(redrawn after every evaluation), ``checkpoints/{last,best}`` (each with the ``detector.json`` that
+evaluate/predict/export read) and, at the end, ``report.json``. A run resumes from ``checkpoints/last``, mid-epoch too: the loader is deterministic
 per epoch, so the batches already trained are replayed without training. The ranks' BatchNorm statistics (each
 rank's own batches update its copy) are averaged over the ranks before every validation and checkpoint, so every
 rank validates with, and resumes from, the one copy a checkpoint holds. A finished run (every epoch trained,
@@ -22,7 +22,6 @@ checkpoint never holds non-finite weights.
 import collections
 import dataclasses
 import logging
-import os
 import random
 import time
 from typing import Optional
@@ -32,22 +31,23 @@ import torch
 
 from dfdtrain.metrics.calibration import describe as describe_calibration
 from dfdtrain.metrics.calibration import fit_calibration
-from dfdtrain.config import config_to_dict, resolved_run_config, save_config
+from dfdtrain.config import config_to_dict, resolved_run_config
 from dfdtrain.data import storage
 from dfdtrain.data.loading.loader import VideoLoader, expand_shards
 from dfdtrain.data.shards.catalog import positive_class_weight, test_split_overlap
-from dfdtrain.training.checkpoint import clean_checkpoints, find_checkpoint, load_checkpoint, save_checkpoint
-from dfdtrain.training.curves import CURVES_FILE, write_curves
-from dfdtrain.core.distributed import any_rank, barrier, broadcast_object, gather_to_rank0, init_distributed
-from dfdtrain.training.engines import build_engine
+from dfdtrain.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from dfdtrain.core.distributed import (any_rank, barrier, broadcast_object, gather_to_rank0, init_distributed,
+                                       raise_together)
+from dfdtrain.training.batch_source import BatchSource
+from dfdtrain.training.engines import Engine, build_engine
 from dfdtrain.models.loss import video_bce
 from dfdtrain.training.optim import LearningRateSchedule, build_optimizer
 from dfdtrain.core.text import format_number
 from dfdtrain.training.run_logger import RunLogger, system_values
+from dfdtrain.training.run_directory import REPORT_FILE, RunDirectory, run_report
+from dfdtrain.training.state import StepResult, TrainState, improved
 from dfdtrain.evaluation.scoring import metric_value, validation_metrics
 from dfdtrain.core.errors import DfdError
-from dfdtrain.core.fileio import read_json, remove_stale_temporaries, write_json
-from dfdtrain.core.locks import DirectoryLock
 from dfdtrain.metrics import format_metrics_table
 from dfdtrain.models.bundle import SETTINGS_FILE, calibrated, detector_settings
 from dfdtrain.models.detector import build_detector_from_config
@@ -55,37 +55,10 @@ from dfdtrain.models.finetune import (FinetuneSchedule, apply_phase, freeze_batc
                                       prepare_trainable, set_trainable_stages)
 
 log = logging.getLogger(__name__)
-REPORT_FILE = "report.json"
 
 
 class NonFiniteLoss(DfdError):
     pass
-
-
-@dataclasses.dataclass
-class TrainState:
-    """The loop's own state, saved in every checkpoint (the engine saves weights, optimizer and schedule)."""
-
-    epoch: int = 0  # epochs completed
-    step: int = 0  # optimizer steps taken
-    batch_in_epoch: int = 0  # micro-batches of the current epoch already trained (mid-epoch resume)
-    samples: int = 0  # training samples seen, over all ranks
-    train_seconds: float = 0.0
-    best: Optional[float] = None  # best value of train.early_stopping_metric so far
-    best_epoch: Optional[int] = None
-    best_metrics: Optional[dict] = None
-    bad_epochs: int = 0  # epochs since the best
-    stopped_early: bool = False  # early stopping ended the run (so starting it again has nothing to do)
-
-
-@dataclasses.dataclass
-class StepResult:
-    loss: torch.Tensor  # this micro-batch's loss, still on the device (reading it syncs)
-    stepped: bool  # an optimizer step happened (the last micro-batch of gradient accumulation)
-
-
-def run_directory(config):
-    return config.run_dir or os.path.join("runs", config.name)
 
 
 def seed_everything(seed):
@@ -94,26 +67,23 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def improved(value, best, mode):
-    if value is None:
-        return False
-    return best is None or (value < best if mode == "min" else value > best)
-
-
 class Trainer:
     """Training of one ExperimentConfig on this rank.
 
     ``train_loader`` / ``val_loader``: batches to use instead of VideoLoaders over ``data.train_shards`` /
     ``data.val_shards`` (the end-to-end benchmark feeds one batch already on the device; tests and the engine
-    benchmark feed fixed data). A loader needs ``len()``, ``set_epoch(epoch)``, iteration and a ``skipped``
-    list, like VideoLoader. Without val shards or a val loader, ``validate`` and ``train`` are unavailable.
+    benchmark feed fixed data: ``dfdtrain.testing.batches.FixedBatches``). A loader is a ``BatchSource``:
+    ``len()``, ``set_epoch(epoch)``, iteration and a ``skipped`` list, like VideoLoader. Without val shards or a
+    val loader, ``validate`` and ``train`` are unavailable.
     """
 
-    def __init__(self, config, train_loader=None, val_loader=None, progress=True):
+    def __init__(self, config, train_loader: Optional[BatchSource] = None, val_loader: Optional[BatchSource] = None,
+                 progress=True):
         self.config, self.progress = config, progress
         self.storage_retries = collections.Counter()  # rank 0: every rank's retried storage faults
         self.context = context = init_distributed(config.train.device)
-        self.run_dir = run_directory(config)
+        self.directory = RunDirectory(config, context)  # the lock, config.yaml, report.json, curves.png
+        self.run_dir = self.directory.path
         self.embeddings = config.data.source == "embeddings"
 
         seed_everything(config.seed)  # the same initial weights on every rank
@@ -137,7 +107,8 @@ class Trainer:
             train_loader = self._loader(config.data.train_shards, train=True)
         if val_loader is None and config.data.val_shards:
             val_loader = self._loader(config.data.val_shards, train=False)
-        self.train_loader, self.val_loader = train_loader, val_loader
+        self.train_loader: BatchSource = train_loader
+        self.val_loader: Optional[BatchSource] = val_loader
         steps_per_epoch = max(1, len(self.train_loader) // config.train.grad_accum)
         optimizer = build_optimizer(parameter_groups(model, config.optim.lr, config.optim.weight_decay), config.optim)
         self.lr_schedule = LearningRateSchedule(optimizer, config.optim,
@@ -146,8 +117,8 @@ class Trainer:
         if config.train.class_weights:
             weight = positive_class_weight(expand_shards(config.data.train_shards))
             self.pos_weight = torch.tensor(weight, device=context.device)
-        self.engine = build_engine(config.train.engine, model, optimizer, self.lr_schedule, config.train, context,
-                                   config.data.batch_size)
+        self.engine: Engine = build_engine(config.train.engine, model, optimizer, self.lr_schedule, config.train,
+                                           context, config.data.batch_size)
         self.model = self.engine.module
         seed_everything(config.seed + 1000 * context.rank)  # dropout etc. differ per rank, reproducibly
 
@@ -299,10 +270,8 @@ class Trainer:
         problem = None
         if self.context.is_main and not metrics.get("videos"):
             problem = f"no validation video could be scored: {_skipped_summary(skipped)} — check data.val_shards"
-        metrics, problem = broadcast_object((metrics, problem))
-        if problem:
-            raise DfdError(problem)
-        return metrics
+        raise_together(problem)
+        return broadcast_object(metrics)
 
     def _gather_storage_retries(self):
         """Add every rank's storage retries since the last call (its loaders' workers' and its own) to
@@ -365,7 +334,7 @@ class Trainer:
         better = improved(value, state.best, config.early_stopping_mode)
         if self.context.is_main:
             self.logger.log(state.step, {"val": metrics}, kind="eval", epoch=epoch + 1)
-            self._write_curves()
+            self.directory.redraw_curves(self.config.name)
             self.logger.print_eval_table(epoch + 1, f"val loss {format_number(metrics.get('loss'))}\n"
                                                     + format_metrics_table(metrics) + "\ncalibration: "
                                                     + describe_calibration(self.checkpoint_settings().calibration))
@@ -383,46 +352,11 @@ class Trainer:
                   f"epochs (best {format_number(state.best)} at epoch {state.best_epoch})")
         return state.stopped_early
 
-    def _write_curves(self):
-        """Redraw curves.png from metrics.jsonl (rank 0). A plot that fails is a warning: it must not stop the
-        run, and rank 0 failing alone would leave the other ranks waiting."""
-        try:
-            write_curves(self.run_dir, title=self.config.name)
-        except Exception as error:  # noqa: BLE001 (anything matplotlib or the file system raises)
-            log.warning("%s: %s not redrawn (%s: %s)", self.run_dir, CURVES_FILE, type(error).__name__, error)
-
-    def _open_run_dir(self):
-        """Rank 0 locks the run directory (one run writes it at a time) and clears what a crashed save left in
-        its checkpoints; every rank learns the outcome, so all ranks of a refused run stop together with the one
-        line. Returns the lock (rank 0) or None."""
-        lock, problem = None, None
-        if self.context.is_main:
-            try:
-                lock = DirectoryLock(self.run_dir, "train").acquire()
-                if lock.takeover_message():
-                    print(lock.takeover_message())
-                cleaned = clean_checkpoints(self.run_dir) + [
-                    f"removed {name}" for name in remove_stale_temporaries(os.path.join(self.run_dir, "checkpoints"))]
-                if cleaned:
-                    print(f"{self.run_dir}: cleaned what a crash left in checkpoints/: {'; '.join(cleaned)}")
-                half_written = remove_stale_temporaries(self.run_dir)  # a killed run's curves.png, report.json...
-                if half_written:
-                    print(f"{self.run_dir}: removed what a killed write left: {', '.join(half_written)}")
-            except (DfdError, OSError) as error:
-                problem = str(error)
-                if lock is not None:
-                    lock.release()
-                    lock = None
-        problem = broadcast_object(problem)
-        if problem:
-            raise DfdError(problem)
-        return lock
-
     def train(self, resume="auto"):
         """The whole run on this rank; returns the report dict (rank 0) or None."""
         if self.val_loader is None:
             raise DfdError("data.val_shards is not set: training validates after every epoch")
-        lock = self._open_run_dir()
+        lock = self.directory.open()
         try:
             return self._train(resume)
         finally:
@@ -436,15 +370,7 @@ class Trainer:
         if checkpoint and self.finished():  # every rank loaded the same state: all return here together
             return self._already_finished()
         config = resolved_run_config(config, self.run_dir)  # config.yaml and W&B: absolute run_dir, WANDB_MODE
-        problem = None
-        if context.is_main:  # not before: a finished run keeps the config.yaml it was trained with
-            try:
-                save_config(config, os.path.join(self.run_dir, "config.yaml"))
-            except (DfdError, OSError) as error:
-                problem = f"{self.run_dir}: cannot write config.yaml ({error})"
-        problem = broadcast_object(problem)
-        if problem:
-            raise DfdError(problem)
+        self.directory.write_config(config)  # not before: a finished run keeps the config.yaml it was trained with
         wandb = config.logger.wandb
         self.logger = RunLogger(self.run_dir, context.rank, config_to_dict(config), wandb_mode=wandb.mode,
                                 project=wandb.project, run_name=wandb.name or config.name, tags=tuple(wandb.tags),
@@ -465,9 +391,9 @@ class Trainer:
         finally:
             report = None
             if context.is_main:
-                report = self.report(last_metrics, state.stopped_early, time.time() - started)
+                report = run_report(self, last_metrics, state.stopped_early, time.time() - started)
                 try:
-                    write_json(os.path.join(self.run_dir, REPORT_FILE), report)
+                    self.directory.write_report(report)
                     self.logger.close(summary={"best": self.state.best, "best_epoch": report["best_epoch"]})
                 except OSError as error:
                     if not failed:
@@ -491,54 +417,12 @@ class Trainer:
             print(f"{self.run_dir}: training is complete ({how}; best {train.early_stopping_metric} "
                   f"{format_number(state.best)} at epoch {state.best_epoch}); nothing to do (raise {more} to "
                   "train on)")
-            path = os.path.join(self.run_dir, REPORT_FILE)
-            report = read_json(path) if os.path.isfile(path) else None
+            report = self.directory.read_report()
             if report is None:  # killed after its last checkpoint but before the report: write it now
-                report = self.report(None, state.stopped_early, 0.0)
-                write_json(path, report)
+                report = run_report(self, None, state.stopped_early, 0.0)
+                self.directory.write_report(report)
         barrier()
         return report
-
-    def report(self, last_metrics, stopped_early, seconds):
-        state = self.state
-        # a best epoch is named only with its checkpoint: a save that failed (a full disk) leaves it in memory only
-        best_checkpoint = find_checkpoint(self.run_dir, "best")
-        best = (state.best_metrics if best_checkpoint else None) or last_metrics or {}
-        skipped = self.train_loader.skipped + self.val_loader.skipped
-        seconds_training = max(state.train_seconds, 1e-9)
-        return {
-            "name": self.config.name,
-            "engine": self.engine.name,
-            "world_size": self.context.world_size,
-            "device": str(self.context.device),
-            "epochs_run": state.epoch,
-            "steps": state.step,
-            "stopped_early": stopped_early,
-            "checkpoint": _absolute(best_checkpoint or find_checkpoint(self.run_dir, "last")),
-            "best_epoch": state.best_epoch if best_checkpoint else None,
-            "calibration": self._best_calibration(),
-            "early_stopping_metric": self.config.train.early_stopping_metric,
-            "val": {"loss": best.get("loss"), "video": (best.get("video") or {}).get("head") or {},
-                    "video_rules": best.get("video"), "frame": best.get("frame")},
-            "last_val": last_metrics,
-            "skipped": {"train": len(self.train_loader.skipped), "val": len(self.val_loader.skipped),
-                        "samples": skipped[:100]},
-            # transient storage faults (remote shards) that were retried, by kind, over every rank
-            "storage_retries": {"total": sum(self.storage_retries.values()), **dict(self.storage_retries)},
-            "throughput": {"samples_per_s": state.samples / seconds_training,
-                           "frames_per_s": state.samples * self.clip.sampler.num_frames / seconds_training},
-            "wall_seconds": round(seconds, 1),
-        }
-
-    def _best_calibration(self):
-        """The calibration stored with the checkpoint evaluate would load (best, else last), or None."""
-        checkpoint = find_checkpoint(self.run_dir, "best") or find_checkpoint(self.run_dir, "last")
-        path = os.path.join(checkpoint, SETTINGS_FILE) if checkpoint else None
-        return read_json(path).get("calibration") if path and os.path.isfile(path) else None
-
-
-def _absolute(path):
-    return os.path.abspath(path) if path else path
 
 
 def _skipped_summary(skipped):

@@ -32,7 +32,7 @@ def source_name(source, name):
 
 def read_source(source, name):
     """Return the whole file as bytes (probing reads every packet anyway)."""
-    if isinstance(source, (bytes, bytearray)):
+    if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes(source)
     try:
         with open(source, "rb") as handle:

@@ -1,4 +1,8 @@
-"""The index stage: dataset folder -> manifest.jsonl (one row per usable video) + a summary.
+"""The index stage (``dfdtrain index``): dataset folder -> manifest.jsonl (one row per usable video) + a summary;
+and ``load_manifest``, the one reader of a manifest, for the shard stage and the test-split checks.
+
+"Index" here is the command that indexes a dataset folder into a manifest; a shard folder's ``index.json`` is
+read by ``dfdtrain.data.shards.catalog``, and DALI's per-tar index files are ``dfdtrain.data.decode.dali_tar_index``.
 
 Row fields: key, path (relative to root), root, label (0 real / 1 fake), dataset, group, split, the
 dataset's own fields (method, compression, original, ...) and the probe (frames, fps, width, height,
@@ -18,7 +22,7 @@ from dfdtrain.data.ingest.datasets import DATASETS, IndexOptions, random_split
 from dfdtrain.data.ingest.splits import assign_splits, empty_splits, enforce_no_leakage
 from dfdtrain.data.decode.video import probe
 from dfdtrain.core.errors import BadVideo, DfdError
-from dfdtrain.core.fileio import write_json, write_jsonl
+from dfdtrain.core.fileio import read_jsonl, write_json, write_jsonl
 
 
 def _probe_one(path):
@@ -102,11 +106,13 @@ def build_manifest(dataset, root, options=None, val_fraction=0.1, test_fraction=
                            empty_splits=empty_splits(rows, fractions) if rows else [])
 
 
-_ROW_ORDER = ("key", "path", "root", "label", "dataset", "group", "split")
+# every row has these (load_manifest refuses a row without one), first and in this order
+REQUIRED_FIELDS = ("key", "path", "root", "label", "dataset", "group", "split")
 
 
 def _ordered(row):
-    return {**{name: row[name] for name in _ROW_ORDER}, **{k: v for k, v in row.items() if k not in _ROW_ORDER}}
+    return {**{name: row[name] for name in REQUIRED_FIELDS},
+            **{k: v for k, v in row.items() if k not in REQUIRED_FIELDS}}
 
 
 def summarise(rows, skipped, leaks, **about):
@@ -178,6 +184,24 @@ def split_warning(summary):
 
 def summary_path(manifest_path):
     return os.fspath(manifest_path) + ".summary.json"
+
+
+def load_manifest(path):
+    """The rows of a manifest.jsonl; one line naming the file (and the row) when it has no rows, a row is not an
+    object or lacks a required field, or a key appears twice."""
+    rows = read_jsonl(path)
+    if not rows:
+        raise DfdError(f"{path}: manifest has no rows")
+    for number, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise DfdError(f"{path}:{number}: manifest row is not a JSON object")
+        missing = [name for name in REQUIRED_FIELDS if name not in row]
+        if missing:
+            raise DfdError(f"{path}:{number}: manifest row lacks {', '.join(missing)}")
+    duplicated = [key for key, count in collections.Counter(row["key"] for row in rows).items() if count > 1]
+    if duplicated:
+        raise DfdError(f"{path}: {len(duplicated)} key(s) appear more than once, e.g. {duplicated[0]!r}")
+    return rows
 
 
 def write_manifest(path, rows, summary):

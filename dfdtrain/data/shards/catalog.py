@@ -1,4 +1,8 @@
-"""What a folder's ``index.json`` promises about its shards, and checks of the shards against it.
+"""What a shard folder's ``index.json`` promises about its shards, and checks of the shards against it.
+
+This is the reader of index.json (``dfdtrain.data.shards.summary`` builds it); "index" is neither the manifest
+that ``dfdtrain index`` writes (``dfdtrain.data.ingest.manifest``) nor DALI's per-tar index files
+(``dfdtrain.data.decode.dali_tar_index``).
 
 ``dfdtrain shard`` (and ``embed``) write ``index.json`` beside the tars: per shard its sample count, labels, sha256
 and (since issue 13) its sample keys. Readers use it for epoch sizes and class weights, to verify a shard's bytes
@@ -13,7 +17,7 @@ import json
 import tarfile
 
 from dfdtrain.data import storage
-from dfdtrain.core.errors import DfdError
+from dfdtrain.core.errors import DfdError, one_line
 
 INDEX_FILE = "index.json"
 
@@ -26,7 +30,7 @@ def _read_index(folder):
     data = storage.read_bytes(path)
     if data is None:
         return None
-    path = storage.mask(path)
+    path = storage.redact(path)
     try:
         index = json.loads(data)
         if not isinstance(index, dict):
@@ -35,7 +39,7 @@ def _read_index(folder):
         if not isinstance(shards, list) or not all(isinstance(shard, dict) and "name" in shard for shard in shards):
             raise TypeError("its shards are not a list of {name, ...}")
     except (ValueError, KeyError, TypeError) as error:
-        raise DfdError(f"{path}: not a shard index ({' '.join(str(error).split())[:200]})") from None
+        raise DfdError(f"{path}: not a shard index ({one_line(error)[:200]})") from None
     problem = index_problem(index)
     if problem:
         raise DfdError(f"{path}: {problem}; rewrite it with 'dfdtrain shard' (or 'embed')")
@@ -43,7 +47,7 @@ def _read_index(folder):
 
 
 def _show(value):
-    return " ".join(repr(value).split())[:60]
+    return one_line(repr(value))[:60]
 
 
 def _is_count(value):
@@ -121,8 +125,8 @@ def label_counts(shard_paths):
     for path, entry in shard_entries(shard_paths).items():
         if entry is None:
             folder, name = storage.split(path)
-            where = storage.mask(storage.join(folder, INDEX_FILE)) if folder is not None else f"an {INDEX_FILE}"
-            raise DfdError(f"{where}: needed for label counts of {storage.mask(name)} (written by 'dfdtrain shard')")
+            where = storage.redact(storage.join(folder, INDEX_FILE)) if folder is not None else f"an {INDEX_FILE}"
+            raise DfdError(f"{where}: needed for label counts of {storage.redact(name)} (written by 'dfdtrain shard')")
         for label, count in entry["labels"].items():
             counts[int(label)] += count
     return counts
@@ -154,7 +158,7 @@ def verify_shards(shard_paths):
             continue
         actual = file_sha256(path)
         if actual != expected:
-            raise DfdError(f"{storage.mask(path)}: sha256 {actual[:12]}... differs from {expected[:12]}... in its index.json: "
+            raise DfdError(f"{storage.redact(path)}: sha256 {actual[:12]}... differs from {expected[:12]}... in its index.json: "
                            "the shard is corrupt or was rewritten (re-run dfdtrain shard, or pass "
                            "--no-verify-shards to score what it still holds)")
         checked += 1
@@ -206,7 +210,7 @@ def _folder_indexes(shard_paths):
 def _test_split_of_manifests(indexes):
     """({test key}, {test group}, {key: group}) over the manifests (index files) these shard indexes were
     written from, where still readable here."""
-    from dfdtrain.data.shards.writer import load_manifest
+    from dfdtrain.data.ingest.manifest import load_manifest  # here: it imports PyAV, which readers of index.json skip
 
     test_keys, test_groups, group_of = set(), set(), {}
     manifests = {index.get("manifest") for index in indexes.values() if index and index.get("manifest")}
@@ -230,7 +234,7 @@ def test_split_overlap(shard_paths, reference_paths=()):
     entries = shard_entries(shard_paths)
     for path, entry in entries.items():
         if entry and entry.get("split") == "test":
-            return f"{storage.mask(path)} is a test-split shard (its index.json says split test)"
+            return f"{storage.redact(path)} is a test-split shard (its index.json says split test)"
     keys = {key for entry in entries.values() if entry for key in entry.get("keys", [])}
     test_keys, test_groups, group_of = _test_split_of_manifests(_folder_indexes([*shard_paths, *reference_paths]))
     shared_keys = sorted(keys & test_keys)

@@ -12,7 +12,7 @@ group, and a model that saw one has seen the faces of the other.
 
 Where they come from: a local tar's own ``KEY.json`` samples (the manifest row: key, group, ...), read from the
 tar's member headers with the video bytes skipped; a remote shard's keys from the ``index.json`` beside it
-(``shard_index.shard_entries``), its groups being unknown there (reading them would stream every video). A
+(``catalog.shard_entries``), its groups being unknown there (reading them would stream every video). A
 ``pipe:`` shard is never run to look: it is listed as unchecked.
 """
 
@@ -89,11 +89,11 @@ def sample_identities(shard_paths):
     entries = shard_entries(remote) if remote else {}
     for path in shard_paths:
         if str(path).startswith("pipe:"):
-            found.unchecked.append(storage.mask(path))
+            found.unchecked.append(storage.redact(path))
         elif storage.is_remote(path):
             entry = entries.get(path)
             if entry is None or entry.get("keys") is None:
-                found.unchecked.append(storage.mask(path))
+                found.unchecked.append(storage.redact(path))
                 continue
             for key in entry["keys"]:
                 found.groups.setdefault(key, None)

@@ -1,0 +1,82 @@
+"""The cross-component rules of an experiment config: every key that names an entry of a registry of another layer
+is checked against that registry here, when an experiment is loaded (``load_experiment``, what ``train`` and
+``embed`` run; ``experiment_from_dict`` for a dict), so a typo stops a run within seconds with one
+``ConfigError`` line naming the key, before a worker process or a first forward pass.
+
+The config layer (``dfdtrain.config``) checks what needs nothing above it when a section is built: types, choices,
+ranges, rules between fields. ``check_experiment`` adds, in the order of the sections (data, model, optim, train,
+then the rules between sections): the decoder, the model's backbone, head and options
+(``dfdtrain.models.checks``), the optimizer and schedule (``dfdtrain.training.optim``), the threshold rule
+(``dfdtrain.metrics.calibration``), the engine, the early-stopping metric and its direction, a global batch that
+fits an epoch on the launcher's world size, and the clips a clip backbone takes.
+"""
+
+from dfdtrain.config import (LOWER_IS_BETTER, ConfigError, as_written, check_registered, config_from_dict, one_of,
+                             read_config)
+from dfdtrain.core.distributed import rank_and_world
+from dfdtrain.data.decode.decoders import DECODERS
+from dfdtrain.evaluation.scoring import check_metric_path
+from dfdtrain.metrics.calibration import THRESHOLD_RULES
+from dfdtrain.models.checks import check_clip_for_model, check_model_config
+from dfdtrain.training.engines import ENGINES
+from dfdtrain.training.optim import OPTIMIZERS, SCHEDULES
+
+
+def load_experiment(path=None, overrides=()):
+    """The ExperimentConfig of a YAML file (optional) plus ``key.sub=value`` overrides (``load_config``), checked
+    against the registries (``check_experiment``)."""
+    return experiment_from_dict(*read_config(path, overrides))
+
+
+def experiment_from_dict(values, moved=None):
+    """The ExperimentConfig of a (partial) nested dict (``config_from_dict``), checked against the registries; an
+    error about a key set under its earlier name says so, as ``config_from_dict``'s do."""
+    moved = {} if moved is None else moved
+    config = config_from_dict(values, moved)
+    with as_written(moved):
+        check_experiment(config)
+    return config
+
+
+def check_experiment(config):
+    """``config`` (an ExperimentConfig), or the first ConfigError of the rules that need a registry or the
+    launcher, section by section."""
+    check_registered(DECODERS, config.data.decoder, "data.decoder")
+    check_model_config(config.model)
+    _check_named(OPTIMIZERS, config.optim.optimizer, "optim.optimizer")
+    _check_named(SCHEDULES, config.optim.schedule, "optim.schedule")
+    _check_train(config.train)
+    _check_epoch_fits_a_batch(config.data)
+    check_clip_for_model(config.model, config.clip, config.data.source)
+    return config
+
+
+def _check_named(registry, name, path):
+    """``name`` is an entry of ``registry``, or "must be one of ..." as a ``Literal`` key says it, the entries in
+    the order they were registered."""
+    if name not in registry:
+        raise ConfigError(path, one_of(name, list(registry)))
+
+
+def _check_train(train):
+    _check_named(THRESHOLD_RULES, train.threshold_rule, "train.threshold_rule")
+    check_registered(ENGINES, train.engine, "train.engine")
+    problem = check_metric_path(train.early_stopping_metric)
+    if problem:
+        raise ConfigError("train.early_stopping_metric", problem)
+    lower_is_better = train.early_stopping_metric.split(".")[-1] in LOWER_IS_BETTER \
+        or train.early_stopping_metric == "val_loss"
+    wanted = "min" if lower_is_better else "max"
+    if train.early_stopping_mode != wanted:
+        raise ConfigError("train.early_stopping_mode",
+                          f"is {train.early_stopping_mode!r}, which would keep the worst "
+                          f"{train.early_stopping_metric}; set {wanted!r}")
+
+
+def _check_epoch_fits_a_batch(data):
+    """``data.epoch_samples`` holds at least one global batch on the launcher's world size (1 without one)."""
+    world_size = rank_and_world()[1]
+    if data.epoch_samples and data.epoch_samples < data.batch_size * world_size:
+        raise ConfigError("data.epoch_samples", f"is {data.epoch_samples}, less than one global batch "
+                          f"(data.batch_size {data.batch_size} x {world_size} process(es)): an epoch would "
+                          "have no step")

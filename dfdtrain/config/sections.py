@@ -1,0 +1,224 @@
+"""The experiment's config sections: one dataclass per section (``clip``, ``data``, ``model``, ``finetune``, ``optim``,
+``train``, ``logger``) under ``ExperimentConfig``, each key with its default, its type and, where it matters, its
+allowed values or range. Building one checks what a section can check alone (``dfdtrain.config.schema``: types,
+choices, ranges, its own cross-field rules); the keys that name an entry of a registry of a higher layer
+(decoder, backbone, head and its options, optimizer, schedule, engine, threshold rule, the early-stopping metric)
+are checked against it by ``dfdtrain.checks.check_experiment``, when an experiment is loaded.
+"""
+
+import dataclasses
+from typing import Annotated, Literal, Optional
+
+from dfdtrain.config.schema import (ConfigError, Count, Fraction, NonNegative, NonNegativeInt, Positive, Range,
+                                    Section)
+
+# ---------------------------------------------------------------------------------------------- the clip
+@dataclasses.dataclass
+class SamplerConfig(Section):
+    """Which frames of a video make a clip (dfdtrain.data.decode.sampler): ``uniform`` N frames over the whole video,
+    ``clip`` N consecutive frames ``stride`` apart, ``every`` k-th frame; random jitter in training only."""
+
+    SECTION = "clip.sampler"
+    mode: Literal["uniform", "clip", "every"] = "uniform"
+    num_frames: Count = 16  # T: frames per clip (the notebooks used 16/20/32/64); shorter videos are padded
+    stride: Count = 1  # clip mode: step between frames
+    every: Count = 1  # every mode: take every k-th frame
+
+
+@dataclasses.dataclass
+class ClipSpec(Section):
+    """The clip a model sees: frames sampled, cropped, resized to ``image_size`` and normalised.
+
+    ``image_size: 0`` and ``mean``/``std: null`` mean "the backbone's own" (timm's data config); ``resolve``
+    fills them in once the model is built, and the resolved spec is what checkpoints and bundles store.
+    """
+
+    SECTION = "clip"
+    sampler: SamplerConfig = dataclasses.field(default_factory=SamplerConfig)
+    crop: Literal["face", "center", "full"] = "face"  # face: stored boxes or track (else centre square)
+    margin: NonNegative = 1 / 3  # face box growth per side, as a fraction of its size
+    image_size: NonNegativeInt = 0  # square input side; 0 = the backbone's own input size
+    mean: Optional[tuple[float, float, float]] = None  # normalisation; null = the backbone's own
+    std: Optional[tuple[Positive, Positive, Positive]] = None
+    input_transform: Literal["rgb", "ela"] = "rgb"  # ela: error-level analysis |x - JPEG(x)|, as a reference report
+    ela_quality: Annotated[int, Range(1, 100)] = 90
+    ela_scale: Positive = 10.0
+
+    def check(self):
+        if (self.mean is None) != (self.std is None):
+            raise ConfigError(self.key("mean"), "and clip.std are set together (or both left to the backbone)")
+
+    @property
+    def resolved(self):
+        return self.image_size > 0 and self.mean is not None
+
+    def resolve(self, data_config):
+        """This spec with what it leaves to the backbone filled in from timm's ``data_config``."""
+        return dataclasses.replace(
+            self, image_size=self.image_size or int(data_config["input_size"][-1]),
+            mean=self.mean if self.mean is not None else tuple(float(value) for value in data_config["mean"]),
+            std=self.std if self.std is not None else tuple(float(value) for value in data_config["std"]))
+
+
+# ---------------------------------------------------------------------------------------------- data
+@dataclasses.dataclass
+class AugmentConfig(Section):
+    """Training augmentation (dfdtrain.data.loading.augment): one random draw per clip, applied to all its frames."""
+
+    SECTION = "data.augment"
+    enabled: bool = True
+    hflip: Fraction = 0.5  # probability of a horizontal flip
+    rotate: NonNegative = 10.0  # max degrees either way
+    zoom: tuple[Positive, Positive] = (1.0, 1.15)  # scale range (>1 zooms in: a random resized crop)
+    translate: Fraction = 0.05  # max shift as a fraction of the size
+    brightness: Fraction = 0.2  # factor in [1 - b, 1 + b]
+    contrast: Fraction = 0.2  # factor in [1 - c, 1 + c]
+    jpeg: Fraction = 0.0  # probability of re-compressing the clip as JPEG
+    jpeg_quality: tuple[Annotated[int, Range(1, 100)], Annotated[int, Range(1, 100)]] = (40, 95)
+    blur: Fraction = 0.1  # probability of a Gaussian blur
+    blur_sigma: tuple[Positive, Positive] = (0.3, 1.5)
+    noise: Fraction = 0.1  # probability of Gaussian noise
+    noise_std: tuple[NonNegative, NonNegative] = (0.005, 0.03)
+
+    def check(self):
+        for name in ("zoom", "jpeg_quality", "blur_sigma", "noise_std"):
+            low, high = getattr(self, name)
+            if low > high:
+                raise ConfigError(self.key(name), f"must be [low, high] with low <= high, not {[low, high]}")
+
+
+@dataclasses.dataclass
+class DataConfig(Section):
+    SECTION = "data"
+    source: Literal["videos", "embeddings"] = "videos"  # embeddings: cached frame features from `dfdtrain embed`
+    train_shards: str = ""  # glob or brace pattern, e.g. shards/train-*.tar
+    val_shards: str = ""
+    batch_size: Count = 8  # per rank
+    num_workers: NonNegativeInt = 2  # decoding processes per rank
+    worker_start_method: Literal["default", "fork", "spawn", "forkserver"] = "default"  # of the decoding workers
+    decoder: str = "auto"  # a decoder name: auto | pyav | dali | torchcodec | sequential
+    shuffle_buffer: Count = 64
+    epoch_samples: NonNegativeInt = 0  # training samples per epoch over all ranks; 0 = all training samples
+    class_balance: bool = False  # resample training data to equal real/fake counts
+    dali_canvas: NonNegativeInt = 0  # DALI: decode-time square resize, needed for mixed resolutions
+    # face-clip shards: which track a training sample uses: the best (track 0: the store ranks tracks on evidence,
+    # best first) or any of them
+    face_track: Literal["best", "random"] = "best"
+    max_skip_fraction: Fraction = 0.5  # stop training when more of the last skip_window samples were skipped
+    skip_window: Count = 64  # samples the skip guard looks back over
+    verify_shards: bool = False  # check each shard's sha256 against index.json first (evaluate does by default)
+    # DALI reads files: s3:// and http(s):// shards are copied into this local cache first (default
+    # $DFDTRAIN_CACHE/shards or ~/.cache/dfdtrain/shards), which is kept under remote_cache_gb (the PyAV path streams)
+    remote_cache_dir: str = ""
+    remote_cache_gb: Positive = 50.0
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+
+
+# ---------------------------------------------------------------------------------------------- model
+@dataclasses.dataclass
+class ModelConfig(Section):
+    """The detector: backbone + temporal head. Its names and options are checked against the model registries by
+    ``dfdtrain.models.checks.check_model_config`` (when an experiment, a run's config or a bundle is loaded)."""
+
+    SECTION = "model"
+    # a timm name or a Keras-style alias (EfficientNetB7, ResNet152V2, ...), or a clip backbone: r3d_18, mc3_18,
+    # r2plus1d_18, s3d, mvit_v2_s, swin3d_t, tall:<timm name> (dfdtrain.models.clip_backbones)
+    backbone: str = "mobilenetv2_100"
+    head: str = "gru"  # mean | max | attention | gru | lstm | transformer | dense | se; none with a clip backbone
+    head_options: dict = dataclasses.field(default_factory=dict)  # e.g. {num_layers: 2, hidden: [256, 128]}
+    backbone_options: dict = dataclasses.field(default_factory=dict)  # clip backbones: {dropout, tile_mask (tall)}
+    pretrained: bool = False  # timm's weights (needs the hub) ...
+    pretrained_file: str = ""  # ... or a local weights file, for offline machines
+    channels_last: bool = False
+    grad_checkpointing: bool = False
+    sync_batchnorm: bool = False  # convert BatchNorm to SyncBatchNorm for multi-GPU training
+    drop_path_rate: Annotated[float, Range(0, 1)] = 0.0
+
+
+@dataclasses.dataclass
+class FinetuneConfig(Section):
+    SECTION = "finetune"
+    freeze_backbone: bool = False  # train the head only, for the whole run
+    frozen_epochs: NonNegativeInt = 0  # two-phase: this many epochs with the backbone frozen, then unfreeze
+    unfreeze_last: Annotated[int, Range(-1)] = -1  # stages to unfreeze after the frozen phase (-1 = all)
+    backbone_lr_scale: NonNegative = 0.1  # backbone learning rate = head learning rate x this, once unfrozen
+    freeze_batchnorm: bool = False  # keep BatchNorm running statistics of the backbone fixed
+
+
+@dataclasses.dataclass
+class OptimConfig(Section):
+    SECTION = "optim"
+    optimizer: str = "adamw"  # an optimizer name: adamw | adam | sgd (sgd: Nesterov momentum)
+    lr: Positive = 1e-3  # the head's peak learning rate (the backbone's: x finetune.backbone_lr_scale)
+    weight_decay: NonNegative = 0.01  # not applied to biases and norm layers
+    momentum: Annotated[float, Range(0, 1)] = 0.9  # sgd
+    schedule: str = "cosine"  # a schedule name, after warmup: cosine | poly | constant
+    warmup_steps: NonNegativeInt = 0  # linear warmup from 0 over this many optimizer steps
+    min_lr_ratio: Fraction = 0.0  # floor of the decay, as a fraction of the peak
+    poly_power: Positive = 1.0
+
+
+# Metrics where a lower value is better; every other metric of the validation table is higher-is-better.
+LOWER_IS_BETTER = ("loss", "log_loss", "eer", "ece")
+
+
+@dataclasses.dataclass
+class TrainConfig(Section):
+    SECTION = "train"
+    engine: str = "deepspeed"  # deepspeed | ddp
+    epochs: Count = 10
+    zero_stage: Literal[0, 1, 2] = 0  # DeepSpeed ZeRO stage
+    grad_accum: Count = 1  # micro-batches per optimizer step
+    grad_clip: NonNegative = 0.0  # max gradient norm; 0 = off
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: torch autocast (BatchNorm and master weights stay fp32)
+    label_smoothing: Annotated[float, Range(0, 1)] = 0.0
+    class_weights: bool = False  # BCE pos_weight = real/fake count of the training shards
+    threshold: Fraction = 0.5  # P(fake) at or above which a video is called FAKE (threshold_rule fixed)
+    # at every checkpoint, fitted on that epoch's validation videos and stored in its detector.json:
+    calibrate: bool = True  # temperature scaling of the video logit by validation NLL
+    threshold_rule: str = "fixed"  # a threshold rule name; fixed: `threshold`; eer / max_f1: chosen there
+    early_stopping_metric: str = "val_loss"  # val_loss or a metric path like video.head.auc
+    early_stopping_mode: Literal["min", "max"] = "min"
+    patience: NonNegativeInt = 0  # epochs without improvement before stopping; 0 = never stop early
+    checkpoint_every: NonNegativeInt = 0  # optimizer steps between mid-epoch checkpoints; 0 = end of epoch only
+    log_every: Count = 10  # optimizer steps between train log lines (and finiteness checks)
+    deepspeed_config: str = ""  # a raw DeepSpeed JSON whose keys override the generated ones
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
+
+
+# ---------------------------------------------------------------------------------------------- logging
+@dataclasses.dataclass
+class WandbConfig(Section):
+    SECTION = "logger.wandb"
+    mode: Literal["online", "offline", "disabled"] = "disabled"  # WANDB_MODE, when set, decides (wandb_mode)
+    project: str = "dfdtrain"
+    name: str = ""  # run name (default: the experiment name)
+    tags: list = dataclasses.field(default_factory=list)
+    group: str = ""
+
+
+@dataclasses.dataclass
+class LoggerConfig(Section):
+    SECTION = "logger"
+    wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
+
+
+# ---------------------------------------------------------------------------------------------- experiment
+@dataclasses.dataclass
+class ExperimentConfig(Section):
+    name: str = "experiment"
+    seed: int = 0
+    run_dir: str = ""  # default runs/<name>
+    clip: ClipSpec = dataclasses.field(default_factory=ClipSpec)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    logger: LoggerConfig = dataclasses.field(default_factory=LoggerConfig)
+
+    def check(self):
+        """Rules between sections that need no registry (those are ``dfdtrain.checks.check_experiment``'s)."""
+        if self.data.class_balance and self.train.class_weights:
+            raise ConfigError("data.class_balance", "and train.class_weights both correct the class imbalance: "
+                              "together they correct it twice; keep one")

@@ -226,7 +226,7 @@ def mfu(flops_per_s, device_name, mode):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Test data made by dfdtrain itself: synth -> folder index -> shard (as tests/conftest.py does)
+# Test data made by dfdtrain itself: synth -> folder index -> shard (as tests/support.py does)
 
 
 def first_frames(data, count):

@@ -32,7 +32,7 @@ FINAL_TIMEOUT_S = 600  # the last call's timeout_s (the device tool's most): the
 BUILT_HERE = {"deepspeed": "PyPI has only DeepSpeed's sdist; its wheel is pure Python with no prebuilt ops, and "
                            "ZeRO with a torch optimizer (what dfdtrain passes) needs none"}
 # The real fixtures the GPU run reads (../shared/fixtures does not travel): shard_decode.py's videos, shard_faces.py's
-# and tests/test_gpu.py's (a portrait DFDC clip; the FF++ 183/253 group with its fakes and the official splits).
+# and tests/integration/test_gpu.py's (a portrait DFDC clip; the FF++ 183/253 group with its fakes and the official splits).
 FFPP_FAKES = [f"ffpp/manipulated_sequences/{method}/c40/videos/{pair}.mp4"
               for method in ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures") for pair in ("183_253", "253_183")]
 FIXTURES = ["dfdc/dfdc_train_part_0/brtujopkby.mp4", "dfdc/dfdc_train_part_0/metadata.json",

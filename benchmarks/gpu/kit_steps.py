@@ -28,9 +28,9 @@ class Step:
 
 
 def gpu_test_files():
-    """The test files holding GPU-marked tests (tests/test_gpu.py; any other that marks tests so)."""
+    """The test files holding GPU-marked tests (tests/integration/test_gpu.py; any other that marks tests so)."""
     marker = "pytest.mark." + "gpu"  # spelt in two pieces: this file is no test file
-    return sorted(str(path.relative_to(REPO)) for path in (REPO / "tests").glob("test_*.py")
+    return sorted(str(path.relative_to(REPO)) for path in (REPO / "tests").rglob("test_*.py")
                   if marker in path.read_text())
 
 

@@ -11,7 +11,7 @@ Each method reads each video once untimed (warm-up, pipeline build), then ``--re
 videos interleaved so that load changes hit them alike; medians. Ratios compare medians of this one run: per
 store, PyAV's summed medians / DALI's (> 1: DALI is faster), and per method, originals / face clips. The two
 decoders' frames are compared too (|DALI - PyAV| in 0..255 levels, mean and 99th percentile per read, against
-tests/test_dali.py's tolerance: DALI upsamples chroma bilinearly, PyAV nearest-neighbour).
+tests/integration/test_dali.py's tolerance: DALI upsamples chroma bilinearly, PyAV nearest-neighbour).
 
 The result is a ``decode`` benchmark result (its RESULTS.md renderer shows every video and store).
 
@@ -44,7 +44,7 @@ VIDEOS = ["dfdc/dfdc_train_part_0/brtujopkby.mp4", "ffpp/original_sequences/yout
 # --quick (the CPU dry run): the smallest fixture, cut to its first frames so that MTCNN has little to do
 QUICK_VIDEOS = ["ffpp/original_sequences/youtube/c40/videos/183.mp4"]
 QUICK_FRAMES = 48
-# tests/test_dali.py: DALI vs PyAV frames, mean |difference| < 2.5 and 99th percentile <= 20 (0..255 levels)
+# tests/integration/test_dali.py: DALI vs PyAV frames, mean |difference| < 2.5 and 99th percentile <= 20 (0..255 levels)
 MEAN_TOLERANCE, P99_TOLERANCE = 2.5, 20.0
 
 
@@ -186,7 +186,7 @@ def notes_for(stores, ratios, unavailable):
         if "dali_gpu_speedup_over_pyav" in stores[store]:
             notes.append(f"{label}: DALI mixed (NVDEC) {stores[store]['dali_gpu_speedup_over_pyav']}x PyAV "
                          f"(summed medians); worst mean |DALI - PyAV| {stores[store]['dali_vs_pyav_mean_abs_max']}"
-                         f"/255, within tests/test_dali.py's tolerance: "
+                         f"/255, within tests/integration/test_dali.py's tolerance: "
                          f"{'yes' if stores[store]['dali_vs_pyav_within_tolerance'] else 'NO'}")
     for method, value in ratios["faces_speedup_over_original"].items():
         notes.append(f"{method}: face clips {value}x faster to sample than the original videos")

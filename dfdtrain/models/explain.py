@@ -16,7 +16,7 @@ Explainers, one per backbone kind (``EXPLAINERS``; adding one is one entry):
           (``layer4``, ``blocks.5``, ``stages.3``, ...), or the stage before it (stride 16) when the last one has
           fewer than MIN_CELLS cells a side at the input size: on a 128-px input a stride-32 stage is 4 x 4, too
           coarse to say where. Measured on a detector trained by `dfdtrain demo` (mobilenetv3_small_100 + GRU,
-          128 px; the smaller run of tests/conftest.py SMALL_DEMO) over 6 held-out synthetic fakes: the last stage's map was empty (no positive evidence) on 21 of 24 frames
+          128 px; the smaller run of tests/support.py SMALL_DEMO) over 6 held-out synthetic fakes: the last stage's map was empty (no positive evidence) on 21 of 24 frames
           and its mean inside the blended region 1.38x its mean outside; the stride-16 stage's 8 x 8 map had
           no empty frame and 1.60x
   vit     timm ViTs: Grad-CAM on the patch tokens entering the last block's attention (``blocks[-1].norm1``,

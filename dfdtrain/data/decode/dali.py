@@ -17,7 +17,7 @@ used here and checked on this version:
     unsupported codec fails with a generic "Failed to create video decoder" (the codec is only logged).
   * colour: BT.601 limited-range YUV -> RGB with bilinear (centred) chroma upsampling; PyAV's
     ``to_ndarray("rgb24")`` (swscale default) uses the same matrix with nearest-neighbour chroma, so the two
-    differ by ~1.5/255 on average and up to ~25/255 on sharp colour edges (tests/test_dali.py measures it).
+    differ by ~1.5/255 on average and up to ~25/255 on sharp colour edges (tests/integration/test_dali.py measures it).
 """
 
 import io

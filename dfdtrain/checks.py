@@ -5,14 +5,13 @@ is checked against that registry here, when an experiment is loaded (``load_expe
 
 The config layer (``dfdtrain.config``) checks what needs nothing above it when a section is built: types, choices,
 ranges, rules between fields. ``check_experiment`` adds, in the order of the sections (data, model, optim, train,
-then the rules between sections): the decoder, the model's backbone, head and options
-(``dfdtrain.models.checks``), the optimizer and schedule (``dfdtrain.training.optim``), the threshold rule
-(``dfdtrain.metrics.calibration``), the engine, the early-stopping metric and its direction, a global batch that
-fits an epoch on the launcher's world size, and the clips a clip backbone takes.
+then the rules between sections): the decoder, the model's backbone, head and options and the clips a clip
+backbone takes (``dfdtrain.models.checks``), the optimizer and schedule (``dfdtrain.training.optim``), the threshold rule
+(``dfdtrain.metrics.calibration``), the engine, the early-stopping metric and its direction, and a global batch that
+fits an epoch on the launcher's world size.
 """
 
-from dfdtrain.config import (LOWER_IS_BETTER, ConfigError, as_written, check_registered, config_from_dict, one_of,
-                             read_config)
+from dfdtrain.config import LOWER_IS_BETTER, ConfigError, as_written, config_from_dict, load_config, one_of
 from dfdtrain.core.distributed import rank_and_world
 from dfdtrain.data.decode.decoders import DECODERS
 from dfdtrain.evaluation.scoring import check_metric_path
@@ -25,30 +24,42 @@ from dfdtrain.training.optim import OPTIMIZERS, SCHEDULES
 def load_experiment(path=None, overrides=()):
     """The ExperimentConfig of a YAML file (optional) plus ``key.sub=value`` overrides (``load_config``), checked
     against the registries (``check_experiment``)."""
-    return experiment_from_dict(*read_config(path, overrides))
+    moved = {}
+    return _checked(load_config(path, overrides, moved), moved)
 
 
 def experiment_from_dict(values, moved=None):
-    """The ExperimentConfig of a (partial) nested dict (``config_from_dict``), checked against the registries; an
-    error about a key set under its earlier name says so, as ``config_from_dict``'s do."""
+    """The ExperimentConfig of a (partial) nested dict (``config_from_dict``), checked against the registries."""
     moved = {} if moved is None else moved
-    config = config_from_dict(values, moved)
-    with as_written(moved):
-        check_experiment(config)
-    return config
+    return _checked(config_from_dict(values, moved), moved)
+
+
+def _checked(config, moved):
+    """``config`` once ``check_experiment`` passes; an error about a key set under its earlier name says so, as the
+    config layer's own errors do."""
+    try:
+        return check_experiment(config)
+    except ConfigError as error:
+        raise as_written(error, moved) from None
 
 
 def check_experiment(config):
     """``config`` (an ExperimentConfig), or the first ConfigError of the rules that need a registry or the
     launcher, section by section."""
-    check_registered(DECODERS, config.data.decoder, "data.decoder")
+    _check_registered(DECODERS, config.data.decoder, "data.decoder")
     check_model_config(config.model)
+    check_clip_for_model(config.model, config.clip, config.data.source)  # the model's rules in one visit
     _check_named(OPTIMIZERS, config.optim.optimizer, "optim.optimizer")
     _check_named(SCHEDULES, config.optim.schedule, "optim.schedule")
     _check_train(config.train)
     _check_epoch_fits_a_batch(config.data)
-    check_clip_for_model(config.model, config.clip, config.data.source)
     return config
+
+
+def _check_registered(registry, name, path):
+    problem = registry.problem(name)
+    if problem:
+        raise ConfigError(path, problem)
 
 
 def _check_named(registry, name, path):
@@ -60,7 +71,7 @@ def _check_named(registry, name, path):
 
 def _check_train(train):
     _check_named(THRESHOLD_RULES, train.threshold_rule, "train.threshold_rule")
-    check_registered(ENGINES, train.engine, "train.engine")
+    _check_registered(ENGINES, train.engine, "train.engine")
     problem = check_metric_path(train.early_stopping_metric)
     if problem:
         raise ConfigError("train.early_stopping_metric", problem)

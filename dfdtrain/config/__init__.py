@@ -36,7 +36,7 @@ from dfdtrain.config.loading import (LEGACY_KEYS, WANDB_MODE_NAMES, apply_overri
                                      config_to_dict, load_config, move_legacy_keys, read_config,
                                      resolved_run_config, save_config, wandb_mode)
 from dfdtrain.config.schema import (AllowInfinite, ConfigError, Count, Fraction, NonNegative, NonNegativeInt,
-                                    Positive, Range, Section, build_section, check_registered, check_value, choices,
+                                    Positive, Range, Section, build_section, check_value, choices,
                                     one_of)
 from dfdtrain.config.sections import (LOWER_IS_BETTER, AugmentConfig, ClipSpec, DataConfig, ExperimentConfig,
                                       FinetuneConfig, LoggerConfig, ModelConfig, OptimConfig, SamplerConfig,
@@ -45,7 +45,7 @@ from dfdtrain.config.sections import (LOWER_IS_BETTER, AugmentConfig, ClipSpec, 
 __all__ = [
     # schema
     "AllowInfinite", "ConfigError", "Count", "Fraction", "NonNegative", "NonNegativeInt", "Positive", "Range",
-    "Section", "build_section", "check_registered", "check_value", "choices", "one_of",
+    "Section", "build_section", "check_value", "choices", "one_of",
     # sections
     "AugmentConfig", "ClipSpec", "DataConfig", "ExperimentConfig", "FinetuneConfig", "LOWER_IS_BETTER",
     "LoggerConfig", "ModelConfig", "OptimConfig", "SamplerConfig", "TrainConfig", "WandbConfig",

@@ -7,7 +7,6 @@ checked tree (``config_from_dict``); the flat names of earlier versions are move
 W&B mode after ``WANDB_MODE``: ``wandb_mode``).
 """
 
-import contextlib
 import copy
 import dataclasses
 import os
@@ -81,24 +80,22 @@ def apply_override(values, override):
     node[parts[-1]] = value
 
 
-@contextlib.contextmanager
-def as_written(moved):
-    """A ConfigError raised inside about a key the user set under its earlier name (``moved[new] = old``, from
-    ``move_legacy_keys``) says so: "... (set as data.num_frames)"."""
-    try:
-        yield
-    except ConfigError as error:
-        if error.path in moved:  # the user wrote the earlier name: say so
-            raise ConfigError(error.path, f"{error.problem} (set as {moved[error.path]})") from None
-        raise
+def as_written(error, moved):
+    """``error`` (a ConfigError) saying "... (set as data.num_frames)" when the user set its key under an earlier name
+    (``moved[new] = old``, from ``move_legacy_keys``); else ``error`` itself."""
+    if error.path in moved:
+        return ConfigError(error.path, f"{error.problem} (set as {moved[error.path]})")
+    return error
 
 
 def config_from_dict(values, moved=None):
     """ExperimentConfig from a (partial) nested dict, e.g. {"model": {...}}; checked as it is built."""
     moved = {} if moved is None else moved
     move_legacy_keys(values, moved)
-    with as_written(moved):
+    try:
         return build_section(ExperimentConfig, values, "")
+    except ConfigError as error:
+        raise as_written(error, moved) from None
 
 
 def read_config(path=None, overrides=()):
@@ -113,9 +110,13 @@ def read_config(path=None, overrides=()):
     return values, moved
 
 
-def load_config(path=None, overrides=()):
-    """ExperimentConfig from a YAML file (optional) plus ``key.sub=value`` overrides."""
-    return config_from_dict(*read_config(path, overrides))
+def load_config(path=None, overrides=(), moved=None):
+    """ExperimentConfig from a YAML file (optional) plus ``key.sub=value`` overrides; ``moved``, when given, gets the
+    earlier names they used (``moved[new] = old``) for a later check's message (``as_written``)."""
+    values, found = read_config(path, overrides)
+    if moved is not None:
+        moved.update(found)
+    return config_from_dict(values, found)
 
 
 def resolved_run_config(config, run_dir):

@@ -186,10 +186,3 @@ def build_section(cls, values, path=None):
             value = build_section(hint, value, f"{path}.{key}" if path else key)
         kwargs[key] = value
     return cls(**kwargs)
-
-
-def check_registered(registry, name, path):
-    """``name`` is in ``registry`` (a ``dfdtrain.core.registry.Registry``), or a ConfigError naming ``path`` and
-    the close names."""
-    if name not in registry:
-        raise ConfigError(path, f"names no {registry.family}: {registry.unknown_name_message(name)}")

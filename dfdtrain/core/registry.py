@@ -34,6 +34,11 @@ class Registry:
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         return f"unknown {self.family} {name!r}{hint} (known: {', '.join(self.names())})"
 
+    def problem(self, name):
+        """None when ``name`` is registered, else why not, as a config check says it after the key: "names no
+        <family>: unknown <family> ..." with the closest and the known names."""
+        return None if name in self else f"names no {self.family}: {self.unknown_name_message(name)}"
+
     def get(self, name):
         try:
             return self._entries[name]

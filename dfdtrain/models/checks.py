@@ -6,7 +6,7 @@ that does not exist is one ``ConfigError`` line naming the key, before any model
 
 import difflib
 
-from dfdtrain.config import ConfigError, check_registered
+from dfdtrain.config import ConfigError
 from dfdtrain.core.errors import DfdError
 from dfdtrain.models.backbones import resolve_backbone_name
 from dfdtrain.models.clip_backbones import (CLIP_BACKBONES, TALL_PREFIX, check_clip, check_clip_options,
@@ -40,7 +40,9 @@ def check_model_config(model_config):
     if model_config.backbone_options:
         raise ConfigError(model_config.key("backbone_options"), f"is for clip backbones; {backbone} is an image "
                           "backbone")
-    check_registered(HEADS, model_config.head, model_config.key("head"))
+    problem = HEADS.problem(model_config.head)
+    if problem:
+        raise ConfigError(model_config.key("head"), problem)
     problem = check_head_options(model_config.head, model_config.head_options)
     if problem:
         option, text = problem

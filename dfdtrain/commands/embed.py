@@ -21,7 +21,7 @@ def add_arguments(parser):
 
 def run(args):
     from dfdtrain.checks import load_experiment
-    from dfdtrain.training.embed import write_embeddings
+    from dfdtrain.training.embedding_shards import write_embeddings
 
     config = load_experiment(args.config, args.overrides)
     if config.data.source != "videos":

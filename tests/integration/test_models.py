@@ -15,7 +15,7 @@ from dfdtrain.core.errors import DfdError
 from dfdtrain.models.backbones import KERAS_ALIASES, build_backbone, resolve_backbone_name
 from dfdtrain.models.clip_backbones import is_clip_backbone
 from dfdtrain.models.detector import VideoDetector, build_detector, build_detector_from_config
-from dfdtrain.training.embed import write_embeddings
+from dfdtrain.training.embedding_shards import write_embeddings
 from dfdtrain.training.optim import LearningRateSchedule, build_optimizer
 from dfdtrain.config import OptimConfig
 from dfdtrain.models.finetune import (FinetuneSchedule, apply_phase, freeze_batchnorm_statistics,

@@ -354,7 +354,6 @@ def test_dangling_symlinks_are_listed_as_missing(tmp_path, fixtures):
                                    "detail": f"dangling symlink to {fixtures}/no/such/253.mp4"}]
 
 
-# ---------------------------------------------------------------------------------------------- splits
 # ------------------------------------------------------------------------------------------------- CLI
 def test_index_cli_writes_manifest_summary_and_json(tmp_path, fixtures):
     out = tmp_path / "m.jsonl"

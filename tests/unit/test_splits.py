@@ -16,8 +16,6 @@ def assert_no_leakage(rows):
     assert all(len(splits) == 1 for splits in splits_of.values()), leaking_groups(rows)
 
 
-# -------------------------------------------------------------------------------------- FaceForensics++
-# ---------------------------------------------------------------------------------------------- folder
 # ---------------------------------------------------------------------------------------------- splits
 def test_group_splits_never_leak_and_stay_stratified():
     for seed in range(30):
@@ -66,6 +64,3 @@ def test_leakage_policy_error_names_groups():
         enforce_no_leakage(rows, "error")
     kept, excluded, _ = enforce_no_leakage([dict(row) for row in rows], "exclude")
     assert [row["split"] for row in kept] == ["test"] and len(excluded) == 1
-
-
-# ------------------------------------------------------------------------------------------------- CLI

@@ -90,7 +90,7 @@ def load_plain(path, map_location="cpu", allow=()):
             text = one_line(error)
             found = re.search(r"GLOBAL (\S+)", text)
             reason = re.search(r"WeightsUnpickler error: (.*?)(?: Check the | Please file an issue|$)", text)
-            reason = reason.group(1)[:160] if reason else text[:160]
+            reason = one_line(reason.group(1) if reason else text, 160)
             if magic != ZIP_MAGIC:  # pickle.dump, or torch.save's legacy format
                 what = f"holding {found.group(1)}" if found else f"that the weights-only loader cannot read ({reason})"
                 raise DfdError(f"{path}: refused to load: it is a raw pickle (not PyTorch's zip format) {what}; "
@@ -99,7 +99,7 @@ def load_plain(path, map_location="cpu", allow=()):
             raise DfdError(f"{path}: refused to load: it holds {what}, not only tensors and plain values "
                            "(unpickling it could run code)") from None
         except Exception as error:  # whatever the bytes make torch's reader raise: one line, never a traceback
-            detail = one_line(error)[:200]
+            detail = one_line(error, 200)
             if not isinstance(error, (OSError, RuntimeError, ValueError, EOFError)):
                 detail = f"not a PyTorch checkpoint: {type(error).__name__}: {detail}"
             raise DfdError(f"{path}: unreadable ({detail})") from None
@@ -197,7 +197,7 @@ def read_safetensors_header(path):
     try:
         header = loads_untrusted_json(text.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as error:
-        raise bad(f"the header is not JSON: {one_line(error)[:160]}") from None
+        raise bad(f"the header is not JSON: {one_line(error, 160)}") from None
     if not isinstance(header, dict):
         raise bad("the header is not a JSON object")
     data_size = size - 8 - length

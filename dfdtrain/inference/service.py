@@ -193,9 +193,7 @@ def create_app(checkpoint, device="cpu", faces="mtcnn", max_mb=DEFAULT_MAX_MB, t
     app.state.worker, app.state.upload_dir = worker, upload_dir
 
     def error(status, message):
-        message = one_line(message)
-        if len(message) > MAX_ERROR_CHARS:
-            message = message[:MAX_ERROR_CHARS] + "..."
+        message = one_line(message, MAX_ERROR_CHARS)
         # an error may come before the body was read to its end; closing the connection stops the client from
         # sending the rest (uvicorn would otherwise read and drop it for as long as it comes)
         return JSONResponse({"error": message}, status_code=status, headers={"Connection": "close"})

@@ -84,7 +84,7 @@ def read_settings(path):
     try:
         values = loads_untrusted_json(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as error:
-        raise DfdError(f"{path}: unreadable detector settings ({one_line(error)[:200]})") from None
+        raise DfdError(f"{path}: unreadable detector settings ({one_line(error, 200)})") from None
     if not isinstance(values, dict):
         raise DfdError(f"{path}: detector settings must be a JSON object")
     if values.pop("format", None) != SETTINGS_FORMAT:

@@ -22,7 +22,7 @@ Heads (all end in ``dense_stack``: ``hidden`` widths, ``dropout``, ``batch_norm`
 import torch
 from torch import nn
 
-from dfdtrain.core.errors import DfdError
+from dfdtrain.core.errors import DfdError, one_line
 from dfdtrain.core.registry import Registry
 
 HEADS = Registry("head")
@@ -110,7 +110,7 @@ def check_head_options(name, options):
             return option, f"is not an option of the {name} head (options: {', '.join(parameters)})"
         problem = _option_problem(parameters[option].default, value, option)
         if problem:
-            return option, f"{problem}, not {value!r}"[:300]
+            return option, one_line(f"{problem}, not {value!r}", 300)
     try:
         head_parameter_count(name, 8, **options)  # built on the meta device: nothing allocated
     except (ValueError, TypeError, AssertionError) as error:

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 
-from dfdtrain.core.errors import DfdError
+from dfdtrain.core.errors import DfdError, one_line
 
 
 def _port_free(port):
@@ -136,7 +136,7 @@ class S3Server(_Server):
                 if time.monotonic() > deadline:
                     self.stop()
                     raise DfdError(f"weed server did not answer S3 within {self.startup_seconds} s (last: "
-                                   f"{' '.join(str(error).split())[:200]}); see {self.folder}/weed.log") from None
+                                   f"{one_line(error, 200)}); see {self.folder}/weed.log") from None
                 time.sleep(0.5)
 
     def client(self):

@@ -190,7 +190,7 @@ def load_checkpoint(engine, path, context):
         raise
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as error:
         # load_state_dict lists every mismatch on its own line: the first one says enough
-        detail = one_line(" ".join(str(error).split("\n")[:2]))[:300]
+        detail = one_line(" ".join(str(error).split("\n")[:2]), 300)
         raise DfdError(f"{path}: cannot resume from this checkpoint, it does not hold what this run saves "
                        f"({type(error).__name__}: {detail})") from None
     if not isinstance(state, dict):

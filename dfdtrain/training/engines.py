@@ -22,7 +22,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from dfdtrain.data.storage import cache_root
-from dfdtrain.core.errors import DfdError
+from dfdtrain.core.errors import DfdError, one_line
 from dfdtrain.core.fileio import atomic_open, load_plain, loads_untrusted_json
 from dfdtrain.core.devices import autocast
 from dfdtrain.core.registry import Registry
@@ -166,7 +166,7 @@ def read_raw_deepspeed_json(path):
     except OSError as error:
         raise DfdError(f"{path}: cannot read the DeepSpeed JSON ({error.strerror or error})") from None
     except ValueError as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise DfdError(f"{path}: not a DeepSpeed JSON ({str(error).splitlines()[0][:200]})") from None
+        raise DfdError(f"{path}: not a DeepSpeed JSON ({one_line(str(error).splitlines()[0], 200)})") from None
     if not isinstance(raw, dict):
         raise DfdError(f"{path}: a DeepSpeed JSON is an object of keys (e.g. {{\"zero_optimization\": ...}}), "
                        f"not a {type(raw).__name__}")

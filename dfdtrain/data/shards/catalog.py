@@ -39,7 +39,7 @@ def _read_index(folder):
         if not isinstance(shards, list) or not all(isinstance(shard, dict) and "name" in shard for shard in shards):
             raise TypeError("its shards are not a list of {name, ...}")
     except (ValueError, KeyError, TypeError) as error:
-        raise DfdError(f"{path}: not a shard index ({one_line(error)[:200]})") from None
+        raise DfdError(f"{path}: not a shard index ({one_line(error, 200)})") from None
     problem = index_problem(index)
     if problem:
         raise DfdError(f"{path}: {problem}; rewrite it with 'dfdtrain shard' (or 'embed')")
@@ -47,7 +47,7 @@ def _read_index(folder):
 
 
 def _show(value):
-    return one_line(repr(value))[:60]
+    return one_line(repr(value), 60)
 
 
 def _is_count(value):

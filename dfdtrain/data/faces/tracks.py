@@ -38,7 +38,7 @@ class TrackOptions:
     # The detector sees every detect_every-th frame (and the last), and more where neighbouring detections disagree,
     # down to every refine_every-th frame (at most detect_every); boxes in between are interpolated.
     # detect_every == refine_every: a fixed grid. On the real fixtures 16/4 keeps the windows within IoU 0.78-0.92
-    # of the dense 4/4 grid's for about a third of its detections (tests/unit/test_tracks.py).
+    # of the dense 4/4 grid's for about a third of its detections (tests/integration/test_tracks_on_videos.py).
     detect_every: int = 16
     refine_every: int = 4
     refine_iou: float = 0.6  # neighbouring detections agree when every box has a partner overlapping this much

@@ -6,8 +6,9 @@ random clips [B,T,3,S,S] already on the device; a step is autocast forward (the 
 loss (the training objective, ``dfdtrain.models.loss.video_bce``), backward and an SGD step (timm's benchmark
 trains with SGD too). For every case the four variants (fp32 / bf16 autocast x NCHW / channels_last) are
 built from the same seed and timed interleaved: ``--repeats`` blocks of ``--steps`` steps each, after
-``--warmup`` untimed steps; the median block gives samples/s (clips) and frames/s. FLOPs are counted once per case (``model_stats.forward_flops``, training =
-3 x forward); on a GPU in the peak table MFU = achieved FLOP/s / the dense peak of the math mode used.
+``--warmup`` untimed steps; the median block gives samples/s (clips) and frames/s. FLOPs are counted once per case
+(``dfdtrain.models.stats.forward_flops``, training = 3 x forward); on a GPU in the peak table MFU = achieved
+FLOP/s / the dense peak of the math mode used.
 
     python benchmarks/model.py [--device auto] [--quick] [--out benchmarks/results/model_cpu.json]
 """
@@ -20,7 +21,8 @@ import torch
 from common import benchmark_parser, emit, envelope, math_mode, median, mfu, progress, start_benchmark, timed
 from dfdtrain.core.devices import autocast
 from dfdtrain.models.loss import video_bce
-from model_stats import build_case, forward_flops
+from dfdtrain.models.stats import forward_flops
+from model_stats import build_case
 
 
 @dataclasses.dataclass

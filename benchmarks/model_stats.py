@@ -1,10 +1,10 @@
 """Parameter counts and FLOPs per clip of the flagship detectors (and small ones), as JSON.
 
-FLOPs are counted by torch's FlopCounterMode on one real forward pass (matmuls and convolutions; a
-multiply-add counts as 2 FLOPs) of one frame through the backbone, times T frames, plus the head on
-[1,T,D] features; a clip backbone (head: none) is counted on one whole clip, and its per-frame figure is
-that / T. Training costs about 3x the forward FLOPs (forward + backward); the MFU benchmark divides
-measured throughput x these FLOPs by the device's peak.
+FLOPs and parameters are counted by dfdtrain.models.stats (as `dfdtrain model` does): torch's FlopCounterMode on
+one real forward pass (matmuls and convolutions; a multiply-add counts as 2 FLOPs) of one frame through the
+backbone, times T frames, plus the head on [1,T,D] features; a clip backbone (head: none) is counted on one whole
+clip, and its per-frame figure is that / T. Training costs about 3x the forward FLOPs (forward + backward); the MFU
+benchmark divides measured throughput x these FLOPs by the device's peak.
 
     python benchmarks/model_stats.py --out benchmarks/results/model_stats.json
 """
@@ -13,12 +13,10 @@ import argparse
 import sys
 import time
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
-
 from common import emit, envelope
 from dfdtrain.models.clip_backbones import is_clip_backbone
-from dfdtrain.models.detector import ClipDetector, build_detector
+from dfdtrain.models.detector import build_detector
+from dfdtrain.models.stats import count_parameters, forward_flops
 
 DETECTORS = [  # (backbone, head, head options, input size, frames per clip)
     ("EfficientNetB7", "lstm", {"num_layers": 2, "hidden_size": 512, "bidirectional": True}, 600, 16),
@@ -32,30 +30,6 @@ DETECTORS = [  # (backbone, head, head options, input size, frames per clip)
 ]
 
 
-def count_flops(function):
-    counter = FlopCounterMode(display=False)
-    with counter, torch.inference_mode():
-        function()
-    return counter.get_total_flops()
-
-
-def forward_flops(model, size, frames):
-    """(FLOPs of one frame through the backbone, FLOPs of one clip of ``frames`` frames through the detector)."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()  # BatchNorm running statistics must not move while counting
-    if isinstance(model, ClipDetector):  # motion inside the backbone: only a whole clip can be counted
-        clip_flops = count_flops(lambda: model(torch.zeros(1, frames, 3, size, size, device=device)))
-        model.train(was_training)
-        return clip_flops / frames, clip_flops
-    frame_flops = count_flops(lambda: model.backbone(torch.zeros(1, 3, size, size, device=device)))
-    features = torch.zeros(1, frames, model.num_features, device=device)
-    mask = torch.ones(1, frames, dtype=torch.bool, device=device)
-    head_flops = count_flops(lambda: model.head(features, mask))
-    model.train(was_training)
-    return frame_flops, frame_flops * frames + head_flops
-
-
 def build_case(backbone, head, head_options, size, frames, **options):
     """The detector of a benchmark case; a clip backbone is built for its clip (frames, size)."""
     if is_clip_backbone(backbone):
@@ -66,11 +40,12 @@ def build_case(backbone, head, head_options, size, frames, **options):
 def describe(backbone, head, head_options, size, frames):
     model = build_case(backbone, head, head_options, size, frames)
     frame_flops, clip_flops = forward_flops(model, size, frames)
+    groups = count_parameters(model)["groups"]
     return {
         "backbone": backbone, "timm_name": model.backbone_info.model_name, "head": head,
         "head_options": head_options, "input_size": size, "frames": frames,
-        "params_backbone_m": round(sum(p.numel() for p in model.backbone.parameters()) / 1e6, 2),
-        "params_head_m": round(sum(p.numel() for p in model.head.parameters()) / 1e6, 3),
+        "params_backbone_m": round(groups["backbone"]["total"] / 1e6, 2),
+        "params_head_m": round(groups["head"]["total"] / 1e6, 3),
         "gflops_per_frame": round(frame_flops / 1e9, 2),
         "gflops_per_clip_forward": round(clip_flops / 1e9, 1),
         "gflops_per_clip_train": round(3 * clip_flops / 1e9, 1),

@@ -14,7 +14,7 @@ from dfdtrain.core.errors import DfdError, printable
 
 # name -> module under dfdtrain.commands; each module has HELP, add_arguments(parser) and run(args) -> int.
 COMMANDS = ("synth", "index", "shard", "preview", "embed", "train", "evaluate", "calibrate", "protocol",
-            "predict", "serve", "export", "bench", "demo")
+            "predict", "serve", "export", "bench", "model", "demo")
 
 
 def build_parser():

@@ -10,6 +10,7 @@ and ZeRO partitions only the parameters it was given, so adding them later would
 """
 
 import dataclasses
+import types
 
 from torch import nn
 
@@ -134,3 +135,29 @@ def apply_phase(detector, schedule, epoch, optimizer=None):
                 if "base_lr" in group:
                     group["lr"] = group["base_lr"] * phase.backbone_lr_scale
     return phase
+
+
+# ---------------------------------------------------------------------------------------------- methods
+def finetune_method(config):
+    """What a FinetuneConfig does, in words for ``dfdtrain model``: full, frozen backbone or two-phase."""
+    if config.freeze_backbone:
+        return "frozen backbone"
+    return "two-phase" if config.frozen_epochs else "full"
+
+
+def trained_phases(detector, config, backbone_runs=True):
+    """``[(first epoch, [parameters that train from it])]`` of ``detector`` under a FinetuneConfig, one entry per
+    phase (two for a two-phase schedule). ``backbone_runs=False``: cached features (data.source: embeddings),
+    the backbone never trains. Sets requires_grad on ``detector`` as training would; which parameters train in
+    which phase comes from ``parameter_groups`` and ``apply_phase`` (a group at lr_scale 0 is held still)."""
+    schedule = FinetuneSchedule.from_config(config)
+    prepare_trainable(detector, schedule)  # requires_grad as the Trainer sets it
+    if not backbone_runs:
+        set_trainable_stages(detector, 0)
+    groups = parameter_groups(detector, head_lr=1.0)
+    optimizer = types.SimpleNamespace(param_groups=groups)
+    phases = []
+    for epoch in sorted({0, schedule.switches_at() or 0}):
+        apply_phase(detector, schedule, epoch, optimizer)
+        phases.append((epoch, [p for group in groups if group["lr_scale"] > 0 for p in group["params"]]))
+    return phases

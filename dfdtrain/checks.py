@@ -4,9 +4,10 @@ is checked against that registry here, when an experiment is loaded (``load_expe
 ``ConfigError`` line naming the key, before a worker process or a first forward pass.
 
 The config layer (``dfdtrain.config``) checks what needs nothing above it when a section is built: types, choices,
-ranges, rules between fields. ``check_experiment`` adds, in the order of the sections (data, model, optim, train,
-then the rules between sections): the decoder, the model's backbone, head and options and the clips a clip
-backbone takes (``dfdtrain.models.checks``), the optimizer and schedule (``dfdtrain.training.optim``), the threshold rule
+ranges, rules between fields. ``check_experiment`` adds, in the order of the sections (data, model, finetune, optim,
+train, then the rules between sections): the decoder, the model's backbone, head and options and the clips a clip
+backbone takes (``dfdtrain.models.checks``), the fine-tuning method and the stage policies it excludes
+(``dfdtrain.models.finetune``), the optimizer and schedule (``dfdtrain.training.optim``), the threshold rule
 (``dfdtrain.metrics.calibration``), the engine, the early-stopping metric and its direction, and a global batch that
 fits an epoch on the launcher's world size.
 """
@@ -17,6 +18,7 @@ from dfdtrain.data.decode.decoders import DECODERS
 from dfdtrain.evaluation.scoring import check_metric_path
 from dfdtrain.metrics.calibration import THRESHOLD_RULES
 from dfdtrain.models.checks import check_clip_for_model, check_model_config
+from dfdtrain.models.finetune import FINETUNE_METHODS
 from dfdtrain.training.engines import ENGINES
 from dfdtrain.training.optim import OPTIMIZERS, SCHEDULES
 
@@ -49,6 +51,7 @@ def check_experiment(config):
     _check_registered(DECODERS, config.data.decoder, "data.decoder")
     check_model_config(config.model)
     check_clip_for_model(config.model, config.clip, config.data.source)  # the model's rules in one visit
+    _check_finetune(config.finetune)
     _check_named(OPTIMIZERS, config.optim.optimizer, "optim.optimizer")
     _check_named(SCHEDULES, config.optim.schedule, "optim.schedule")
     _check_train(config.train)
@@ -67,6 +70,20 @@ def _check_named(registry, name, path):
     the order they were registered."""
     if name not in registry:
         raise ConfigError(path, one_of(name, list(registry)))
+
+
+def _check_finetune(finetune):
+    """``finetune.method`` is a registered method; one other than ``full`` sets the trainable tensors itself, so
+    the stage policies (freeze_backbone, frozen_epochs, unfreeze_last) are refused with it rather than ignored."""
+    _check_named(FINETUNE_METHODS, finetune.method, "finetune.method")
+    if finetune.method != "full":
+        policies = [f"{name}={str(value).lower()}" for name, value, default in (
+            ("freeze_backbone", finetune.freeze_backbone, False), ("frozen_epochs", finetune.frozen_epochs, 0),
+            ("unfreeze_last", finetune.unfreeze_last, -1)) if value != default]
+        if policies:
+            raise ConfigError("finetune.method", f"is {finetune.method!r}, which chooses the trained tensors "
+                              f"itself; finetune.{', '.join(policies)} "
+                              f"{'work' if len(policies) > 1 else 'works'} with method 'full' only")
 
 
 def _check_train(train):

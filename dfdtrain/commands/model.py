@@ -28,13 +28,13 @@ def describe_model(config):
     method = finetune_method(config.finetune)
     frozen = config.finetune.freeze_backbone or embeddings
     checkpoint = {"full": state_bytes(model)}
-    if frozen:
+    if frozen or config.finetune.method != "full":
         checkpoint["trainable"] = state_bytes(model, trainable)
     return {
         "backbone": {"name": info.name, "model_name": info.model_name, "kind": info.kind,
                      "num_features": info.num_features, "pretrained": info.pretrained, "note": info.note},
         "head": config.model.head, "head_options": config.model.head_options,
-        "finetune": {"method": method, "unfreeze_last": config.finetune.unfreeze_last,
+        "finetune": {"method": method, "name": config.finetune.method, "unfreeze_last": config.finetune.unfreeze_last,
                      "backbone_trains": not frozen,
                      "phases": [{"first_epoch": epoch, "trainable": sum(p.numel() for p in params)}
                                 for epoch, params in phases]},

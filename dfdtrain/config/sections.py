@@ -143,6 +143,19 @@ class FinetuneConfig(Section):
     unfreeze_last: Annotated[int, Range(-1)] = -1  # stages to unfreeze after the frozen phase (-1 = all)
     backbone_lr_scale: NonNegative = 0.1  # backbone learning rate = head learning rate x this, once unfrozen
     freeze_batchnorm: bool = False  # keep BatchNorm running statistics of the backbone fixed
+    # which backbone tensors train: full (the keys above) | layernorm (GenD: LayerNorm affine parameters + head) |
+    # lora (low-rank A, B beside each targeted frozen Linear + head); the last two take none of the keys above
+    # but freeze_batchnorm
+    method: str = "full"
+    lora_rank: Count = 8  # lora: r, the rank of each update B A
+    lora_alpha: Positive = 16.0  # lora: the update is scaled by lora_alpha / lora_rank
+    # lora: the backbone's nn.Linear layers to adapt, by the last component of their name (timm ViTs: attention
+    # qkv and proj, MLP fc1 and fc2)
+    lora_targets: list = dataclasses.field(default_factory=lambda: ["qkv", "proj", "fc1", "fc2"])
+
+    def check(self):
+        if not self.lora_targets or not all(isinstance(name, str) and name for name in self.lora_targets):
+            raise ConfigError(self.key("lora_targets"), f"must be a list of layer names, not {self.lora_targets!r}")
 
 
 @dataclasses.dataclass

@@ -22,6 +22,7 @@ from dfdtrain.core.fileio import (atomic_open, load_plain, loads_untrusted_json,
                              read_safetensors_header, write_json)
 from dfdtrain.models.checks import check_clip_for_model, check_model_config
 from dfdtrain.models.detector import build_detector_from_config
+from dfdtrain.models.finetune import fold_lora_weights
 
 BUNDLE_WEIGHTS = "model.safetensors"
 SETTINGS_FILE = "detector.json"
@@ -167,6 +168,7 @@ def check_weights_fit(model, shapes, source, settings_source):
 def _load_weights(model, weights, source, settings_source):
     import torch
 
+    weights = fold_lora_weights(weights)  # trained with finetune.method lora: plain weights, as the model is built
     check_weights_fit(model, {name: tuple(value.shape) for name, value in weights.items()}, source, settings_source)
     for name, value in weights.items():  # a NaN weight makes every score NaN ("REAL nan"): refused here
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):

@@ -51,8 +51,8 @@ from dfdtrain.core.errors import DfdError
 from dfdtrain.metrics import format_metrics_table
 from dfdtrain.models.bundle import SETTINGS_FILE, calibrated, detector_settings
 from dfdtrain.models.detector import build_detector_from_config
-from dfdtrain.models.finetune import (FinetuneSchedule, apply_phase, freeze_batchnorm_statistics, parameter_groups,
-                                      prepare_trainable, set_trainable_stages)
+from dfdtrain.models.finetune import (FinetuneSchedule, apply_finetune, apply_phase, freeze_batchnorm_statistics,
+                                      parameter_groups, set_trainable_stages)
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class Trainer:
         self.settings = detector_settings(config, model)  # the resolved clip spec, threshold: saved with checkpoints
         self.clip = self.settings.clip
         self.schedule = FinetuneSchedule.from_config(config.finetune)
-        prepare_trainable(model, self.schedule)
+        apply_finetune(model, config.finetune)  # finetune.method: requires_grad, LoRA layers; before the optimizer
         if self.embeddings:  # cached features: the backbone is not run, so it cannot train
             set_trainable_stages(model, 0)
         if config.model.sync_batchnorm and context.world_size > 1:

@@ -30,6 +30,12 @@ BAD_OVERRIDES = [
     (["data.class_balance=true", "train.class_weights=true"], "'data.class_balance' and train.class_weights both"),
     (["train.engine=horovod"], "'train.engine' names no engine: unknown engine 'horovod'"),
     (["train.zero_stage=3"], "'train.zero_stage' must be one of 0, 1, 2, not 3"),
+    (["finetune.method=lorra"], "'finetune.method' must be one of full, layernorm, lora, not 'lorra' (did you "
+                                "mean 'lora'?)"),
+    (["finetune.method=lora", "finetune.freeze_backbone=true"], "'finetune.method' is 'lora', which chooses the "
+     "trained tensors itself; finetune.freeze_backbone=true works with method 'full' only"),
+    (["finetune.method=layernorm", "finetune.frozen_epochs=2"], "finetune.frozen_epochs=2 works with method 'full'"),
+    (["finetune.lora_targets=[]"], "'finetune.lora_targets' must be a list of layer names, not []"),
     (["data.worker_start_method=thread"], "'data.worker_start_method' must be one of default, fork, spawn"),
     (["train.threshold=1.5"], "'train.threshold' must be between 0 and 1, not 1.5"),
     (["clip.std=[0.2, 0.2]", "clip.mean=[0.5, 0.5, 0.5]"], "'clip.std' must be a list of 3 values"),

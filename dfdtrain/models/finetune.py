@@ -55,8 +55,9 @@ class FinetuneSchedule:
 
     @classmethod
     def from_config(cls, config):
-        return cls(config.freeze_backbone, config.frozen_epochs, config.unfreeze_last, config.backbone_lr_scale,
-                   config.freeze_batchnorm)
+        return cls(freeze_backbone=config.freeze_backbone, frozen_epochs=config.frozen_epochs,
+                   unfreeze_last=config.unfreeze_last, backbone_lr_scale=config.backbone_lr_scale,
+                   freeze_batchnorm=config.freeze_batchnorm)  # the schedule's keys (the method's are not its)
 
     def phase(self, epoch):
         if self.freeze_backbone or epoch < self.frozen_epochs:

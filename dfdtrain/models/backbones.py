@@ -15,18 +15,25 @@ without a pretrained tag (``resnet50.a1_in1k``). An exact timm name wins over an
 
 Pretrained weights never fall back to random init: they come from the timm hub or from ``pretrained_file``,
 are checked to have actually replaced the random initialisation, and any failure is a one-line DfdError.
+
+Foundation-model ViTs (timm's ``vision_transformer`` models: CLIP ``vit_large_patch14_clip_224.openai``, DINOv2
+``vit_large_patch14_dinov2.lvd142m``, ...) are image backbones like any other. Their ``pretrained_file`` may also be
+in the formats timm's ViT checkpoint filter converts: OpenAI CLIP / open_clip state dicts (``visual.`` keys,
+``open_clip_pytorch_model.bin``) and DINOv2's original ``dinov2_vitl14_pretrain.pth``; position embeddings are
+resampled to ``image_size``. ``global_pool`` picks their features: the class token or the mean of the patch tokens.
 """
 
 import dataclasses
 import difflib
 import re
+import zipfile
 from pathlib import Path
 
 import timm
 import torch
 from timm.data import resolve_model_data_config
 from timm.models import (get_pretrained_cfg, group_parameters, is_model_pretrained, list_pretrained,
-                         split_model_name_tag)
+                         model_entrypoint, split_model_name_tag)
 
 from dfdtrain.core.errors import DfdError, one_line
 
@@ -92,6 +99,15 @@ ALIAS_NOTES = {
 }
 
 
+# model.global_pool for a ViT: "" its own default (CLIP, DINOv2: the class token), "token" the class token after the
+# final norm, "avg" the mean of the patch tokens after the final norm (prefix tokens left out)
+GLOBAL_POOLS = ("", "token", "avg")
+
+# The timm modules whose models are VisionTransformers, the only ones global_pool applies to (a CNN pools by avg/max
+# in its own way, and timm's EVA and other ViT families place their norms differently)
+VIT_MODULES = ("timm.models.vision_transformer", "timm.models.deit")
+
+
 def _alias_key(name):
     """The spelling-insensitive form of a Keras alias: lower case, without '-' and '_'."""
     return re.sub(r"[-_]", "", name).lower()
@@ -144,19 +160,58 @@ def close_backbone_names(name, count=5):
     return [candidates[match] for match in matches]
 
 
+def is_vit(name):
+    """Whether backbone ``name`` (a timm name or alias) is one of timm's VisionTransformers (``VIT_MODULES``)."""
+    return model_entrypoint(resolve_backbone_name(name)).__module__ in VIT_MODULES
+
+
+def global_pool_problem(name, global_pool):
+    """None, or what is wrong with pooling backbone ``name``'s features by ``global_pool`` (a GLOBAL_POOLS value)."""
+    if not global_pool:
+        return None
+    if global_pool not in GLOBAL_POOLS:
+        return f"is {global_pool!r}; it must be one of {', '.join(repr(pool) for pool in GLOBAL_POOLS)}"
+    if not is_vit(name):
+        return (f"is {global_pool!r}, but {name} is not a timm ViT (vision_transformer/deit: CLIP, DINOv2, ...); "
+                f"leave it empty for this backbone's own pooling")
+    return None
+
+
+def fixed_input_size(name):
+    """Whether backbone ``name`` is built for one input size (ViTs: position embeddings, sized at build time), so
+    the clip's image size must be given to ``build_backbone`` rather than only fed to it."""
+    pretrained_cfg = get_pretrained_cfg(resolve_backbone_name(name))
+    return bool(pretrained_cfg and pretrained_cfg.fixed_input_size)
+
+
+def image_size_problem(name, image_size):
+    """None, or why backbone ``name`` cannot be built for ``image_size`` px (0: its own size): below timm's minimum
+    input size for it."""
+    timm_name = resolve_backbone_name(name)
+    pretrained_cfg = get_pretrained_cfg(timm_name)
+    minimum = pretrained_cfg.min_input_size if pretrained_cfg else None
+    if image_size and minimum and image_size < minimum[-1]:
+        return f"is {image_size}; {timm_name} needs at least {minimum[-1]} px"
+    return None
+
+
 def build_backbone(name, pretrained=False, pretrained_file=None, image_size=None, drop_path_rate=0.0,
-                   grad_checkpointing=False, channels_last=False):
+                   grad_checkpointing=False, channels_last=False, global_pool=""):
     """Build the timm model for ``name`` without a classifier: ``module(x[N,3,H,W]) -> features [N, D]``.
 
     Returns ``(module, info)``; info (a BackboneInfo) holds name, model_name (the timm name), num_features (D),
     data_config (timm's input_size, mean, std, interpolation, crop_pct for this model; input_size follows
     ``image_size`` when given), pretrained ("timm hub", "file:<path>" or "none") and note (what the Keras name's
-    stand-in differs in, or None). ``pretrained_file`` (a .safetensors/.pth state dict of the timm model) implies
-    pretrained weights.
+    stand-in differs in, or None). ``pretrained_file`` (a .safetensors/.pth state dict of the timm model; for a ViT
+    also the formats in the module docstring) implies pretrained weights. ``global_pool`` (a ViT's: "token" or
+    "avg"; "" the model's own) picks the pooled features.
     """
     timm_name = resolve_backbone_name(name)
     alias = keras_alias(name)
     pretrained_cfg = get_pretrained_cfg(timm_name)
+    problem = global_pool_problem(name, global_pool)
+    if problem:
+        raise DfdError(f"{name}: global_pool {problem}")
 
     create_options = {"num_classes": 0}  # no classifier: the pooled features
     if drop_path_rate:
@@ -164,9 +219,9 @@ def build_backbone(name, pretrained=False, pretrained_file=None, image_size=None
     if image_size is not None:
         if not isinstance(image_size, int) or image_size <= 0:
             raise DfdError(f"{name}: image_size must be a positive integer, got {image_size!r}")
-        minimum = pretrained_cfg.min_input_size if pretrained_cfg else None
-        if minimum and image_size < minimum[-1]:
-            raise DfdError(f"{name}: image_size {image_size} is below {timm_name}'s minimum of {minimum[-1]} px")
+        problem = image_size_problem(name, image_size)
+        if problem:
+            raise DfdError(f"{name}: image_size {problem}")
         if pretrained_cfg and pretrained_cfg.fixed_input_size:
             create_options["img_size"] = image_size  # e.g. ViTs: position embeddings are sized at build time
 
@@ -174,7 +229,11 @@ def build_backbone(name, pretrained=False, pretrained_file=None, image_size=None
         path = Path(pretrained_file)
         if not path.is_file():
             raise DfdError(f"{name}: pretrained_file {path} does not exist")
+        _refuse_torchscript(name, timm_name, path)
         source = f"file:{path}"
+        # timm reads the file (torch.load with weights_only=True, plus argparse.Namespace for its own training
+        # checkpoints; safetensors for .safetensors: no code from the file runs) and applies the model's
+        # checkpoint filter (a ViT's converts the OpenAI/open_clip/DINOv2 layouts and resamples pos_embed)
         model = _create_with_weights(name, timm_name, source, pretrained_cfg_overlay={"file": str(path)},
                                      **create_options)
     elif pretrained:
@@ -186,6 +245,14 @@ def build_backbone(name, pretrained=False, pretrained_file=None, image_size=None
         source = "none"
         model = _create(name, timm_name, pretrained=False, **create_options)
 
+    if global_pool:
+        # after building, not create_model(global_pool=...): for "avg" timm would then build the final norm as
+        # fc_norm, which the CLIP/DINOv2 weights (trained with the norm before pooling) do not fill: a silently
+        # un-normalised feature. reset_classifier keeps the norm where the weights put it and only changes pooling.
+        try:
+            model.reset_classifier(0, global_pool=global_pool)
+        except AssertionError as error:  # e.g. "token" for a ViT without a class token
+            raise DfdError(f"{name}: global_pool {global_pool!r} does not fit {timm_name} ({error})") from None
     if grad_checkpointing:
         try:
             model.set_grad_checkpointing(True)
@@ -203,9 +270,43 @@ def build_backbone(name, pretrained=False, pretrained_file=None, image_size=None
         num_features=getattr(model, "head_hidden_size", None) or model.num_features,
         data_config=dict(resolve_model_data_config(model, args=data_args)),
         pretrained=source,
-        note=ALIAS_NOTES.get(alias),
+        note=ALIAS_NOTES.get(alias) or _openai_clip_note(timm_name),
     )
     return model, info
+
+
+def _openai_clip_note(timm_name):
+    """The note for timm's GELU CLIP ViTs with OpenAI's weights: OpenAI trained them with QuickGELU, and timm's
+    ``*_clip_quickgelu_*`` twin (the same weights file) is the one that reproduces CLIP's features."""
+    architecture, tag = split_model_name_tag(timm_name)
+    twin = architecture.replace("_clip_", "_clip_quickgelu_")
+    if tag != "openai" or "quickgelu" in architecture or twin == architecture or not timm.is_model(twin):
+        return None
+    return (f"{architecture} uses GELU, but OpenAI trained CLIP with QuickGELU: {twin}.openai (the same weights) "
+            f"gives CLIP's own features")
+
+
+def weight_files_hint(timm_name):
+    """The weight files ``pretrained_file`` can be for ``timm_name``, for error messages."""
+    files = f"a .safetensors/.pth state dict of {timm_name} (e.g. the timm hub's model.safetensors)"
+    if model_entrypoint(timm_name).__module__ in VIT_MODULES:
+        files += (", an OpenAI CLIP or open_clip state dict (visual.* keys, open_clip_pytorch_model.bin) or "
+                  "DINOv2's original dinov2_vit*14_pretrain.pth")
+    return files
+
+
+def _refuse_torchscript(name, timm_name, path):
+    """A TorchScript archive (OpenAI's own CLIP ViT-L-14.pt) holds code and a whole model, not a state dict:
+    torch.load refuses it with weights_only=True, and running it is not an option for a file from elsewhere.
+    One line naming the file and what to pass instead, before timm's loader says something obscure."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.namelist()
+    except (zipfile.BadZipFile, OSError):  # not a zip: safetensors, a legacy pickle, ... (timm's loader judges)
+        return
+    if any(entry.endswith("/constants.pkl") or "/code/" in entry for entry in entries):
+        raise DfdError(f"{name}: {path} is a TorchScript archive (like OpenAI's ViT-L-14.pt), which holds code, "
+                       f"not weights, and is not run; pass {weight_files_hint(timm_name)}")
 
 
 def _create(name, timm_name, **options):
@@ -252,7 +353,7 @@ def _create_with_weights(name, timm_name, source, **options):
     if not_loaded:
         raise DfdError(f"{name}: {source} left {len(not_loaded)} of {len(randomly_initialised)} weight tensors "
                        f"of {timm_name} at their random init (e.g. {', '.join(not_loaded[:3])}); is it a "
-                       f"checkpoint of {timm_name}?")
+                       f"checkpoint of {timm_name}? (pretrained_file can be {weight_files_hint(timm_name)})")
     return model
 
 

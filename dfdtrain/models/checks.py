@@ -8,7 +8,7 @@ import difflib
 
 from dfdtrain.config import ConfigError
 from dfdtrain.core.errors import DfdError
-from dfdtrain.models.backbones import resolve_backbone_name
+from dfdtrain.models.backbones import global_pool_problem, image_size_problem, resolve_backbone_name
 from dfdtrain.models.clip_backbones import (CLIP_BACKBONES, TALL_PREFIX, check_clip, check_clip_options,
                                             is_clip_backbone)
 from dfdtrain.models.detector import check_backbone_and_head
@@ -29,6 +29,12 @@ def check_model_config(model_config):
     problem = check_backbone_and_head(backbone, model_config.head)
     if problem:
         raise ConfigError(model_config.key("head"), problem)
+    if model_config.global_pool and is_clip_backbone(backbone):
+        raise ConfigError(model_config.key("global_pool"), f"is for ViT image backbones; the clip backbone "
+                          f"{backbone} pools its own features")
+    problem = None if is_clip_backbone(backbone) else global_pool_problem(backbone, model_config.global_pool)
+    if problem:
+        raise ConfigError(model_config.key("global_pool"), problem)
     if is_clip_backbone(backbone):
         if model_config.head_options:
             raise ConfigError(model_config.key("head_options"), "is for temporal heads; a clip backbone's options "
@@ -51,9 +57,13 @@ def check_model_config(model_config):
 
 
 def check_clip_for_model(model_config, clip, source):
-    """A ConfigError when a clip backbone cannot take the clips ``clip`` (a ClipSpec) describes, or would be trained
-    on ``source`` embeddings (cached per-frame features) instead of videos; nothing for an image backbone."""
+    """A ConfigError when a backbone cannot take the clips ``clip`` (a ClipSpec) describes (an image backbone: below
+    its minimum size), or a clip backbone would be trained on ``source`` embeddings (cached per-frame features)
+    instead of videos."""
     if not is_clip_backbone(model_config.backbone):
+        problem = image_size_problem(model_config.backbone, clip.image_size)
+        if problem:
+            raise ConfigError("clip.image_size", problem)
         return
     problem = check_clip(model_config.backbone, clip.sampler.num_frames, clip.image_size)
     if problem:

@@ -20,7 +20,7 @@ from einops import rearrange
 from torch import nn
 
 from dfdtrain.core.errors import DfdError
-from dfdtrain.models.backbones import build_backbone
+from dfdtrain.models.backbones import build_backbone, fixed_input_size
 from dfdtrain.models.clip_backbones import (CLIP_BACKBONES, TALL_PREFIX, build_clip_backbone, clip_spec,
                                             is_clip_backbone)
 from dfdtrain.models.heads import build_head, score_kind
@@ -119,14 +119,17 @@ def check_backbone_and_head(backbone, head):
 
 def build_detector(backbone, head, pretrained=False, head_options=None, pretrained_file=None,
                    channels_last=False, grad_checkpointing=False, drop_path_rate=0.0, image_size=None,
-                   num_frames=None, backbone_options=None):
+                   num_frames=None, backbone_options=None, global_pool=""):
     """A VideoDetector from registry names: ``backbone`` (timm name or Keras alias) and ``head``; or a
     ClipDetector for a clip backbone with ``head`` None/"none" (``num_frames``, ``image_size`` and
-    ``backbone_options`` shape it)."""
+    ``backbone_options`` shape it). ``global_pool`` picks a ViT backbone's features ("token", "avg")."""
     problem = check_backbone_and_head(backbone, head)
     if problem:
         raise DfdError(f"model.head: {problem}")
     if is_clip_backbone(backbone):
+        if global_pool:
+            raise DfdError(f"model.global_pool: is for ViT image backbones; the clip backbone {backbone} pools "
+                           "its own features")
         if head_options:
             raise DfdError("model.head_options: a clip backbone has no temporal head; its options go in "
                            "model.backbone_options")
@@ -142,7 +145,8 @@ def build_detector(backbone, head, pretrained=False, head_options=None, pretrain
                        "backbone")
     backbone_module, info = build_backbone(backbone, pretrained=pretrained, pretrained_file=pretrained_file,
                                            image_size=image_size, drop_path_rate=drop_path_rate,
-                                           grad_checkpointing=grad_checkpointing, channels_last=channels_last)
+                                           grad_checkpointing=grad_checkpointing, channels_last=channels_last,
+                                           global_pool=global_pool)
     head_module = build_head(head, in_features=info.num_features, **(head_options or {}))
     model = VideoDetector(backbone_module, head_module, info)
     model.channels_last = channels_last
@@ -151,14 +155,18 @@ def build_detector(backbone, head, pretrained=False, head_options=None, pretrain
 
 def build_detector_from_config(model_config, clip=None):
     """The detector of a ModelConfig (dfdtrain.config); ``clip`` (a ClipSpec) sizes a clip backbone: its
-    frames (TALL's grid) and, when set, its image size. Image backbones take any size, as before."""
+    frames (TALL's grid) and, when set, its image size. An image backbone built for one input size (a ViT: its
+    position embeddings) is built at the clip's image size, when set; other image backbones take any size."""
     clip_options = {}
     if clip is not None and is_clip_backbone(model_config.backbone):
         clip_options = {"num_frames": clip.sampler.num_frames, "image_size": clip.image_size or None}
+    elif clip is not None and clip.image_size and fixed_input_size(model_config.backbone):
+        clip_options = {"image_size": clip.image_size}
     return build_detector(model_config.backbone, model_config.head, pretrained=model_config.pretrained,
                           head_options=model_config.head_options,
                           pretrained_file=model_config.pretrained_file or None,
                           channels_last=model_config.channels_last,
                           grad_checkpointing=model_config.grad_checkpointing,
                           drop_path_rate=model_config.drop_path_rate,
-                          backbone_options=model_config.backbone_options, **clip_options)
+                          backbone_options=model_config.backbone_options, global_pool=model_config.global_pool,
+                          **clip_options)

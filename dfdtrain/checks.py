@@ -7,7 +7,7 @@ The config layer (``dfdtrain.config``) checks what needs nothing above it when a
 ranges, rules between fields. ``check_experiment`` adds, in the order of the sections (data, model, finetune, optim,
 train, then the rules between sections): the decoder, the model's backbone, head and options and the clips a clip
 backbone takes (``dfdtrain.models.checks``), the fine-tuning method and the stage policies it excludes
-(``dfdtrain.models.finetune``), the optimizer and schedule (``dfdtrain.training.optim``), the threshold rule
+(``dfdtrain.models.finetune_methods``), the optimizer and schedule (``dfdtrain.training.optim``), the threshold rule
 (``dfdtrain.metrics.calibration``), the engine, the early-stopping metric and its direction, and a global batch that
 fits an epoch on the launcher's world size.
 """
@@ -18,7 +18,7 @@ from dfdtrain.data.decode.decoders import DECODERS
 from dfdtrain.evaluation.scoring import check_metric_path
 from dfdtrain.metrics.calibration import THRESHOLD_RULES
 from dfdtrain.models.checks import check_clip_for_model, check_model_config
-from dfdtrain.models.finetune import FINETUNE_METHODS
+from dfdtrain.models.finetune_methods import FINETUNE_METHODS
 from dfdtrain.training.engines import ENGINES
 from dfdtrain.training.optim import OPTIMIZERS, SCHEDULES
 

@@ -48,6 +48,16 @@ def check_scoring_arguments(args):
         raise DfdError(f"--decoder: {DECODERS.unknown_name_message(args.decoder)}")
 
 
+def add_base_weights_argument(parser):
+    """--base-weights, for every command that loads a detector: the base model's weights file of a checkpoint
+    that holds only its trained tensors (a finetune.method other than full), when the file its detector.json
+    names is not on this machine (or the base came from the timm hub: never downloaded)."""
+    parser.add_argument("--base-weights", metavar="PATH",
+                        help="the base model's weights file (.safetensors/.pth) for a checkpoint of a frozen-base "
+                             "run (finetune.method lora, layernorm, ...) when the file it names is not here; it "
+                             "must be the base the run trained on (its sha256 is checked)")
+
+
 def check_minimum(value, flag, minimum=1):
     """One line when an option given (``value`` not None) is below its least value: "--frames must be at least
     1"; ``flag`` is the option as typed."""

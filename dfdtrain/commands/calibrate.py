@@ -1,6 +1,7 @@
 """dfdtrain calibrate: fit a detector's temperature and decision threshold on validation shards, in place."""
 
-from dfdtrain.commands._common import add_scoring_arguments, check_scoring_arguments, print_json
+from dfdtrain.commands._common import (add_base_weights_argument, add_scoring_arguments, check_scoring_arguments,
+                                       print_json)
 from dfdtrain.metrics.calibration import THRESHOLD_RULE_NAMES
 
 HELP = "fit temperature scaling and the decision threshold of a trained detector on validation shards"
@@ -25,6 +26,7 @@ def add_arguments(parser):
                              "fallback anyway: temperature 1 and the fixed threshold, labelled threshold_rule "
                              "'fallback' (without it: exit 2, nothing written)")
     add_scoring_arguments(parser, evaluation=False)
+    add_base_weights_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the calibration as JSON")
 
 
@@ -44,7 +46,8 @@ def run(args):
     if overlap:
         raise DfdError(f"--shards: {overlap}; calibrate on validation data only")
     with process_group(args.device) as context:
-        scored = score_shards(folder, args.shards, args.batch_size, args.workers, args.decoder, context)
+        scored = score_shards(folder, args.shards, args.batch_size, args.workers, args.decoder, context,
+                              base_weights=args.base_weights)
     if scored is None:  # not rank 0: rank 0 writes and reports
         return 0
     settings, _, records, skipped, _, _ = scored

@@ -1,6 +1,7 @@
 """dfdtrain evaluate: score test shards with a trained detector; write metrics, predictions, plots, a report."""
 
-from dfdtrain.commands._common import add_scoring_arguments, check_scoring_arguments, print_json
+from dfdtrain.commands._common import (add_base_weights_argument, add_scoring_arguments, check_scoring_arguments,
+                                       print_json)
 
 HELP = "evaluate a trained detector on shards: metrics.json, predictions.csv, plots and report.md"
 
@@ -14,6 +15,7 @@ def add_arguments(parser):
                         help="shards to evaluate, e.g. 'shards/test-*.tar' (repeatable)")
     parser.add_argument("--out", required=True, help="output folder")
     add_scoring_arguments(parser)
+    add_base_weights_argument(parser)
     parser.add_argument("--strict", action="store_true",
                         help="exit non-zero when any video index.json promises was not scored (skipped or "
                              "missing); without it such videos are named in metrics.json and a WARNING line")
@@ -34,7 +36,7 @@ def run(args):
         metrics = run_evaluation(checkpoint, args.shards, args.out, threshold=args.threshold,
                                  batch_size=args.batch_size, workers=args.workers, decoder=args.decoder,
                                  context=context, verify=args.verify_shards, strict=args.strict,
-                                 bootstrap=args.bootstrap)
+                                 bootstrap=args.bootstrap, base_weights=args.base_weights)
     if metrics is None:  # not rank 0: rank 0 reports
         return 0
     if args.json:

@@ -12,6 +12,11 @@ become the ONNX GRU/LSTM ``sequence_lens``), so variable-length masks work. The 
 with autograd on: under no_grad nn.TransformerEncoderLayer takes its fused fast path
 (``aten::_transformer_encoder_layer_fwd``), which has no ONNX symbolic. If an export still fails, the
 exporter's own message is reported as a DfdError naming the head.
+
+The bundle always holds every tensor, also for a checkpoint that holds only a frozen-base run's trained tensors
+(rebuilt with its base first: ``--base-weights``), so it loads without the base. ``--merge`` folds the LoRA /
+SVD residual layers of a finetune.method into plain nn.Linear layers first (``merge_finetuned``): the bundle,
+ONNX and TorchScript are then a plain model (detector.json: method full), as fast as one without the method.
 """
 
 import contextlib
@@ -20,7 +25,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from dfdtrain.commands._common import check_minimum
+from dfdtrain.commands._common import add_base_weights_argument, check_minimum
 from dfdtrain.core.errors import DfdError, one_line
 
 HELP = "export a trained detector as a bundle (model.safetensors + detector.json), optionally ONNX / TorchScript"
@@ -53,6 +58,10 @@ def add_arguments(parser):
     parser.add_argument("--torchscript", action="store_true", help="also write model.ts (torch.jit.trace)")
     parser.add_argument("--frames", type=int, help="fixed number of frames T of the graph (default: as in training)")
     parser.add_argument("--size", type=int, help="fixed crop size S of the graph (default: as in training)")
+    parser.add_argument("--merge", action="store_true",
+                        help="fold LoRA / SVD residual layers (finetune.method lora, svd_residual) into plain "
+                             "layers: the bundle, ONNX and TorchScript are a plain model")
+    add_base_weights_argument(parser)
 
 
 def _wrapper(model):
@@ -150,16 +159,16 @@ def _check(kind, difference):
 
 
 def run(args):
-    from dfdtrain.models.bundle import export_bundle, load_detector
+    from dfdtrain.models.bundle import export_bundle
     from dfdtrain.models.clip_backbones import is_clip_backbone
 
     check_minimum(args.frames, "--frames")
     check_minimum(args.size, "--size", 16)
     out_dir = Path(args.out)
-    model, settings = load_detector(args.checkpoint)  # fails early, with one line, on a bad checkpoint
-    export_bundle(args.checkpoint, out_dir)
+    # one line on a bad checkpoint (or a missing base) before anything is written
+    model, settings = export_bundle(args.checkpoint, out_dir, base_weights=args.base_weights, merge=args.merge)
     print(f"wrote {out_dir / 'model.safetensors'} and {out_dir / 'detector.json'} "
-          f"(the bundle: predict --checkpoint {out_dir})")
+          f"(the bundle{', merged' if args.merge else ''}: predict --checkpoint {out_dir})")
     frames = args.frames or settings.clip.sampler.num_frames
     size = args.size or settings.clip.image_size
     if args.onnx:

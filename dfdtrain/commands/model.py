@@ -15,7 +15,7 @@ def add_arguments(parser):
 def describe_model(config):
     """The description of the detector of an ExperimentConfig (what ``--json`` prints), built on the CPU."""
     from dfdtrain.models.detector import build_detector_from_config
-    from dfdtrain.models.finetune import finetune_method, trained_phases
+    from dfdtrain.models.finetune_methods import finetune_method, trained_phases
     from dfdtrain.models.stats import CHANNELS, clip_flops, count_parameters, state_bytes
 
     model = build_detector_from_config(config.model, config.clip)

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from dfdtrain.commands._common import check_minimum, print_json
+from dfdtrain.commands._common import add_base_weights_argument, check_minimum, print_json
 from dfdtrain.core.errors import DfdError, printable
 from dfdtrain.inference.faces import DEFAULT_FACES, FACES_HELP, face_modes
 
@@ -13,6 +13,7 @@ def add_arguments(parser):
     parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video files to score")
     parser.add_argument("--checkpoint", required=True,
                         help="a run directory, a checkpoint folder (RUN/checkpoints/best) or an exported bundle")
+    add_base_weights_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the results as one JSON list on stdout")
     parser.add_argument("--faces", choices=face_modes(), default=DEFAULT_FACES, help=FACES_HELP)
     parser.add_argument("--frames", type=int, help="frames to sample per video (default: as in training)")
@@ -73,7 +74,7 @@ def run(args):
     if args.explain is not None and Path(args.explain).exists() and not Path(args.explain).is_dir():
         raise DfdError(f"--explain {printable(args.explain)}: not a folder")
     predictor = Predictor(args.checkpoint, device=pick_device(args.device), faces=args.faces, num_frames=args.frames,
-                          batch_size=args.batch_size, progress=not args.quiet)
+                          batch_size=args.batch_size, progress=not args.quiet, base_weights=args.base_weights)
     results = predictor.predict(args.videos, explain_dir=args.explain)
     if args.json:
         print_json(results, indent=None)

@@ -1,6 +1,7 @@
 """dfdtrain protocol: one checkpoint on every test set of a suite; table.md, table.json and a comparison plot."""
 
-from dfdtrain.commands._common import add_scoring_arguments, check_scoring_arguments, print_json
+from dfdtrain.commands._common import (add_base_weights_argument, add_scoring_arguments, check_scoring_arguments,
+                                       print_json)
 
 HELP = "evaluate one checkpoint on every test set of a suite (cross-dataset protocol): table.md/json + plot"
 
@@ -20,6 +21,7 @@ def add_arguments(parser):
     parser.add_argument("--allow-pipe", action="store_true",
                         help="let the suite file's pipe: shard patterns run their commands (refused by default)")
     add_scoring_arguments(parser)
+    add_base_weights_argument(parser)
     parser.add_argument("--json", action="store_true", help="print table.json to stdout")
 
 
@@ -43,7 +45,7 @@ def run(args):
         table = run_protocol(checkpoint, suite, args.out, context, bootstrap=args.bootstrap,
                              batch_size=args.batch_size, workers=args.workers, decoder=args.decoder,
                              verify=args.verify_shards, threshold=args.threshold, progress=progress,
-                             allow_overlap=args.allow_overlap, leakage=leakage)
+                             allow_overlap=args.allow_overlap, leakage=leakage, base_weights=args.base_weights)
     if table is None:  # not rank 0
         return 0
     if args.json:

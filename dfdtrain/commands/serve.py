@@ -3,6 +3,7 @@
 import argparse
 import math
 
+from dfdtrain.commands._common import add_base_weights_argument
 from dfdtrain.inference.faces import DEFAULT_FACES, FACES_HELP, face_modes
 
 HELP = "serve a trained detector over HTTP: POST /api/predict, GET /api/model, /healthz and a web page at /"
@@ -44,6 +45,7 @@ def add_arguments(parser):
     parser.add_argument("--batch-size", type=int, default=4,
                         help="waiting requests scored in one forward pass (default 4)")
     parser.add_argument("--upload-dir", help="where uploads are staged and deleted (default: a temporary folder)")
+    add_base_weights_argument(parser)
 
 
 def run(args):
@@ -56,5 +58,5 @@ def run(args):
         raise DfdError(f"--port must be between 1 and 65535, not {args.port}")
     serve(args.checkpoint, host=args.host, port=args.port, device=device, faces=args.faces, max_mb=args.max_mb,
           timeout=args.timeout, queue_size=args.queue, batch_size=args.batch_size, allow_paths=args.allow_paths,
-          upload_dir=args.upload_dir, body_timeout=args.body_timeout)
+          upload_dir=args.upload_dir, body_timeout=args.body_timeout, base_weights=args.base_weights)
     return 0

@@ -133,6 +133,9 @@ class ModelConfig(Section):
     grad_checkpointing: bool = False
     sync_batchnorm: bool = False  # convert BatchNorm to SyncBatchNorm for multi-GPU training
     drop_path_rate: Annotated[float, Range(0, 1)] = 0.0
+    # a ViT backbone's features (timm vision_transformer: CLIP, DINOv2): "" its own (CLIP, DINOv2: the class token),
+    # token (the class token), avg (the mean of the patch tokens)
+    global_pool: Literal["", "token", "avg"] = ""
 
 
 @dataclasses.dataclass
@@ -144,18 +147,33 @@ class FinetuneConfig(Section):
     backbone_lr_scale: NonNegative = 0.1  # backbone learning rate = head learning rate x this, once unfrozen
     freeze_batchnorm: bool = False  # keep BatchNorm running statistics of the backbone fixed
     # which backbone tensors train: full (the keys above) | layernorm (GenD: LayerNorm affine parameters + head) |
-    # lora (low-rank A, B beside each targeted frozen Linear + head); the last two take none of the keys above
-    # but freeze_batchnorm
+    # lora (low-rank A, B beside each targeted frozen Linear + head) | svd_residual (Effort) | adapter (a bottleneck
+    # per block); all but full take none of the keys above but freeze_batchnorm
     method: str = "full"
     lora_rank: Count = 8  # lora: r, the rank of each update B A
     lora_alpha: Positive = 16.0  # lora: the update is scaled by lora_alpha / lora_rank
     # lora: the backbone's nn.Linear layers to adapt, by the last component of their name (timm ViTs: attention
     # qkv and proj, MLP fc1 and fc2)
     lora_targets: list = dataclasses.field(default_factory=lambda: ["qkv", "proj", "fc1", "fc2"])
+    # svd_residual (Effort): each targeted nn.Linear's weight is split by SVD; the principal components stay frozen,
+    # the last svd_residual_rank singular triplets (U, S, V) train
+    svd_residual_rank: Count = 1
+    # svd_residual: the layers, as lora_targets (Effort: self-attention only; timm's fused qkv is split into q, k, v)
+    svd_targets: list = dataclasses.field(default_factory=lambda: ["qkv", "proj"])
+    # svd_residual: the extra loss is svd_orthogonal_weight x the mean orthogonality loss of [U_r, U_res] and
+    # [V_r; V_res] + svd_singular_weight x the mean loss keeping each weight's Frobenius norm, means over the
+    # projections (Effort's lambda_reg = 1.0 is both at 1.0; both 0: no extra loss, as Effort's released code)
+    svd_orthogonal_weight: NonNegative = 1.0
+    svd_singular_weight: NonNegative = 1.0
+    adapter_dim: NonNegativeInt = 0  # adapter: the bottleneck width after each block; 0 = half the block's (StA)
+    # adapter: a depthwise temporal convolution over each clip's frames inside each bottleneck (StA's temporal branch)
+    adapter_temporal: bool = False
 
     def check(self):
-        if not self.lora_targets or not all(isinstance(name, str) and name for name in self.lora_targets):
-            raise ConfigError(self.key("lora_targets"), f"must be a list of layer names, not {self.lora_targets!r}")
+        for key in ("lora_targets", "svd_targets"):
+            names = getattr(self, key)
+            if not names or not all(isinstance(name, str) and name for name in names):
+                raise ConfigError(self.key(key), f"must be a list of layer names, not {names!r}")
 
 
 @dataclasses.dataclass

@@ -144,13 +144,14 @@ def verify_on_every_rank(shard_paths, context):
     raise_together(problems[0] if problems else None)
 
 
-def score_shards(checkpoint, shards, batch_size=8, workers=2, decoder="pyav", context=None, verify=True):
+def score_shards(checkpoint, shards, batch_size=8, workers=2, decoder="pyav", context=None, verify=True,
+                 base_weights=None):
     """Every rank scores its share of ``shards`` with the raw detector at ``checkpoint``; rank 0 gets
     ``(settings, shard paths, records sorted by key, skipped + missing samples, accounting, storage retries)``,
     the other ranks None. Stops with one line when no video could be scored."""
     context = context or single_process_context()
     shard_paths = expand_shards(shards)
-    model, settings = load_detector(checkpoint, device=context.device)
+    model, settings = load_detector(checkpoint, device=context.device, base_weights=base_weights)
     if verify:
         verify_on_every_rank(shard_paths, context)
     loader = evaluation_loader(settings, shard_paths, batch_size, workers, decoder, context)
@@ -200,7 +201,7 @@ def interval_metrics(records, threshold, resamples, confidence=0.95):
 
 
 def run_evaluation(checkpoint, shards, out_dir, threshold=None, batch_size=8, workers=2, decoder="pyav",
-                   context=None, verify=True, strict=False, bootstrap=1000):
+                   context=None, verify=True, strict=False, bootstrap=1000, base_weights=None):
     """Score ``shards`` with the detector at ``checkpoint`` and write the evaluation into ``out_dir``.
 
     Every rank scores its share; rank 0 gathers the records and writes the files. Returns the metrics dict
@@ -214,7 +215,7 @@ def run_evaluation(checkpoint, shards, out_dir, threshold=None, batch_size=8, wo
     files are written) instead of a warning line.
     """
     check_output_folder(out_dir)
-    scored = score_shards(checkpoint, shards, batch_size, workers, decoder, context, verify)
+    scored = score_shards(checkpoint, shards, batch_size, workers, decoder, context, verify, base_weights)
     if scored is None:  # not rank 0
         return None
     settings, shard_paths, records, skipped, accounting, storage_retries = scored

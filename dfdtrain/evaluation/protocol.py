@@ -361,7 +361,8 @@ def plot_protocol(table, path):
 
 
 def run_protocol(checkpoint, suite, out_dir, context, bootstrap=1000, batch_size=8, workers=2, decoder="pyav",
-                 verify=True, threshold=None, progress=print, allow_overlap=False, leakage=None):
+                 verify=True, threshold=None, progress=print, allow_overlap=False, leakage=None,
+                 base_weights=None):
     """Evaluate ``checkpoint`` on every test set of ``suite`` into ``out_dir`` (all ranks take part in each);
     returns the table dict on rank 0 and None on the other ranks. A test set that shares videos or groups with
     the run's training or validation data (``leakage``: ``find_leakage``'s, found here when not given) stops
@@ -378,7 +379,7 @@ def run_protocol(checkpoint, suite, out_dir, context, bootstrap=1000, batch_size
     for number, test_set in enumerate(suite.test_sets.values(), 1):
         metrics = run_evaluation(checkpoint, test_set.shards, out_dir / "sets" / test_set.folder, threshold=threshold,
                                  batch_size=batch_size, workers=workers, decoder=decoder, context=context,
-                                 verify=verify, bootstrap=bootstrap)
+                                 verify=verify, bootstrap=bootstrap, base_weights=base_weights)
         if metrics is None:  # not rank 0
             continue
         shared = leakage.found.get(test_set.name)

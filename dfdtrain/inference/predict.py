@@ -74,7 +74,7 @@ class Predictor:
     """A loaded detector plus everything needed to turn video files into p_fake scores."""
 
     def __init__(self, checkpoint, device="cpu", faces=DEFAULT_FACES, num_frames=None, batch_size=4,
-                 progress=True):
+                 progress=True, base_weights=None):
         if faces not in face_modes():
             raise DfdError(f"faces must be one of {', '.join(face_modes())}, not {faces!r}")
         if num_frames is not None and num_frames < 1:
@@ -82,7 +82,7 @@ class Predictor:
         if batch_size < 1:
             raise DfdError("the batch size must be at least 1")
         self.device = torch.device(device)
-        self.model, self.settings = load_detector(checkpoint, self.device)
+        self.model, self.settings = load_detector(checkpoint, self.device, base_weights)  # see load_detector
         self.clip = self.settings.clip
         if num_frames:
             self.clip = dataclasses.replace(self.clip, sampler=dataclasses.replace(self.clip.sampler,

@@ -155,7 +155,7 @@ def check_limits(max_mb, timeout, body_timeout, queue_size, batch_size):
 
 def create_app(checkpoint, device="cpu", faces="mtcnn", max_mb=DEFAULT_MAX_MB, timeout=DEFAULT_TIMEOUT,
                queue_size=DEFAULT_QUEUE, batch_size=4, allow_paths=None, upload_dir=None, predictor=None,
-               body_timeout=DEFAULT_BODY_TIMEOUT):
+               body_timeout=DEFAULT_BODY_TIMEOUT, base_weights=None):
     """The FastAPI app of a detection service for ``checkpoint`` (run directory, checkpoint folder or bundle);
     the model is loaded once, here. ``allow_paths``: a folder whose files JSON ``{"path"}`` requests may name
     (none: uploads only). ``upload_dir``: where uploads are staged (default: a new temporary folder).
@@ -173,7 +173,8 @@ def create_app(checkpoint, device="cpu", faces="mtcnn", max_mb=DEFAULT_MAX_MB, t
     check_limits(max_mb, timeout, body_timeout, queue_size, batch_size)
     if allow_paths is not None and not Path(allow_paths).is_dir():
         raise DfdError(f"{allow_paths}: --allow-paths must be a folder")
-    predictor = predictor or Predictor(checkpoint, device=device, faces=faces, batch_size=batch_size, progress=False)
+    predictor = predictor or Predictor(checkpoint, device=device, faces=faces, batch_size=batch_size, progress=False,
+                                       base_weights=base_weights)
     owned_upload_dir = upload_dir is None
     upload_dir = Path(tempfile.mkdtemp(prefix="dfdtrain-uploads-") if owned_upload_dir else upload_dir)
     upload_dir.mkdir(parents=True, exist_ok=True)

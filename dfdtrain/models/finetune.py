@@ -8,24 +8,16 @@ A backbone frozen for the first K epochs stays in the optimizer with learning ra
 raising its ``lr_scale``: DDP and DeepSpeed ZeRO fix the set of trained parameters when they wrap the model,
 and ZeRO partitions only the parameters it was given, so adding them later would silently never train them.
 
-Methods (``finetune.method``, the ``FINETUNE_METHODS`` registry; each entry ``(detector, finetune_config) -> None``
-sets requires_grad and wraps modules, once, before the optimizer is built, so ``parameter_groups`` and ZeRO see
-only the tensors that train): ``full`` (the stage policies above), ``layernorm`` (GenD: only the backbone's
-LayerNorm affine parameters and the head) and ``lora`` (low-rank A, B beside each targeted frozen nn.Linear).
+The other fine-tuning methods (``finetune.method``: layernorm, lora, svd_residual, adapter) are in
+``dfdtrain.models.finetune_methods``; ``full`` is this module's policies. ``train_head_only`` is where each of them
+starts.
 """
 
 import dataclasses
-import math
-import types
 
-import torch
 from torch import nn
 
-from dfdtrain.core.errors import DfdError
-from dfdtrain.core.registry import Registry
 from dfdtrain.models.backbones import backbone_stages
-
-FINETUNE_METHODS = Registry("fine-tuning method")
 
 _NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.LayerNorm, nn.GroupNorm)
 
@@ -150,169 +142,9 @@ def apply_phase(detector, schedule, epoch, optimizer=None):
     return phase
 
 
-# ---------------------------------------------------------------------------------------------- methods
-def apply_finetune(detector, config):
-    """Apply ``config.method`` (a FinetuneConfig's) to ``detector``: requires_grad, wrapped modules (before the
-    optimizer is built; the Trainer and ``dfdtrain model`` both call this)."""
-    FINETUNE_METHODS.get(config.method)(detector, config)
-
-
-def _train_head_only(detector):
+def train_head_only(detector):
+    """requires_grad off for the whole backbone, on for the head: where every parameter-efficient method starts."""
     for parameter in detector.backbone.parameters():
         parameter.requires_grad_(False)
     for parameter in detector.head.parameters():
         parameter.requires_grad_(True)
-
-
-@FINETUNE_METHODS.register("full")
-def full_finetune(detector, config):
-    """Today's policies: the whole backbone, a frozen one, the last N stages or two phases (``prepare_trainable``)."""
-    prepare_trainable(detector, FinetuneSchedule.from_config(config))
-
-
-@FINETUNE_METHODS.register("layernorm")
-def layernorm_finetune(detector, config):
-    """GenD (Yermakov et al., WACV'26): only the LayerNorm affine parameters of the backbone train, plus the head.
-
-    The official code (github.com/yermandy/GenD, ``src/model/GenD.py`` ``_freeze_parameters``) freezes the feature
-    extractor and re-enables every parameter whose name contains one of ``unfreeze_layers`` (``norm_pre``,
-    ``norm1``, ``norm2``, ``norm`` for timm ViTs, ``src/exp/wacv_rebuttal.py``; ``pre_layrnorm``, ``layer_norm1/2``,
-    ``post_layernorm`` for HF CLIP). Here: the weight and bias of every ``nn.LayerNorm`` module of the backbone,
-    the pre-norm, both norms of each block and the final norm (and ``fc_norm`` where a timm ViT has one) included,
-    matched by type rather than by name, so other layers whose name holds "norm" are not caught.
-    """
-    _train_head_only(detector)
-    for layer in detector.backbone.modules():
-        if isinstance(layer, nn.LayerNorm):
-            for parameter in layer.parameters(recurse=False):
-                parameter.requires_grad_(True)
-    if config.freeze_batchnorm:
-        mark_batchnorm_frozen(detector.backbone)
-
-
-class LoRALinear(nn.Linear):
-    """A frozen nn.Linear plus a trainable low-rank update: ``y = x W^T + b + (x A^T B^T) * alpha / r``.
-
-    As ``loralib.layers.Linear`` (Hu et al. 2021, github.com/microsoft/LoRA ``loralib/layers.py``): A [r, in]
-    kaiming-uniform (a=sqrt(5)), B [out, r] zeros, so the layer starts as the original one; no dropout. It keeps
-    the original's ``weight`` and ``bias`` tensors (the same names, frozen) and adds ``lora_A``, ``lora_B`` and a
-    ``lora_scaling`` buffer (alpha / r, so a state dict can be folded without the config: ``fold_lora_weights``).
-    ``merged()`` is a plain nn.Linear with ``W + B A * alpha / r`` folded in (for export).
-    """
-
-    def __init__(self, linear, rank, alpha):
-        if rank < 1:
-            raise ValueError("the LoRA rank must be >= 1")
-        super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
-        self.weight = linear.weight
-        self.bias = linear.bias
-        self.weight.requires_grad_(False)
-        if self.bias is not None:
-            self.bias.requires_grad_(False)
-        self.rank, self.alpha, self.scaling = rank, alpha, alpha / rank
-        self.register_buffer("lora_scaling", torch.tensor(self.scaling))  # for fold_lora_weights
-        factory = {"device": linear.weight.device, "dtype": linear.weight.dtype}
-        self.lora_A = nn.Parameter(torch.empty(rank, linear.in_features, **factory))
-        self.lora_B = nn.Parameter(torch.zeros(linear.out_features, rank, **factory))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-
-    def forward(self, x):
-        return super().forward(x) + (x @ self.lora_A.t() @ self.lora_B.t()) * self.scaling
-
-    def delta_weight(self):
-        return (self.lora_B @ self.lora_A) * self.scaling
-
-    def merged(self):
-        """A plain nn.Linear computing the same function (W + B A * alpha / r), detached from this one."""
-        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                           device=self.weight.device, dtype=self.weight.dtype)
-        with torch.no_grad():
-            linear.weight.copy_(self.weight + self.delta_weight())
-            if self.bias is not None:
-                linear.bias.copy_(self.bias)
-        return linear
-
-    def extra_repr(self):
-        return f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha}"
-
-
-def add_lora(module, targets, rank, alpha):
-    """Replace every nn.Linear under ``module`` whose last name component is in ``targets`` by a LoRALinear;
-    returns the qualified names replaced."""
-    replaced = []
-    for name, child in list(module.named_modules()):
-        for child_name, layer in list(child.named_children()):
-            if isinstance(layer, nn.Linear) and not isinstance(layer, LoRALinear) and child_name in targets:
-                setattr(child, child_name, LoRALinear(layer, rank, alpha))
-                replaced.append(f"{name}.{child_name}" if name else child_name)
-    return replaced
-
-
-def merge_lora(module):
-    """Replace every LoRALinear under ``module`` by its ``merged()`` nn.Linear (in place); returns ``module``."""
-    for child in list(module.modules()):
-        for child_name, layer in list(child.named_children()):
-            if isinstance(layer, LoRALinear):
-                setattr(child, child_name, layer.merged())
-    return module
-
-
-@FINETUNE_METHODS.register("lora")
-def lora_finetune(detector, config):
-    """LoRA (Hu et al. 2021; github.com/microsoft/LoRA, ``loralib/layers.py``): each backbone nn.Linear named in
-    ``finetune.lora_targets`` (by its last name component: timm ViTs' ``qkv``, ``proj``, ``fc1``, ``fc2``) gets a
-    rank-``lora_rank`` update scaled by ``lora_alpha / lora_rank``; only ``lora_A``, ``lora_B`` and the head train.
-    A backbone with no such layer is refused (nothing of it would train)."""
-    _train_head_only(detector)
-    replaced = add_lora(detector.backbone, set(config.lora_targets), config.lora_rank, config.lora_alpha)
-    if not replaced:
-        raise DfdError(f"finetune.lora_targets {list(config.lora_targets)} name no nn.Linear of the backbone "
-                         f"{type(detector.backbone).__name__}")
-    if config.freeze_batchnorm:
-        mark_batchnorm_frozen(detector.backbone)
-
-
-def fold_lora_weights(weights):
-    """A state dict with every LoRA layer's ``lora_A``/``lora_B`` folded into its ``weight`` (the keys a plain
-    model has): what a checkpoint trained with ``finetune.method: lora`` holds, for a model built without it."""
-    if not any(name.endswith(".lora_A") for name in weights):
-        return weights
-    folded = dict(weights)
-    for name in [name for name in weights if name.endswith(".lora_A")]:
-        prefix = name[: -len("lora_A")]
-        a, b = folded.pop(name), folded.pop(prefix + "lora_B")
-        weight = folded[prefix + "weight"]
-        scaling = folded.pop(prefix + "lora_scaling").item()
-        folded[prefix + "weight"] = (weight.float() + (b.float() @ a.float()) * scaling).to(weight.dtype)
-    return folded
-
-
-def finetune_method(config):
-    """What a FinetuneConfig does, in words for ``dfdtrain model``: full, frozen backbone, two-phase, layernorm
-    (GenD) or lora (rank, alpha, targets)."""
-    if config.method == "layernorm":
-        return "layernorm (GenD: LayerNorm affine parameters + head)"
-    if config.method == "lora":
-        return f"lora (rank {config.lora_rank}, alpha {config.lora_alpha:g}, {', '.join(config.lora_targets)})"
-    if config.freeze_backbone:
-        return "frozen backbone"
-    return "two-phase" if config.frozen_epochs else "full"
-
-
-def trained_phases(detector, config, backbone_runs=True):
-    """``[(first epoch, [parameters that train from it])]`` of ``detector`` under a FinetuneConfig, one entry per
-    phase (two for a two-phase schedule). ``backbone_runs=False``: cached features (data.source: embeddings),
-    the backbone never trains. Applies the method to ``detector`` as training would (requires_grad, LoRA layers);
-    which parameters train in which phase comes from ``parameter_groups`` and ``apply_phase`` (a group at
-    lr_scale 0 is held still)."""
-    schedule = FinetuneSchedule.from_config(config)
-    apply_finetune(detector, config)  # as the Trainer applies it
-    if not backbone_runs:
-        set_trainable_stages(detector, 0)
-    groups = parameter_groups(detector, head_lr=1.0)
-    optimizer = types.SimpleNamespace(param_groups=groups)
-    phases = []
-    for epoch in sorted({0, schedule.switches_at() or 0}):
-        apply_phase(detector, schedule, epoch, optimizer)
-        phases.append((epoch, [p for group in groups if group["lr_scale"] > 0 for p in group["params"]]))
-    return phases

@@ -20,6 +20,7 @@ from dfdtrain.data.storage import megabytes, no_space_line
 from dfdtrain.core.distributed import barrier
 from dfdtrain.core.errors import DfdError, one_line
 from dfdtrain.core.fileio import atomic_open, load_plain, write_json
+from dfdtrain.models.bundle import SETTINGS_FILE, read_settings
 
 
 def rng_state():
@@ -45,9 +46,10 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(engine, run_dir, tag, state, context, json_files=None):
+def save_checkpoint(engine, run_dir, tag, state, context, json_files=None, trained_only=False):
     """Write checkpoint ``tag`` (e.g. last, best) holding the engine's states, ``state`` (the loop's) and, from
-    rank 0, ``json_files`` ({file name: JSON-ready value}, e.g. the detector settings). A full disk is one line
+    rank 0, ``json_files`` ({file name: JSON-ready value}, e.g. the detector settings); ``trained_only``: of the
+    weights only the trained tensors (a frozen-base run, ``Engine.save``). A full disk is one line
     (``NoSpace``) naming the folder, the space the checkpoint needs and the space free; the previous checkpoint
     ``tag`` stays as it was."""
     folder = os.path.join(run_dir, "checkpoints")
@@ -57,7 +59,7 @@ def save_checkpoint(engine, run_dir, tag, state, context, json_files=None):
             shutil.rmtree(temporary, ignore_errors=True)
             os.makedirs(temporary)
         barrier()
-        engine.save(temporary, state)
+        engine.save(temporary, state, trained_only=trained_only)
         if context.is_main:
             for name, value in (json_files or {}).items():
                 write_json(os.path.join(temporary, name), value)
@@ -177,12 +179,15 @@ def clean_checkpoints(run_dir):
     return done
 
 
-def load_checkpoint(engine, path, context):
+def load_checkpoint(engine, path, context, base=None):
     """Restore the engine's states and this rank's RNG; returns the loop's state. A checkpoint whose files load
     (weights only) but do not hold what this run saves (a list, missing keys, weights of another model) is one
-    line naming it: it may come from someone else, or from another version or config."""
+    line naming it: it may come from someone else, or from another version or config. ``base``: this run's
+    BaseIdentity when it stores only the trained tensors; the checkpoint must have been trained on that base."""
+    if base is not None:
+        _check_same_base(path, base)
     try:
-        state = engine.load(path)
+        state = engine.load(path, trained_only=base is not None)
         rng_path = os.path.join(path, f"rng-rank{context.rank}.pt")
         if os.path.exists(rng_path):
             set_rng_state(load_plain(rng_path))
@@ -196,3 +201,14 @@ def load_checkpoint(engine, path, context):
     if not isinstance(state, dict):
         raise DfdError(f"{path}: cannot resume from this checkpoint (its loop state is a {type(state).__name__})")
     return state
+
+
+def _check_same_base(path, base):
+    """One line unless checkpoint ``path`` (its detector.json) was trained on ``base``: resuming on another base
+    would train on from tensors the rest of the checkpoint does not match."""
+    settings = read_settings(os.path.join(path, SETTINGS_FILE))
+    if settings.base.sha256 != base.sha256:
+        recorded = (f"the base {settings.base.describe()} (sha256 {settings.base.sha256[:16]})"
+                    if settings.base.needed else "every tensor (a finetune.method full run)")
+        raise DfdError(f"{path}: cannot resume: it holds {recorded}, but this run's base is {base.describe()} "
+                       f"(sha256 {base.sha256[:16]}); use the run's model.pretrained_file and seed")

@@ -26,6 +26,7 @@ from dfdtrain.core.errors import DfdError, one_line
 from dfdtrain.core.fileio import atomic_open, load_plain, loads_untrusted_json
 from dfdtrain.core.devices import autocast
 from dfdtrain.core.registry import Registry
+from dfdtrain.models.base_identity import load_trained_tensors, trained_names
 
 ENGINES = Registry("engine")
 
@@ -59,13 +60,15 @@ class Engine(Protocol):
         optimizer and the schedule; True when it stepped."""
         ...
 
-    def save(self, folder: str, state: dict) -> None:
+    def save(self, folder: str, state: dict, trained_only: bool = False) -> None:
         """Write the weights, optimizer and schedule, and the loop's ``state``, into ``folder`` (every rank calls
-        it; each writes what it holds)."""
+        it; each writes what it holds). ``trained_only``: of the weights, only ``trained_names`` (a frozen-base
+        run: the rest is rebuilt from the base)."""
         ...
 
-    def load(self, folder: str) -> dict:
-        """Restore what ``save`` wrote into ``folder``; returns the loop's state."""
+    def load(self, folder: str, trained_only: bool = False) -> dict:
+        """Restore what ``save`` wrote into ``folder``; returns the loop's state. ``trained_only``: the weights
+        there must be exactly the module's ``trained_names`` (the others stay as built)."""
         ...
 
 
@@ -117,15 +120,23 @@ class DDPEngine:
         self.scheduler.step()
         return True
 
-    def save(self, folder, state):
+    def save(self, folder, state, trained_only=False):
         if self.context.is_main:
-            _save_torch({"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+            weights = self.module.state_dict()
+            if trained_only:
+                trained = trained_names(self.module)
+                weights = {name: value for name, value in weights.items() if name in trained}
+            _save_torch({"model": weights, "optimizer": self.optimizer.state_dict(),
                          "scheduler": self.scheduler.state_dict(), "state": state},
                         os.path.join(folder, "checkpoint.pt"))
 
-    def load(self, folder):
-        checkpoint = load_plain(os.path.join(folder, "checkpoint.pt"), map_location=self.context.device)
-        self.module.load_state_dict(checkpoint["model"])
+    def load(self, folder, trained_only=False):
+        path = os.path.join(folder, "checkpoint.pt")
+        checkpoint = load_plain(path, map_location=self.context.device)
+        if trained_only:
+            load_trained_tensors(self.module, checkpoint["model"], path)
+        else:
+            self.module.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         return checkpoint["state"]
@@ -353,19 +364,24 @@ class DeepSpeedEngine:
         self.model.step()
         return boundary
 
-    def save(self, folder, state):
+    def save(self, folder, state, trained_only=False):
         # DeepSpeed's own layout (folder/<tag>/...), so its tools (zero_to_fp32.py) can read it. Not its
         # ``latest`` file: it would name the temporary folder; save_checkpoint writes it after the rename.
+        # trained_only: DeepSpeed leaves out the parameters without requires_grad (buffers stay), as
+        # ``trained_names`` does
         parent, tag = os.path.split(os.path.normpath(folder))
-        self.model.save_checkpoint(parent, tag=tag, client_state={"state": state}, save_latest=False)
+        self.model.save_checkpoint(parent, tag=tag, client_state={"state": state}, save_latest=False,
+                                   exclude_frozen_parameters=trained_only)
 
-    def load(self, folder):
+    def load(self, folder, trained_only=False):
         if self.model.load_universal_checkpoint() or self.model.has_moe_layers:
             # those paths call torch.load themselves, past the checkpoint engine that PlainLoads covers
             raise DfdError(f"{folder}: DeepSpeed universal and MoE checkpoints are not supported (DeepSpeed would "
                            "unpickle them without weights_only)")
         parent, tag = os.path.split(os.path.normpath(folder))
-        path, client_state = self.model.load_checkpoint(parent, tag=tag)
+        # trained_only: the frozen parameters stay as built; the weights must be exactly the trained ones
+        load = (lambda src, dst: load_trained_tensors(dst, src, folder)) if trained_only else None
+        path, client_state = self.model.load_checkpoint(parent, tag=tag, custom_load_fn=load)
         if path is None:
             raise DfdError(f"{folder}: DeepSpeed found no checkpoint there")
         return client_state["state"]

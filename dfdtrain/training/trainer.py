@@ -49,10 +49,12 @@ from dfdtrain.training.state import StepResult, TrainState, improved
 from dfdtrain.evaluation.scoring import metric_value, validation_metrics
 from dfdtrain.core.errors import DfdError
 from dfdtrain.metrics import format_metrics_table
+from dfdtrain.models.base_identity import base_identity, trained_only
 from dfdtrain.models.bundle import SETTINGS_FILE, calibrated, detector_settings
 from dfdtrain.models.detector import build_detector_from_config
-from dfdtrain.models.finetune import (FinetuneSchedule, apply_finetune, apply_phase, freeze_batchnorm_statistics,
-                                      parameter_groups, set_trainable_stages)
+from dfdtrain.models.finetune import (FinetuneSchedule, apply_phase, freeze_batchnorm_statistics, parameter_groups,
+                                      set_trainable_stages)
+from dfdtrain.models.finetune_methods import apply_finetune
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +93,13 @@ class Trainer:
         self.settings = detector_settings(config, model)  # the resolved clip spec, threshold: saved with checkpoints
         self.clip = self.settings.clip
         self.schedule = FinetuneSchedule.from_config(config.finetune)
-        apply_finetune(model, config.finetune)  # finetune.method: requires_grad, LoRA layers; before the optimizer
+        # a frozen base (finetune.method not full): checkpoints hold the trained tensors, detector.json the base
+        # (identified as built, before the method changes it)
+        self.trained_only = trained_only(config.finetune) and not self.embeddings
+        if self.trained_only:
+            self.settings = dataclasses.replace(self.settings, base=base_identity(config.model, config.seed, model))
+        # finetune.method: requires_grad and wrapped layers, before the optimizer; its extra loss (or None)
+        self.regularizer = apply_finetune(model, config.finetune)
         if self.embeddings:  # cached features: the backbone is not run, so it cannot train
             set_trainable_stages(model, 0)
         if config.model.sync_batchnorm and context.world_size > 1:
@@ -167,7 +175,7 @@ class Trainer:
         if any_rank(not finite, self.context.device):
             raise NonFiniteLoss(f"the weights became non-finite at step {self.state.step}: training diverged; "
                                 f"{self._last_good()}")
-        save_checkpoint(self.engine, self.run_dir, tag, self.state_dict(), self.context,
+        save_checkpoint(self.engine, self.run_dir, tag, self.state_dict(), self.context, trained_only=self.trained_only,
                         json_files={SETTINGS_FILE: self.checkpoint_settings().to_json()})
 
     def checkpoint_settings(self):
@@ -183,7 +191,8 @@ class Trainer:
         if mode == "must" and checkpoint is None:
             raise DfdError(f"{self.run_dir}: --resume given but there is no checkpoint to resume from")
         if checkpoint:
-            self.load_state_dict(load_checkpoint(self.engine, checkpoint, self.context))
+            base = self.settings.base if self.trained_only else None
+            self.load_state_dict(load_checkpoint(self.engine, checkpoint, self.context, base=base))
         return checkpoint
 
     # -- steps ---------------------------------------------------------------------------------------------
@@ -206,6 +215,8 @@ class Trainer:
         with self.engine.micro_step():
             video_logits, _ = self.engine.forward(inputs, batch["mask"])
             loss = video_bce(video_logits, batch["label"], self.config.train.label_smoothing, self.pos_weight)
+            if self.regularizer is not None:  # e.g. svd_residual: Effort's orthogonality and singular-value terms
+                loss = loss + self.regularizer()
             self._nonfinite |= ~torch.isfinite(loss.detach())
             self.engine.backward(loss)
         stepped = self.engine.step()

@@ -10,8 +10,9 @@ from torch import nn
 
 from dfdtrain.config import FinetuneConfig
 from dfdtrain.models.detector import build_detector
-from dfdtrain.models.finetune import (LoRALinear, apply_finetune, fold_lora_weights, merge_lora, parameter_groups,
-                                      trained_phases)
+from dfdtrain.models.finetune import parameter_groups
+from dfdtrain.models.finetune_methods import apply_finetune, merge_finetuned, trained_phases
+from dfdtrain.models.lora import LoRALinear
 
 VIT = "vit_tiny_patch16_224"
 SIZE = 32
@@ -98,13 +99,13 @@ def test_merged_lora_layers_and_folded_weights_give_the_lora_output():
             if isinstance(layer, LoRALinear):
                 layer.lora_B.normal_(std=0.05)
         adapted = logits(model)
-        merged = merge_lora(copy.deepcopy(model))
+        merged = merge_finetuned(copy.deepcopy(model))
         assert not any(isinstance(layer, LoRALinear) for layer in merged.modules())
         assert type(merged.backbone.blocks[0].attn.qkv) is nn.Linear
         assert torch.allclose(logits(merged), adapted, atol=1e-5, rtol=0)
         assert not torch.allclose(logits(vit().eval()), adapted, atol=1e-3)  # B moved the output
-        plain = vit().eval()  # a checkpoint trained with lora loads into the model predict builds
-        plain.load_state_dict(fold_lora_weights(model.state_dict()))
+        plain = vit().eval()  # the merged weights are a plain model's (export --merge)
+        plain.load_state_dict(merged.state_dict())
         assert torch.allclose(logits(plain), adapted, atol=1e-5, rtol=0)
 
 
@@ -142,14 +143,14 @@ def test_a_trainer_step_with_lora_moves_a_and_b_and_not_the_base_weights(tmp_pat
     assert any(name.endswith(".lora_A") for name in moved)  # A moves once B is non-zero (the second step)
     assert any(name.startswith("head.") for name in moved)
 
-    trainer.save_checkpoint("last")  # predict's loader folds A, B into the plain model it builds
+    trainer.save_checkpoint("last")  # the trained tensors only: predict's loader rebuilds the base, adds LoRA
     from dfdtrain.models.bundle import load_detector
     loaded, _ = load_detector(tmp_path / "run")
-    assert not any(isinstance(layer, LoRALinear) for layer in loaded.modules())
+    assert any(isinstance(layer, LoRALinear) for layer in loaded.modules())
     frames = trainer.train_loader.frames[:2]
     model.eval()
     with torch.no_grad():
-        assert torch.allclose(loaded(frames)[0], model(frames)[0], atol=1e-5, rtol=0)
+        assert torch.equal(loaded(frames)[0], model(frames)[0])
 
 
 @pytest.mark.parametrize("method, backbone_trained, label", [

@@ -10,7 +10,7 @@ from dfdtrain.checks import load_experiment
 from dfdtrain.config import FinetuneConfig
 from dfdtrain.core.errors import DfdError
 from dfdtrain.models.detector import build_detector, build_detector_from_config
-from dfdtrain.models.finetune import trained_phases
+from dfdtrain.models.finetune_methods import trained_phases
 from dfdtrain.models.stats import clip_flops, count_parameters, forward_flops, state_bytes
 
 DEMO = REPO / "configs" / "demo.yaml"

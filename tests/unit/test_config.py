@@ -30,8 +30,8 @@ BAD_OVERRIDES = [
     (["data.class_balance=true", "train.class_weights=true"], "'data.class_balance' and train.class_weights both"),
     (["train.engine=horovod"], "'train.engine' names no engine: unknown engine 'horovod'"),
     (["train.zero_stage=3"], "'train.zero_stage' must be one of 0, 1, 2, not 3"),
-    (["finetune.method=lorra"], "'finetune.method' must be one of full, layernorm, lora, not 'lorra' (did you "
-                                "mean 'lora'?)"),
+    (["finetune.method=lorra"], "'finetune.method' must be one of full, layernorm, lora, svd_residual, adapter, "
+                                "not 'lorra' (did you mean 'lora'?)"),
     (["finetune.method=lora", "finetune.freeze_backbone=true"], "'finetune.method' is 'lora', which chooses the "
      "trained tensors itself; finetune.freeze_backbone=true works with method 'full' only"),
     (["finetune.method=layernorm", "finetune.frozen_epochs=2"], "finetune.frozen_epochs=2 works with method 'full'"),

@@ -123,7 +123,15 @@ def render_model(result):
                    rows)
     lines += ["", "Ratios (same run):"]
     for case in result["cases"]:
-        lines.append(f"- {case['case']}: " + ", ".join(f"`{k}` = {v}" for k, v in case["ratios"].items()))
+        if case["ratios"]:
+            lines.append(f"- {case['case']}: " + ", ".join(f"`{k}` = {v}" for k, v in case["ratios"].items()))
+    methods = [case for case in result["cases"] if case.get("method")]
+    if methods:
+        lines += ["", "Fine-tuning methods (finetune.method, bf16 only; MFU convention: "
+                  f"{result['settings'].get('mfu_convention', '3 x forward FLOPs')}):"]
+        lines += [f"- {case['case']}: {case['method_description']}; {case['params_trainable']:,} of "
+                  f"{case['params_total']:,} parameters train; {case['gflops_per_clip_forward']} GFLOPs forward per "
+                  f"clip; {case['memory_formats_note']}" for case in methods]
     reasons = {row["mfu_reason"] for case in result["cases"] for row in case["results"] if row["mfu_reason"]}
     if reasons:
         lines += ["", "MFU: " + "; ".join(sorted(reasons)) + "."]

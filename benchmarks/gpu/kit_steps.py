@@ -11,6 +11,10 @@ from kit_wheels import REPO
 
 TOTAL_BUDGET_S = 9 * 60  # the whole GPU run, install included
 INSTALL_BUDGET_S = 45
+# The model step's cases (benchmarks/model.py names): two convolutional detectors in 4 variants each, and ViT-L/14
+# with a fine-tuning method (bf16, NCHW: channels_last does not apply to a ViT); the dry run's CPU-sized stand-ins.
+MODEL_CASES = ("EfficientNetB7@380", "ResNet152V2@224", "vit_large_patch14_clip_224@224+lora")
+MODEL_CASES_CPU = ("mobilenetv2_050@64", "vit_tiny_patch16_224@224+lora")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -47,11 +51,12 @@ def steps():
              "video on the GPU)", "shard_faces_{tag}.json",
              ["benchmarks/gpu/shard_faces.py", "--device", "cuda", "--out", "{out}"],
              ["benchmarks/gpu/shard_faces.py", "--quick", "--device", "cpu", "--out", "{out}"]),
-        Step("model", 100, "bench model: bf16 + channels_last vs fp32/NCHW for EfficientNet-B7@380 and "
-             "ResNet152V2@224 (timm resnetv2_152), MFU against the device's peak", "model_{tag}.json",
-             [*bench, "model", "--device", "cuda", "--cases", "EfficientNetB7@380,ResNet152V2@224", "--repeats", "3",
+        Step("model", 120, "bench model: bf16 + channels_last vs fp32/NCHW for EfficientNet-B7@380 and "
+             "ResNet152V2@224 (timm resnetv2_152), ViT-L/14@224 with LoRA (bf16), MFU against the device's peak",
+             "model_{tag}.json",
+             [*bench, "model", "--device", "cuda", "--cases", ",".join(MODEL_CASES), "--repeats", "3",
               "--steps", "5", "--warmup", "3", "--out", "{out}"],
-             [*bench, "model", "--quick", "--device", "cpu", "--out", "{out}"]),
+             [*bench, "model", "--quick", "--device", "cpu", "--cases", ",".join(MODEL_CASES_CPU), "--out", "{out}"]),
         Step("train", 110, "bench train: the real loop with the DALI loader vs the same loop fed a batch already on "
              "the device (goal >= 0.95); its clips generated in parallel (train_step.py)", "train_{tag}.json",
              ["benchmarks/gpu/train_step.py", "--device", "cuda", "--repeats", "2", "--out", "{out}"],
@@ -112,23 +117,27 @@ def summarise_faces(result, on_gpu, environment):
 
 
 def summarise_model(result, on_gpu, environment):
-    summary, problems = {}, []
+    cases, problems = {}, []
     for case in result["cases"]:
-        rows = {(row["precision"], row["memory_format"]): row for row in case["results"]}
         figures = {}
-        for precision, memory_format in (("bf16", "channels_last"), ("fp32", "nchw")):
-            row = rows[precision, memory_format]
-            figures[f"{precision}_{memory_format}"] = {key: row[key] for key in (
-                "frames_per_s", "achieved_tflops", "mfu", "peak_tflops", "peak_mode", "peak_row")}
-            if on_gpu and row["mfu"] is None:
-                problems.append(f"{case['case']}: no MFU ({row['mfu_reason']})")
-        figures["bf16_channels_last_over_fp32_nchw"] = case["ratios"]["bf16_channels_last_over_fp32_nchw"]
-        summary[case["case"]] = figures
-    if on_gpu:
-        missing = {"EfficientNetB7@380", "ResNet152V2@224"} - set(summary)
-        if missing:
-            problems.append(f"case(s) not measured: {', '.join(sorted(missing))}")
-    return summary, problems
+        if case.get("method"):  # a fine-tuning method case: bf16 / NCHW only
+            figures.update({key: case[key] for key in ("method", "params_trainable", "params_total",
+                                                       "gflops_per_clip_train")})
+        headline_variants = None if case.get("method") else {("bf16", "channels_last"), ("fp32", "nchw")}
+        for row in case["results"]:
+            if headline_variants is None or (row["precision"], row["memory_format"]) in headline_variants:
+                figures[f"{row['precision']}_{row['memory_format']}"] = {key: row[key] for key in (
+                    "samples_per_s", "frames_per_s", "achieved_tflops", "mfu", "peak_tflops", "peak_mode", "peak_row")}
+                if on_gpu and row["mfu"] is None:
+                    problems.append(f"{case['case']}: no MFU ({row['mfu_reason']})")
+        if "bf16_channels_last_over_fp32_nchw" in case["ratios"]:
+            figures["bf16_channels_last_over_fp32_nchw"] = case["ratios"]["bf16_channels_last_over_fp32_nchw"]
+        cases[case["case"]] = figures
+    missing = set(MODEL_CASES if on_gpu else MODEL_CASES_CPU) - set(cases)
+    if missing:
+        problems.append(f"case(s) not measured: {', '.join(sorted(missing))}")
+    # the GPU by name (MFU is against its row of benchmarks/common.py PEAK_TFLOPS: each row's peak_row)
+    return {"device": result["machine"]["gpu"], "cases": cases}, problems
 
 
 def summarise_train(result, on_gpu, environment):
@@ -205,9 +214,12 @@ def headline(name, record):
                     f"{summary['goal_met']}")
         return f"{summary.get('wall_s_per_video', {}).get('cpu')} s/video on the CPU only ({summary.get('cuda', '?')})"
     if name == "model":
-        return "; ".join(f"{case} bf16+CL MFU {figures['bf16_channels_last']['mfu']}, x"
-                         f"{figures['bf16_channels_last_over_fp32_nchw']} over fp32/NCHW"
-                         for case, figures in summary.items())
+        return f"{summary.get('device') or 'no GPU'}: " + "; ".join(
+            f"{case} bf16 MFU {figures['bf16_nchw']['mfu']}, {figures['bf16_nchw']['samples_per_s']} clips/s, "
+            f"{figures['params_trainable']:,} params train" if "method" in figures else
+            f"{case} bf16+CL MFU {figures['bf16_channels_last']['mfu']}, x"
+            f"{figures['bf16_channels_last_over_fp32_nchw']} over fp32/NCHW"
+            for case, figures in summary.get("cases", {}).items())
     if name == "train":
         return f"real/synthetic {summary.get('real_over_synthetic')} (goal met: {summary.get('goal_met')})"
     if name == "engine":

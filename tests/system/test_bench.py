@@ -108,6 +108,59 @@ def test_quick_model_measures_every_precision_and_memory_format(quick_results):
     assert len(case["ratios"]) == 4
 
 
+def test_model_method_case_reports_the_method_its_trainable_parameters_and_flops(tmp_path):
+    """A fine-tuning method case on a small ViT, named with --cases (method cases never run unnamed on a CPU): bf16
+    and NCHW only (channels_last does not apply to a ViT: the result says so), the method, its trainable
+    parameters, FLOPs and the MFU convention; no MFU on a CPU."""
+    out = tmp_path / "model.json"
+    completed = run_cli("bench", "model", "--quick", "--device", "cpu", "--cases", "vit_tiny_patch16_224@224+lora",
+                        "--out", out)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(out.read_text())
+    (case,) = result["cases"]
+    assert case["case"] == "vit_tiny_patch16_224@224+lora" and case["method"] == "lora"
+    assert case["method_description"].startswith("lora (rank 8")
+    assert 0 < case["params_trainable"] < case["params_total"] / 10  # LoRA's A, B and the head
+    assert case["gflops_per_clip_train"] == pytest.approx(3 * case["gflops_per_clip_forward"], rel=0.01)
+    assert case["memory_formats"] == ["nchw"] and "does not apply to a ViT" in case["memory_formats_note"]
+    (row,) = case["results"]
+    assert (row["precision"], row["memory_format"]) == ("bf16", "nchw")
+    assert_positive(row, "samples_per_s", "achieved_tflops")
+    assert row["mfu"] is None and "no GPU" in row["mfu_reason"] and case["ratios"] == {}
+    assert "3 x forward" in result["settings"]["mfu_convention"] and result["settings"]["device_name"] is None
+    assert "Fine-tuning methods" in completed.stderr  # the summary for people lists the method case
+
+
+CASES_RUN = """
+import json, sys
+sys.path.insert(0, "benchmarks")
+import model
+
+ran = []
+model.measure_case = lambda case, *rest: ran.append(case.name) or (1.0, 1.0, {"total": 1, "trainable": 1}, [])
+for argv in ([], ["--cases", "vit_large_patch14_clip_224@224+layernorm"]):
+    model.main(["--device", "cpu", "--out", sys.argv[1], *argv])
+    print("RAN", json.dumps([ran.copy(), json.load(open(sys.argv[1]))["skipped"]]))
+    ran.clear()
+"""
+
+
+def test_model_has_a_vit_large_case_per_finetune_method_run_on_a_cpu_only_when_named(tmp_path):
+    from dfdtrain.models.finetune_methods import FINETUNE_METHODS
+
+    # measure_case stubbed: which cases a CPU run would measure, and which it skips (and why)
+    completed = subprocess.run([sys.executable, "-c", CASES_RUN, str(tmp_path / "model.json")], capture_output=True,
+                               text=True, timeout=300, cwd=REPO)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    (default_ran, default_skipped), (named_ran, named_skipped) = [
+        json.loads(line[4:]) for line in completed.stdout.splitlines() if line.startswith("RAN ")]
+    vit_large = [f"vit_large_patch14_clip_224@224+{method}" for method in FINETUNE_METHODS]  # one per method
+    assert not set(vit_large) & set(default_ran) and "ResNet152V2@224" in default_ran
+    reasons = {entry["case"]: entry["reason"] for entry in default_skipped}
+    assert all("--cases" in reasons[name] for name in vit_large)
+    assert named_ran == ["vit_large_patch14_clip_224@224+layernorm"] and named_skipped == []
+
+
 def test_quick_train_compares_the_real_loop_with_an_on_device_batch(quick_results):
     result = quick_results["train"]
     for mode in ("real", "synthetic"):

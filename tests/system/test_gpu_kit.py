@@ -129,10 +129,17 @@ def test_each_step_wrote_its_complete_result(dry_run):
 
     model = json.loads((out / RESULTS["model"]).read_text())
     assert model["benchmark"] == "model" and model["device"] == "cpu"
-    (case,) = model["cases"]
+    case, vit = model["cases"]  # the GPU step's kinds of case: a detector in 4 variants, a ViT with a method
     assert {(row["precision"], row["memory_format"]) for row in case["results"]} == {
         ("fp32", "nchw"), ("fp32", "channels_last"), ("bf16", "nchw"), ("bf16", "channels_last")}
-    assert all(row["mfu"] is None and "no GPU" in row["mfu_reason"] for row in case["results"])
+    assert vit["case"] == "vit_tiny_patch16_224@224+lora" and vit["params_trainable"] > 0
+    assert [(row["precision"], row["memory_format"]) for row in vit["results"]] == [("bf16", "nchw")]
+    assert all(row["mfu"] is None and "no GPU" in row["mfu_reason"] for row in case["results"] + vit["results"])
+    # on a GPU the step must hold the ViT-L/14 case, with an MFU and the device named
+    summary, problems = kit_steps.summarise_model(model, False, {})
+    assert problems == [] and summary["cases"][vit["case"]]["method"] == "lora"
+    assert "vit_large_patch14_clip_224@224+lora" in kit_steps.summarise_model(model, True, {})[1][-1]
+    assert "vit_tiny_patch16_224@224+lora bf16 MFU None" in kit_steps.headline("model", {"summary": summary})
 
     train = json.loads((out / RESULTS["train"]).read_text())
     assert train["benchmark"] == "train" and set(train["modes"]) == {"real", "synthetic"}

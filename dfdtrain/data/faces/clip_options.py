@@ -1,6 +1,6 @@
 """The face-clip store's settings: ``FaceClipOptions`` (clip size, codec, quality, GOP, pixel format, the no-face
-and doubtful-face policies, the track options), the codecs and their defaults, and the encoder options and json
-record they make. Light to import: the CLI reads its defaults from here.
+and doubtful-face policies, the track options, the landmark model), the codecs and their defaults, and the
+encoder options and json record they make. Light to import: the CLI reads its defaults from here.
 """
 
 import dataclasses
@@ -31,6 +31,9 @@ class FaceClipOptions:
     # marked doubtful (listed in index.json); F: such a video, with F in place of the half, is skipped instead
     min_track_coverage: float = None
     fidelity_frames: int = 32  # frames per clip compared with the crops to measure PSNR / mean error
+    # a landmark model (``landmarks.LANDMARK_MODELS``: dlib68) run on every stored frame of each kept track, its
+    # points stored in the track's json entry (clip pixels); None: no landmarks
+    landmarks: str = None
     tracks: TrackOptions = dataclasses.field(default_factory=TrackOptions)
 
     def __post_init__(self):
@@ -49,6 +52,11 @@ class FaceClipOptions:
             raise ValueError(f"{self.codec} crf must be in 0..{highest_crf}, not {self.crf}")
         if self.min_track_coverage is not None and not 0 <= self.min_track_coverage <= 1:
             raise ValueError(f"min_track_coverage must be in [0, 1], not {self.min_track_coverage}")
+        if self.landmarks is not None:
+            from dfdtrain.data.faces.landmarks import LANDMARK_MODELS
+
+            if self.landmarks not in LANDMARK_MODELS:
+                raise ValueError(LANDMARK_MODELS.unknown_name_message(self.landmarks))
         if self.size < 16 or self.size % 2 or self.gop < 1 or self.fidelity_frames < 1:
             raise ValueError("face clip size must be even and >= 16; gop and fidelity_frames >= 1")
 

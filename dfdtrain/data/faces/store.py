@@ -18,7 +18,8 @@ GOPs.
      (whole pixels, even-aligned so 4:2:0 chroma is cut where it lies; zero/black outside the frame), scaled
      to the track's clip size where the window is larger (never up: a track is stored at its median window
      side, capped at ``size``) and fed to one encoder per track (PyAV: libx264 in mp4, or libvpx-vp9 in webm,
-     which DALI decodes on the CPU). Frames come from the cache, or from a second decoding pass.
+     which DALI decodes on the CPU). Frames come from the cache, or from a second decoding pass. With
+     ``landmarks`` set, the landmark model runs on each cut window (``landmarks``: points in clip pixels).
 The source is never converted to RGB and back: the crop stays in the source's YUV (4:2:0 sources lose nothing
 before the codec). Every clip is then decoded back: its frame count must equal its track's length (else the
 video is skipped as undecodable) and its fidelity, PSNR and mean absolute error against the crops a loader of the
@@ -39,6 +40,7 @@ import numpy as np
 from dfdtrain.data.decode.decoders import open_video, upright
 from dfdtrain.data.faces.clip_encoding import encode_tracks, member_extension
 from dfdtrain.data.faces.clip_options import encode_settings
+from dfdtrain.data.faces.landmarks import detector_offset
 from dfdtrain.data.faces.planes import frame_arena
 from dfdtrain.data.faces.tracks import DOUBTFUL_COVERAGE, build_tracks, doubtful_reason, schedule_detections
 from dfdtrain.data.decode.video import probe
@@ -161,12 +163,14 @@ def make_face_clips(data, name, info, detector, options, progress=None, frame_ca
     ``info`` is the source's probe (frames, fps, width, height, ...). The json fields replace the probe's
     frames/width/height/codec/bytes with the stored clip's (track 0), keep the source's under ``source``, and
     add ``store``, ``tracks`` (id, member, frames, size, source_frames, windows as cut, detections, score,
-    quality, problems, bytes, fidelity; best first), ``dropped_tracks`` (the most-detected ``MAX_DROPPED_RECORDS``
-    tracks not kept, each with its reason) and ``dropped_track_reasons`` ({reason: count} over all of them),
+    quality, problems, bytes, fidelity, and with ``options.landmarks`` landmarks: per frame a list of [x, y] in
+    the clip's pixels, and landmark_offset, see ``landmarks``; best first), ``dropped_tracks`` (the
+    most-detected ``MAX_DROPPED_RECORDS`` tracks not kept, each with its reason) and ``dropped_track_reasons``
+    ({reason: count} over all of them),
     ``doubtful`` (why the best track is not to be trusted unseen, or None), ``encode``, ``fidelity`` (the
     tracks' mean) and ``no_face``. ``frame_cache_bytes`` only decides
     whether the source is decoded once or twice: the sample is the same. ``stats`` (a dict) gets the seconds
-    spent per stage: decode (the scan), detect, track, encode, verify (where a video's seconds go, for the
+    spent per stage: decode (the scan), detect, track, encode, landmarks, verify (where a video's seconds go, for the
     shard report and ``bench shard``), the detections made and whether the frames were cached.
     """
     stats = {} if stats is None else stats
@@ -185,9 +189,10 @@ def make_face_clips(data, name, info, detector, options, progress=None, frame_ca
         doubtful = doubtful_reason(tracks[0], limit)
         if doubtful and options.min_track_coverage is not None:
             raise SkipVideo(name, "doubtful-face", f"{doubtful} (--min-track-coverage {limit:g})")
-    encoded = encode_tracks(data, name, info, tracks, options, progress, scan, stats)
+    encoded = encode_tracks(data, name, info, tracks, options, progress, scan, stats,
+                            landmarks=[not no_face] * len(tracks))
     members, track_fields = [], []
-    for number, (track, (clip, clip_fidelity, windows, size)) in enumerate(zip(tracks, encoded)):
+    for number, (track, (clip, clip_fidelity, windows, size, points)) in enumerate(zip(tracks, encoded)):
         extension = member_extension(options, number)
         members.append((extension, clip))
         track_fields.append({"id": track["id"], "member": extension, "frames": len(track["source_frames"]),
@@ -195,6 +200,10 @@ def make_face_clips(data, name, info, detector, options, progress=None, frame_ca
                              "detections": track["detections"], "score": track["score"],
                              "quality": track["quality"], "problems": track["problems"], "bytes": len(clip),
                              "fidelity": clip_fidelity})
+        if options.landmarks:  # a no-face centre track has none: [] per frame
+            points = points if points is not None else [[] for _ in track["source_frames"]]
+            track_fields[-1].update(landmarks=points, landmark_offset=detector_offset(
+                options.landmarks, points, {**track, "windows": windows}, size, options.tracks.margin))
     first = probe(members[0][1], name=f"{name}.{members[0][0]}")
     fields = {
         "store": "faces",

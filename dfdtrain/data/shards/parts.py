@@ -162,6 +162,27 @@ def _refuse_over_another_index(out_dir, plan, options, part):
                    f"options, or remove {path} to re-shard this folder with parts")
 
 
+def _landmark_setting(landmarks):
+    if not isinstance(landmarks, dict):
+        return "no --landmarks"
+    versions = ", ".join(f"{package} {version}" for package, version in (landmarks.get("version") or {}).items())
+    return f"--landmarks {landmarks.get('model')}" + (f" ({versions})" if versions else "")
+
+
+def _refuse_mixed_landmarks(out_dir, records, what):
+    """One line when part records (and this part's, as {"part", "options"}) differ in their landmark setting:
+    the model and its versions (index.json's ``landmarks``), or none."""
+    settings = collections.defaultdict(list)
+    for record in records:
+        landmarks = (record.get("options") or {}).get("landmarks")
+        settings[json.dumps(landmarks, sort_keys=True)].append(record.get("part", -1))
+    if len(settings) > 1:
+        described = "; ".join(f"part(s) {name_some([str(n) for n in sorted(numbers)])} with "
+                              f"{_landmark_setting(json.loads(key))}" for key, numbers in settings.items())
+        raise DfdError(f"{out_dir}: {what}: the parts were made with different landmark settings ({described}); "
+                       f"rerun them with the same --landmarks")
+
+
 def write_part(plan, out_dir, options, source, part, work):
     """Part ``part`` of a run: its shards (``assign_parts``), kept or written, and its part record."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -172,6 +193,9 @@ def write_part(plan, out_dir, options, source, part, work):
                            f"{whole.get('host', '?')}) is writing here; part {part} would overwrite its shards")
         refuse_while_parts_are_open(out_dir, f"part {part}", count=part.count)
         this_run = run_hash(plan, options)
+        _refuse_mixed_landmarks(out_dir, [record for (i, n), record in _part_records(out_dir).items()
+                                          if n == part.count and i != part.index and record]
+                                + [{"part": part.index, "options": options}], f"part {part}")
         others = sorted(i for (i, n), record in _part_records(out_dir).items()
                         if n == part.count and i != part.index and record.get("run") != this_run)
         if others:
@@ -227,6 +251,7 @@ def merge_parts(out_dir, wait=False, progress=False, poll_seconds=2.0, grace_sec
         raise DfdError(f"{out_dir}: cannot merge: part(s) {name_some(missing)} of {count} are missing or "
                        f"unfinished; run them with --part I/{count}, then merge")
     records_by_part = [parts[(index, count)] for index in range(count)]
+    _refuse_mixed_landmarks(out_dir, records_by_part, "cannot merge")
     runs = collections.Counter(record["run"] for record in records_by_part)
     if len(runs) > 1:
         common = runs.most_common(1)[0][0]

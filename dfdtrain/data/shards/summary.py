@@ -12,7 +12,8 @@ import os
 from dfdtrain import __version__
 from dfdtrain.core.fileio import read_json
 
-STAGES = ("decode", "detect", "track", "encode", "verify")  # a face-clip video's seconds, as make_face_clips counts
+# a face-clip video's seconds, as make_face_clips counts them
+STAGES = ("decode", "detect", "track", "encode", "landmarks", "verify")
 
 
 def face_clip_summary(meta):
@@ -96,6 +97,8 @@ def build_index(names, records, options, source, runs):
         "runs": runs,
         "skipped": skipped,
     }
+    if options.get("landmarks"):  # the landmark model of every face track's points (faces.landmarks.describe)
+        index["landmarks"] = options["landmarks"]
     shard_face_clips = [records[name]["face_clips"] for name in names if records[name].get("face_clips")]
     face_clips = aggregate_face_clips(shard_face_clips)
     if face_clips:
@@ -172,6 +175,10 @@ def format_index(index):
         if face_clips.get("dropped_tracks"):
             lines.append(f"face tracks dropped: {sum(face_clips['dropped_tracks'].values())} (" + ", ".join(
                 f"{reason} {count}" for reason, count in face_clips["dropped_tracks"].items()) + ")")
+        landmarks = index.get("landmarks")
+        if landmarks:
+            versions = ", ".join(f"{package} {version}" for package, version in landmarks.get("version", {}).items())
+            lines.append(f"landmarks: {landmarks['model']}, {landmarks['points']} points per stored frame ({versions})")
         doubtful = index.get("doubtful_faces") or []
         if doubtful:
             lines.append(f"doubtful faces: {len(doubtful)} video(s) whose best face track is not to be trusted unseen "

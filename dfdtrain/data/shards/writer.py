@@ -5,7 +5,8 @@ manifest row (label, dataset, group, split, probe fields) and, with a face detec
 With ``store="faces"`` a sample instead holds each face track as a short-GOP square clip (``<key>.mp4`` for
 track 0, ``<key>.track1.mp4``...; see ``dfdtrain.data.faces.store``) and the json maps it back to the source;
 index.json then aggregates the clips' fidelity, and videos skipped for having no face are named with
-reason ``no-face``.
+reason ``no-face``; with a landmark model (``FaceClipOptions.landmarks``) each track's json entry holds its
+points per frame and index.json's ``landmarks`` names the model and its versions (``faces.landmarks``).
 
 The plan (which video goes into which shard) depends only on the manifest, the seed and the target size,
 so a re-run resumes: a shard whose tar and record exist with the same plan is kept, anything else is
@@ -95,6 +96,12 @@ def write_shards(manifest, out_dir, target_bytes=DEFAULT_TARGET_BYTES, seed=0, w
                "face_frames": face_frames if face_detector and store == "original" else None, "store": store}
     if face_clips is not None:
         options["face_clips"] = dataclasses.asdict(face_clips)  # in the plan hash: new settings rewrite shards
+        # the landmark model: named only when used (so the plan hashes of runs without it stay as they were), with
+        # its packages' versions (new versions rewrite shards: points from two versions never mix in a folder)
+        if options["face_clips"].pop("landmarks", None):
+            from dfdtrain.data.faces.landmarks import describe
+
+            options["landmarks"] = describe(face_clips.landmarks)
     plan = plan_shards(rows, target_bytes, seed)
     work = VideoWork(face_detector, face_frames, face_clips, compute, progress)
     try:

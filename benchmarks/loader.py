@@ -12,6 +12,10 @@ Data: dfdtrain's own generated clips (synth -> index -> shard, H.264 with a keyf
   s3      the shards method over the same shards in a real S3 server on loopback (SeaweedFS, ``weed``: started
           here; skipped with a note when it is not installed), streamed with ranged GETs (``dfdtrain.data.storage``);
   http    the same over Python's HTTP file server on loopback.
+Synthesis (``synthesis`` in the JSON): the shards method with 1 worker (one decoding core) on face-clip shards
+with dlib68 landmarks of real FF++ fixture videos (sharded here: ``--fixtures``), the one source's synthesis off,
+``sbi`` and ``vb`` (data.synthesis_fraction 0.5: half the samples blended), samples/s and each one's ratio to off
+(the issue's goal: >= 0.7). Skipped with a note when the fixtures or dlib/facenet are not here.
 Each (method, workers) reads ``batches`` batches per repeat; the first batch's latency (worker start-up) is
 reported apart and the rest gives samples/s; repeats are interleaved across methods and the median kept.
 Augmentation is off in both methods (this compares data layout and decode; ``train.py`` runs the real loop).
@@ -33,7 +37,8 @@ import torch
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from common import benchmark_parser, emit, envelope, make_synth_shards, median, progress, settings_for, start_benchmark
+from common import (benchmark_parser, emit, envelope, make_synth_shards, median, progress, settings_for,
+                    start_benchmark)
 from dfdtrain.config import ClipSpec, DataConfig, SamplerConfig
 from dfdtrain.data.loading.clips import model_input
 from dfdtrain.data.loading.loader import VideoLoader
@@ -108,6 +113,44 @@ def remote_shards(servers, shard_folder, shard_paths, scratch):
     return {"s3": [f"s3://bench/shards/{name}" for name in names], **urls}, notes
 
 
+SYNTHESIS_VIDEOS = ("469", "183", "253", "481")  # FF++ youtube reals among the fixtures
+
+
+def synthesis_shards(fixtures, folder, videos):
+    """Face-clip shards with landmarks (one track, 128 px) of ``videos`` FF++ fixture reals, or (None, why not)."""
+    try:
+        from dfdtrain.data.faces.clip_options import FaceClipOptions
+        from dfdtrain.data.faces.tracks import TrackOptions
+        from dfdtrain.data.shards.writer import write_shards
+
+        rows = [{"key": f"real{name}", "path": f"ffpp/original_sequences/youtube/c40/videos/{name}.mp4",
+                 "root": str(fixtures), "label": 0, "dataset": "ffpp", "group": name, "split": "train"}
+                for name in SYNTHESIS_VIDEOS[:videos]]
+        missing = [row["path"] for row in rows if not (Path(fixtures) / row["path"]).is_file()]
+        if missing:
+            return None, f"synthesis not measured: fixtures missing ({missing[0]})"
+        options = FaceClipOptions(size=128, landmarks="dlib68", tracks=TrackOptions(detect_every=10, max_tracks=1))
+        write_shards(rows, Path(folder) / "faces", progress=False, store="faces", face_clip_options=options)
+    except Exception as error:  # noqa: BLE001 (no dlib, no face detector: measure the rest)
+        return None, f"synthesis not measured: {type(error).__name__}: {error}"
+    return f"{folder}/faces/*.tar", None
+
+
+def synthesis_rates(shards, clip, data, device, repeats):
+    """{off, sbi, vb: samples/s (median), ratio_sbi, ratio_vb, repeats} with one decoding worker."""
+    rates = {name: [] for name in ("off", "sbi", "vb")}
+    for repeat in range(repeats):
+        for name in rates:
+            method_data = dataclasses.replace(data, num_workers=1, synthesis_fraction=0.5, train_sources=[
+                {"shards": shards, "synthesis": "" if name == "off" else name}])
+            loader = VideoLoader(None, clip, method_data, train=True, device=device, rank=0, world_size=1)
+            loader.set_epoch(repeat)
+            rates[name].append(round(read_epoch(iter(loader), device)[1], 3))
+    result = {name: median(values) for name, values in rates.items()}
+    return {**result, "ratio_sbi": round(result["sbi"] / result["off"], 3),
+            "ratio_vb": round(result["vb"] / result["off"], 3), "workers": 1, "fraction": 0.5, "repeats": rates}
+
+
 def read_epoch(batches, device):
     """(seconds to the first batch, samples/s over the rest) of one pass."""
     started = time.perf_counter()
@@ -126,7 +169,7 @@ def read_epoch(batches, device):
 
 
 def main(argv=None):
-    parser = benchmark_parser(__doc__, "tiny clips, 0 and 1 workers, 1 repeat (CI)")
+    parser = benchmark_parser(__doc__, "tiny clips, 0 and 1 workers, 1 repeat (CI)", fixtures=True)
     parser.add_argument("--repeats", type=int, default=0, help="passes per method and worker count (median)")
     args, started, device = start_benchmark(parser, argv)
     settings = settings_for(SETTINGS, args, device)
@@ -161,6 +204,9 @@ def main(argv=None):
                     first_s, rate = read_epoch(iterator, device)
                     times[(method, count)]["first_batch_s"].append(round(first_s, 4))
                     times[(method, count)]["samples_per_s"].append(round(rate, 3))
+        face_shards, synthesis_note = synthesis_shards(args.fixtures, folder, 1 if args.quick else 4)
+        synthesis = (synthesis_rates(face_shards, clip, data, device, settings["repeats"]) if face_shards
+                     else {"skipped": synthesis_note})
         shard_bytes = sum(Path(path).stat().st_size for path in shard_paths)
         video_bytes = sum((Path(row["root"]) / row["path"]).stat().st_size for row in rows)
     results = [{"method": method, "workers": count, "samples_per_s": median(values["samples_per_s"]),
@@ -186,8 +232,11 @@ def main(argv=None):
          "augment": False, "codec": "h264 (synth, keyframe every 12 frames)", "processes": 1},
         started,
         data={"videos": len(rows), "shards": len(shard_paths), "shard_bytes": shard_bytes, "video_file_bytes": video_bytes},
-        results=results, ratios=ratios,
-        notes=[*remote_notes,
+        results=results, ratios=ratios, synthesis=synthesis,
+        notes=[*remote_notes, *([synthesis_note] if synthesis_note else []),
+               "synthesis: samples/s of the training loader with 1 decoding worker on face-clip shards with "
+               "landmarks of FF++ fixture reals (128 px faces, resized to image_size), synthesis off / sbi / vb on "
+               "half the samples; ratio_* = on / off (goal >= 0.7).",
                "s3 and http stream the same shards from servers on loopback (no network latency or bandwidth "
                "limit; the servers run on the same cores as the loader): their ratio to local shards is the cost "
                "of the remote read path itself.","samples/s is per process (one loader); the scaling benchmark covers several processes.",

@@ -29,6 +29,10 @@ def add_arguments(parser):
                              "the best face track covers under half the video or fails a sanity check), a row each: "
                              "source frames with the kept and dropped tracks, and the stored crops (--frames per "
                              "row, default 8; 24 rows per sheet, more sheets as OUT-2.png, ...)")
+    parser.add_argument("--synthesis", choices=("sbi", "vb"),
+                        help="draw the training loader's synthetic fakes of a face-clip shard with landmarks: rows "
+                             "real / blend mask / synthesised for --samples samples (--frames each, default 8)")
+    parser.add_argument("--samples", type=int, default=3, help="samples drawn with --synthesis (default 3)")
     parser.add_argument("--json", action="store_true", help="print what was drawn as JSON")
 
 
@@ -38,6 +42,16 @@ def run(args):
     check_minimum(args.frames, "--frames")
     if not args.out.lower().endswith(".png"):
         raise DfdError(f"--out {args.out}: expected a .png file name")
+    if args.synthesis:
+        from dfdtrain.demo.preview import preview_synthesis
+
+        check_minimum(args.samples, "--samples")
+        if args.doubtful or args.track:
+            raise DfdError("--synthesis draws track 0 of face-clip samples: no --doubtful or --track")
+        result = preview_synthesis(args.source, args.out, args.synthesis, args.frames or 8, args.samples, args.key)
+        print(json.dumps(result) if args.json else
+              f"wrote {result['out']} ({args.synthesis} on {len(result['samples'])} sample(s))")
+        return 0
     if args.doubtful:
         if args.key or args.track is not None:
             raise DfdError("--doubtful draws every doubtful video of a shard folder: no --key or --track")

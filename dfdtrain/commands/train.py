@@ -43,21 +43,24 @@ def run(args):
 
 
 def validation_overlap(data):
-    """One line when ``data.val_shards`` share videos or groups with ``data.train_shards`` (validation would then
-    pick and calibrate the checkpoint on what it trained on), else None."""
+    """One line when ``data.val_shards`` share videos or groups with the training shards (``data.train_shards`` or
+    every ``data.train_sources`` entry's; validation would then pick and calibrate the checkpoint on what it
+    trained on), else None."""
+    from dfdtrain.data.loading.sources import training_urls
     from dfdtrain.data.shards.overlap import overlap, sample_identities
     from dfdtrain.data.storage import expand_shards
     from dfdtrain.core.errors import DfdError
 
-    if not data.val_shards or not data.train_shards:
+    if not data.val_shards or not (data.train_shards or data.train_sources):
         return None
+    training = ("data.train_shards", data.train_shards) if data.train_shards else \
+        ("data.train_sources", ", ".join(source.shards for source in data.train_sources))
     try:
-        found = overlap(sample_identities(expand_shards(data.val_shards)),
-                        sample_identities(expand_shards(data.train_shards)))
+        found = overlap(sample_identities(expand_shards(data.val_shards)), sample_identities(training_urls(data)))
     except DfdError:  # shards the loaders cannot read say so themselves
         return None
     if not found:
         return None
-    return (f"data.val_shards ({data.val_shards}) {found.describe()} with data.train_shards ({data.train_shards}): "
+    return (f"data.val_shards ({data.val_shards}) {found.describe()} with {training[0]} ({training[1]}): "
             "validation metrics, early stopping, the best checkpoint and its calibration are then measured on "
             "training data")

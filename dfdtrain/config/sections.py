@@ -10,7 +10,7 @@ import dataclasses
 from typing import Annotated, Literal, Optional
 
 from dfdtrain.config.schema import (ConfigError, Count, Fraction, NonNegative, NonNegativeInt, Positive, Range,
-                                    Section)
+                                    Section, build_section)
 
 # ---------------------------------------------------------------------------------------------- the clip
 @dataclasses.dataclass
@@ -87,11 +87,50 @@ class AugmentConfig(Section):
                 raise ConfigError(self.key(name), f"must be [low, high] with low <= high, not {[low, high]}")
 
 
+SYNTHESES = ("", "sbi", "vb")  # a training source's synthesis: none, self-blended images, video-level blending
+
+
+@dataclasses.dataclass
+class TrainSourceConfig(Section):
+    """One entry of ``data.train_sources``: a shard pattern drawn with a relative ``weight`` (normalised over the
+    sources), its samples carrying ``synthesis`` (checked here; applied by the loader's synthesis stage)."""
+
+    SECTION = "data.train_sources[]"
+    shards: str = ""  # glob or brace pattern, local or s3:// / http(s):// as data.train_shards
+    weight: Positive = 1.0  # relative: each source's share of the draws is weight / sum of the weights
+    synthesis: str = ""
+
+    def check(self):
+        if not self.shards.strip():
+            raise ConfigError(self.key("shards"), "is required: a shard pattern such as shards/train-*.tar")
+        if self.synthesis not in SYNTHESES:
+            raise ConfigError(self.key("synthesis"), f"must be '' (none), sbi or vb, not {self.synthesis!r}")
+
+
+def _train_source(value, path):
+    """A ``data.train_sources`` entry (a mapping, or a TrainSourceConfig already built) checked, as a section."""
+    if isinstance(value, TrainSourceConfig):
+        value = dataclasses.asdict(value)
+    try:
+        source = build_section(TrainSourceConfig, value, path)
+    except ConfigError as error:  # the section's own checks name it data.train_sources[]: name the entry
+        raise ConfigError(error.path.replace(TrainSourceConfig.SECTION, path), error.problem) from None
+    source.SECTION = path  # names the entry in later messages
+    return source
+
+
 @dataclasses.dataclass
 class DataConfig(Section):
     SECTION = "data"
     source: Literal["videos", "embeddings"] = "videos"  # embeddings: cached frame features from `dfdtrain embed`
     train_shards: str = ""  # glob or brace pattern, e.g. shards/train-*.tar
+    # mixed training sets, instead of train_shards: [{shards, weight, synthesis}], drawn by weight
+    # (dfdtrain.data.loading.sources)
+    train_sources: list = dataclasses.field(default_factory=list)
+    # a synthesis source (sbi, vb): the share of its real samples made fake, by their position in each loader
+    # worker's stream of that source (the k-th real sample when floor(k x fraction) grows: exact to within one
+    # sample over any run of the stream, not a coin per sample; dfdtrain.data.loading.synthetic)
+    synthesis_fraction: Fraction = 0.5
     val_shards: str = ""
     batch_size: Count = 8  # per rank
     num_workers: NonNegativeInt = 2  # decoding processes per rank
@@ -112,6 +151,13 @@ class DataConfig(Section):
     remote_cache_dir: str = ""
     remote_cache_gb: Positive = 50.0
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+
+    def check(self):
+        if self.train_sources and self.train_shards:
+            raise ConfigError(self.key("train_sources"), "and data.train_shards are both set: give one (a single "
+                              "pattern in train_shards, or every source in train_sources)")
+        self.train_sources = [_train_source(value, f"{self.key('train_sources')}[{position}]")
+                              for position, value in enumerate(self.train_sources)]
 
 
 # ---------------------------------------------------------------------------------------------- model

@@ -6,6 +6,9 @@ Green = the detected face box, yellow = the crop region (box + margin, squared);
 ``preview_doubtful(folder, out)``: one sheet of a face-clip store's doubtful videos (index.json
 ``doubtful_faces``), a row each: frames spread over the source video with the kept track's window (yellow) and
 the dropped tracks' surest boxes (red, with their reason), and under each frame the crop the store kept.
+
+``preview_synthesis(shard, out, "sbi"|"vb")``: the training loader's synthesis (``dfdtrain.data.loading.synthetic``)
+on a few face-clip samples, three rows each: the real clip with its landmarks, the blend mask, the fake.
 """
 
 import io
@@ -13,6 +16,8 @@ import json
 import os
 import re
 from pathlib import Path
+
+import numpy as np
 
 from PIL import Image, ImageDraw
 
@@ -304,3 +309,84 @@ def preview_doubtful(folder, out, num_frames=8):
         sheets.append(path)
     return {"source": os.fspath(folder), "doubtful": len(chosen), "sheets": sheets,
             "keys": [entry["key"] for entry, _ in chosen]}
+
+
+# ---------------------------------------------------------------------------------------- synthesis
+SYNTHESIS_TILE = 128
+
+
+def grid_sheet(title, rows, tile=SYNTHESIS_TILE):
+    """The sheet layout: a title line, then rows of (label, [uint8 images]) tiles, each row's label on its left."""
+    label_width, columns = 160, max(len(images) for _, images in rows)
+    sheet = Image.new("RGB", (label_width + columns * (tile + 4) + 4, 24 + len(rows) * (tile + 4)), (24, 24, 24))
+    draw = ImageDraw.Draw(sheet)
+    draw.text((8, 6), title, fill=(230, 230, 230))
+    for number, (label, images) in enumerate(rows):
+        y0 = 24 + number * (tile + 4)
+        draw.text((8, y0 + tile // 2 - 6), label, fill=(210, 210, 210))
+        for column, image in enumerate(images):
+            picture = image if isinstance(image, Image.Image) else Image.fromarray(image)
+            sheet.paste(picture.resize((tile, tile), Image.BILINEAR), (label_width + column * (tile + 4), y0))
+    return sheet
+
+
+def synthesis_rows(sample, name, num_frames, seed=0, decoder="pyav"):
+    """(real, mask, synthesised) rows of a face-clip sample's track 0: the training loader's synthesis with the
+    evaluation sampler, seeded by (seed, key)."""
+    from dfdtrain.data.loading.clips import make_clip
+    from dfdtrain.data.loading.synthesis import synthesis_rng
+    from dfdtrain.data.loading.synthetic import clip_landmarks, synthesise_clip
+
+    meta, field = video_member(sample)
+    spec = ClipSpec(sampler=SamplerConfig("uniform", num_frames), crop="face", image_size=SYNTHESIS_TILE)
+    clip = make_clip(build_decoder(decoder), sample[field], meta, spec, name=f"{sample['__key__']}.{field}")
+    result = synthesise_clip(name, clip, synthesis_rng(seed, 0, 0, sample["__key__"]))
+    count = len(clip.indices)
+    landmarks = clip_landmarks(clip.meta["track"], clip, SYNTHESIS_TILE, num_frames)
+    reals = []
+    for position in range(count):
+        image = Image.fromarray(clip.frames[position].numpy())
+        draw = ImageDraw.Draw(image)
+        for x, y in landmarks[position][np.isfinite(landmarks[position]).all(axis=1)]:
+            draw.point((float(x), float(y)), fill=(0, 255, 0))
+        reals.append(image)
+    masks = [np.repeat((np.asarray(mask) * 255).round().astype(np.uint8)[..., None], 3, axis=2)
+             for mask in result.mask[:count]]
+    fakes = [np.asarray(frame) for frame in result.frames[:count]]
+    left_real = int((~result.blended[:count]).sum())  # frames without landmarks
+    return [(f"{sample['__key__']}\nreal", reals), ("mask", masks),
+            (name + (f"\n({left_real} left real)" if left_real else ""), fakes)]
+
+
+def preview_synthesis(shard_path, out, name, num_frames=8, samples=3, key=None, seed=0):
+    """Write a sheet of ``samples`` face-clip samples of a shard (or sample ``key``) made fake by synthesis
+    ``name``: rows real (landmarks in green) / blend mask / synthesised. A shard without landmarks: one line."""
+    from dfdtrain.data.faces.landmarks import landmarks_available, missing_landmarks_line
+    from dfdtrain.data.loading.stages import ReadTars
+    from dfdtrain.data.shards.catalog import _folder_indexes
+
+    shard_path = os.fspath(shard_path)
+    for folder, index in _folder_indexes([shard_path]).items():
+        if index is not None and not landmarks_available(index):
+            raise DfdError(missing_landmarks_line(folder, need=f"synthesis {name}"))
+    rows, keys = [], []
+    for sample in ReadTars.read(shard_path):
+        if "error" in sample:
+            raise DfdError(sample["error"]["cause"])
+        if "skip" in sample:
+            raise DfdError(f"{shard_path}: {sample['skip']['detail']}")
+        if key is not None and sample["__key__"] != key or "json" not in sample:
+            continue
+        sample["meta"] = json.loads(sample["json"])
+        if sample["meta"].get("store") != "faces":
+            raise DfdError(f"{shard_path}: sample {sample['__key__']} is not a face-clip sample: the synthesis "
+                           "needs face clips with landmarks ('dfdtrain shard --store faces --landmarks dlib68')")
+        rows += synthesis_rows(sample, name, num_frames, seed)
+        keys.append(sample["__key__"])
+        if len(keys) == samples:
+            break
+    if not keys:
+        raise DfdError(f"{shard_path}: no sample with key {key!r}" if key else f"{shard_path}: no sample")
+    save_png(grid_sheet(f"{name} on {os.path.basename(shard_path)}: real (landmarks green) / mask / {name}", rows),
+             out)
+    return {"source": shard_path, "out": os.fspath(out), "synthesis": name, "samples": keys, "frames": num_frames}

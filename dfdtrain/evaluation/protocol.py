@@ -131,8 +131,16 @@ def check_shards(suite):
 
 
 # ---------------------------------------------------------------------------------------------- leakage
-# the run's data a test set is compared with: config key -> what the messages call it
-RUN_DATA = {"train_shards": "training", "val_shards": "validation"}
+def run_data(data):
+    """[(config key, role, shard pattern)] of the run's data a test set is compared with (role: what the messages
+    call it): ``data.train_shards`` or each ``data.train_sources`` entry's shards, and ``data.val_shards``."""
+    sources = data.get("train_sources") or []
+    training = [(f"train_sources[{index}].shards", "training" if len(sources) == 1 else f"training source {index}",
+                 source.get("shards")) for index, source in enumerate(sources) if isinstance(source, dict)]
+    if not sources:
+        training = [("train_shards", "training", data.get("train_shards"))]
+    return training + [("val_shards", "validation", data.get("val_shards"))]
+
 
 
 class Leakage:
@@ -182,9 +190,8 @@ def find_leakage(checkpoint, suite):
     except (DfdError, UnicodeDecodeError) as error:
         return Leakage(unchecked=f"{config_path} unreadable ({error})")
     references, compared, unlisted = {}, {}, []
-    for key, role in RUN_DATA.items():
-        pattern = data.get(key) if isinstance(data, dict) else None
-        if not pattern:
+    for key, role, pattern in (run_data(data) if isinstance(data, dict) else []):
+        if not pattern or not isinstance(pattern, str):
             continue
         try:
             references[role] = sample_identities(expand_shards(pattern))

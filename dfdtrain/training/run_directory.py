@@ -18,6 +18,7 @@ from dfdtrain.core.distributed import raise_together
 from dfdtrain.core.errors import DfdError
 from dfdtrain.core.fileio import read_json, remove_stale_temporaries, write_json
 from dfdtrain.core.locks import DirectoryLock
+from dfdtrain.data.loading.sources import source_report, synthetic_report
 from dfdtrain.models.bundle import SETTINGS_FILE
 from dfdtrain.training.checkpoint import clean_checkpoints, find_checkpoint
 from dfdtrain.training.curves import CURVES_FILE, write_curves
@@ -124,10 +125,22 @@ def run_report(trainer, last_metrics, stopped_early, seconds):
                     "samples": skipped[:100]},
         # transient storage faults (remote shards) that were retried, by kind, over every rank
         "storage_retries": {"total": sum(trainer.storage_retries.values()), **dict(trainer.storage_retries)},
+        # data.train_sources: each source's samples and share of the last epoch trained, over every rank
+        **({"train_sources": source_report(trainer.train_loader)} if source_report(trainer.train_loader) else {}),
+        **synthetic_report(trainer.train_loader),  # the synthesis sources' fakes, all sources together
         "throughput": {"samples_per_s": state.samples / seconds_training,
                        "frames_per_s": state.samples * trainer.clip.sampler.num_frames / seconds_training},
         "wall_seconds": round(seconds, 1),
     }
+
+
+def skipped_summary(skipped):
+    """'N skipped (first: KEY: REASON (detail); ...)' for skip records, or why there were none."""
+    if not skipped:
+        return "the validation shards hold no video"
+    first = "; ".join(f"{item['key']}: {item['reason']}" + (f" ({item['detail']})" if item.get("detail") else "")
+                      for item in skipped[:3])
+    return f"{len(skipped)} skipped (first: {first})"
 
 
 def _absolute(path):

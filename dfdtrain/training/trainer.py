@@ -34,7 +34,9 @@ from dfdtrain.metrics.calibration import fit_calibration
 from dfdtrain.config import config_to_dict, resolved_run_config
 from dfdtrain.data import storage
 from dfdtrain.data.loading.loader import VideoLoader, expand_shards
-from dfdtrain.data.shards.catalog import positive_class_weight, test_split_overlap
+from dfdtrain.data.loading.sources import (describe_sources, epoch_sources, positive_weight, source_values,
+                                           training_urls)
+from dfdtrain.data.shards.catalog import test_split_overlap
 from dfdtrain.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from dfdtrain.core.distributed import (any_rank, barrier, broadcast_object, gather_to_rank0, init_distributed,
                                        raise_together)
@@ -44,7 +46,7 @@ from dfdtrain.models.loss import video_bce
 from dfdtrain.training.optim import LearningRateSchedule, build_optimizer
 from dfdtrain.core.text import format_number
 from dfdtrain.training.run_logger import RunLogger, system_values
-from dfdtrain.training.run_directory import REPORT_FILE, RunDirectory, run_report
+from dfdtrain.training.run_directory import REPORT_FILE, RunDirectory, run_report, skipped_summary
 from dfdtrain.training.state import StepResult, TrainState, improved
 from dfdtrain.evaluation.scoring import metric_value, validation_metrics
 from dfdtrain.core.errors import DfdError
@@ -106,7 +108,7 @@ class Trainer:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
         if val_loader is None and config.data.val_shards:  # model selection and calibration never see test data
-            training = expand_shards(config.data.train_shards) if train_loader is None else []
+            training = training_urls(config.data) if train_loader is None else []
             overlap = test_split_overlap(expand_shards(config.data.val_shards), training)
             if overlap:
                 raise DfdError(f"data.val_shards: {overlap}; checkpoints, early stopping and calibration must "
@@ -123,8 +125,7 @@ class Trainer:
                                                 total_steps=steps_per_epoch * config.train.epochs)
         self.pos_weight = None
         if config.train.class_weights:
-            weight = positive_class_weight(expand_shards(config.data.train_shards))
-            self.pos_weight = torch.tensor(weight, device=context.device)
+            self.pos_weight = torch.tensor(positive_weight(config.data), device=context.device)
         self.engine: Engine = build_engine(config.train.engine, model, optimizer, self.lr_schedule, config.train,
                                            context, config.data.batch_size)
         self.model = self.engine.module
@@ -280,7 +281,7 @@ class Trainer:
         self._gather_storage_retries()
         problem = None
         if self.context.is_main and not metrics.get("videos"):
-            problem = f"no validation video could be scored: {_skipped_summary(skipped)} — check data.val_shards"
+            problem = f"no validation video could be scored: {skipped_summary(skipped)} — check data.val_shards"
         raise_together(problem)
         return broadcast_object(metrics)
 
@@ -343,12 +344,14 @@ class Trainer:
         config, state = self.config.train, self.state
         value = metric_value(metrics, config.early_stopping_metric)
         better = improved(value, state.best, config.early_stopping_mode)
+        sources = epoch_sources(self.train_loader)  # data.train_sources: every rank's counts (one gather), rank 0
         if self.context.is_main:
-            self.logger.log(state.step, {"val": metrics}, kind="eval", epoch=epoch + 1)
+            self.logger.log(state.step, {"val": metrics, **source_values(sources)}, kind="eval", epoch=epoch + 1)
             self.directory.redraw_curves(self.config.name)
             self.logger.print_eval_table(epoch + 1, f"val loss {format_number(metrics.get('loss'))}\n"
                                                     + format_metrics_table(metrics) + "\ncalibration: "
-                                                    + describe_calibration(self.checkpoint_settings().calibration))
+                                                    + describe_calibration(self.checkpoint_settings().calibration)
+                                                    + (f"\n{describe_sources(sources)}" if sources else ""))
         if better:
             state.best, state.best_epoch, state.bad_epochs, state.best_metrics = value, epoch + 1, 0, metrics
         else:
@@ -434,15 +437,6 @@ class Trainer:
                 self.directory.write_report(report)
         barrier()
         return report
-
-
-def _skipped_summary(skipped):
-    """'N skipped (first: KEY: REASON (detail); ...)' for skip records, or why there were none."""
-    if not skipped:
-        return "the validation shards hold no video"
-    first = "; ".join(f"{item['key']}: {item['reason']}" + (f" ({item['detail']})" if item.get("detail") else "")
-                      for item in skipped[:3])
-    return f"{len(skipped)} skipped (first: {first})"
 
 
 def train(config, resume="auto", progress=True, train_loader=None):

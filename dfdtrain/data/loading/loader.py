@@ -9,6 +9,10 @@ The clip a sample becomes is the clip contract's (``dfdtrain.data.loading.clips`
 Training streams are resampled: every worker of every rank draws shards at random (seeded by seed, epoch,
 rank and worker) forever, and an epoch is a fixed number of batches per rank. So every rank runs the same
 number of steps whatever the shard sizes, even with fewer shards than ranks x workers: DDP cannot hang.
+Mixed training sets (``data.train_sources``) interleave one such stream per source by weight
+(``dfdtrain.data.loading.sources``: shards split over the (rank, worker) slots, per-source counts); a source's
+``synthesis`` (sbi, vb) makes ``data.synthesis_fraction`` of its reals fake in the workers
+(``dfdtrain.data.loading.synthetic``; shards without landmarks are refused when the loader is built).
 Evaluation streams give each shard to exactly one (rank, worker) slot, so every video is scored exactly
 once; ranks may get different counts and gather their results on rank 0 at the end.
 
@@ -32,7 +36,10 @@ from dfdtrain.data import storage
 from dfdtrain.data.loading.clips import batch_meta, clip_from_frames, model_input, track_meta
 from dfdtrain.data.loading.stages import (AssignedShards, BalanceClasses, BatchClips, ClipDecoder, DecodeClips,
                                           EmbeddingReader, ParseMeta, ReadTars, ResampledShards, Shuffle, stable_seed)
-from dfdtrain.data.shards.catalog import count_samples, label_counts, verify_shards
+from dfdtrain.data.loading.sources import (MixSources, SourceTally, epoch_length, keep_probabilities,
+                                           training_sources)
+from dfdtrain.data.loading.synthetic import Synthesiser, check_landmarks
+from dfdtrain.data.shards.catalog import count_samples, verify_shards
 from dfdtrain.data.storage import expand_shards  # noqa: F401 (part of this module's API)
 
 
@@ -84,11 +91,14 @@ class SkipGuard:
 
 # ---------------------------------------------------------------------------------------------- loader
 class VideoLoader:
-    """Batches {frames float [B,T,3,S,S] normalised, mask bool [B,T], label float [B], key, meta} on device
+    """Batches {frames float [B,T,3,S,S] normalised, mask bool [B,T], label float [B], synthetic bool [B] (CPU:
+    made by a synthesis source, ``dfdtrain.data.loading.synthetic``), key, meta} on device
     (``data.source="embeddings"``: {features float [B,T,D], ...} from an embedding cache instead of frames).
 
-    ``shards``: a glob, brace pattern or list of tars. ``clip``: the resolved ClipSpec (what each video
-    becomes). ``data``: the DataConfig (batch size, workers, decoder, balancing, augmentation, skip guard).
+    ``shards``: a glob, brace pattern or list of tars; for training, empty (None, "") with ``data.train_sources``
+    set: those sources, mixed by weight (``dfdtrain.data.loading.sources``; per-source counts in
+    ``source_tally``). ``clip``: the resolved ClipSpec (what each video becomes). ``data``: the DataConfig
+    (batch size, workers, decoder, balancing, augmentation, skip guard).
     ``train=True``: resampled, shuffled, augmented, ``len(loader)`` batches per epoch on every rank.
     ``train=False``: each video exactly once across ranks, deterministic sampling, no augmentation.
     Call ``set_epoch(epoch)`` before each training epoch for a new, reproducible draw.
@@ -106,7 +116,15 @@ class VideoLoader:
         default_rank, default_world = distributed_rank_and_world()
         self.rank = default_rank if rank is None else rank
         self.world_size = default_world if world_size is None else world_size
-        self.urls = expand_shards(shards)
+        # mixed training sets: each source its own shard stream, drawn by weight
+        self.sources = training_sources(data) if (train and not shards and data.train_sources) else None
+        self.source_tally = SourceTally(self.sources) if self.sources else None
+        # a synthesis blends video frames (embeddings have none: there the sources' tag only rides along)
+        self.synthesis = self.source == "videos" and bool(self.sources) and any(s.synthesis for s in self.sources)
+        if self.synthesis:  # shards without landmarks: one line naming the shard option, before any training
+            check_landmarks(self.sources)
+        self.urls = (list(dict.fromkeys(url for source in self.sources for url in source.urls)) if self.sources
+                     else expand_shards(shards))
         if data.verify_shards:  # each rank its share: every shard is checked once per job
             verify_shards(self.urls[self.rank::self.world_size])
         self.epoch = 0
@@ -122,20 +140,27 @@ class VideoLoader:
         if train and self.dali is not None:
             self.batches_per_epoch = len(self.dali)
         elif train:
-            samples = data.epoch_samples or count_samples(self.urls)
+            if self.sources:
+                samples = epoch_length(self.sources, data)
+            else:
+                samples = data.epoch_samples or count_samples(self.urls)
             self.batches_per_epoch = max(1, samples // (self.world_size * data.batch_size))
-            if data.class_balance:
-                counts = label_counts(self.urls)
-                smallest = min(count for count in counts.values() if count) or 1
-                self.keep_probability = {label: (smallest / count if count else 0.0) for label, count in counts.items()}
+            if data.class_balance and self.sources:  # within each source: balancing never shifts the shares
+                for source in self.sources:
+                    source.keep_probability = keep_probabilities(source.urls)
+            elif data.class_balance:
+                self.keep_probability = keep_probabilities(self.urls)
 
     def _dali_loader(self):
         """DALI reads, samples and decodes the shards itself (NVDEC on a GPU) when the decoder says so."""
         from dfdtrain.data.decode.decoders import dali_usable
 
         data = self.data
-        if not (data.decoder == "dali" or (data.decoder == "auto" and dali_usable())):
+        if not (data.decoder == "dali" or (data.decoder == "auto" and dali_usable() and not self.sources)):
             return None
+        if self.sources:
+            raise DfdError("data.train_sources is not available on the DALI path (it reads the shards itself): use "
+                           "data.decoder=auto or pyav")
         if self.train and data.class_balance:
             raise DfdError("data.class_balance is not available on the DALI path: use train.class_weights, or "
                            "data.decoder=pyav")
@@ -164,7 +189,9 @@ class VideoLoader:
     def _pipeline(self):
         data = self.data
         if self.source == "videos":
-            reader = ClipDecoder(self.clip, data.decoder, data.face_track)
+            synthesiser = (Synthesiser(self.seed, self.epoch, self.rank, data.synthesis_fraction)
+                           if self.train and self.synthesis else None)
+            reader = ClipDecoder(self.clip, data.decoder, data.face_track, synthesiser)
         else:
             reader = EmbeddingReader()
         read_tars = ReadTars()
@@ -172,6 +199,10 @@ class VideoLoader:
             return wds.DataPipeline(AssignedShards(self.urls, self.rank, self.world_size), read_tars, ParseMeta(),
                                     DecodeClips(reader), BatchClips(data.batch_size, partial=True))
         seed = f"{self.seed}:{self.epoch}:{self.rank}"
+        if self.sources:
+            return wds.DataPipeline(MixSources(self.sources, self.seed, self.epoch, self.rank, self.world_size,
+                                               data.shuffle_buffer), DecodeClips(reader, seed),
+                                    BatchClips(data.batch_size, partial=False))
         stages = [ResampledShards(self.urls, self.seed, self.epoch, self.rank), read_tars,
                   Shuffle(data.shuffle_buffer, seed), ParseMeta()]
         if self.keep_probability:
@@ -182,8 +213,10 @@ class VideoLoader:
     def __iter__(self):
         generator = np.random.default_rng([self.seed, self.epoch, self.rank, 7]) if self.train else None
         for raw in (self._dali_batches() if self.dali is not None else self._worker_batches()):
+            synthetic = raw.get("synthetic", torch.zeros(len(raw["key"]), dtype=torch.bool))  # DALI: none
             batch = {"mask": raw["mask"].to(self.device, non_blocking=True),
-                     "label": raw["label"].to(self.device, non_blocking=True), "key": raw["key"], "meta": raw["meta"]}
+                     "label": raw["label"].to(self.device, non_blocking=True), "synthetic": synthetic,
+                     "key": raw["key"], "meta": raw["meta"]}
             frames = raw["frames"].to(self.device, non_blocking=True)
             if self.source == "embeddings":  # frame features [B,T,D] for a head-only model
                 yield {"features": frames, **batch}
@@ -203,6 +236,8 @@ class VideoLoader:
             multiprocessing_context=start_method, persistent_workers=False,
             pin_memory=self.device.type == "cuda", generator=generator)
         batches, produced = iter(loader), 0
+        if self.source_tally is not None:
+            self.source_tally.reset()  # this epoch's (a mid-epoch resume replays the trained batches: counted too)
         while not self.train or produced < self.batches_per_epoch:
             try:
                 raw = next(batches)
@@ -224,6 +259,8 @@ class VideoLoader:
                 self.skip_guard.update(len(raw["key"]), raw["skipped"])
             if raw["key"]:
                 produced += 1
+                if self.source_tally is not None:
+                    self.source_tally.add(raw["meta"])
                 yield raw
 
     def _dali_batches(self):

@@ -4,6 +4,8 @@ class holding its settings, so the pipeline survives fork, spawn and forkserver 
 
     ResampledShards / AssignedShards -> ReadTars -> Shuffle -> ParseMeta -> (BalanceClasses)
         -> DecodeClips (ClipDecoder or EmbeddingReader) -> BatchClips
+    (data.train_sources: ``sources.MixSources``, one such read/shuffle/parse/balance chain per source mixed by
+    weight, -> DecodeClips (with a synthesis source: ``synthetic.Synthesiser`` after each clip) -> BatchClips)
 
 A sample that cannot be used becomes a skip record (``{"skip": {key, reason, detail, shard}}``) and anything
 else that fails an error record (``{"error": {stage, key, shard, cause}}``, after which the stream ends); both
@@ -30,6 +32,18 @@ from dfdtrain.data.loading.clips import batch_meta, make_clip, video_member
 def _worker():
     info = torch.utils.data.get_worker_info()
     return (info.id, info.num_workers) if info else (0, 1)
+
+
+def worker_slot(rank, world_size):
+    """(worker, slot, slots): this DataLoader worker, and its place among every (rank, worker) of the job."""
+    worker, workers = _worker()
+    return worker, rank * workers + worker, world_size * workers
+
+
+def source_fields(sample):
+    """A mixed training stream's ``source`` and ``synthesis`` (``dfdtrain.data.loading.sources``), for the batch
+    meta; nothing for a sample of a single shard set."""
+    return {name: sample[name] for name in ("source", "synthesis") if name in sample}
 
 
 def stable_seed(*parts):
@@ -76,8 +90,7 @@ class AssignedShards:
         self.urls, self.rank, self.world_size = urls, rank, world_size
 
     def __call__(self):
-        worker, workers = _worker()
-        slot, slots = self.rank * workers + worker, self.world_size * workers
+        _, slot, slots = worker_slot(self.rank, self.world_size)
         for url in self.urls[slot::slots]:
             yield {"url": url}
 
@@ -248,8 +261,9 @@ class BalanceClasses:
 class ClipDecoder:
     """One shard sample -> its clip (the clip contract: ``dfdtrain.data.loading.clips.make_clip``) as a batch item."""
 
-    def __init__(self, spec, decoder="pyav", face_track="best"):
+    def __init__(self, spec, decoder="pyav", face_track="best", synthesiser=None):
         self.spec, self.decoder_name, self.face_track = spec, decoder, face_track
+        self.synthesiser = synthesiser  # training with a synthesis source: ``synthetic.Synthesiser``
         self.decoder = None  # built in the worker on first use (a DALI pipeline can neither be pickled nor forked)
 
     def __getstate__(self):
@@ -263,8 +277,10 @@ class ClipDecoder:
         meta, field = video_member(sample, self.face_track, rng)
         key = sample["__key__"]
         clip = make_clip(self.decoder, sample[field], meta, self.spec, rng, name=f"{key}.{field}")
-        return {"frames": clip.frames, "mask": clip.mask, "label": float(meta["label"]), "key": key,
-                "meta": {**batch_meta(clip), "shard": sample.get("__url__")}}  # for the evaluation's accounting
+        item = {"frames": clip.frames, "mask": clip.mask, "label": float(meta["label"]), "key": key,
+                "meta": {**batch_meta(clip), "shard": sample.get("__url__"),  # for the evaluation's accounting
+                         **source_fields(sample)}}
+        return self.synthesiser(sample, clip, item) if self.synthesiser is not None else item
 
 
 class EmbeddingReader:
@@ -277,7 +293,7 @@ class EmbeddingReader:
         features = np.load(io.BytesIO(sample["npy"]), allow_pickle=False).astype(np.float32)
         return {"frames": torch.from_numpy(features), "mask": torch.tensor(meta["mask"], dtype=torch.bool),
                 "label": float(meta["label"]), "key": sample["__key__"],
-                "meta": {**meta, "shard": sample.get("__url__")}}
+                "meta": {**meta, "shard": sample.get("__url__"), **source_fields(sample)}}
 
 
 class DecodeClips:
@@ -335,9 +351,11 @@ def collate(clips, skipped):
     io_faults = storage.take_fault_counts()
     if not clips:
         return {"frames": torch.zeros(0, dtype=torch.uint8), "mask": torch.zeros(0, dtype=torch.bool),
-                "label": torch.zeros(0), "key": [], "meta": [], "skipped": skipped, "io_faults": io_faults}
+                "label": torch.zeros(0), "synthetic": torch.zeros(0, dtype=torch.bool), "key": [], "meta": [],
+                "skipped": skipped, "io_faults": io_faults}
     return {"frames": torch.stack([clip["frames"] for clip in clips]),
             "mask": torch.stack([clip["mask"] for clip in clips]),
             "label": torch.tensor([clip["label"] for clip in clips], dtype=torch.float32),
+            "synthetic": torch.tensor([clip.get("synthetic", False) for clip in clips], dtype=torch.bool),
             "key": [clip["key"] for clip in clips], "meta": [clip["meta"] for clip in clips], "skipped": skipped,
             "io_faults": io_faults}

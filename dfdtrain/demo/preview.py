@@ -363,10 +363,10 @@ def preview_synthesis(shard_path, out, name, num_frames=8, samples=3, key=None, 
     ``name``: rows real (landmarks in green) / blend mask / synthesised. A shard without landmarks: one line."""
     from dfdtrain.data.faces.landmarks import landmarks_available, missing_landmarks_line
     from dfdtrain.data.loading.stages import ReadTars
-    from dfdtrain.data.shards.catalog import _folder_indexes
+    from dfdtrain.data.shards.catalog import folder_indexes
 
     shard_path = os.fspath(shard_path)
-    for folder, index in _folder_indexes([shard_path]).items():
+    for folder, index in folder_indexes([shard_path]).items():
         if index is not None and not landmarks_available(index):
             raise DfdError(missing_landmarks_line(folder, need=f"synthesis {name}"))
     rows, keys = [], []

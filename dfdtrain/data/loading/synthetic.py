@@ -45,12 +45,12 @@ def chosen(position, fraction):
 def check_landmarks(sources):
     """Refuse, in one line naming the shard option, a synthesis source whose shard folders' index.json says
     their face tracks carry no landmarks (a folder without index.json is checked sample by sample instead)."""
-    from dfdtrain.data.shards.catalog import _folder_indexes
+    from dfdtrain.data.shards.catalog import folder_indexes
 
     for source in sources:
         if not source.synthesis:
             continue
-        for folder, index in sorted(_folder_indexes(source.urls).items(), key=lambda item: str(item[0])):
+        for folder, index in sorted(folder_indexes(source.urls).items(), key=lambda item: str(item[0])):
             if index is not None and not landmarks_available(index):
                 raise DfdError(f"{source.key} (synthesis {source.synthesis}): "
                                + missing_landmarks_line(storage.redact(folder), need=f"synthesis {source.synthesis}"))

@@ -201,7 +201,7 @@ def reconcile(shard_paths, scored, skipped):
             "missing_samples": missing, "unindexed": unindexed}
 
 
-def _folder_indexes(shard_paths):
+def folder_indexes(shard_paths):
     """{folder: its index.json or None} of the folders holding these shards."""
     folders = {storage.split(path)[0] for path in shard_paths}
     return {folder: _read_index(folder) for folder in folders}
@@ -236,7 +236,7 @@ def test_split_overlap(shard_paths, reference_paths=()):
         if entry and entry.get("split") == "test":
             return f"{storage.redact(path)} is a test-split shard (its index.json says split test)"
     keys = {key for entry in entries.values() if entry for key in entry.get("keys", [])}
-    test_keys, test_groups, group_of = _test_split_of_manifests(_folder_indexes([*shard_paths, *reference_paths]))
+    test_keys, test_groups, group_of = _test_split_of_manifests(folder_indexes([*shard_paths, *reference_paths]))
     shared_keys = sorted(keys & test_keys)
     if shared_keys:
         return (f"{len(shared_keys)} of its videos are in a test split of the same index (e.g. {shared_keys[0]!r})")

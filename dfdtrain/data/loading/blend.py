@@ -98,8 +98,7 @@ def _blur_matrix(size, ksize, sigma, mode):
     else:  # zeros outside
         keep = (sources >= 0) & (sources < size)
         rows, sources, weights = rows[keep], sources[keep], weights[keep]
-    matrix = np.zeros((size, size))
-    np.add.at(matrix, (rows, sources), weights)
+    matrix = np.bincount(rows * size + sources, weights, minlength=size * size).reshape(size, size)
     return torch.from_numpy(matrix.astype(np.float32))
 
 
@@ -170,13 +169,12 @@ def downscale(images, ratio):
 
 
 def sharpen(images, alpha, lightness):
-    """alb.Sharpen: (1 - alpha) * identity + alpha * [[-1,-1,-1],[-1,8+lightness,-1],[-1,-1,-1]], 3x3."""
-    effect = torch.full((3, 3), -1.0)
-    effect[1, 1] = 8 + lightness
-    identity = torch.zeros((3, 3))
-    identity[1, 1] = 1
-    kernel = ((1 - alpha) * identity + alpha * effect).view(1, 1, 3, 3).repeat(3, 1, 1, 1)
-    return F.conv2d(F.pad(images, (1, 1, 1, 1), mode="reflect"), kernel, groups=3).round().clamp(0, 255)
+    """alb.Sharpen: (1 - alpha) * identity + alpha * [[-1,-1,-1],[-1,8+lightness,-1],[-1,-1,-1]], 3x3, computed as
+    (1 + alpha (8 + lightness)) x - alpha box3(x) (the 3x3 box sum is exact on integer levels)."""
+    padded = F.pad(images, (1, 1, 1, 1), mode="reflect")
+    rows = padded[..., :-2, :] + padded[..., 1:-1, :] + padded[..., 2:, :]
+    box = rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:]
+    return (images * (1 + alpha * (8 + lightness)) - box * alpha).round_().clamp_(0, 255)
 
 
 # ---------------------------------------------------------------------------------------------- warps
@@ -205,10 +203,27 @@ def elastic_displacement(noise, alpha, sigma):
     pixels [2,H,W] (dx, dy). Computed exactly on every other pixel and interpolated bilinearly between (the
     field is smooth at sigma 7: the in-between error is ~1 % of its size), 4x less work."""
     height, width = noise.shape[-2:]
-    rows = _coarse_blur_matrix(height, float(sigma))
-    columns = _coarse_blur_matrix(width, float(sigma))
-    coarse = rows @ torch.as_tensor(noise, dtype=torch.float32) @ columns.T
+    noise = torch.as_tensor(noise, dtype=torch.float32)
+    coarse = _banded_product(height, float(sigma), noise)  # rows blurred: [2,h',W]
+    coarse = _banded_product(width, float(sigma), coarse.transpose(-1, -2)).transpose(-1, -2)
     return F.interpolate(coarse.unsqueeze(0), size=(height, width), mode="bilinear", align_corners=True)[0] * alpha
+
+
+def _banded_product(size, sigma, images, blocks=4):
+    """``_coarse_blur_matrix(size, sigma) @ images`` [...,size,K], block by block of output rows over only the
+    input rows each block reaches (the matrix is a band: the rest are zeros)."""
+    return torch.cat([part @ images[..., start:stop, :] for part, start, stop in _bands(size, sigma, blocks)], -2)
+
+
+@functools.lru_cache(maxsize=16)
+def _bands(size, sigma, blocks):
+    matrix = _coarse_blur_matrix(size, sigma)
+    out = []
+    for rows in torch.arange(len(matrix)).tensor_split(min(blocks, len(matrix))):
+        used = torch.nonzero(matrix[rows].abs().amax(0) > 0)[:, 0]
+        start, stop = int(used[0]), int(used[-1]) + 1
+        out.append((matrix[rows, start:stop].contiguous(), start, stop))
+    return out
 
 
 @functools.lru_cache(maxsize=16)
@@ -232,35 +247,73 @@ def grid_reach(grid):
     """The farthest any output pixel samples from itself, in pixels, per image [N] (the mask's reach)."""
     count, height, width = grid.shape[:3]
     offset = (grid - identity_grid(count, height, width)) * torch.tensor([width / 2.0, height / 2.0])
-    return offset.norm(dim=-1).flatten(1).max(1).values
+    across, down = offset.square_().unbind(-1)
+    return (across + down).flatten(1).amax(1).sqrt_()
 
 
 # ---------------------------------------------------------------------------------------------- blend mask
 def blend_mask(mask, size, kernel_1, kernel_2, sigma_2):
-    """SBI's get_blend_mask for one mask [H,W] float: resize to ``size`` (h, w), erode (a Gaussian blur of
+    """SBI's get_blend_mask for one mask [H,W] float (``blend_masks`` of a batch of one)."""
+    return blend_masks(mask.unsqueeze(0), size, kernel_1, kernel_2, sigma_2)[0]
+
+
+def blend_masks(masks, size, kernel_1, kernel_2, sigma_2):
+    """SBI's get_blend_mask for each mask [N,H,W] float: resize to ``size`` (h, w), erode (a Gaussian blur of
     ``kernel_1`` normalised to its maximum keeps only the pixels whose whole window is inside: a min filter of
     that window, computed exactly as one here), blur with ``kernel_2`` / ``sigma_2``, normalise to 1, resize back.
-    An empty erosion (a hull thinner than the kernel, where the original divides by zero) keeps the mask."""
-    height, width = mask.shape
-    small = resize(mask.view(1, 1, height, width), *size)
-    eroded = erode(small, kernel_1)
-    if eroded.max() <= 0:
-        eroded = (small > 0).float()
-    if eroded.max() <= 0:
-        return torch.zeros((height, width))
-    blurred = gaussian_blur(eroded, kernel_2, sigma_2)
-    blurred = blurred / blurred.max()
-    return resize(blurred, height, width)[0, 0].clamp(0, 1)
+    An empty erosion (a hull thinner than the kernel, where the original divides by zero) keeps the mask. The
+    erosion and the blur run only over the masks' bounding box (plus the filters' reach): zeros elsewhere."""
+    count, height, width = masks.shape
+    small = resize(masks.unsqueeze(1), *size)[:, 0]
+    box = _nonzero_box(small.amax(0))
+    if box is None:
+        return torch.zeros((count, height, width))
+    radius = kernel_1 // 2
+    y0, x0 = max(0, box[0] - radius), max(0, box[2] - radius)
+    y1, x1 = min(size[0], box[1] + radius), min(size[1], box[3] + radius)
+    crop = small[:, y0:y1, x0:x1]
+    eroded = erode(crop.unsqueeze(1), kernel_1)[:, 0]
+    empty = eroded.flatten(1).amax(1) <= 0
+    if bool(empty.any()):
+        eroded = torch.where(empty.view(-1, 1, 1), (crop > 0).float(), eroded)
+    inner = _nonzero_box(eroded.amax(0))
+    if inner is None:
+        return torch.zeros((count, height, width))
+    ey0, ey1, ex0, ex1 = inner[0] + y0, inner[1] + y0, inner[2] + x0, inner[3] + x0
+    eroded = eroded[:, inner[0]:inner[1], inner[2]:inner[3]]
+    rows = _blur_matrix(size[0], kernel_2, float(sigma_2), "reflect")[:, ey0:ey1]
+    columns = _blur_matrix(size[1], kernel_2, float(sigma_2), "reflect")[:, ex0:ex1]
+    oy0, oy1 = _band(rows)
+    ox0, ox1 = _band(columns)
+    blurred = torch.zeros((count, 1) + tuple(size))
+    part = rows[oy0:oy1] @ eroded @ columns[ox0:ox1].T
+    peak = part.flatten(1).amax(1).view(-1, 1, 1)
+    blurred[:, 0, oy0:oy1, ox0:ox1] = torch.where(peak > 0, part / peak.clamp(min=1e-30), 0.0)
+    return resize(blurred, height, width)[:, 0].clamp_(0, 1)
+
+
+def _nonzero_box(image):
+    """(y0, y1, x0, x1) of the non-zero pixels of a [H,W] tensor, or None."""
+    rows, columns = torch.nonzero(image.amax(1) > 0)[:, 0], torch.nonzero(image.amax(0) > 0)[:, 0]
+    if len(rows) == 0:
+        return None
+    return int(rows[0]), int(rows[-1]) + 1, int(columns[0]), int(columns[-1]) + 1
+
+
+def _band(matrix):
+    """The first and past-the-last rows of a [n,k] matrix with a non-zero entry."""
+    rows = torch.nonzero(matrix.abs().amax(1) > 0)[:, 0]
+    return int(rows[0]), int(rows[-1]) + 1
 
 
 def erode(mask, size):
     """A binary min filter of a ``size`` square on [N,1,H,W] (the image continued beyond its edge), from box
-    sums of an integral image: 1 where the whole window is 1."""
+    sums of an integral image (exact in float32 up to 2^24 pixels): 1 where the whole window is 1."""
     radius = size // 2
     inside = F.pad((mask >= 1 - 1e-6).float(), (radius + 1, radius, radius + 1, radius), value=1.0)
     inside[..., 0, :] = 0
     inside[..., :, 0] = 0
-    table = inside.double().cumsum(-1).cumsum(-2)
+    table = inside.cumsum(-1).cumsum(-2)
     boxes = (table[..., size:, size:] - table[..., :-size, size:] - table[..., size:, :-size]
              + table[..., :-size, :-size])
     return (boxes >= size * size - 0.5).float()

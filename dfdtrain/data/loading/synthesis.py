@@ -192,25 +192,28 @@ def _source_transforms(images, draw):
     return blend.sharpen(images, *draw.sharpen)
 
 
-def _blend_group(images, hulls, draw, jitter):
-    """Blend the frames [N,3,H,W] that share one draw: (output [N,3,H,W], mask [N,H,W], reach [N]).
+def _blend_group(frames, hulls, draw, jitter):
+    """Blend the frames uint8 [N,H,W,3] that share one draw: (box (y0, y1, x0, x1) or None, the blended box uint8
+    [N,y1-y0,x1-x0,3], mask [N,H,W], reach [N]); outside the box the frames are left as they are.
 
-    The copy is made only over the box where the masks are non-zero (mapped back through the Affine, with a
-    margin for the filters): its transforms are pointwise or local, so that is where they matter."""
-    count, _, height, width = images.shape
+    The mask's warp is one grid for the group (the draw's Affine and elastic field). The copy is made only over
+    the box where the masks are non-zero (mapped back through the Affine, with a margin for the filters): its
+    transforms are pointwise or local, so that is where they matter."""
+    count, height, width = frames.shape[:3]
     scale, translate = torch.full((count,), draw.scale), torch.tensor(draw.translate).expand(count, 2)
     # the mask: SBI's Affine, then its ElasticTransform (nearest, as albumentations treats masks)
     noise = np.random.default_rng(draw.elastic_seed).uniform(-1, 1, size=(2, height, width))
     elastic = blend.pixels_to_grid(blend.elastic_displacement(noise, ELASTIC_ALPHA, ELASTIC_SIGMA), height, width)
-    mask_grid = blend.affine_grid(blend.identity_grid(count, height, width) + elastic, scale, translate)
-    warped = F.grid_sample(hulls.unsqueeze(1), mask_grid, mode="nearest", align_corners=False)[:, 0]
+    mask_grid = blend.affine_grid(blend.identity_grid(1, height, width) + elastic, scale[:1], translate[:1])
+    warped = F.grid_sample(hulls.unsqueeze(1), mask_grid.expand(count, -1, -1, -1), mode="nearest",
+                           align_corners=False)[:, 0]
     reach = blend.grid_reach(mask_grid) + blend.blend_reach(height, width, draw.mask_size, draw.kernel_2)
-    masks = torch.stack([blend.blend_mask(m, draw.mask_size, draw.kernel_1, draw.kernel_2, draw.sigma_2)
-                         for m in warped]) * draw.blend_ratio
-    rows, columns = torch.nonzero(masks.amax(0) > 0, as_tuple=True)
+    reach = reach.expand(count)
+    masks = blend.blend_masks(warped, draw.mask_size, draw.kernel_1, draw.kernel_2, draw.sigma_2) * draw.blend_ratio
+    rows, columns = torch.nonzero(masks.amax((0, 2)) > 0)[:, 0], torch.nonzero(masks.amax((0, 1)) > 0)[:, 0]
     if len(rows) == 0:
-        return images, masks, reach
-    y0, y1, x0, x1 = int(rows.min()), int(rows.max()) + 1, int(columns.min()), int(columns.max()) + 1
+        return None, None, masks, reach
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(columns[0]), int(columns[-1]) + 1
     # where the box's pixels sample the copy: the Affine (with vb's per-frame jitter) inverted, in pixels
     frame_scale = (scale * (1 + jitter[:, 2])).view(-1, 1)
     shift = translate + jitter[:, :2]
@@ -219,17 +222,17 @@ def _blend_group(images, hulls, draw, jitter):
     margin = 6  # bilinear sampling, Sharpen's 3x3, RandomDownScale's 4x4 cells
     sx0, sy0 = max(0, (int(xs.min()) - margin) // 4 * 4), max(0, (int(ys.min()) - margin) // 4 * 4)
     sx1, sy1 = min(width, int(xs.max()) + margin + 2), min(height, int(ys.max()) + margin + 2)
-    source = _source_transforms(images[:, :, sy0:sy1, sx0:sx1], draw)
+    source = torch.cat([_source_transforms(part.permute(0, 3, 1, 2).float(), draw)  # in cache-sized chunks
+                        for part in frames[:, sy0:sy1, sx0:sx1].split(4)])
     grid_x = (2 * (xs - sx0) + 1) / (sx1 - sx0) - 1
     grid_y = (2 * (ys - sy0) + 1) / (sy1 - sy0) - 1
     grid = torch.stack(torch.broadcast_tensors(grid_x[:, None, :], grid_y[:, :, None]), -1)
     source = F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=False)
     weight = masks[:, None, y0:y1, x0:x1]
-    box = images[:, :, y0:y1, x0:x1]
-    composite = torch.round(source * weight + box * (1 - weight)).clamp(0, 255)
-    out = images.clone()
-    out[:, :, y0:y1, x0:x1] = torch.where(weight > 0, composite, box)
-    return out, masks, reach
+    box = frames[:, y0:y1, x0:x1].permute(0, 3, 1, 2).float()
+    composite = (source * weight + box * (1 - weight)).round_().clamp_(0, 255)
+    composite = torch.where(weight > 0, composite, box)
+    return (y0, y1, x0, x1), composite.to(torch.uint8).permute(0, 2, 3, 1), masks, reach
 
 
 def _synthesise(frames, landmarks, draws, jitter):
@@ -252,10 +255,11 @@ def _synthesise(frames, landmarks, draws, jitter):
             groups.setdefault(id(draw), []).append(position)
             hull[position] = blend.hull_mask(points[position], height, width, draw.hull_type)
     for positions in groups.values():
-        images = torch.from_numpy(array[positions]).permute(0, 3, 1, 2).float()
-        blended, masks, reaches = _blend_group(images, torch.from_numpy(hull[positions]).float(),
-                                               draws[positions[0]], torch.from_numpy(jitter[positions]))
-        out[positions] = blended.permute(0, 2, 3, 1).to(torch.uint8).numpy()
+        box, blended, masks, reaches = _blend_group(torch.from_numpy(array[positions]),
+                                                    torch.from_numpy(hull[positions]).float(),
+                                                    draws[positions[0]], torch.from_numpy(jitter[positions]))
+        if box is not None:
+            out[positions, box[0]:box[1], box[2]:box[3]] = blended.numpy()
         mask[positions], reach[positions] = masks.numpy(), reaches.numpy()
     blended = np.array([draw is not None for draw in draws])
     jitter = np.where(blended[:, None], jitter, 0).astype(np.float32)

@@ -15,7 +15,9 @@ Data: dfdtrain's own generated clips (synth -> index -> shard, H.264 with a keyf
 Synthesis (``synthesis`` in the JSON): the shards method with 1 worker (one decoding core) on face-clip shards
 with dlib68 landmarks of real FF++ fixture videos (sharded here: ``--fixtures``), the one source's synthesis off,
 ``sbi`` and ``vb`` (data.synthesis_fraction 0.5: half the samples blended), samples/s and each one's ratio to off
-(the issue's goal: >= 0.7). Skipped with a note when the fixtures or dlib/facenet are not here.
+(the issue's goal: >= 0.7). Faces are stored at the store's default size (256 px): what a clip costs to decode
+depends on it, and a blend costs what the model's input size says. Skipped with a note when the fixtures or
+dlib/facenet are not here.
 Each (method, workers) reads ``batches`` batches per repeat; the first batch's latency (worker start-up) is
 reported apart and the rest gives samples/s; repeats are interleaved across methods and the median kept.
 Augmentation is off in both methods (this compares data layout and decode; ``train.py`` runs the real loop).
@@ -40,6 +42,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from common import (benchmark_parser, emit, envelope, make_synth_shards, median, progress, settings_for,
                     start_benchmark)
 from dfdtrain.config import ClipSpec, DataConfig, SamplerConfig
+from dfdtrain.data.faces.clip_options import FaceClipOptions
 from dfdtrain.data.loading.clips import model_input
 from dfdtrain.data.loading.loader import VideoLoader
 from dfdtrain.data.loading.stages import ClipDecoder, collate
@@ -117,9 +120,9 @@ SYNTHESIS_VIDEOS = ("469", "183", "253", "481")  # FF++ youtube reals among the 
 
 
 def synthesis_shards(fixtures, folder, videos):
-    """Face-clip shards with landmarks (one track, 128 px) of ``videos`` FF++ fixture reals, or (None, why not)."""
+    """Face-clip shards with landmarks (one track, the store's default size) of ``videos`` FF++ fixture reals, or
+    (None, why not)."""
     try:
-        from dfdtrain.data.faces.clip_options import FaceClipOptions
         from dfdtrain.data.faces.tracks import TrackOptions
         from dfdtrain.data.shards.writer import write_shards
 
@@ -129,7 +132,7 @@ def synthesis_shards(fixtures, folder, videos):
         missing = [row["path"] for row in rows if not (Path(fixtures) / row["path"]).is_file()]
         if missing:
             return None, f"synthesis not measured: fixtures missing ({missing[0]})"
-        options = FaceClipOptions(size=128, landmarks="dlib68", tracks=TrackOptions(detect_every=10, max_tracks=1))
+        options = FaceClipOptions(landmarks="dlib68", tracks=TrackOptions(detect_every=10, max_tracks=1))
         write_shards(rows, Path(folder) / "faces", progress=False, store="faces", face_clip_options=options)
     except Exception as error:  # noqa: BLE001 (no dlib, no face detector: measure the rest)
         return None, f"synthesis not measured: {type(error).__name__}: {error}"
@@ -235,7 +238,8 @@ def main(argv=None):
         results=results, ratios=ratios, synthesis=synthesis,
         notes=[*remote_notes, *([synthesis_note] if synthesis_note else []),
                "synthesis: samples/s of the training loader with 1 decoding worker on face-clip shards with "
-               "landmarks of FF++ fixture reals (128 px faces, resized to image_size), synthesis off / sbi / vb on "
+               f"landmarks of FF++ fixture reals ({FaceClipOptions().size} px faces, the store's default, resized to "
+               "image_size), synthesis off / sbi / vb on "
                "half the samples; ratio_* = on / off (goal >= 0.7).",
                "s3 and http stream the same shards from servers on loopback (no network latency or bandwidth "
                "limit; the servers run on the same cores as the loader): their ratio to local shards is the cost "

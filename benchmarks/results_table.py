@@ -106,7 +106,17 @@ def render_loader(result):
              f"{settings['num_frames']} frames sampled per clip, crops {settings['image_size']}², batch "
              f"{settings['batch_size']}, one process.", ""]
     lines += table(["method", "workers", "samples/s", "frames/s", "first batch (s)"], rows)
-    return lines + ["", "Ratios (same run):"] + ratio_lines(result["ratios"]) + [""] + notes(result)
+    lines += ["", "Ratios (same run):"] + ratio_lines(result["ratios"])
+    synthesis = result.get("synthesis") or {}
+    if "off" in synthesis:
+        lines += ["", f"Synthesis (data.synthesis_fraction {synthesis['fraction']}, {synthesis['workers']} decoding "
+                  "worker, face clips with landmarks; goal: on / off >= 0.7):", ""]
+        lines += table(["synthesis", "samples/s", "on / off"],
+                       [["off", synthesis["off"], 1.0], ["sbi", synthesis["sbi"], synthesis["ratio_sbi"]],
+                        ["vb", synthesis["vb"], synthesis["ratio_vb"]]])
+    elif synthesis:
+        lines += ["", f"Synthesis: {synthesis.get('skipped')}"]
+    return lines + [""] + notes(result)
 
 
 def render_model(result):

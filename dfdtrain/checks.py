@@ -55,6 +55,9 @@ def check_experiment(config):
     _check_named(OPTIMIZERS, config.optim.optimizer, "optim.optimizer")
     _check_named(SCHEDULES, config.optim.schedule, "optim.schedule")
     _check_train(config.train)
+    if config.train.early_stopping_metric.startswith("synthetic.") and not config.data.val_synthesis:
+        raise ConfigError("train.early_stopping_metric", f"is {config.train.early_stopping_metric!r}, a metric of "
+                          "synthetic twins, which validation makes only with data.val_synthesis set (sbi or vb)")
     _check_epoch_fits_a_batch(config.data)
     return config
 

@@ -19,6 +19,9 @@ def add_arguments(parser):
     parser.add_argument("--strict", action="store_true",
                         help="exit non-zero when any video index.json promises was not scored (skipped or "
                              "missing); without it such videos are named in metrics.json and a WARNING line")
+    parser.add_argument("--synthesis", choices=["sbi", "vb"], default="",
+                        help="also score a synthetic twin of every real video (face shards with landmarks), "
+                             "reported apart: metrics.json's synthetic, predictions_synthetic.csv")
     parser.add_argument("--json", action="store_true", help="print metrics.json to stdout")
 
 
@@ -36,7 +39,8 @@ def run(args):
         metrics = run_evaluation(checkpoint, args.shards, args.out, threshold=args.threshold,
                                  batch_size=args.batch_size, workers=args.workers, decoder=args.decoder,
                                  context=context, verify=args.verify_shards, strict=args.strict,
-                                 bootstrap=args.bootstrap, base_weights=args.base_weights)
+                                 bootstrap=args.bootstrap, base_weights=args.base_weights,
+                                 synthesis=args.synthesis)
     if metrics is None:  # not rank 0: rank 0 reports
         return 0
     if args.json:

@@ -132,6 +132,9 @@ class DataConfig(Section):
     # sample over any run of the stream, not a coin per sample; dfdtrain.data.loading.synthetic)
     synthesis_fraction: Fraction = 0.5
     val_shards: str = ""
+    # validation (and ``evaluate --synthesis``): a synthetic twin (sbi, vb) of every real video beside it, scored
+    # and reported apart (metrics' ``synthetic``: the reals against their twins), as SBI validates on reals alone
+    val_synthesis: Literal["", "sbi", "vb"] = ""
     batch_size: Count = 8  # per rank
     num_workers: NonNegativeInt = 2  # decoding processes per rank
     worker_start_method: Literal["default", "fork", "spawn", "forkserver"] = "default"  # of the decoding workers
@@ -158,6 +161,12 @@ class DataConfig(Section):
                               "pattern in train_shards, or every source in train_sources)")
         self.train_sources = [_train_source(value, f"{self.key('train_sources')}[{position}]")
                               for position, value in enumerate(self.train_sources)]
+        if self.source == "embeddings":  # cached features hold no frames to blend
+            blended = [f"{self.key('train_sources')}[{position}].synthesis"
+                       for position, entry in enumerate(self.train_sources) if entry.synthesis]
+            if blended or self.val_synthesis:
+                raise ConfigError((blended or [self.key("val_synthesis")])[0], "needs data.source=videos: a synthesis "
+                                  "blends video frames, and cached embeddings (data.source=embeddings) have none")
 
 
 # ---------------------------------------------------------------------------------------------- model

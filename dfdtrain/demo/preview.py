@@ -335,14 +335,15 @@ def synthesis_rows(sample, name, num_frames, seed=0, decoder="pyav"):
     evaluation sampler, seeded by (seed, key)."""
     from dfdtrain.data.loading.clips import make_clip
     from dfdtrain.data.loading.synthesis import synthesis_rng
+    from dfdtrain.data.faces.landmarks import track_points
     from dfdtrain.data.loading.synthetic import clip_landmarks, synthesise_clip
 
     meta, field = video_member(sample)
     spec = ClipSpec(sampler=SamplerConfig("uniform", num_frames), crop="face", image_size=SYNTHESIS_TILE)
     clip = make_clip(build_decoder(decoder), sample[field], meta, spec, name=f"{sample['__key__']}.{field}")
-    result = synthesise_clip(name, clip, synthesis_rng(seed, 0, 0, sample["__key__"]))
+    result = synthesise_clip(name, sample, clip, synthesis_rng(seed, 0, 0, sample["__key__"]))
     count = len(clip.indices)
-    landmarks = clip_landmarks(clip.meta["track"], clip, SYNTHESIS_TILE, num_frames)
+    landmarks = clip_landmarks(track_points(sample, clip.meta["track"]), clip, SYNTHESIS_TILE, num_frames)
     reals = []
     for position in range(count):
         image = Image.fromarray(clip.frames[position].numpy())

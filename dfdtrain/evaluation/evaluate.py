@@ -36,9 +36,10 @@ from dfdtrain.data.shards.catalog import reconcile, verify_shards
 from dfdtrain.evaluation.plots import (plot_breakdown, plot_calibration, plot_confusion, plot_histogram,
                                        plot_precision_recall, plot_roc)
 from dfdtrain.evaluation.report import accounting_line, write_predictions, write_report
-from dfdtrain.evaluation.scoring import records_loss, score_videos
+from dfdtrain.evaluation.scoring import records_loss, score_videos, split_synthetic
 from dfdtrain.metrics import (REPORTED_RULES, aggregate, bootstrap_intervals, evaluate_predictions,
-                              expected_calibration_error, groups_per_class, interval_problem, log_loss, roc_auc)
+                              expected_calibration_error, groups_per_class, interval_problem, log_loss, roc_auc,
+                              synthetic_metrics)
 from dfdtrain.metrics.calibration import describe as describe_calibration
 from dfdtrain.models.bundle import load_detector
 from dfdtrain.models.detector import detector_score_kind
@@ -66,9 +67,10 @@ def resolve_checkpoint(run_dir=None, checkpoint="best"):
     return path
 
 
-def evaluation_loader(settings, shards, batch_size, workers, decoder, context):
-    """A loader that sees every video once, each made into the clip the detector was trained on."""
-    data = DataConfig(batch_size=batch_size, num_workers=workers, decoder=decoder)
+def evaluation_loader(settings, shards, batch_size, workers, decoder, context, synthesis=""):
+    """A loader that sees every video once, each made into the clip the detector was trained on (and, with
+    ``synthesis``, each real one also into its synthetic twin: ``data.val_synthesis``)."""
+    data = DataConfig(batch_size=batch_size, num_workers=workers, decoder=decoder, val_synthesis=synthesis)
     return VideoLoader(shards, settings.clip, data, train=False, device=context.device, rank=context.rank,
                        world_size=context.world_size)
 
@@ -145,23 +147,24 @@ def verify_on_every_rank(shard_paths, context):
 
 
 def score_shards(checkpoint, shards, batch_size=8, workers=2, decoder="pyav", context=None, verify=True,
-                 base_weights=None):
+                 base_weights=None, synthesis=""):
     """Every rank scores its share of ``shards`` with the raw detector at ``checkpoint``; rank 0 gets
     ``(settings, shard paths, records sorted by key, skipped + missing samples, accounting, storage retries)``,
-    the other ranks None. Stops with one line when no video could be scored."""
+    the other ranks None. Stops with one line when no video could be scored. ``synthesis`` (sbi, vb): the
+    records also hold each real video's synthetic twin (``synthetic``: True), outside the accounting."""
     context = context or single_process_context()
     shard_paths = expand_shards(shards)
     model, settings = load_detector(checkpoint, device=context.device, base_weights=base_weights)
     if verify:
         verify_on_every_rank(shard_paths, context)
-    loader = evaluation_loader(settings, shard_paths, batch_size, workers, decoder, context)
+    loader = evaluation_loader(settings, shard_paths, batch_size, workers, decoder, context, synthesis)
     records = gather_to_rank0(score_videos(model, loader, context.device))
     skipped = gather_to_rank0(loader.skipped)
     retries = gather_to_rank0([dict(loader.io_faults + collections.Counter(storage.take_fault_counts()))])
     if records is None:  # not rank 0
         return None
     storage_retries = sum((collections.Counter(counts) for counts in retries), collections.Counter())
-    accounting = reconcile(shard_paths, records, skipped)
+    accounting = reconcile(shard_paths, split_synthetic(records)[0], skipped)
     skipped += accounting["missing_samples"]  # named with the skipped, reason "missing"
     if not records:
         reasons = "; ".join(f"{item['key'] or item['shard']}: {item['reason']}" + (f" ({item['detail']})" if
@@ -201,7 +204,7 @@ def interval_metrics(records, threshold, resamples, confidence=0.95):
 
 
 def run_evaluation(checkpoint, shards, out_dir, threshold=None, batch_size=8, workers=2, decoder="pyav",
-                   context=None, verify=True, strict=False, bootstrap=1000, base_weights=None):
+                   context=None, verify=True, strict=False, bootstrap=1000, base_weights=None, synthesis=""):
     """Score ``shards`` with the detector at ``checkpoint`` and write the evaluation into ``out_dir``.
 
     Every rank scores its share; rank 0 gathers the records and writes the files. Returns the metrics dict
@@ -212,10 +215,13 @@ def run_evaluation(checkpoint, shards, out_dir, threshold=None, batch_size=8, wo
     Every video the shards' index.json promises is accounted for (``metrics["accounting"]``): scored, skipped
     with its reason, or named missing (a truncated or corrupt tar). ``verify``: first check each shard's sha256
     against index.json (a mismatch stops with one line). ``strict``: a video not scored is an error (after the
-    files are written) instead of a warning line.
+    files are written) instead of a warning line. ``synthesis`` (sbi, vb; shards with landmarks): each real video
+    also gets a synthetic twin, scored and reported apart (``metrics["synthetic"]``, real videos against their
+    twins; ``predictions_synthetic.csv``); every other number covers the real data only.
     """
     check_output_folder(out_dir)
-    scored = score_shards(checkpoint, shards, batch_size, workers, decoder, context, verify, base_weights)
+    scored = score_shards(checkpoint, shards, batch_size, workers, decoder, context, verify, base_weights,
+                          synthesis)
     if scored is None:  # not rank 0
         return None
     settings, shard_paths, records, skipped, accounting, storage_retries = scored
@@ -226,8 +232,11 @@ def run_evaluation(checkpoint, shards, out_dir, threshold=None, batch_size=8, wo
         record["frame_scores_raw"] = record["frame_scores"]
         record["frame_scores"] = settings.calibration.probability(record["frame_logits"]).tolist()
         record["scores"] = video_scores(record, threshold)
+    records, twins = split_synthetic(records)
 
     metrics = evaluate_predictions(records, threshold=threshold, rules=REPORTED_RULES)
+    if twins:
+        metrics["synthetic"] = synthetic_metrics(records, twins, threshold)
     kind = detector_score_kind(settings.model)
     labels = [record["label"] for record in records]
     metrics.update({
@@ -267,7 +276,10 @@ def run_evaluation(checkpoint, shards, out_dir, threshold=None, batch_size=8, wo
         plot_files.append(("AUC per dataset and method", plot_breakdown(metrics["breakdown"],
                                                                         out_dir / "breakdown.png").name))
     write_predictions(records, out_dir / "predictions.csv", metrics["position_scores"]["kind"])
-    metrics["files"] = ["metrics.json", "predictions.csv", "report.md", *(name for _, name in plot_files)]
+    if twins:
+        write_predictions(twins, out_dir / "predictions_synthetic.csv", metrics["position_scores"]["kind"])
+    metrics["files"] = ["metrics.json", "predictions.csv", *(["predictions_synthetic.csv"] if twins else []),
+                        "report.md", *(name for _, name in plot_files)]
     write_json(out_dir / "metrics.json", metrics)
     write_report(metrics, plot_files, out_dir / "report.md")
     problem = metrics["accounting"]["problem"]

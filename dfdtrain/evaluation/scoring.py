@@ -10,7 +10,7 @@ import torch
 from dfdtrain.core.distributed import gather_to_rank0
 from dfdtrain.core.devices import autocast
 from dfdtrain.models.loss import video_bce
-from dfdtrain.metrics import evaluate_predictions
+from dfdtrain.metrics import REPORTED_RULES, evaluate_predictions, synthetic_metrics
 
 
 def score_videos(model, loader, device, precision="fp32", embeddings=False):
@@ -38,6 +38,8 @@ def score_videos(model, loader, device, precision="fp32", embeddings=False):
                     "frame_logits": frame_logits[position][mask[position]].tolist(),
                     "dataset": meta.get("dataset"), "method": meta.get("method"),
                     "group": str(meta.get("group") or key), "shard": meta.get("shard"),
+                    **({"synthetic": True, "synthesis": meta.get("synthesis"), "twin_of": meta.get("twin_of")}
+                       if meta.get("synthetic") else {}),
                 })
     return records
 
@@ -49,16 +51,35 @@ def records_loss(records):
     return float(video_bce(logits, labels))
 
 
+def split_synthetic(records):
+    """(the real data's records, the synthetic twins' records): twins (``data.val_synthesis``) are scored like
+    every video and reported apart (``summarize``), never in the real data's metrics, loss or calibration."""
+    return ([record for record in records if not record.get("synthetic")],
+            [record for record in records if record.get("synthetic")])
+
+
+def summarize(records, threshold=0.5, rules=REPORTED_RULES):
+    """``evaluate_predictions`` of the real data's records, plus ``synthetic`` (``synthetic_metrics``: its reals
+    against the twins) when the records hold twins."""
+    real, twins = split_synthetic(records)
+    metrics = evaluate_predictions(real, threshold=threshold, rules=rules)
+    if twins:
+        metrics["synthetic"] = synthetic_metrics(real, twins, threshold)
+    return metrics
+
+
 def validation_metrics(model, loader, device, threshold=0.5, precision="fp32", embeddings=False):
-    """(metrics, records) on rank 0 — metrics include ``loss`` — and (None, None) on the other ranks."""
+    """(metrics, the real data's records) on rank 0 — metrics include ``loss`` (of the real data) and, with
+    twins, ``synthetic`` — and (None, None) on the other ranks."""
     records = gather_to_rank0(score_videos(model, loader, device, precision, embeddings))
     if records is None:
         return None, None
-    if not records:
-        return {"loss": None, "videos": 0}, records
-    metrics = evaluate_predictions(records, threshold=threshold)
-    metrics["loss"] = records_loss(records)
-    return metrics, records
+    real, _ = split_synthetic(records)
+    if not real:
+        return {"loss": None, "videos": 0}, real
+    metrics = summarize(records, threshold=threshold)
+    metrics["loss"] = records_loss(real)
+    return metrics, real
 
 
 def metric_value(metrics, path):
@@ -82,7 +103,8 @@ def check_metric_path(path):
         return None
     example = [{"key": str(label), "label": label, "video_score": 0.25 + label / 2, "frame_scores": [0.5],
                 "dataset": None, "method": None} for label in (0, 1)]
-    value = evaluate_predictions(example, threshold=0.5)
+    example.append({**example[1], "key": "0+sbi", "synthetic": True, "synthesis": "sbi"})  # data.val_synthesis
+    value = summarize(example, threshold=0.5)
     walked = []
     for part in path.split("."):
         if not isinstance(value, dict) or part not in value:

@@ -11,7 +11,8 @@ each frame's vote in the ``majority`` rule, and for the accuracy of the interval
 * ``AGGREGATIONS`` (``aggregation``): frame scores -> video score (``mean``, ``max``, ``median``, ``majority``,
   ``confident``); ``aggregate`` for one video, ``aggregate_many`` for a list of videos.
 * ``evaluate_predictions(records)`` (``summary``): every reported aggregation rule, the temporal head's video
-  score and the frame level, in one dict; ``format_metrics_table`` prints it.
+  score and the frame level, in one dict; ``format_metrics_table`` prints it; ``synthetic_metrics``: real videos
+  against their synthetic twins (``data.val_synthesis``), reported apart.
 * ``bootstrap_intervals`` (``intervals``): 95% intervals of the ranking, calibration and accuracy metrics,
   resampling whole groups (identities, source pairs), since videos of one group are not independent; none
   (``interval_problem`` says why) with fewer than 2 groups of real or of fake videos.
@@ -28,7 +29,7 @@ from dfdtrain.metrics.binary import (CALIBRATION_BINS, LOG_LOSS_EPS, average_pre
 from dfdtrain.metrics.curves import f1_by_threshold, precision_recall_curve, roc_curve
 from dfdtrain.metrics.intervals import (INTERVAL_METRICS, MIN_GROUPS_PER_CLASS, bootstrap_intervals, groups_per_class,
                                         interval_problem)
-from dfdtrain.metrics.summary import TABLE_COLUMNS, evaluate_predictions, format_metrics_table
+from dfdtrain.metrics.summary import TABLE_COLUMNS, evaluate_predictions, format_metrics_table, synthetic_metrics
 
 __all__ = [
     # binary
@@ -42,5 +43,5 @@ __all__ = [
     # intervals
     "INTERVAL_METRICS", "MIN_GROUPS_PER_CLASS", "bootstrap_intervals", "groups_per_class", "interval_problem",
     # summary
-    "TABLE_COLUMNS", "evaluate_predictions", "format_metrics_table",
+    "TABLE_COLUMNS", "evaluate_predictions", "format_metrics_table", "synthetic_metrics",
 ]

@@ -1,5 +1,6 @@
 """Every metric of a detector's scored videos in one dict (``evaluate_predictions``: the temporal head, every
-reported aggregation rule and the frame level), and that dict as a plain-text table (``format_metrics_table``)."""
+reported aggregation rule and the frame level), and that dict as a plain-text table (``format_metrics_table``);
+``synthetic_metrics``: real videos against their synthetic twins, reported apart."""
 
 import numpy as np
 
@@ -68,9 +69,28 @@ def evaluate_predictions(records, threshold=0.5, rules=REPORTED_RULES):
     }
 
 
+def synthetic_metrics(records, twins, threshold=0.5):
+    """How well the detector tells real videos from synthetic fakes made of real ones (``data.val_synthesis``):
+    the real videos of ``records`` (label 0) against ``twins`` (label 1), each by the temporal head's score (the
+    mean of its frame scores without one), as ``binary_metrics`` plus the counts: ``{"videos": twins, "reals":
+    n, "method": "sbi", auc, accuracy, ...}``. Kept apart from the real data's metrics, which the twins never
+    enter."""
+    reals = [record for record in records if record["label"] == 0]
+
+    def score(record):
+        head = record.get("video_score")
+        return float(np.mean(record["frame_scores"])) if head is None else head
+
+    labels = [0] * len(reals) + [1] * len(twins)
+    values = binary_metrics(labels, as_scores([score(record) for record in reals + twins]), threshold)
+    methods = ", ".join(sorted({str(record.get("synthesis") or "") for record in twins} - {""}))
+    return {"videos": len(twins), "reals": len(reals), "method": methods, "threshold": threshold, **values}
+
+
 def format_metrics_table(metrics):
     """``evaluate_predictions``' result as a plain-text table: a row per video rule (``video/<rule>``) and the
-    frame level, a column per metric (``-`` where undefined), under a line with the counts."""
+    frame level, a column per metric (``-`` where undefined), under a line with the counts; with ``synthetic``
+    (``synthetic_metrics``), a line for the twins below."""
     rows = [(f"video/{name}", values) for name, values in metrics["video"].items()]
     rows.append(("frame", metrics["frame"]))
     header = ["level", *TABLE_COLUMNS]
@@ -85,4 +105,10 @@ def format_metrics_table(metrics):
 
     lines = [f"{metrics['videos']} videos, {metrics['frames']} frames", format_line(header),
              "  ".join("-" * width for width in widths), *map(format_line, body)]
+    if "synthetic" in metrics:  # data.val_synthesis: never in the rows above
+        twins = metrics["synthetic"]
+        lines.append(f"synthetic twins ({twins['method']}), apart from the above: {twins['videos']} "
+                     f"against {twins['reals']} real videos, head score: AUC {format_fixed(twins['auc'])}, "
+                     f"accuracy {format_fixed(twins['accuracy'])} (at {twins['threshold']:g}), "
+                     f"log loss {format_fixed(twins['log_loss'])}")
     return "\n".join(lines)

@@ -16,7 +16,7 @@ from dfdtrain.core.errors import DfdError
 from dfdtrain.core.fileio import read_json
 from dfdtrain.data.faces.clip_options import FaceClipOptions
 from dfdtrain.data.faces.landmarks import (face_box, landmark_model, landmarks_available, missing_landmarks_line,
-                                          sample_landmarks, window_to_clip)
+                                          track_points, window_to_clip)
 from dfdtrain.data.faces.tracks import TrackOptions
 from dfdtrain.data.shards.parts import Part, merge_parts
 from dfdtrain.data.shards.summary import format_index
@@ -52,7 +52,7 @@ def tracks_of(samples):
     for key, sample in sorted(samples.items()):
         meta = json.loads(sample["json"])
         for number, track in enumerate(meta["tracks"]):
-            yield key, meta, number, track, sample[track["member"]]
+            yield key, meta, number, track, sample[track["member"]], track_points(sample, track)
 
 
 def test_every_stored_frame_has_68_points_on_the_face(landmark_shards):
@@ -61,10 +61,12 @@ def test_every_stored_frame_has_68_points_on_the_face(landmark_shards):
     assert len(json.loads(samples["real585"]["json"])["tracks"]) == 2
     # the face inside the stored crop: the window is the face grown by margin per side, centred
     half = SIZE / (1 + 2 * options.tracks.margin) / 2
-    for key, meta, number, track, _ in tracks_of(samples):
-        points = np.asarray(track["landmarks"], dtype=float)
-        assert sample_landmarks(meta, number) == track["landmarks"]
-        assert points.shape == (track["frames"], 68, 2), (key, number)  # every kept frame, none empty
+    for key, meta, number, track, _, points in tracks_of(samples):
+        # in the sample's landmarks.npz, not its json: every kept frame has its 68 points
+        assert track["landmarks"] == {"member": "landmarks.npz", "array": str(track["id"]), "frames": track["frames"]}
+        assert points.dtype == np.float32 and points.shape == (track["frames"], 68, 2), (key, number)
+        assert np.isfinite(points).all() and (points == points.round()).all()  # dlib's whole pixels
+        assert len(samples[key]["landmarks.npz"]) < 160 * sum(t["frames"] for t in meta["tracks"])  # < 0.16 KB/frame
         mean = points.mean(axis=1)
         assert (np.abs(mean - SIZE / 2) < half).all(), (key, number, np.abs(mean - SIZE / 2).max())
         eyes, mouth = points[:, EYES, 1].mean(axis=1), points[:, MOUTH, 1].mean(axis=1)
@@ -78,9 +80,9 @@ def test_points_line_up_with_the_stored_clip(landmark_shards):
     585's second person is small, dark and turned, and dlib loses that face (its landmark_offset says so)."""
     _, _, samples, options = landmark_shards
     model = landmark_model("dlib68")
-    offsets = {(key, number): track["landmark_offset"] for key, _, number, track, _ in tracks_of(samples)}
+    offsets = {(key, number): track["landmark_offset"] for key, _, number, track, _, _ in tracks_of(samples)}
     assert offsets[("real469", 0)] < 0.05 and offsets[("real585", 0)] < 0.05 and offsets[("real585", 1)] > 0, offsets
-    for key, _, number, track, clip in tracks_of(samples):
+    for key, _, number, track, clip, points in tracks_of(samples):
         if number:
             continue
         first = track["source_frames"][0]
@@ -92,8 +94,8 @@ def test_points_line_up_with_the_stored_clip(landmark_shards):
             x1, y1, x2, _ = track["windows"][position]
             mtcnn_eyes = sorted(window_to_clip(np.asarray(detection[6:10]).reshape(2, 2) - (x1, y1), x2 - x1, SIZE)
                                 .tolist())
-            points = np.asarray(track["landmarks"][position])
-            dlib_eyes = sorted([points[36:42].mean(axis=0).tolist(), points[42:48].mean(axis=0).tolist()])
+            dlib_eyes = sorted([points[position, 36:42].mean(axis=0).tolist(),
+                                points[position, 42:48].mean(axis=0).tolist()])
             distances.append(np.linalg.norm(np.subtract(mtcnn_eyes, dlib_eyes), axis=1).max())
         assert distances and np.median(distances) < 0.03 * SIZE and max(distances) < 0.06 * SIZE, (key, distances)
         with av.open(__import__("io").BytesIO(clip)) as container:
@@ -101,13 +103,12 @@ def test_points_line_up_with_the_stored_clip(landmark_shards):
         assert len(decoded) == track["frames"]
         for position in range(0, track["frames"], max(1, track["frames"] // 8)):
             again = np.asarray(model(decoded[position], face_box(SIZE, options.tracks.margin)), dtype=float)
-            stored = np.asarray(track["landmarks"][position])
-            assert np.abs(again - stored).mean() < 0.03 * SIZE, (key, number, position)
+            assert np.abs(again - points[position]).mean() < 0.03 * SIZE, (key, number, position)
 
 
 def test_index_records_the_model_and_its_versions(landmark_shards, tmp_path):
     shards, index, _, _ = landmark_shards
-    expected = {"model": "dlib68", "points": 68, "coordinates": "clip",
+    expected = {"model": "dlib68", "points": 68, "coordinates": "clip", "member": "landmarks.npz",
                 "version": {"dlib": __import__("dlib").__version__,
                             "face_recognition_models": version("face-recognition-models")}}
     assert index["landmarks"] == expected == read_json(shards / "index.json")["landmarks"]
@@ -146,11 +147,12 @@ def test_parts_with_and_without_landmarks_are_refused_in_one_line(tmp_path):
     message = str(refused.value)
     assert "\n" not in message and "cannot merge" in message and "part(s) 1 with no --landmarks" in message
     assert "part(s) 0 with --landmarks dlib68" in message
-    # a face-less clip's centre track has no landmarks: [] per frame
-    samples = {sample["__key__"]: json.loads(sample["json"]) for sample in
-               wds.WebDataset([str(tmp_path / "a" / name) for name in record["shards"]], shardshuffle=False)}
-    for meta in samples.values():
-        assert meta["no_face"] and meta["tracks"][0]["landmarks"] == [[]] * meta["tracks"][0]["frames"]
+    # a face-less clip's centre track has no landmarks: a NaN row per frame
+    for sample in wds.WebDataset([str(tmp_path / "a" / name) for name in record["shards"]], shardshuffle=False):
+        track = json.loads(sample["json"])["tracks"][0]
+        assert json.loads(sample["json"])["no_face"] and track["landmarks"]["frames"] == 0
+        points = track_points(sample, track)
+        assert points.shape == (track["frames"], 68, 2) and np.isnan(points).all()
 
 
 def test_cli_refuses_landmarks_without_face_clips(tmp_path):

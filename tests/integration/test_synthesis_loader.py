@@ -1,7 +1,8 @@
-"""The training loader's synthesis stage on real FF++ face clips with landmarks: a ``vb`` source makes
+"""The loaders' synthesis stages on real FF++ face clips with landmarks: a ``vb`` training source makes
 data.synthesis_fraction of its real samples fake (label 1, ``synthetic`` set), each fake equals its real clip
 outside the blend mask, a rebuilt loader makes the same fakes, shards without landmarks are refused in one line,
-and ``preview --synthesis`` draws its sheet."""
+and ``preview --synthesis`` draws its sheet; evaluation (data.val_synthesis, ``evaluate --synthesis``) scores a
+twin beside every real video, the same for any number of workers, and reports the twins apart."""
 
 import json
 import shutil
@@ -14,6 +15,7 @@ from support import clip_spec, run_cli
 from dfdtrain.config import DataConfig
 from dfdtrain.core.errors import DfdError
 from dfdtrain.data.faces.clip_options import FaceClipOptions
+from dfdtrain.data.faces.landmarks import track_points
 from dfdtrain.data.faces.tracks import TrackOptions
 from dfdtrain.data.loading.loader import VideoLoader
 from dfdtrain.data.loading.sources import epoch_sources
@@ -112,7 +114,7 @@ def stored_landmarks(folder, meta, size):
             indices = np.array(meta["frame_indices"])
             clip = SimpleNamespace(indices=indices, regions=np.tile([0, 0, track["size"], track["size"]],
                                                                     (len(indices), 1)).astype(float))
-            return clip_landmarks(track, clip, size, FRAMES)
+            return clip_landmarks(track_points(sample, track), clip, size, FRAMES)
     raise AssertionError(meta["key"])
 
 
@@ -129,8 +131,8 @@ def test_a_clip_without_landmarks_is_refused_by_the_stage(shards):
 
     clip = SimpleNamespace(frames=torch.zeros(FRAMES, SIZE, SIZE, 3, dtype=torch.uint8), indices=np.arange(2),
                            regions=np.zeros((2, 4)), meta={"key": "k", "track": {"id": 0}})
-    with pytest.raises(DfdError, match="--landmarks dlib68"):
-        synthesise_clip("sbi", clip, synthesis_rng(0, 0, 0, "k"))
+    with pytest.raises(DfdError, match="k: its shards hold no facial landmarks.*--landmarks dlib68"):
+        synthesise_clip("sbi", {"__key__": "k"}, clip, synthesis_rng(0, 0, 0, "k"))
 
 
 def test_preview_draws_real_mask_and_synthesised_rows(shards, tmp_path):
@@ -151,3 +153,59 @@ def test_the_fraction_is_checked_in_one_line(value):
 
     with pytest.raises(ConfigError, match="data.synthesis_fraction"):
         DataConfig(synthesis_fraction=value)
+
+
+def evaluation_items(folder, workers, synthesis="vb"):
+    data = DataConfig(batch_size=3, num_workers=workers, decoder="pyav", val_synthesis=synthesis)
+    loader = VideoLoader(f"{folder}/*.tar", clip_spec(FRAMES, SIZE, crop="face"), data, train=False, rank=0,
+                         world_size=1, seed=5)
+    items = {}
+    for batch in loader._worker_batches():
+        for position, key in enumerate(batch["key"]):
+            items[key] = (batch["frames"][position], float(batch["label"][position]),
+                          bool(batch["synthetic"][position]), batch["meta"][position])
+    return items
+
+
+def test_evaluation_puts_the_same_twin_beside_every_real_video_for_any_worker_count(shards):
+    alone, split = evaluation_items(shards / "with", 0), evaluation_items(shards / "with", 2)
+    assert sorted(alone) == sorted(split) == ["real183", "real183+vb", "real469", "real469+vb"]
+    for key, (frames, label, synthetic, meta) in alone.items():
+        assert torch.equal(frames, split[key][0])  # seeded by (seed, key, track) alone
+        assert (label, synthetic) == ((1.0, True) if key.endswith("+vb") else (0.0, False))
+        if synthetic:
+            real = alone[meta["twin_of"]][0].numpy()
+            rng = synthesis_rng(5, 0, 0, (meta["twin_of"], meta["track_id"]))
+            result = SYNTHESES.get("vb")(real, stored_landmarks(shards / "with", {**meta, "key": meta["twin_of"]},
+                                                                real.shape[1]), rng)
+            assert np.array_equal(result.frames, frames.numpy()) and (result.frames != real).any()
+    with pytest.raises(DfdError, match="data.val_synthesis.*--landmarks dlib68"):
+        evaluation_items(shards / "without", 0)
+
+
+def test_evaluate_reports_the_twins_apart_from_the_real_data(shards, tmp_path):
+    from dfdtrain.checks import experiment_from_dict
+    from dfdtrain.evaluation.evaluate import run_evaluation
+    from dfdtrain.models.bundle import detector_settings, write_bundle
+    from dfdtrain.models.detector import build_detector_from_config
+
+    torch.manual_seed(0)
+    config = experiment_from_dict({"model": {"backbone": "mobilenetv2_050", "head": "mean"},
+                                   "clip": {"sampler": {"num_frames": FRAMES}, "image_size": SIZE, "crop": "face"}})
+    model = build_detector_from_config(config.model, config.clip)
+    bundle = write_bundle(model.eval(), detector_settings(config, model), tmp_path / "bundle")
+    # batches of one: a video's score does not depend on what else its batch holds, to the last bit
+    plain = run_evaluation(bundle, f"{shards / 'with'}/*.tar", tmp_path / "plain", batch_size=1, workers=0,
+                           bootstrap=0)
+    twins = run_evaluation(bundle, f"{shards / 'with'}/*.tar", tmp_path / "twins", batch_size=1, workers=0,
+                           bootstrap=0, synthesis="vb")
+    assert "synthetic" not in plain
+    for name in ("video", "frame", "videos", "loss", "labels", "calibration", "accounting"):
+        assert twins[name] == plain[name], name  # the real data's numbers: untouched by the twins
+    assert twins["accounting"]["problem"] is None and twins["accounting"]["scored"] == 2
+    synthetic = twins["synthetic"]
+    assert (synthetic["videos"], synthetic["reals"], synthetic["method"]) == (2, 2, "vb")
+    assert synthetic["auc"] is not None and 0 <= synthetic["accuracy"] <= 1
+    lines = (tmp_path / "twins" / "predictions_synthetic.csv").read_text().splitlines()
+    assert len(lines) == 3 and "real469+vb" in "\n".join(lines)
+    assert "synthetic twins (vb)" in (tmp_path / "twins" / "report.md").read_text()

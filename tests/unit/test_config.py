@@ -38,6 +38,13 @@ BAD_OVERRIDES = [
     (["finetune.lora_targets=[]"], "'finetune.lora_targets' must be a list of layer names, not []"),
     (["data.worker_start_method=thread"], "'data.worker_start_method' must be one of default, fork, spawn"),
     (["train.threshold=1.5"], "'train.threshold' must be between 0 and 1, not 1.5"),
+    (["train.early_stopping_metric=synthetic.auc", "train.early_stopping_mode=max"],
+     "'train.early_stopping_metric' is 'synthetic.auc', a metric of synthetic twins, which validation makes only "
+     "with data.val_synthesis set"),
+    (["data.val_synthesis=sbj"], "'data.val_synthesis' must be one of"),
+    (["data.source=embeddings", "data.val_synthesis=vb"], "'data.val_synthesis' needs data.source=videos"),
+    (["data.source=embeddings", "data.train_sources=[{shards: a.tar, synthesis: sbi}]"],
+     "'data.train_sources[0].synthesis' needs data.source=videos"),
     (["clip.std=[0.2, 0.2]", "clip.mean=[0.5, 0.5, 0.5]"], "'clip.std' must be a list of 3 values"),
     # every float key refuses NaN and infinity, in any spelling YAML or text has for them
     (["optim.lr=.inf"], "'optim.lr' must be a finite number, not inf"),

@@ -509,3 +509,22 @@ def test_intervals_need_two_groups_of_each_class():
     labels, scores, groups = [0, 1, 0, 1], [0.2, 0.7, 0.4, 0.6], ["a", "a", "b", "b"]
     assert interval_problem(groups_per_class(labels, groups)) is None
     assert bootstrap_intervals(labels, scores, groups, resamples=200)["accuracy"] is not None
+
+
+def test_synthetic_twins_are_reported_apart_from_the_real_data():
+    from dfdtrain.evaluation.scoring import summarize
+
+    records = [{"key": f"r{index}", "label": 0, "video_score": score, "frame_scores": [score]}
+               for index, score in enumerate([0.1, 0.4, 0.7])]
+    records.append({"key": "f0", "label": 1, "video_score": 0.8, "frame_scores": [0.8]})
+    twins = [{"key": f"r{index}+sbi", "label": 1, "video_score": score, "frame_scores": [score], "synthetic": True,
+              "synthesis": "sbi"} for index, score in enumerate([0.5, 0.9, 0.3])]
+    metrics = summarize(records + twins, threshold=0.5)
+    plain = evaluate_predictions(records, threshold=0.5)
+    assert {name: metrics[name] for name in plain} == plain  # the twins never enter the real data's numbers
+    synthetic = metrics["synthetic"]
+    assert (synthetic["videos"], synthetic["reals"], synthetic["method"]) == (3, 3, "sbi")
+    # reals 0.1, 0.4, 0.7 against twins 0.5, 0.9, 0.3: 6 of the 9 pairs ranked right; 4 of 6 called right
+    assert synthetic["auc"] == pytest.approx(6 / 9) and synthetic["accuracy"] == pytest.approx(4 / 6)
+    assert "synthetic twins (sbi), apart from the above: 3 against 3 real videos" in format_metrics_table(metrics)
+    assert "synthetic" not in summarize(records, threshold=0.5)

@@ -24,30 +24,39 @@ fixtures the points found at source resolution and mapped so lie within 0.5 px (
 cost a copy of the whole window in RGB (~2.5 ms a frame at 400 px, against ~0.3 ms at 256). dlib's points are
 whole pixels, stored as ints.
 
-In a face-clip sample's json each track gets ``landmarks``: one entry per stored frame, a list of 68 ``[x, y]``
-or ``[]`` where there is none (every frame of a video's no-face centre track), and ``landmark_offset``: how far
-they lie from MTCNN's 5 points (``detector_offset``; a track whose face the model lost scores high); ~0.7 KB of
-json a frame. index.json records ``landmarks``: {"model", "points", "version": {package: version},
-"coordinates": "clip"} (``describe``). Original-video shards
-(``--store original --faces mtcnn``) keep boxes on a few sampled frames only, so they get no landmarks.
+Where they are stored: a face-clip sample's ``landmarks.npz`` member (``MEMBER``) holds, per track, a float32
+array [stored frames, 68, 2] of (x, y), NaN rows where there is none (every frame of a video's no-face centre
+track), named by the track's id; deflated with fixed zip dates (the same input, the same bytes), ~0.1 KB a frame
+(a 414-frame track: 41 KB). Each track's json entry points at it (``landmarks``: {"member", "array", "frames":
+the frames with points}) and gets ``landmark_offset``: how far the points lie from MTCNN's 5 (``detector_offset``;
+a track whose face the model lost scores high). Not in the json itself: 68 [x, y] lists a frame made the json ~0.7
+KB a frame (a 414-frame track: 300 KB, as large as its video) and cost every sample ~25 ms of parsing in the
+loader, synthesis or not. Shards of the first version (the lists inline in ``landmarks``) are still read.
+index.json records ``landmarks``: {"model", "points", "version": {package: version}, "coordinates": "clip",
+"member"} (``describe``). Original-video shards (``--store original --faces mtcnn``) keep boxes on a few sampled
+frames only, so they get no landmarks.
 
 For other code (the synthesis): ``landmarks_available(index)`` says whether a shard folder's index.json has them,
 ``missing_landmarks_line(where)`` is the one-line refusal naming the option that adds them, and
-``sample_landmarks(meta, track)`` one track's points per frame, or None.
+``track_points(sample, track)`` one track's points as an array, or None.
 """
 
 import functools
 import importlib.util
+import io
 import math
 import os
+import zipfile
 
 import numpy as np
 
-from dfdtrain.core.errors import DfdError
+from dfdtrain.core.errors import BadVideo, DfdError
 from dfdtrain.core.registry import Registry
 
 LANDMARK_MODELS = Registry("landmark model")
 OPTION = "--landmarks"
+MEMBER = "landmarks.npz"  # a face-clip sample's landmarks: one float32 [frames, points, 2] per track, NaN: none
+MAX_POINTS = 256  # a bound on a model's points, for reading untrusted members
 # dlib's HOG face boxes (which its predictor was trained with) measured against MTCNN's on 29 frames of the real
 # fixtures: side 0.85 (sd 0.08) of the MTCNN box's longer side, centre 0.06 of it lower. With this box (centred:
 # moving it lower did not help) the points are within 1.1% of the face side (mean) of those from dlib's own box.
@@ -120,7 +129,8 @@ def landmark_model(name):
 def describe(name):
     """What index.json records of the landmarks a run stores: model, points, package versions, coordinates."""
     model = landmark_model(name)
-    return {"model": name, "points": model.points, "version": model.versions(), "coordinates": "clip"}
+    return {"model": name, "points": model.points, "version": model.versions(), "coordinates": "clip",
+            "member": MEMBER}
 
 
 def face_box(side, margin):
@@ -190,10 +200,49 @@ def missing_landmarks_line(where, need="facial landmarks"):
             f"'dfdtrain shard --store faces {OPTION} dlib68'")
 
 
-def sample_landmarks(meta, track=0):
-    """Track ``track``'s landmarks in a face-clip sample's json: one list of [x, y] (clip pixels) per stored frame
-    ([] where none), or None when the sample has none (not a face-clip sample, or sharded without landmarks)."""
-    tracks = meta.get("tracks") if isinstance(meta, dict) else None
-    if not isinstance(tracks, list) or not 0 <= track < len(tracks):
+def landmarks_member(points_by_track, points):
+    """The ``MEMBER`` bytes of a sample: ``points_by_track`` {track id: per stored frame, ``points`` [x, y] or []}
+    as float32 arrays [frames, points, 2] (NaN rows where none), deflated, with fixed zip dates."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for track_id, frames in points_by_track.items():
+            array = np.full((len(frames), points, 2), np.nan, dtype=np.float32)
+            for position, frame in enumerate(frames):
+                if len(frame):
+                    array[position] = frame
+            npy = io.BytesIO()
+            np.save(npy, array, allow_pickle=False)
+            info = zipfile.ZipInfo(f"{track_id}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            archive.writestr(info, npy.getvalue(), compress_type=zipfile.ZIP_DEFLATED)
+    return buffer.getvalue()
+
+
+def track_points(sample, track):
+    """Face track ``track``'s (its json entry's) landmarks in a sample: float32 [stored frames, points, 2] (NaN
+    rows where none), or None when it has none. Read from the sample's ``MEMBER`` without pickle, its size checked
+    before it is inflated (a sample comes from other people); a member that is missing or does not fit the track
+    is a BadVideo naming the sample. Shards of the first version keep the points inline in the json: read too."""
+    entry = track.get("landmarks") if isinstance(track, dict) else None
+    if entry is None:
         return None
-    return tracks[track].get("landmarks")
+    key, frames = sample.get("__key__", "sample"), int(track.get("frames", 0))
+    if isinstance(entry, list):  # the first version: a list of [x, y] (or []) per frame
+        width = max((len(frame) for frame in entry), default=0)
+        array = np.full((len(entry), width, 2), np.nan, dtype=np.float32)
+        for position, frame in enumerate(entry):
+            if len(frame):
+                array[position] = frame
+        return array
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(sample[entry["member"]]))
+        name = f"{entry['array']}.npy"
+        if archive.getinfo(name).file_size > frames * MAX_POINTS * 2 * 4 + 1024:
+            raise ValueError(f"{name} inflates to {archive.getinfo(name).file_size} bytes, more than "
+                             f"{frames} frames of landmarks")
+        array = np.load(io.BytesIO(archive.read(name)), allow_pickle=False)
+    except (KeyError, TypeError, ValueError, OSError, zipfile.BadZipFile) as error:
+        raise BadVideo(key, "unreadable", f"{MEMBER}: {type(error).__name__}: {error}") from None
+    if array.dtype != np.float32 or array.ndim != 3 or array.shape[0] != frames or array.shape[2] != 2:
+        raise BadVideo(key, "unreadable", f"{MEMBER}: track {track.get('id')}'s landmarks are {array.dtype} "
+                                          f"{list(array.shape)}, not float32 [{frames}, points, 2]")
+    return array

@@ -40,7 +40,8 @@ import numpy as np
 from dfdtrain.data.decode.decoders import open_video, upright
 from dfdtrain.data.faces.clip_encoding import encode_tracks, member_extension
 from dfdtrain.data.faces.clip_options import encode_settings
-from dfdtrain.data.faces.landmarks import detector_offset
+from dfdtrain.data.faces.landmarks import MEMBER as LANDMARKS_MEMBER
+from dfdtrain.data.faces.landmarks import detector_offset, landmark_model, landmarks_member
 from dfdtrain.data.faces.planes import frame_arena
 from dfdtrain.data.faces.tracks import DOUBTFUL_COVERAGE, build_tracks, doubtful_reason, schedule_detections
 from dfdtrain.data.decode.video import probe
@@ -191,7 +192,7 @@ def make_face_clips(data, name, info, detector, options, progress=None, frame_ca
             raise SkipVideo(name, "doubtful-face", f"{doubtful} (--min-track-coverage {limit:g})")
     encoded = encode_tracks(data, name, info, tracks, options, progress, scan, stats,
                             landmarks=[not no_face] * len(tracks))
-    members, track_fields = [], []
+    members, track_fields, points_by_track = [], [], {}
     for number, (track, (clip, clip_fidelity, windows, size, points)) in enumerate(zip(tracks, encoded)):
         extension = member_extension(options, number)
         members.append((extension, clip))
@@ -202,8 +203,12 @@ def make_face_clips(data, name, info, detector, options, progress=None, frame_ca
                              "fidelity": clip_fidelity})
         if options.landmarks:  # a no-face centre track has none: [] per frame
             points = points if points is not None else [[] for _ in track["source_frames"]]
-            track_fields[-1].update(landmarks=points, landmark_offset=detector_offset(
-                options.landmarks, points, {**track, "windows": windows}, size, options.tracks.margin))
+            points_by_track[str(track["id"])] = points
+            track_fields[-1].update(
+                landmarks={"member": LANDMARKS_MEMBER, "array": str(track["id"]),
+                           "frames": sum(1 for frame in points if frame)},
+                landmark_offset=detector_offset(options.landmarks, points, {**track, "windows": windows}, size,
+                                                options.tracks.margin))
     first = probe(members[0][1], name=f"{name}.{members[0][0]}")
     fields = {
         "store": "faces",
@@ -221,4 +226,7 @@ def make_face_clips(data, name, info, detector, options, progress=None, frame_ca
         "dropped_tracks": dropped[:MAX_DROPPED_RECORDS],
         "dropped_track_reasons": dict(sorted(collections.Counter(record["reason"] for record in dropped).items())),
     }
+    if points_by_track:  # beside the clips, not in the json (faces.landmarks: why)
+        points = landmark_model(options.landmarks).points
+        members.append((LANDMARKS_MEMBER, landmarks_member(points_by_track, points)))
     return members, fields

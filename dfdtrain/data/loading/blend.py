@@ -75,40 +75,36 @@ def hull_mask(landmarks, height, width, hull_type):
 
 
 # ---------------------------------------------------------------------------------------------- filters
+@functools.lru_cache(maxsize=1024)
 def gaussian_taps(ksize, sigma=0.0):
-    """OpenCV's 1-D Gaussian kernel of ``ksize`` taps; ``sigma <= 0`` means OpenCV's default for that size."""
+    """OpenCV's 1-D Gaussian kernel of ``ksize`` taps (float64 numpy, read-only); ``sigma <= 0`` means OpenCV's
+    default for that size."""
     if sigma <= 0:
         sigma = 0.3 * ((ksize - 1) * 0.5 - 1) + 0.8
     positions = torch.arange(ksize, dtype=torch.float32) - (ksize - 1) / 2
     taps = torch.exp(-positions ** 2 / (2 * float(sigma) ** 2))
-    return taps / taps.sum()
+    taps = (taps / taps.sum()).numpy().astype(np.float64)
+    taps.flags.writeable = False
+    return taps
 
 
-@functools.lru_cache(maxsize=512)
-def _blur_matrix(size, ksize, sigma, mode):
-    """[size,size]: a 1-D Gaussian filter of ``ksize`` taps along one axis as a matrix (borders folded in)."""
-    taps, radius = gaussian_taps(ksize, sigma).numpy().astype(np.float64), ksize // 2
+def _blur_band(size, ksize, sigma, start, stop):
+    """(matrix, (first, past-the-last)): a 1-D Gaussian filter of ``ksize`` taps along an axis of ``size`` with
+    OpenCV's reflect-101 border (folded again where a kernel outgrows the axis), as the [rows, stop-start] block
+    of its matrix that reads inputs ``start:stop``: the output rows first..past-the-last, the only ones they reach."""
+    taps, radius = gaussian_taps(ksize, sigma), ksize // 2
     rows = np.repeat(np.arange(size), ksize)
     sources = rows + np.tile(np.arange(ksize) - radius, size)
     weights = np.tile(taps, size)
-    if mode == "reflect":  # OpenCV's reflect-101, folded again where a kernel outgrows the image
-        period = max(2 * size - 2, 1)
-        sources = np.abs(sources) % period
-        sources = np.where(sources >= size, period - sources, sources)
-    else:  # zeros outside
-        keep = (sources >= 0) & (sources < size)
-        rows, sources, weights = rows[keep], sources[keep], weights[keep]
-    matrix = np.bincount(rows * size + sources, weights, minlength=size * size).reshape(size, size)
-    return torch.from_numpy(matrix.astype(np.float32))
-
-
-def gaussian_blur(images, ksize, sigma=0.0, mode="reflect"):
-    """cv2.GaussianBlur of [...,H,W] (``mode``: reflect-101, OpenCV's default border, or constant zeros), as two
-    matrix products (faster on a CPU than a depthwise convolution with up to 57 taps)."""
-    height, width = images.shape[-2:]
-    rows = _blur_matrix(height, ksize, float(sigma), mode)
-    columns = _blur_matrix(width, ksize, float(sigma), mode)
-    return rows @ images @ columns.T
+    period = max(2 * size - 2, 1)
+    sources = np.abs(sources) % period
+    sources = np.where(sources >= size, period - sources, sources)
+    keep = (sources >= start) & (sources < stop)
+    rows, sources, weights = rows[keep], sources[keep] - start, weights[keep]
+    first, last = int(rows.min()), int(rows.max()) + 1
+    matrix = np.bincount((rows - first) * (stop - start) + sources, weights,
+                         minlength=(last - first) * (stop - start)).reshape(last - first, stop - start)
+    return torch.from_numpy(matrix.astype(np.float32)), (first, last)
 
 
 def resize(images, height, width):
@@ -178,85 +174,75 @@ def sharpen(images, alpha, lightness):
 
 
 # ---------------------------------------------------------------------------------------------- warps
-def identity_grid(count, height, width):
-    """grid_sample's grid [N,H,W,2] that samples every pixel at itself (half-pixel centres); read-only."""
-    return _identity(height, width).expand(count, -1, -1, -1)
+def mask_warp(rng, height, width, scale, translate, alpha, sigma):
+    """SBI's warp of the mask, alb.Affine(scale, translate_percent) about the image centre then
+    alb.ElasticTransform(alpha, sigma): (grid [1,H,W,2] for grid_sample, reach), where the output at p samples the
+    mask at A^-1(p + e(p)), A^-1(q) = (q - c - t) / s + c, ``translate`` t as fractions of (W, H), e the elastic
+    field (``elastic_field``, noise from ``rng``), and ``reach`` is the farthest any p samples from itself, in pixels.
+
+    Computed at the elastic field's grid points (every other pixel) and interpolated bilinearly: the identity and
+    the affine map are linear in p, so interpolation gives them exactly, and the interpolated offset is never
+    longer than the longest offset at the points (so ``reach``, taken there, bounds every pixel's)."""
+    (row_count, _), (column_count, _) = _coarse_grid(height), _coarse_grid(width)
+    ys = torch.linspace(0, height - 1, row_count).view(-1, 1).expand(-1, column_count)
+    xs = torch.linspace(0, width - 1, column_count).view(1, -1).expand(row_count, -1)
+    field = elastic_field(rng, height, width, alpha, sigma)  # pixels [2,n,m]
+    centre_x, centre_y = width / 2 - 0.5, height / 2 - 0.5
+    sample_x = (xs + field[0] - centre_x - translate[0] * width) / scale + centre_x
+    sample_y = (ys + field[1] - centre_y - translate[1] * height) / scale + centre_y
+    reach = float(((sample_x - xs).square() + (sample_y - ys).square()).amax().sqrt())
+    points = torch.stack([(2 * sample_x + 1) / width - 1, (2 * sample_y + 1) / height - 1])  # normalised
+    grid = F.interpolate(points.unsqueeze(0), size=(height, width), mode="bilinear", align_corners=True)
+    return grid.permute(0, 2, 3, 1), reach
+
+
+def elastic_field(rng, height, width, alpha, sigma):
+    """alb.ElasticTransform's displacement (albumentations 1.x, ``approximate=False``: uniform noise in [-1, 1]
+    on every pixel blurred by a Gaussian of ``sigma``, zero border, truncated at 4 sigma as scipy does, times
+    ``alpha``) at the ``_coarse_grid`` points of every other pixel: pixels [2,n,m] (dx, dy). The noise is drawn
+    from ``rng`` (a numpy Generator) at those points only, scaled by sqrt(dy dx) for their spacing d ~ 2, so the
+    blurred field has the original's variance and correlation (a Gaussian 3.5 points wide sums enough of them:
+    std 1.155 vs 1.158 px, correlation at 10 px 0.604 vs 0.606, over 200 fields at 224 px); 4x less noise and
+    16x less blurring than on every pixel."""
+    (row_count, row_spacing), (column_count, column_spacing) = _coarse_grid(height), _coarse_grid(width)
+    noise = torch.from_numpy(rng.random((2, row_count, column_count), dtype=np.float32)).mul_(2).sub_(1)
+    field = _banded_product(_coarse_bands(height, float(sigma)), noise)  # along y
+    field = _banded_product(_coarse_bands(width, float(sigma)), field.transpose(-1, -2)).transpose(-1, -2)
+    return field * (alpha * math.sqrt(row_spacing * column_spacing))
+
+
+def _coarse_grid(size):
+    """(n, spacing): the points every other pixel of an axis of ``size`` (both ends included)."""
+    count = size // 2 + 1
+    return count, (size - 1) / max(count - 1, 1)
+
+
+def _banded_product(bands, images):
+    """``matrix @ images`` [...,n,K] for a band matrix given as ``_coarse_bands``: block by block of output rows
+    over only the input rows each block reaches (the rest of the matrix is zeros)."""
+    return torch.cat([part @ images[..., start:stop, :] for part, start, stop in bands], -2)
 
 
 @functools.lru_cache(maxsize=16)
-def _identity(height, width):
-    return F.affine_grid(torch.eye(2, 3).unsqueeze(0), (1, 1, height, width), align_corners=False)
-
-
-def affine_grid(grid, scale, translate):
-    """alb.Affine(scale, translate_percent) about the image centre, for an output sampled at ``grid`` [N,H,W,2]:
-    the output at p samples the input at (p - c - t) / s + c. ``scale`` [N], ``translate`` [N,2] as fractions of
-    (W, H) (a fraction is 2 of grid_sample's normalised units)."""
-    scale = torch.as_tensor(scale, dtype=torch.float32).view(-1, 1, 1, 1)
-    translate = torch.as_tensor(translate, dtype=torch.float32).view(-1, 1, 1, 2)
-    return (grid - 2 * translate) / scale
-
-
-def elastic_displacement(noise, alpha, sigma):
-    """alb.ElasticTransform's field (albumentations 1.x, ``approximate=False``): uniform noise [2,H,W] in
-    [-1, 1] blurred by a Gaussian of ``sigma`` (zero border, truncated at 4 sigma as scipy does), times ``alpha``:
-    pixels [2,H,W] (dx, dy). Computed exactly on every other pixel and interpolated bilinearly between (the
-    field is smooth at sigma 7: the in-between error is ~1 % of its size), 4x less work."""
-    height, width = noise.shape[-2:]
-    noise = torch.as_tensor(noise, dtype=torch.float32)
-    coarse = _banded_product(height, float(sigma), noise)  # rows blurred: [2,h',W]
-    coarse = _banded_product(width, float(sigma), coarse.transpose(-1, -2)).transpose(-1, -2)
-    return F.interpolate(coarse.unsqueeze(0), size=(height, width), mode="bilinear", align_corners=True)[0] * alpha
-
-
-def _banded_product(size, sigma, images, blocks=4):
-    """``_coarse_blur_matrix(size, sigma) @ images`` [...,size,K], block by block of output rows over only the
-    input rows each block reaches (the matrix is a band: the rest are zeros)."""
-    return torch.cat([part @ images[..., start:stop, :] for part, start, stop in _bands(size, sigma, blocks)], -2)
-
-
-@functools.lru_cache(maxsize=16)
-def _bands(size, sigma, blocks):
-    matrix = _coarse_blur_matrix(size, sigma)
+def _coarse_bands(size, sigma, blocks=4):
+    """The Gaussian (zero border, 4 sigma, normalised as on whole pixels) between the ``_coarse_grid`` points of
+    an axis of ``size``, as [n,n] in ``blocks`` row blocks (matrix block, first input row, past-the-last)."""
+    radius = int(math.ceil(4 * sigma))
+    norm = np.exp(-np.arange(-radius, radius + 1) ** 2 / (2 * sigma ** 2)).sum()
+    count, _ = _coarse_grid(size)
+    positions = np.linspace(0, size - 1, count)
+    offsets = positions[:, None] - positions[None, :]
+    weights = np.where(np.abs(offsets) <= radius, np.exp(-offsets ** 2 / (2 * sigma ** 2)), 0.0) / norm
+    matrix = torch.from_numpy(weights.astype(np.float32))
     out = []
-    for rows in torch.arange(len(matrix)).tensor_split(min(blocks, len(matrix))):
+    for rows in torch.arange(count).tensor_split(min(blocks, count)):
         used = torch.nonzero(matrix[rows].abs().amax(0) > 0)[:, 0]
         start, stop = int(used[0]), int(used[-1]) + 1
         out.append((matrix[rows, start:stop].contiguous(), start, stop))
     return out
 
 
-@functools.lru_cache(maxsize=16)
-def _coarse_blur_matrix(size, sigma):
-    """[n,size]: the Gaussian (zero border, 4 sigma) at n = size // 2 + 1 points spread evenly over 0..size-1."""
-    radius = int(math.ceil(4 * sigma))
-    norm = np.exp(-np.arange(-radius, radius + 1) ** 2 / (2 * sigma ** 2)).sum()
-    positions = np.linspace(0, size - 1, size // 2 + 1)[:, None]
-    offsets = positions - np.arange(size)[None, :]
-    weights = np.where(np.abs(offsets) <= radius, np.exp(-offsets ** 2 / (2 * sigma ** 2)), 0.0) / norm
-    return torch.from_numpy(weights.astype(np.float32))
-
-
-def pixels_to_grid(displacement, height, width):
-    """A displacement in pixels [...,2,H,W] as an offset of grid_sample's normalised grid [...,H,W,2]."""
-    scale = torch.tensor([2.0 / width, 2.0 / height]).view(2, 1, 1)
-    return (displacement * scale).movedim(-3, -1)
-
-
-def grid_reach(grid):
-    """The farthest any output pixel samples from itself, in pixels, per image [N] (the mask's reach)."""
-    count, height, width = grid.shape[:3]
-    offset = (grid - identity_grid(count, height, width)) * torch.tensor([width / 2.0, height / 2.0])
-    across, down = offset.square_().unbind(-1)
-    return (across + down).flatten(1).amax(1).sqrt_()
-
-
 # ---------------------------------------------------------------------------------------------- blend mask
-def blend_mask(mask, size, kernel_1, kernel_2, sigma_2):
-    """SBI's get_blend_mask for one mask [H,W] float (``blend_masks`` of a batch of one)."""
-    return blend_masks(mask.unsqueeze(0), size, kernel_1, kernel_2, sigma_2)[0]
-
-
 def blend_masks(masks, size, kernel_1, kernel_2, sigma_2):
     """SBI's get_blend_mask for each mask [N,H,W] float: resize to ``size`` (h, w), erode (a Gaussian blur of
     ``kernel_1`` normalised to its maximum keeps only the pixels whose whole window is inside: a min filter of
@@ -281,12 +267,10 @@ def blend_masks(masks, size, kernel_1, kernel_2, sigma_2):
         return torch.zeros((count, height, width))
     ey0, ey1, ex0, ex1 = inner[0] + y0, inner[1] + y0, inner[2] + x0, inner[3] + x0
     eroded = eroded[:, inner[0]:inner[1], inner[2]:inner[3]]
-    rows = _blur_matrix(size[0], kernel_2, float(sigma_2), "reflect")[:, ey0:ey1]
-    columns = _blur_matrix(size[1], kernel_2, float(sigma_2), "reflect")[:, ex0:ex1]
-    oy0, oy1 = _band(rows)
-    ox0, ox1 = _band(columns)
+    rows, (oy0, oy1) = _blur_band(size[0], kernel_2, float(sigma_2), ey0, ey1)
+    columns, (ox0, ox1) = _blur_band(size[1], kernel_2, float(sigma_2), ex0, ex1)
     blurred = torch.zeros((count, 1) + tuple(size))
-    part = rows[oy0:oy1] @ eroded @ columns[ox0:ox1].T
+    part = rows @ eroded @ columns.T
     peak = part.flatten(1).amax(1).view(-1, 1, 1)
     blurred[:, 0, oy0:oy1, ox0:ox1] = torch.where(peak > 0, part / peak.clamp(min=1e-30), 0.0)
     return resize(blurred, height, width)[:, 0].clamp_(0, 1)
@@ -298,12 +282,6 @@ def _nonzero_box(image):
     if len(rows) == 0:
         return None
     return int(rows[0]), int(rows[-1]) + 1, int(columns[0]), int(columns[-1]) + 1
-
-
-def _band(matrix):
-    """The first and past-the-last rows of a [n,k] matrix with a non-zero entry."""
-    rows = torch.nonzero(matrix.abs().amax(1) > 0)[:, 0]
-    return int(rows[0]), int(rows[-1]) + 1
 
 
 def erode(mask, size):

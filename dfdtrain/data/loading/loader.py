@@ -14,7 +14,8 @@ Mixed training sets (``data.train_sources``) interleave one such stream per sour
 ``synthesis`` (sbi, vb) makes ``data.synthesis_fraction`` of its reals fake in the workers
 (``dfdtrain.data.loading.synthetic``; shards without landmarks are refused when the loader is built).
 Evaluation streams give each shard to exactly one (rank, worker) slot, so every video is scored exactly
-once; ranks may get different counts and gather their results on rank 0 at the end.
+once; ranks may get different counts and gather their results on rank 0 at the end. With
+``data.val_synthesis`` each real video comes with its synthetic twin (``synthetic.Twins``).
 
 Bad data: a sample that cannot be used (``BadVideo``, unreadable metadata) is skipped and recorded (key,
 reason, shard) in ``loader.skipped``, never a crash or a hang. Anything else is a bug or a broken set-up,
@@ -38,7 +39,7 @@ from dfdtrain.data.loading.stages import (AssignedShards, BalanceClasses, BatchC
                                           EmbeddingReader, ParseMeta, ReadTars, ResampledShards, Shuffle, stable_seed)
 from dfdtrain.data.loading.sources import (MixSources, SourceTally, epoch_length, keep_probabilities,
                                            training_sources)
-from dfdtrain.data.loading.synthetic import Synthesiser, check_landmarks
+from dfdtrain.data.loading.synthetic import Synthesiser, Twins, TwinsSource, check_landmarks
 from dfdtrain.data.shards.catalog import count_samples, verify_shards
 from dfdtrain.data.storage import expand_shards  # noqa: F401 (part of this module's API)
 
@@ -119,12 +120,16 @@ class VideoLoader:
         # mixed training sets: each source its own shard stream, drawn by weight
         self.sources = training_sources(data) if (train and not shards and data.train_sources) else None
         self.source_tally = SourceTally(self.sources) if self.sources else None
-        # a synthesis blends video frames (embeddings have none: there the sources' tag only rides along)
+        # a synthesis blends video frames (the config refuses one with data.source=embeddings)
         self.synthesis = self.source == "videos" and bool(self.sources) and any(s.synthesis for s in self.sources)
         if self.synthesis:  # shards without landmarks: one line naming the shard option, before any training
             check_landmarks(self.sources)
         self.urls = (list(dict.fromkeys(url for source in self.sources for url in source.urls)) if self.sources
                      else expand_shards(shards))
+        # evaluation with data.val_synthesis: each real video and its synthetic twin (synthetic.Twins)
+        self.twins = data.val_synthesis if (not train and self.source == "videos") else ""
+        if self.twins:
+            check_landmarks([TwinsSource(self.twins, self.urls)])
         if data.verify_shards:  # each rank its share: every shard is checked once per job
             verify_shards(self.urls[self.rank::self.world_size])
         self.epoch = 0
@@ -156,11 +161,12 @@ class VideoLoader:
         from dfdtrain.data.decode.decoders import dali_usable
 
         data = self.data
-        if not (data.decoder == "dali" or (data.decoder == "auto" and dali_usable() and not self.sources)):
+        if not (data.decoder == "dali" or (data.decoder == "auto" and dali_usable() and not self.sources
+                                           and not self.twins)):
             return None
-        if self.sources:
-            raise DfdError("data.train_sources is not available on the DALI path (it reads the shards itself): use "
-                           "data.decoder=auto or pyav")
+        if self.sources or self.twins:
+            raise DfdError(f"{'data.train_sources' if self.sources else 'data.val_synthesis'} is not available on the "
+                           "DALI path (it reads the shards itself): use data.decoder=auto or pyav")
         if self.train and data.class_balance:
             raise DfdError("data.class_balance is not available on the DALI path: use train.class_weights, or "
                            "data.decoder=pyav")
@@ -190,7 +196,7 @@ class VideoLoader:
         data = self.data
         if self.source == "videos":
             synthesiser = (Synthesiser(self.seed, self.epoch, self.rank, data.synthesis_fraction)
-                           if self.train and self.synthesis else None)
+                           if self.train and self.synthesis else Twins(self.twins, self.seed) if self.twins else None)
             reader = ClipDecoder(self.clip, data.decoder, data.face_track, synthesiser)
         else:
             reader = EmbeddingReader()

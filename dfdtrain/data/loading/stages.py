@@ -263,7 +263,8 @@ class ClipDecoder:
 
     def __init__(self, spec, decoder="pyav", face_track="best", synthesiser=None):
         self.spec, self.decoder_name, self.face_track = spec, decoder, face_track
-        self.synthesiser = synthesiser  # training with a synthesis source: ``synthetic.Synthesiser``
+        # training with a synthesis source: ``synthetic.Synthesiser``; evaluation's twins: ``synthetic.Twins``
+        self.synthesiser = synthesiser
         self.decoder = None  # built in the worker on first use (a DALI pipeline can neither be pickled nor forked)
 
     def __getstate__(self):
@@ -297,8 +298,9 @@ class EmbeddingReader:
 
 
 class DecodeClips:
-    """Samples -> clips with ``reader`` (ClipDecoder or EmbeddingReader). A BadVideo becomes a skip record;
-    any other exception an error record, after which the stream ends (the main process stops the run)."""
+    """Samples -> clips with ``reader`` (ClipDecoder or EmbeddingReader: an item, or a list of them). A BadVideo
+    becomes a skip record; any other exception an error record, after which the stream ends (the main process
+    stops the run)."""
 
     def __init__(self, reader, seed=None):
         self.reader, self.seed = reader, seed  # seed None: deterministic sampling (evaluation)
@@ -310,13 +312,14 @@ class DecodeClips:
                 yield sample
                 continue
             try:
-                yield self.reader(sample, rng)
+                items = self.reader(sample, rng)
             except BadVideo as error:
                 yield skip_record(sample, error.reason, error.detail)
             except Exception as error:  # not bad data: a bug or a broken set-up, which no skip would fix
                 yield {"error": {"stage": "decode", "key": sample.get("__key__"), "shard": sample.get("__url__"),
                                  "cause": one_line(f"{type(error).__name__}: {error}")}}
                 return
+            yield from (items if isinstance(items, list) else [items])  # a real clip and its synthetic twin
 
 
 class BatchClips:

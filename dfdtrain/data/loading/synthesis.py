@@ -202,13 +202,11 @@ def _blend_group(frames, hulls, draw, jitter):
     count, height, width = frames.shape[:3]
     scale, translate = torch.full((count,), draw.scale), torch.tensor(draw.translate).expand(count, 2)
     # the mask: SBI's Affine, then its ElasticTransform (nearest, as albumentations treats masks)
-    noise = np.random.default_rng(draw.elastic_seed).uniform(-1, 1, size=(2, height, width))
-    elastic = blend.pixels_to_grid(blend.elastic_displacement(noise, ELASTIC_ALPHA, ELASTIC_SIGMA), height, width)
-    mask_grid = blend.affine_grid(blend.identity_grid(1, height, width) + elastic, scale[:1], translate[:1])
-    warped = F.grid_sample(hulls.unsqueeze(1), mask_grid.expand(count, -1, -1, -1), mode="nearest",
+    grid, reach = blend.mask_warp(np.random.default_rng(draw.elastic_seed), height, width, draw.scale,
+                                  draw.translate, ELASTIC_ALPHA, ELASTIC_SIGMA)
+    warped = F.grid_sample(hulls.unsqueeze(1), grid.expand(count, -1, -1, -1), mode="nearest",
                            align_corners=False)[:, 0]
-    reach = blend.grid_reach(mask_grid) + blend.blend_reach(height, width, draw.mask_size, draw.kernel_2)
-    reach = reach.expand(count)
+    reach = torch.full((count,), reach + blend.blend_reach(height, width, draw.mask_size, draw.kernel_2))
     masks = blend.blend_masks(warped, draw.mask_size, draw.kernel_1, draw.kernel_2, draw.sigma_2) * draw.blend_ratio
     rows, columns = torch.nonzero(masks.amax((0, 2)) > 0)[:, 0], torch.nonzero(masks.amax((0, 1)) > 0)[:, 0]
     if len(rows) == 0:

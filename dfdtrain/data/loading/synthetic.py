@@ -23,16 +23,21 @@ worker), so a rebuilt loader (a resumed run, with the same ``data.num_workers``)
 A synthesised sample: label 1, ``synthetic`` True (the batch's bool tensor [B] and its meta), ``meta["synthesis"]``
 its method and ``meta["synthesis_sample"]`` its seed tuple. A chosen sample none of whose frames has landmarks is
 kept real (``meta["synthesis_kept_real"]``) and counted (``sources.SourceTally``).
+
+Evaluation (``data.val_synthesis``, ``evaluate --synthesis``): ``Twins`` puts beside every real clip its
+synthetic twin, key ``KEY+METHOD``, seeded by (seed, key, track) alone, so any number of ranks, workers or batch
+size scores the same fakes; the metrics report the twins apart from the real data.
 """
 
 import collections
+import dataclasses
 import math
 
 import numpy as np
 
 from dfdtrain.core.errors import DfdError
 from dfdtrain.data import storage
-from dfdtrain.data.faces.landmarks import landmarks_available, missing_landmarks_line
+from dfdtrain.data.faces.landmarks import landmarks_available, missing_landmarks_line, track_points
 from dfdtrain.data.loading.stages import _worker
 from dfdtrain.data.loading.synthesis import LANDMARK_POINTS, SYNTHESES, landmarks_in_clip, synthesis_rng
 
@@ -56,29 +61,56 @@ def check_landmarks(sources):
                                + missing_landmarks_line(storage.redact(folder), need=f"synthesis {source.synthesis}"))
 
 
-def clip_landmarks(track, clip, size, num_frames):
-    """The landmarks of ``clip`` (cut from face track ``track``) in the clip's pixels: float [T,68,2], NaN rows
-    where a frame has none and at padded positions; None when the track carries no landmarks."""
-    stored = track.get("landmarks") if isinstance(track, dict) else None
-    if stored is None:
-        return None
+def clip_landmarks(stored, clip, size, num_frames):
+    """The landmarks of ``clip`` in the clip's pixels, from its track's ``stored`` points (``track_points``:
+    [stored frames, 68, 2]): float [T,68,2], NaN rows where a frame has none and at padded positions."""
     points = np.full((len(clip.indices), LANDMARK_POINTS, 2), np.nan)
-    for position, index in enumerate(clip.indices):
-        frame = stored[int(index)] if 0 <= int(index) < len(stored) else []
-        if len(frame) == LANDMARK_POINTS:
-            points[position] = frame
+    if stored.ndim == 3 and stored.shape[1:] == (LANDMARK_POINTS, 2):
+        for position, index in enumerate(clip.indices):
+            if 0 <= int(index) < len(stored):
+                points[position] = stored[int(index)]
     padded = np.full((num_frames, LANDMARK_POINTS, 2), np.nan)
     padded[:len(points)] = landmarks_in_clip(points, clip.regions, size) if len(points) else points
     return padded
 
 
-def synthesise_clip(name, clip, rng):
-    """``SYNTHESES[name]`` on a face clip's uint8 frames with its track's landmarks: the Synthesis result."""
+def synthesise_clip(name, sample, clip, rng):
+    """``SYNTHESES[name]`` on a face clip's uint8 frames with its track's landmarks (read from ``sample``, the
+    shard sample the clip was cut from): the Synthesis result. No landmarks: one line naming the shard option."""
+    stored = track_points(sample, clip.meta.get("track"))
+    if stored is None:
+        where = storage.redact(sample.get("__url__") or sample.get("__key__") or "this sample")
+        raise DfdError(missing_landmarks_line(where, need=f"synthesis {name}"))
     size, count = int(clip.frames.shape[1]), int(clip.frames.shape[0])
-    landmarks = clip_landmarks(clip.meta.get("track"), clip, size, count)
-    if landmarks is None:
-        raise DfdError(missing_landmarks_line(clip.meta.get("key", "this sample"), need=f"synthesis {name}"))
-    return SYNTHESES.get(name)(clip.frames, landmarks, rng)
+    return SYNTHESES.get(name)(clip.frames, clip_landmarks(stored, clip, size, count), rng)
+
+
+@dataclasses.dataclass
+class TwinsSource:
+    """``check_landmarks``' view of evaluation shards with twins."""
+    synthesis: str
+    urls: list
+    key: str = "data.val_synthesis"
+
+
+class Twins:
+    """Evaluation: each real clip (a list of it and its synthetic twin) and each fake clip (alone); see the
+    module's docstring. A real clip none of whose frames has landmarks gets no twin (``synthesis_kept_real``)."""
+
+    def __init__(self, name, seed):
+        self.name, self.seed = name, seed
+
+    def __call__(self, sample, clip, item):
+        if item["label"] != 0:
+            return item
+        identity = (item["key"], clip.meta.get("track_id", 0))
+        result = synthesise_clip(self.name, sample, clip, synthesis_rng(self.seed, 0, 0, identity))
+        if not result.blended.any():
+            item["meta"]["synthesis_kept_real"] = True
+            return item
+        key = f"{item['key']}+{self.name}"
+        meta = {**item["meta"], "synthetic": True, "label": 1, "synthesis": self.name, "twin_of": item["key"]}
+        return [item, {**item, "frames": result.frames, "label": 1.0, "synthetic": True, "key": key, "meta": meta}]
 
 
 class Synthesiser:
@@ -103,11 +135,8 @@ class Synthesiser:
         self.positions[source] += 1
         if not chosen(position, self.fraction):
             return item
-        if clip.meta.get("track", {}).get("landmarks") is None:
-            raise DfdError(missing_landmarks_line(storage.redact(sample.get("__url__") or item["key"]),
-                                                  need=f"synthesis {name}"))
         identity = (item["key"], track_id, _worker()[0], occurrence)
-        result = synthesise_clip(name, clip, synthesis_rng(self.seed, self.epoch, self.rank, identity))
+        result = synthesise_clip(name, sample, clip, synthesis_rng(self.seed, self.epoch, self.rank, identity))
         if not result.blended.any():
             meta["synthesis_kept_real"] = True
             return item

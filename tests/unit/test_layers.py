@@ -14,7 +14,7 @@ LAYERS = {
     "dfdtrain": 0, "dfdtrain.core": 0,
     "dfdtrain.config": 1,
     "dfdtrain.metrics": 2,
-    "dfdtrain.data.storage": 2, "dfdtrain.data.decode": 2.1, "dfdtrain.data.ingest": 2.2,
+    "dfdtrain.data.storage": 2, "dfdtrain.data.decode": 2.1, "dfdtrain.data.perturb": 2.1, "dfdtrain.data.ingest": 2.2,
     "dfdtrain.data.faces": 2.3, "dfdtrain.data.shards": 2.4, "dfdtrain.data.loading": 2.5, "dfdtrain.data": 2.6,
     "dfdtrain.models": 3,
     "dfdtrain.evaluation": 4,

@@ -147,14 +147,17 @@ def detect_faces_on(frames, indices, face_detector, frame_count):
     return {"detector": face_detector.name, "frames": [int(index) for index in indices], "boxes": boxes}
 
 
-def make_clip(decoder, source, meta, spec, rng=None, name=None, face_detector=None):
+def make_clip(decoder, source, meta, spec, rng=None, name=None, face_detector=None, degrade_frames=None):
     """The Clip of one video (path or bytes) as ``spec`` says: sample, decode, crop, resize, pad.
 
     ``face_detector``: for a video without stored boxes (predict), detect faces on the sampled frames and
     crop around them (``spec.crop == "face"``); none found is ``NoFaceFound``. Stored boxes, or a face-clip
-    sample, are used as they are.
+    sample, are used as they are. ``degrade_frames``: frames -> frames on the decoded frames before the face
+    detector and the crop (a robustness perturbation: ``dfdtrain.data.loading.degrade``).
     """
     frames, indices, meta = read_sampled_frames(decoder, source, meta, spec.sampler, rng, name)
+    if degrade_frames is not None:
+        frames = degrade_frames(frames)
     stored = meta.get("faces") or meta.get("store") == "faces"
     if face_detector is not None and spec.crop == "face" and not stored:
         meta = {**meta, "faces": detect_faces_on(frames, indices, face_detector, meta["frames"])}

@@ -105,13 +105,17 @@ class VideoLoader:
     Call ``set_epoch(epoch)`` before each training epoch for a new, reproducible draw.
     """
 
-    def __init__(self, shards, clip, data=None, train=False, device="cpu", rank=None, world_size=None, seed=0):
+    def __init__(self, shards, clip, data=None, train=False, device="cpu", rank=None, world_size=None, seed=0,
+                 degrade=None):
         data = data or DataConfig()
         self.source = data.source
         if self.source == "videos" and not (clip is not None and clip.resolved):
             raise DfdError("a video loader needs a resolved clip spec (ClipSpec.resolve with the backbone's "
                            "data config)")
         self.clip, self.data, self.train, self.seed = clip, data, train, seed
+        self.degrade = degrade  # decoded videos degraded in the workers (dfdtrain.data.loading.degrade)
+        if degrade is not None and self.source != "videos":
+            raise DfdError("a perturbation degrades videos: cached embeddings (data.source=embeddings) have none")
         self.augment = data.augment if (train and data.augment.enabled and self.source == "videos") else None
         self.device = torch.device(device)
         default_rank, default_world = distributed_rank_and_world()
@@ -161,12 +165,13 @@ class VideoLoader:
         from dfdtrain.data.decode.decoders import dali_usable
 
         data = self.data
-        if not (data.decoder == "dali" or (data.decoder == "auto" and dali_usable() and not self.sources
-                                           and not self.twins)):
+        needs_workers = ("data.train_sources" if self.sources else "data.val_synthesis" if self.twins
+                         else "a perturbation" if self.degrade is not None else None)
+        if not (data.decoder == "dali" or (data.decoder == "auto" and dali_usable() and not needs_workers)):
             return None
-        if self.sources or self.twins:
-            raise DfdError(f"{'data.train_sources' if self.sources else 'data.val_synthesis'} is not available on the "
-                           "DALI path (it reads the shards itself): use data.decoder=auto or pyav")
+        if needs_workers:
+            raise DfdError(f"{needs_workers} is not available on the DALI path (it reads the shards itself): use "
+                           "data.decoder=auto or pyav")
         if self.train and data.class_balance:
             raise DfdError("data.class_balance is not available on the DALI path: use train.class_weights, or "
                            "data.decoder=pyav")
@@ -197,7 +202,7 @@ class VideoLoader:
         if self.source == "videos":
             synthesiser = (Synthesiser(self.seed, self.epoch, self.rank, data.synthesis_fraction)
                            if self.train and self.synthesis else Twins(self.twins, self.seed) if self.twins else None)
-            reader = ClipDecoder(self.clip, data.decoder, data.face_track, synthesiser)
+            reader = ClipDecoder(self.clip, data.decoder, data.face_track, synthesiser, self.degrade)
         else:
             reader = EmbeddingReader()
         read_tars = ReadTars()

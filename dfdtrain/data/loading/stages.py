@@ -261,8 +261,9 @@ class BalanceClasses:
 class ClipDecoder:
     """One shard sample -> its clip (the clip contract: ``dfdtrain.data.loading.clips.make_clip``) as a batch item."""
 
-    def __init__(self, spec, decoder="pyav", face_track="best", synthesiser=None):
+    def __init__(self, spec, decoder="pyav", face_track="best", synthesiser=None, degrade=None):
         self.spec, self.decoder_name, self.face_track = spec, decoder, face_track
+        self.degrade = degrade  # a robustness perturbation or augmentation: ``dfdtrain.data.loading.degrade``
         # training with a synthesis source: ``synthetic.Synthesiser``; evaluation's twins: ``synthetic.Twins``
         self.synthesiser = synthesiser
         self.decoder = None  # built in the worker on first use (a DALI pipeline can neither be pickled nor forked)
@@ -276,8 +277,11 @@ class ClipDecoder:
 
             self.decoder = build_decoder(self.decoder_name)
         meta, field = video_member(sample, self.face_track, rng)
-        key = sample["__key__"]
-        clip = make_clip(self.decoder, sample[field], meta, self.spec, rng, name=f"{key}.{field}")
+        key, data, degrade = sample["__key__"], sample[field], self.degrade
+        if degrade is not None:
+            data = degrade.source(key, data, rng)
+        clip = make_clip(self.decoder, data, meta, self.spec, rng, name=f"{key}.{field}",
+                         degrade_frames=None if degrade is None else lambda frames: degrade.frames(key, frames, rng))
         item = {"frames": clip.frames, "mask": clip.mask, "label": float(meta["label"]), "key": key,
                 "meta": {**batch_meta(clip), "shard": sample.get("__url__"),  # for the evaluation's accounting
                          **source_fields(sample)}}

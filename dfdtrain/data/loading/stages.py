@@ -319,6 +319,7 @@ class DecodeClips:
                 items = self.reader(sample, rng)
             except BadVideo as error:
                 yield skip_record(sample, error.reason, error.detail)
+                continue
             except Exception as error:  # not bad data: a bug or a broken set-up, which no skip would fix
                 yield {"error": {"stage": "decode", "key": sample.get("__key__"), "shard": sample.get("__url__"),
                                  "cause": one_line(f"{type(error).__name__}: {error}")}}

@@ -38,7 +38,7 @@ import numpy as np
 from dfdtrain.core.errors import DfdError
 from dfdtrain.data import storage
 from dfdtrain.data.faces.landmarks import landmarks_available, missing_landmarks_line, track_points
-from dfdtrain.data.loading.stages import _worker
+from dfdtrain.data.loading.stages import worker_slot
 from dfdtrain.data.loading.synthesis import LANDMARK_POINTS, SYNTHESES, landmarks_in_clip, synthesis_rng
 
 
@@ -135,7 +135,7 @@ class Synthesiser:
         self.positions[source] += 1
         if not chosen(position, self.fraction):
             return item
-        identity = (item["key"], track_id, _worker()[0], occurrence)
+        identity = (item["key"], track_id, worker_slot(self.rank, 1)[0], occurrence)
         result = synthesise_clip(name, sample, clip, synthesis_rng(self.seed, self.epoch, self.rank, identity))
         if not result.blended.any():
             meta["synthesis_kept_real"] = True

@@ -18,6 +18,11 @@ with dlib68 landmarks of real FF++ fixture videos (sharded here: ``--fixtures``)
 (the issue's goal: >= 0.7). Faces are stored at the store's default size (256 px): what a clip costs to decode
 depends on it, and a blend costs what the model's input size says. Skipped with a note when the fixtures or
 dlib/facenet are not here.
+Degradation (``degradation`` in the JSON): the shards method with 1 worker on the generated clips, training's
+worker-side augmentation (``data.augment``'s codec / perturb, ``dfdtrain.data.loading.degrade``) off, ``codec`` 1.0
+(every clip re-encoded by libx264, CRF 23..40), ``codec`` 0.3 and ``perturb`` 1.0 (one DeeperForensics type and
+level per clip); the main-process augmentations zeroed in every row, so the ratios to off are the workers' cost;
+with ``encode_ms``, one T x S x S clip through ``encode_frames_h264`` (1 thread) alone.
 Each (method, workers) reads ``batches`` batches per repeat; the first batch's latency (worker start-up) is
 reported apart and the rest gives samples/s; repeats are interleaved across methods and the median kept.
 Augmentation is off in both methods (this compares data layout and decode; ``train.py`` runs the real loop).
@@ -154,6 +159,48 @@ def synthesis_rates(shards, clip, data, device, repeats):
             "ratio_vb": round(result["vb"] / result["off"], 3), "workers": 1, "fraction": 0.5, "repeats": rates}
 
 
+# data.augment for the degradation rows: every main-process augmentation off, the worker-side ones per row
+QUIET_AUGMENT = {"enabled": True, "hflip": 0.0, "rotate": 0.0, "zoom": (1.0, 1.0), "translate": 0.0,
+                 "brightness": 0.0, "contrast": 0.0, "jpeg": 0.0, "blur": 0.0, "noise": 0.0}
+DEGRADATIONS = {"off": {}, "codec": {"codec": 1.0}, "codec_0.3": {"codec": 0.3}, "perturb": {"perturb": 1.0}}
+
+
+def degradation_rates(shards, video, clip, data, device, repeats):
+    """{off, codec, codec_0.3, perturb: samples/s (median), ratio_*: each / off, encode_ms, ...}, 1 worker."""
+    from dfdtrain.data.perturb.video import encode_frames_h264
+
+    rates = {name: [] for name in DEGRADATIONS}
+    for repeat in range(repeats):
+        for name, options in DEGRADATIONS.items():
+            method_data = dataclasses.replace(data, num_workers=1, augment={**QUIET_AUGMENT, **options})
+            loader = VideoLoader(shards, clip, method_data, train=True, device=device, rank=0, world_size=1)
+            loader.set_epoch(repeat)
+            rates[name].append(round(read_epoch(iter(loader), device)[1], 3))
+    result = {name: median(values) for name, values in rates.items()}
+    frames = sample_frames(video, clip.sampler.num_frames, clip.image_size)
+    encode_frames_h264(frames, 30)  # warm-up
+    timings = []
+    for crf in (23, 30, 40) * 3:
+        started = time.perf_counter()
+        encode_frames_h264(frames, crf)
+        timings.append(time.perf_counter() - started)
+    return {**result, **{f"ratio_{name}": round(result[name] / result["off"], 3) for name in DEGRADATIONS
+                         if name != "off"},
+            "encode_ms": round(1000 * median(timings), 2), "encode_clip": list(frames.shape),
+            "workers": 1, "repeats": rates}
+
+
+def sample_frames(path, count, size):
+    """The first ``count`` frames of the video at ``path``, centre-cropped to ``size`` (uint8 [T,S,S,3])."""
+    import av
+
+    with av.open(str(path)) as container:
+        frames = [frame.to_ndarray(format="rgb24") for _, frame in zip(range(count), container.decode(video=0))]
+    clip = np.stack(frames)
+    top, left = max(0, (clip.shape[1] - size) // 2), max(0, (clip.shape[2] - size) // 2)
+    return np.ascontiguousarray(clip[:, top:top + size, left:left + size])
+
+
 def read_epoch(batches, device):
     """(seconds to the first batch, samples/s over the rest) of one pass."""
     started = time.perf_counter()
@@ -207,6 +254,8 @@ def main(argv=None):
                     first_s, rate = read_epoch(iterator, device)
                     times[(method, count)]["first_batch_s"].append(round(first_s, 4))
                     times[(method, count)]["samples_per_s"].append(round(rate, 3))
+        degradation = degradation_rates(shard_paths, Path(rows[0]["root"]) / rows[0]["path"], clip, data, device,
+                                        settings["repeats"])
         face_shards, synthesis_note = synthesis_shards(args.fixtures, folder, 1 if args.quick else 4)
         synthesis = (synthesis_rates(face_shards, clip, data, device, settings["repeats"]) if face_shards
                      else {"skipped": synthesis_note})
@@ -235,12 +284,16 @@ def main(argv=None):
          "augment": False, "codec": "h264 (synth, keyframe every 12 frames)", "processes": 1},
         started,
         data={"videos": len(rows), "shards": len(shard_paths), "shard_bytes": shard_bytes, "video_file_bytes": video_bytes},
-        results=results, ratios=ratios, synthesis=synthesis,
+        results=results, ratios=ratios, synthesis=synthesis, degradation=degradation,
         notes=[*remote_notes, *([synthesis_note] if synthesis_note else []),
                "synthesis: samples/s of the training loader with 1 decoding worker on face-clip shards with "
                f"landmarks of FF++ fixture reals ({FaceClipOptions().size} px faces, the store's default, resized to "
                "image_size), synthesis off / sbi / vb on "
                "half the samples; ratio_* = on / off (goal >= 0.7).",
+               "degradation: samples/s of the training loader with 1 decoding worker on the generated clips, "
+               "data.augment.codec 1.0 / 0.3 (libx264 re-encode of the sampled frames at CRF 23..40, 1 thread) "
+               "and perturb 1.0 (one DeeperForensics frame perturbation per clip) against neither; main-process "
+               "augmentation off in every row; encode_ms: one clip through encode_frames_h264 alone.",
                "s3 and http stream the same shards from servers on loopback (no network latency or bandwidth "
                "limit; the servers run on the same cores as the loader): their ratio to local shards is the cost "
                "of the remote read path itself.","samples/s is per process (one loader); the scaling benchmark covers several processes.",

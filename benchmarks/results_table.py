@@ -116,6 +116,17 @@ def render_loader(result):
                         ["vb", synthesis["vb"], synthesis["ratio_vb"]]])
     elif synthesis:
         lines += ["", f"Synthesis: {synthesis.get('skipped')}"]
+    degradation = result.get("degradation") or {}
+    if "off" in degradation:
+        clip = "x".join(str(side) for side in degradation["encode_clip"][:3])
+        lines += ["", f"Degradation augmentation (data.augment.codec / perturb, in the {degradation['workers']} "
+                  f"decoding worker; re-encoding one {clip} clip alone: {degradation['encode_ms']} ms, 1 thread):",
+                  ""]
+        lines += table(["data.augment", "samples/s", "on / off"],
+                       [["off", degradation["off"], 1.0], ["codec 1.0", degradation["codec"],
+                                                           degradation["ratio_codec"]],
+                        ["codec 0.3", degradation["codec_0.3"], degradation["ratio_codec_0.3"]],
+                        ["perturb 1.0", degradation["perturb"], degradation["ratio_perturb"]]])
     return lines + [""] + notes(result)
 
 

@@ -58,6 +58,21 @@ def add_base_weights_argument(parser):
                              "must be the base the run trained on (its sha256 is checked)")
 
 
+# dfdtrain.data.perturb.TYPES (it imports torch, so not here at start-up; tests check the two agree)
+PERTURBATION_TYPES = ("saturation", "contrast", "block", "noise", "blur", "jpeg", "h264", "resize")
+
+
+def add_perturb_argument(parser, what="video"):
+    """--perturb TYPE:LEVEL (evaluate, predict): every ``what`` degraded by one robustness perturbation
+    (``dfdtrain.data.perturb``); the spec is checked by the command (one line for a bad one)."""
+    parser.add_argument("--perturb", metavar="TYPE:LEVEL",
+                        help=f"degrade every {what} with one robustness perturbation at one level before scoring "
+                             f"(DeeperForensics-1.0's distortions, seeded per video): TYPE one of "
+                             f"{', '.join(PERTURBATION_TYPES)}; LEVEL 0..5 (0: none, the clean {what}s; 5: the "
+                             "strongest); h264 re-encodes the source video, the others change the decoded frames; "
+                             "e.g. jpeg:3")
+
+
 def check_minimum(value, flag, minimum=1):
     """One line when an option given (``value`` not None) is below its least value: "--frames must be at least
     1"; ``flag`` is the option as typed."""

@@ -1,7 +1,7 @@
 """dfdtrain evaluate: score test shards with a trained detector; write metrics, predictions, plots, a report."""
 
-from dfdtrain.commands._common import (add_base_weights_argument, add_scoring_arguments, check_scoring_arguments,
-                                       print_json)
+from dfdtrain.commands._common import (add_base_weights_argument, add_perturb_argument, add_scoring_arguments,
+                                       check_scoring_arguments, print_json)
 
 HELP = "evaluate a trained detector on shards: metrics.json, predictions.csv, plots and report.md"
 
@@ -22,17 +22,19 @@ def add_arguments(parser):
     parser.add_argument("--synthesis", choices=["sbi", "vb"], default="",
                         help="also score a synthetic twin of every real video (face shards with landmarks), "
                              "reported apart: metrics.json's synthetic, predictions_synthetic.csv")
+    add_perturb_argument(parser)
     parser.add_argument("--json", action="store_true", help="print metrics.json to stdout")
 
 
 def run(args):
     from dfdtrain.core.distributed import process_group
     from dfdtrain.core.fileio import check_output_folder
-    from dfdtrain.evaluation.evaluate import resolve_checkpoint, run_evaluation
-    from dfdtrain.evaluation.report import calibration_line, format_breakdown
+    from dfdtrain.evaluation.evaluate import perturbation_summary, resolve_checkpoint, run_evaluation
+    from dfdtrain.evaluation.report import calibration_line, format_breakdown, perturbation_line
     from dfdtrain.metrics import format_metrics_table
 
     check_scoring_arguments(args)
+    perturbation_summary(args.perturb)  # a bad --perturb: one line before anything is loaded
     check_output_folder(args.out)
     checkpoint = resolve_checkpoint(args.run_dir, args.checkpoint)  # before joining the process group: fail fast
     with process_group(args.device) as context:
@@ -40,7 +42,7 @@ def run(args):
                                  batch_size=args.batch_size, workers=args.workers, decoder=args.decoder,
                                  context=context, verify=args.verify_shards, strict=args.strict,
                                  bootstrap=args.bootstrap, base_weights=args.base_weights,
-                                 synthesis=args.synthesis)
+                                 synthesis=args.synthesis, perturb=args.perturb)
     if metrics is None:  # not rank 0: rank 0 reports
         return 0
     if args.json:
@@ -49,6 +51,8 @@ def run(args):
         print(format_metrics_table(metrics))
         print(format_breakdown(metrics["breakdown"]) if "breakdown" in metrics else metrics["breakdown_note"])
         print(f"calibration: {calibration_line(metrics['calibration'])}")
+        if "perturbation" in metrics:
+            print(f"perturbation: {perturbation_line(metrics['perturbation'])}")
         accounting = metrics["accounting"]
         unindexed = len(accounting["unindexed"])
         retries = metrics["storage_retries"]["total"]

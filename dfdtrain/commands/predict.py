@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from dfdtrain.commands._common import add_base_weights_argument, check_minimum, print_json
+from dfdtrain.commands._common import add_base_weights_argument, add_perturb_argument, check_minimum, print_json
 from dfdtrain.core.errors import DfdError, printable
 from dfdtrain.inference.faces import DEFAULT_FACES, FACES_HELP, face_modes
 
@@ -23,6 +23,7 @@ def add_arguments(parser):
     parser.add_argument("--explain", metavar="DIR",
                         help="write a Grad-CAM map of what drove the fake score over each sampled crop: "
                              "DIR/KEY-NNN.png per frame (NNN: its frame number) and DIR/KEY-strip.png per video")
+    add_perturb_argument(parser)
 
 
 MAX_POSITIONS_SHOWN = 16  # per-position scores in the human output; --json has them all
@@ -54,7 +55,16 @@ def format_result(result):
         lines.append(f"  {key.replace('_', ' ')} ({scales.get(key, scale)}): {shown}{more}")
     stages = result.get("stage_seconds") or {"total": result["seconds"]}
     lines.append("  seconds: " + ", ".join(f"{stage} {value:.3f}" for stage, value in stages.items()))
+    if "perturbation" in result:
+        lines.append(f"  {format_perturbation(result['perturbation'])}")
     return "\n".join(lines)
+
+
+def format_perturbation(summary):
+    """``perturbation: jpeg:3 on every video (down-then-up resize divisor (JPEG) = 4)``."""
+    from dfdtrain.evaluation.report import perturbation_line
+
+    return f"perturbation: {perturbation_line(summary)}"
 
 
 def format_explain(explain):
@@ -74,7 +84,8 @@ def run(args):
     if args.explain is not None and Path(args.explain).exists() and not Path(args.explain).is_dir():
         raise DfdError(f"--explain {printable(args.explain)}: not a folder")
     predictor = Predictor(args.checkpoint, device=pick_device(args.device), faces=args.faces, num_frames=args.frames,
-                          batch_size=args.batch_size, progress=not args.quiet, base_weights=args.base_weights)
+                          batch_size=args.batch_size, progress=not args.quiet, base_weights=args.base_weights,
+                          perturb=args.perturb)
     results = predictor.predict(args.videos, explain_dir=args.explain)
     if args.json:
         print_json(results, indent=None)

@@ -10,7 +10,7 @@ import dataclasses
 from typing import Annotated, Literal, Optional
 
 from dfdtrain.config.schema import (ConfigError, Count, Fraction, NonNegative, NonNegativeInt, Positive, Range,
-                                    Section, build_section)
+                                    Section, build_section, one_of)
 
 # ---------------------------------------------------------------------------------------------- the clip
 @dataclasses.dataclass
@@ -61,6 +61,12 @@ class ClipSpec(Section):
 
 
 # ---------------------------------------------------------------------------------------------- data
+# data.augment.perturb_types' choices: dfdtrain.data.perturb's frame-stage types (h264 works on a source file's
+# bytes: training re-encodes with data.augment.codec instead). A lower layer cannot import that registry; a test
+# (tests/integration/test_degrade_augment.py) keeps the two in step.
+AUGMENT_PERTURBATIONS = ("saturation", "contrast", "block", "noise", "blur", "jpeg", "resize")
+
+
 @dataclasses.dataclass
 class AugmentConfig(Section):
     """Training augmentation (dfdtrain.data.loading.augment): one random draw per clip, applied to all its frames."""
@@ -79,12 +85,37 @@ class AugmentConfig(Section):
     blur_sigma: tuple[Positive, Positive] = (0.3, 1.5)
     noise: Fraction = 0.1  # probability of Gaussian noise
     noise_std: tuple[NonNegative, NonNegative] = (0.005, 0.03)
+    # Degradation in the loader's workers, on the sampled decoded frames before the crop (dfdtrain.data.loading.
+    # degrade.RandomDegradation; drawn with the worker's seeded generator, as the other augmentations):
+    codec: Fraction = 0.0  # share of clips re-encoded with H.264 (libx264) at a random CRF
+    # CRF drawn uniformly from [low, high]: 23 is x264's default (a careful upload), ~28-35 what social platforms
+    # and FF++ c23..c40 span, 40 DeeperForensics' strongest VC level (beyond ~40 faces lose their structure)
+    codec_crf: tuple[Annotated[int, Range(0, 51)], Annotated[int, Range(0, 51)]] = (23, 40)
+    # scale drawn from [low, high] for a downscale before the encode, upscaled back after (a platform's rescale);
+    # (1.0, 1.0): none
+    codec_downscale: tuple[Annotated[float, Range(0, 1, low_exclusive=True)],
+                           Annotated[float, Range(0, 1, low_exclusive=True)]] = (1.0, 1.0)
+    perturb: Fraction = 0.0  # share of clips given one DeeperForensics perturbation (dfdtrain.data.perturb)
+    perturb_types: list = dataclasses.field(default_factory=lambda: list(AUGMENT_PERTURBATIONS))  # drawn uniformly
+    perturb_levels: tuple[Annotated[int, Range(1, 5)], Annotated[int, Range(1, 5)]] = (1, 5)  # drawn uniformly
 
     def check(self):
-        for name in ("zoom", "jpeg_quality", "blur_sigma", "noise_std"):
+        for name in ("zoom", "jpeg_quality", "blur_sigma", "noise_std", "codec_crf", "codec_downscale",
+                     "perturb_levels"):
             low, high = getattr(self, name)
             if low > high:
                 raise ConfigError(self.key(name), f"must be [low, high] with low <= high, not {[low, high]}")
+        for name in self.perturb_types:
+            if name == "h264":
+                raise ConfigError(self.key("perturb_types"), "names h264: a re-encode is data.augment.codec's "
+                                  "(its share, codec_crf, codec_downscale); perturb_types takes "
+                                  + ", ".join(AUGMENT_PERTURBATIONS))
+            if name not in AUGMENT_PERTURBATIONS:
+                raise ConfigError(self.key("perturb_types"), one_of(name, AUGMENT_PERTURBATIONS))
+        if self.perturb > 0 and not self.perturb_types:
+            raise ConfigError(self.key("perturb_types"), f"is empty while data.augment.perturb is "
+                              f"{self.perturb:g}: name the types to draw from, or set perturb to 0")
+        self.perturb_types = list(self.perturb_types)
 
 
 SYNTHESES = ("", "sbi", "vb")  # a training source's synthesis: none, self-blended images, video-level blending

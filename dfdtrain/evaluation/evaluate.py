@@ -11,6 +11,11 @@ under torchrun, gathered on rank 0) and writes into ``out_dir`` on rank 0:
 * ``roc.png``, ``pr.png``, ``calibration.png``, ``confusion.png``, ``histogram.png`` (+ ``breakdown.png``);
 * ``report.md``: the above in one page.
 
+``perturb="jpeg:3"`` (``evaluate --perturb``): every video degraded by one robustness perturbation
+(``dfdtrain.data.perturb``) at one level in the loader's workers (``data.loading.degrade.FixedPerturbation``: h264
+re-encodes the source bytes, the others change the decoded frames), recorded as ``metrics["perturbation"]``
+(``perturbation_summary``); level 0 is the identity, the clean numbers exactly.
+
 This module scores and computes; ``plots`` draws the figures, ``report`` writes predictions.csv and report.md.
 
 Every score is on the verdict's scale: the head's P(fake) and each frame's are calibrated with the detector's
@@ -31,7 +36,9 @@ from dfdtrain.core.distributed import DistributedContext, gather_to_rank0, raise
 from dfdtrain.core.errors import DfdError
 from dfdtrain.core.fileio import check_output_folder, write_json
 from dfdtrain.data import storage
+from dfdtrain.data.loading.degrade import FixedPerturbation
 from dfdtrain.data.loading.loader import VideoLoader, expand_shards
+from dfdtrain.data.perturb import PERTURBATIONS, parse_perturbation
 from dfdtrain.data.shards.catalog import reconcile, verify_shards
 from dfdtrain.evaluation.plots import (plot_breakdown, plot_calibration, plot_confusion, plot_histogram,
                                        plot_precision_recall, plot_roc)
@@ -67,12 +74,25 @@ def resolve_checkpoint(run_dir=None, checkpoint="best"):
     return path
 
 
-def evaluation_loader(settings, shards, batch_size, workers, decoder, context, synthesis=""):
+def perturbation_summary(perturb):
+    """``metrics["perturbation"]`` of a "TYPE:LEVEL" spec: {"spec", "type", "level", "parameter" (its meaning),
+    "value" (at that level; None at level 0, the identity)}; None for None or "" (clean). A bad spec is one
+    line (DfdError)."""
+    if perturb is None or perturb == "":
+        return None
+    name, level = parse_perturbation(perturb)
+    perturbation = PERTURBATIONS.get(name)
+    return {"spec": f"{name}:{level}", "type": name, "level": level, "parameter": perturbation.parameter,
+            "value": perturbation.value(level) if level else None}
+
+
+def evaluation_loader(settings, shards, batch_size, workers, decoder, context, synthesis="", degrade=None):
     """A loader that sees every video once, each made into the clip the detector was trained on (and, with
-    ``synthesis``, each real one also into its synthetic twin: ``data.val_synthesis``)."""
+    ``synthesis``, each real one also into its synthetic twin: ``data.val_synthesis``). ``degrade``: a
+    ``data.loading.degrade`` object applied to every video in the workers (``FixedPerturbation``)."""
     data = DataConfig(batch_size=batch_size, num_workers=workers, decoder=decoder, val_synthesis=synthesis)
     return VideoLoader(shards, settings.clip, data, train=False, device=context.device, rank=context.rank,
-                       world_size=context.world_size)
+                       world_size=context.world_size, degrade=degrade)
 
 
 def single_process_context(device="cpu"):
@@ -147,17 +167,20 @@ def verify_on_every_rank(shard_paths, context):
 
 
 def score_shards(checkpoint, shards, batch_size=8, workers=2, decoder="pyav", context=None, verify=True,
-                 base_weights=None, synthesis=""):
+                 base_weights=None, synthesis="", perturb=None):
     """Every rank scores its share of ``shards`` with the raw detector at ``checkpoint``; rank 0 gets
     ``(settings, shard paths, records sorted by key, skipped + missing samples, accounting, storage retries)``,
     the other ranks None. Stops with one line when no video could be scored. ``synthesis`` (sbi, vb): the
-    records also hold each real video's synthetic twin (``synthetic``: True), outside the accounting."""
+    records also hold each real video's synthetic twin (``synthetic``: True), outside the accounting.
+    ``perturb`` ("TYPE:LEVEL"): every video degraded so (checked before anything is loaded; level 0: none)."""
+    summary = perturbation_summary(perturb)  # a bad spec: one line, before the model or the shards
+    degrade = FixedPerturbation(summary["spec"]) if summary and summary["level"] else None
     context = context or single_process_context()
     shard_paths = expand_shards(shards)
     model, settings = load_detector(checkpoint, device=context.device, base_weights=base_weights)
     if verify:
         verify_on_every_rank(shard_paths, context)
-    loader = evaluation_loader(settings, shard_paths, batch_size, workers, decoder, context, synthesis)
+    loader = evaluation_loader(settings, shard_paths, batch_size, workers, decoder, context, synthesis, degrade)
     records = gather_to_rank0(score_videos(model, loader, context.device))
     skipped = gather_to_rank0(loader.skipped)
     retries = gather_to_rank0([dict(loader.io_faults + collections.Counter(storage.take_fault_counts()))])
@@ -204,7 +227,8 @@ def interval_metrics(records, threshold, resamples, confidence=0.95):
 
 
 def run_evaluation(checkpoint, shards, out_dir, threshold=None, batch_size=8, workers=2, decoder="pyav",
-                   context=None, verify=True, strict=False, bootstrap=1000, base_weights=None, synthesis=""):
+                   context=None, verify=True, strict=False, bootstrap=1000, base_weights=None, synthesis="",
+                   perturb=None):
     """Score ``shards`` with the detector at ``checkpoint`` and write the evaluation into ``out_dir``.
 
     Every rank scores its share; rank 0 gathers the records and writes the files. Returns the metrics dict
@@ -217,11 +241,14 @@ def run_evaluation(checkpoint, shards, out_dir, threshold=None, batch_size=8, wo
     against index.json (a mismatch stops with one line). ``strict``: a video not scored is an error (after the
     files are written) instead of a warning line. ``synthesis`` (sbi, vb; shards with landmarks): each real video
     also gets a synthetic twin, scored and reported apart (``metrics["synthetic"]``, real videos against their
-    twins; ``predictions_synthetic.csv``); every other number covers the real data only.
+    twins; ``predictions_synthetic.csv``); every other number covers the real data only. ``perturb``
+    ("TYPE:LEVEL", e.g. "jpeg:3"; None: clean): every video degraded by that robustness perturbation,
+    recorded as ``metrics["perturbation"]`` (``perturbation_summary``); a bad spec is one line before scoring.
     """
+    perturbation = perturbation_summary(perturb)  # a bad spec: one line before anything else
     check_output_folder(out_dir)
     scored = score_shards(checkpoint, shards, batch_size, workers, decoder, context, verify, base_weights,
-                          synthesis)
+                          synthesis, perturb)
     if scored is None:  # not rank 0
         return None
     settings, shard_paths, records, skipped, accounting, storage_retries = scored
@@ -237,6 +264,8 @@ def run_evaluation(checkpoint, shards, out_dir, threshold=None, batch_size=8, wo
     metrics = evaluate_predictions(records, threshold=threshold, rules=REPORTED_RULES)
     if twins:
         metrics["synthetic"] = synthetic_metrics(records, twins, threshold)
+    if perturbation is not None:  # absent on clean videos
+        metrics["perturbation"] = perturbation
     kind = detector_score_kind(settings.model)
     labels = [record["label"] for record in records]
     metrics.update({

@@ -99,6 +99,14 @@ def calibration_line(summary):
             f"ECE {format_fixed(summary['ece_raw'])} -> {format_fixed(summary['ece'])}")
 
 
+def perturbation_line(summary):
+    """What every video went through (``metrics["perturbation"]``), in one line: ``jpeg:3 on every video
+    (down-then-up resize divisor (JPEG) = 4)``."""
+    if summary["level"] == 0:
+        return f"{summary['spec']} (level 0: the identity, the clean videos)"
+    return f"{summary['spec']} on every video ({summary['parameter']} = {summary['value']:g})"
+
+
 def write_report(metrics, plot_files, path):
     lines = [
         "# Evaluation report", "",
@@ -109,6 +117,7 @@ def write_report(metrics, plot_files, path):
         f"- accounted for: {_accounting_summary(metrics['accounting'])}",
         f"- threshold: {metrics['threshold']:g}, video loss (head BCE): {format_fixed(metrics['loss'])}",
         f"- calibration: {calibration_line(metrics['calibration'])}",
+        *([f"- perturbation: {perturbation_line(metrics['perturbation'])}"] if "perturbation" in metrics else []),
         "", "## Metrics", "",
         "Video level: the temporal head and each frame-aggregation rule; frame level: every frame with its "
         "video's label. Every score is calibrated with the detector's temperature, on the threshold's scale (each "

@@ -10,12 +10,20 @@ or the training crop without boxes, the training input size, transform and norma
 for videos shorter than the clip. A bad file gives an error entry and never stops the others; so does anything
 that is not a regular file (a FIFO, a device such as /dev/zero, a directory): it is refused unread, and a file
 is read once, at most its size when opened.
+
+``perturb="jpeg:3"`` (``predict --perturb``): each video degraded by one robustness perturbation as ``evaluate
+--perturb`` degrades shard videos (``dfdtrain.data.loading.degrade.FixedPerturbation``, seeded by the file's stem):
+h264 re-encodes the file's bytes before they are probed and decoded (so the face detector sees the compression),
+the frame types change the decoded frames before face detection and the crop. Each result says which
+(``perturbation``).
 """
 
 import dataclasses
+import functools
 import math
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -74,13 +82,20 @@ class Predictor:
     """A loaded detector plus everything needed to turn video files into p_fake scores."""
 
     def __init__(self, checkpoint, device="cpu", faces=DEFAULT_FACES, num_frames=None, batch_size=4,
-                 progress=True, base_weights=None):
+                 progress=True, base_weights=None, perturb=None):
         if faces not in face_modes():
             raise DfdError(f"faces must be one of {', '.join(face_modes())}, not {faces!r}")
         if num_frames is not None and num_frames < 1:
             raise DfdError("the number of frames must be at least 1")
         if batch_size < 1:
             raise DfdError("the batch size must be at least 1")
+        self.perturbation, self.degrade = None, None  # a robustness perturbation of every video (perturb)
+        if perturb:
+            from dfdtrain.data.loading.degrade import FixedPerturbation
+            from dfdtrain.evaluation.evaluate import perturbation_summary
+
+            self.perturbation = perturbation_summary(perturb)  # a bad spec: one line, before the model loads
+            self.degrade = FixedPerturbation(self.perturbation["spec"])
         self.device = torch.device(device)
         self.model, self.settings = load_detector(checkpoint, self.device, base_weights)  # see load_detector
         self.clip = self.settings.clip
@@ -102,13 +117,14 @@ class Predictor:
             self._face_detector = build_face_detector(self.faces, device=str(self.device))
         return self._face_detector
 
-    def prepare(self, source, meta=None, name=None, seconds=None):
+    def prepare(self, source, meta=None, name=None, seconds=None, degrade_frames=None):
         """The Clip of one video (path or bytes) as the detector sees it.
 
         ``meta``: what is known of the video, e.g. a shard sample's json (stored face boxes, or a face-clip
         sample's track); by default its probe. Without stored boxes and with ``faces="mtcnn"``, faces are
         detected on the sampled frames. ``seconds``: a dict whose ``decode``, ``faces`` and ``crop`` entries get
-        the seconds of each stage added (crop: the rest of making the clip).
+        the seconds of each stage added (crop: the rest of making the clip). ``degrade_frames``: frames -> frames
+        on the decoded frames before face detection and the crop (``make_clip``'s; a robustness perturbation).
         """
         started = time.perf_counter()
         seconds = seconds if seconds is not None else {}
@@ -126,7 +142,7 @@ class Predictor:
             seconds["faces"] += time.perf_counter() - loading
         try:
             return make_clip(_Timed(self.decoder, "read", seconds, "decode"), source, meta, self.clip, name=name,
-                             face_detector=detector)
+                             face_detector=detector, degrade_frames=degrade_frames)
         finally:
             timed = seconds["decode"] + seconds["faces"] - timed_before
             seconds["crop"] += max(time.perf_counter() - started - timed, 0.0)
@@ -142,7 +158,8 @@ class Predictor:
         over its crop (``explain.maps``, dfdtrain.models.explain); ``explain_dir``: written there as
         DIR/KEY-NNN.png per frame (NNN: its frame number in the video) and DIR/KEY-strip.png (``explain.files``,
         ``explain.strip``). Maps come from the scoring pass itself (same scores); a model without an explainer
-        gets ``explain.note`` instead."""
+        gets ``explain.note`` instead. With a perturbation (``perturb``) every entry, errors too, has
+        ``perturbation`` (as ``evaluate``'s metrics.json has it)."""
         from tqdm import tqdm
 
         paths = [str(path) for path in paths]
@@ -157,9 +174,14 @@ class Predictor:
                 seconds = {"decode": 0.0, "faces": 0.0, "crop": 0.0}
                 try:
                     data = read_regular_file(path)  # never a FIFO (would hang) or a device (endless)
+                    degrade_frames = None
+                    if self.degrade is not None:  # h264: the bytes re-encoded before anything reads them
+                        key = Path(path).stem  # seeds the frame types' draws, as a shard sample's key does
+                        data = self.degrade.source(key, data, None)
+                        degrade_frames = functools.partial(self.degrade.frames, key, rng=None)
                     info = probe(data, name=path)
-                    seconds["decode"] += time.perf_counter() - started  # reading and probing count as decoding
-                    clip = self.prepare(data, info, name=path, seconds=seconds)
+                    seconds["decode"] += time.perf_counter() - started  # reading, re-encoding, probing: decoding
+                    clip = self.prepare(data, info, name=path, seconds=seconds, degrade_frames=degrade_frames)
                     del data
                     pending.append((position, path, clip, {**info, "stage_seconds": seconds}))
                 except BadVideo as error:  # FileRefused too (a FIFO, a device)
@@ -174,6 +196,9 @@ class Predictor:
                     self._score_batch(pending, results, crops, explaining)
                     pending = []
                 bar.update(1)
+        if self.perturbation is not None:
+            for result in results:
+                result["perturbation"] = dict(self.perturbation)
         return results
 
     def _score_batch(self, batch, results, crops=False, explaining=None):

@@ -54,6 +54,14 @@ BAD_OVERRIDES = [
     (["train.label_smoothing=.NaN"], "'train.label_smoothing' must be a finite number, not nan"),
     (["data.augment.zoom=[1.0, .inf]"], "'data.augment.zoom[1]' must be a finite number, not inf"),
     (["clip.mean=[0.5, nan, 0.5]", "clip.std=[0.2, 0.2, 0.2]"], "'clip.mean[1]' must be a finite number, not nan"),
+    (["data.augment.perturb_types=[jpg]"], "'data.augment.perturb_types' must be one of saturation, contrast, block, "
+                                           "noise, blur, jpeg, resize, not 'jpg' (did you mean 'jpeg'?)"),
+    (["data.augment.perturb_types=[h264]"], "'data.augment.perturb_types' names h264: a re-encode is "
+                                            "data.augment.codec's"),
+    (["data.augment.codec_crf=[40, 23]"], "'data.augment.codec_crf' must be [low, high] with low <= high"),
+    (["data.augment.codec_crf=[20, 52]"], "'data.augment.codec_crf[1]' must be between 0 and 51, not 52"),
+    (["data.augment.perturb_levels=[0, 3]"], "'data.augment.perturb_levels[0]' must be between 1 and 5, not 0"),
+    (["data.augment.codec=.nan"], "'data.augment.codec' must be a finite number, not nan"),
 ]
 
 

@@ -46,6 +46,7 @@ def test_registry_names_stages_and_tables():
     assert set(LEVEL_PARAMETERS) == set(TYPES) and LEVELS == (1, 2, 3, 4, 5)
     assert all(len(values) == 5 for _, values in LEVEL_PARAMETERS.values())
     assert PERTURBATIONS.get("jpeg").value(3) == 4 and PERTURBATIONS.get("h264").value(1) == 30
+    assert PERTURBATIONS.get("jpeg").value(0) is None  # level 0: no perturbation, no parameter
 
 
 @pytest.mark.parametrize("name", FRAME_TYPES)

@@ -35,6 +35,7 @@ from dfdtrain.core.distributed import rank_and_world
 from dfdtrain.core.errors import DfdError
 from dfdtrain.data import storage
 from dfdtrain.data.loading.clips import batch_meta, clip_from_frames, model_input, track_meta
+from dfdtrain.data.loading.degrade import RandomDegradation, training_degradation
 from dfdtrain.data.loading.stages import (AssignedShards, BalanceClasses, BatchClips, ClipDecoder, DecodeClips,
                                           EmbeddingReader, ParseMeta, ReadTars, ResampledShards, Shuffle, stable_seed)
 from dfdtrain.data.loading.sources import (MixSources, SourceTally, epoch_length, keep_probabilities,
@@ -100,7 +101,8 @@ class VideoLoader:
     set: those sources, mixed by weight (``dfdtrain.data.loading.sources``; per-source counts in
     ``source_tally``). ``clip``: the resolved ClipSpec (what each video becomes). ``data``: the DataConfig
     (batch size, workers, decoder, balancing, augmentation, skip guard).
-    ``train=True``: resampled, shuffled, augmented, ``len(loader)`` batches per epoch on every rank.
+    ``train=True``: resampled, shuffled, augmented, ``len(loader)`` batches per epoch on every rank; with
+    ``data.augment.codec`` or ``perturb`` set, ``degrade`` defaults to ``degrade.training_degradation``'s.
     ``train=False``: each video exactly once across ranks, deterministic sampling, no augmentation.
     Call ``set_epoch(epoch)`` before each training epoch for a new, reproducible draw.
     """
@@ -113,6 +115,8 @@ class VideoLoader:
             raise DfdError("a video loader needs a resolved clip spec (ClipSpec.resolve with the backbone's "
                            "data config)")
         self.clip, self.data, self.train, self.seed = clip, data, train, seed
+        if degrade is None and train and self.source == "videos":  # data.augment.codec / perturb, in the workers
+            degrade = training_degradation(data.augment)
         self.degrade = degrade  # decoded videos degraded in the workers (dfdtrain.data.loading.degrade)
         if degrade is not None and self.source != "videos":
             raise DfdError("a perturbation degrades videos: cached embeddings (data.source=embeddings) have none")
@@ -166,6 +170,8 @@ class VideoLoader:
 
         data = self.data
         needs_workers = ("data.train_sources" if self.sources else "data.val_synthesis" if self.twins
+                         else "data.augment.codec / data.augment.perturb"
+                         if isinstance(self.degrade, RandomDegradation)
                          else "a perturbation" if self.degrade is not None else None)
         if not (data.decoder == "dali" or (data.decoder == "auto" and dali_usable() and not needs_workers)):
             return None

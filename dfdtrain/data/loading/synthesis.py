@@ -184,7 +184,8 @@ def _landmark_list(landmarks, count):
 
 def _source_transforms(images, draw):
     """SBI's get_source_transforms on the copy [N,3,H,W] (0..255 floats)."""
-    images = blend.rgb_shift(images, draw.rgb_shift)
+    if any(draw.rgb_shift):  # (0, 0, 0) when RGBShift was not drawn (p 0.7)
+        images = blend.rgb_shift(images, draw.rgb_shift)
     images = blend.hue_saturation_value(images, *draw.hsv_shift)
     images = blend.brightness_contrast(images, draw.brightness, draw.contrast)
     if draw.degrade == "downscale":
@@ -228,8 +229,8 @@ def _blend_group(frames, hulls, draw, jitter):
     source = F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=False)
     weight = masks[:, None, y0:y1, x0:x1]
     box = frames[:, y0:y1, x0:x1].permute(0, 3, 1, 2).float()
-    composite = (source * weight + box * (1 - weight)).round_().clamp_(0, 255)
-    composite = torch.where(weight > 0, composite, box)
+    # box + (copy - box) w: exactly the box where w is 0, and within 0..255 (both ends are)
+    composite = source.sub_(box).mul_(weight).add_(box).round_().clamp_(0, 255)
     return (y0, y1, x0, x1), composite.to(torch.uint8).permute(0, 2, 3, 1), masks, reach
 
 

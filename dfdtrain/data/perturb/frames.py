@@ -80,8 +80,9 @@ class Perturbation:
         return LEVEL_PARAMETERS[self.name][0]
 
     def value(self, level):
-        """The parameter at ``level`` (1..5)."""
-        return LEVEL_PARAMETERS[self.name][1][check_level(level) - 1]
+        """The parameter at ``level`` (1..5); None at level 0 (no perturbation)."""
+        level = check_level(level)
+        return LEVEL_PARAMETERS[self.name][1][level - 1] if level else None
 
     def __call__(self, *args, **kwargs):
         return self.apply(*args, **kwargs)

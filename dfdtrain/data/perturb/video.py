@@ -12,12 +12,17 @@ timestamps and time base, frame rate and colour tags. Dropped: audio and other s
 same upright frames; the file's stored size is the upright size then). ``threads=1`` (the default) makes the
 output a function of the input bytes and the CRF: the same bytes on every run and machine with the same x264
 build; other thread counts give other, equally valid, bytes.
+
+``encode_frames_h264`` is the cheap sibling training augmentation uses (``data.augment.codec``): a clip's already
+decoded frames (uint8 [T,H,W,3]) through libx264 and back, in memory, with no container: the same shape out.
 """
 
+import fractions
 import io
 
 import av
 import numpy as np
+import torch
 
 from dfdtrain.core.errors import BadVideo, DfdError
 from dfdtrain.data.decode.decoders import open_video
@@ -73,6 +78,82 @@ def reencode_h264(data, crf, *, name="<bytes>", preset=PRESET, threads=1):
     finally:
         source.close()
     return out.getvalue()
+
+
+def _check_crf(crf):
+    if isinstance(crf, bool) or not isinstance(crf, (int, np.integer)) or not 0 <= crf <= 51:
+        raise DfdError(f"h264 CRF {crf!r} is not an integer in 0..51")
+    if ENCODER not in av.codecs_available:
+        raise DfdError(f"h264 perturbation needs PyAV's {ENCODER} encoder, not in this PyAV build")
+
+
+def encode_frames_h264(frames, crf, *, scale=1.0, preset=PRESET, threads=1):
+    """``frames`` (uint8 [T,H,W,3] RGB, numpy or torch) encoded as one H.264 stream at ``crf`` (libx264, yuv420p,
+    BT.601 limited range as swscale converts) and decoded back: the same type, shape and dtype. ``scale`` < 1:
+    downscaled first (bilinear, antialiased, to ``max(2, round(side x scale))``) and upscaled back after
+    (bilinear), as a platform that rescales before it encodes.
+
+    No container and no file: frames -> packets -> frames in memory (a 25 fps time base, one pts per frame). An
+    odd width or height is padded by repeating the last column / row to even (4:2:0 needs both even; social
+    media encodes 4:2:0) and cropped back after. x264's macroblock tree is off (``mbtree=0``: with it, the output
+    varied between identical calls in a loader process). ``threads=1`` (the default): the output is a function of
+    the frames, the CRF, ``scale`` and the preset (the same x264 build)."""
+    _check_crf(crf)
+    is_torch = isinstance(frames, torch.Tensor)
+    array = frames.detach().cpu().numpy() if is_torch else np.asarray(frames)
+    if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] != 3 or 0 in array.shape:
+        raise DfdError(f"encode_frames_h264: frames must be uint8 [T,H,W,3], got {array.dtype} {list(array.shape)}")
+    if not 0 < scale <= 1:
+        raise DfdError(f"encode_frames_h264: scale {scale!r} is not in (0, 1]")
+    count, height, width, _ = array.shape
+    small = (max(2, round(height * scale)), max(2, round(width * scale)))
+    source = _resize(array, small, antialias=True) if scale < 1 and small != (height, width) else array
+    out = _encode_decode(source, crf, preset, threads)
+    if out.shape[1:3] != (height, width):
+        out = _resize(out, (height, width), antialias=False)
+    return torch.from_numpy(out).to(frames.device) if is_torch else out
+
+
+def _resize(clip, size, antialias):
+    """uint8 [T,H,W,3] -> uint8 [T,*size,3], bilinear (half-pixel centres) in float32, rounded half up."""
+    images = torch.from_numpy(clip).permute(0, 3, 1, 2).float()
+    resized = torch.nn.functional.interpolate(images, size=size, mode="bilinear", align_corners=False,
+                                              antialias=antialias)
+    return torch.floor_(resized + 0.5).clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def _encode_decode(array, crf, preset, threads):
+    """uint8 [T,H,W,3] numpy through libx264 and back (see ``encode_frames_h264``)."""
+    count, height, width, _ = array.shape
+    padded = np.pad(array, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+    encoder = av.CodecContext.create(ENCODER, "w")
+    encoder.width, encoder.height = padded.shape[2], padded.shape[1]
+    encoder.pix_fmt = "yuv420p"
+    encoder.time_base = fractions.Fraction(1, 25)
+    encoder.framerate = fractions.Fraction(25, 1)
+    # mb-tree off: with it on, the same frames gave other bytes now and then inside a loader process (about one
+    # 4-frame clip in 20 passes; never in a bare loop), which would break the same-seed-same-frames promise
+    encoder.options = {"crf": str(int(crf)), "preset": preset, "threads": str(int(threads)),
+                       "x264-params": "mbtree=0"}
+    decoder = av.CodecContext.create("h264", "r")
+    decoder.thread_count = 1
+    out = []
+    try:
+        packets = []
+        for index, image in enumerate(padded):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24").reformat(
+                format="yuv420p")
+            frame.pts = index
+            packets += encoder.encode(frame)
+        packets += encoder.encode(None)
+        for packet in packets:
+            out += [decoded.to_ndarray(format="rgb24") for decoded in decoder.decode(packet)]
+        out += [decoded.to_ndarray(format="rgb24") for decoded in decoder.decode(None)]
+    except av.FFmpegError as error:
+        raise DfdError(f"encode_frames_h264 at CRF {crf}: {type(error).__name__}: {error}") from None
+    if len(out) != count:
+        raise DfdError(f"encode_frames_h264 at CRF {crf}: {count} frames in, {len(out)} decoded back")
+    return np.ascontiguousarray(np.stack(out)[:, :height, :width])
 
 
 def _upright(frame, rotation):

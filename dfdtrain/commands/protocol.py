@@ -9,7 +9,10 @@ HELP = "evaluate one checkpoint on every test set of a suite (cross-dataset prot
 def add_arguments(parser):
     parser.add_argument("--checkpoint", required=True,
                         help="a run directory (its best checkpoint), a checkpoint folder or an export bundle")
-    parser.add_argument("--suite", required=True, help="suite YAML, e.g. configs/protocols/ffpp_c23_cross.yaml")
+    parser.add_argument("--suite", required=True,
+                        help="suite YAML, e.g. configs/protocols/ffpp_c23_cross.yaml; its optional `robustness: "
+                             "{types: [...], levels: [...]}` also scores every set under each perturbation "
+                             "(robustness.md, robustness.json, robustness.png)")
     parser.add_argument("--out", required=True, help="output folder (table.md, table.json, protocol.png, sets/)")
     parser.add_argument("--root", help="folder that the suite's relative shard patterns are joined to "
                                        "(default: the suite's own root, else the current folder)")
@@ -31,6 +34,7 @@ def run(args):
     from dfdtrain.models.bundle import settings_folder
     from dfdtrain.evaluation.protocol import (TABLE_FILES, check_shards, find_leakage, load_suite, refuse_leakage,
                                              run_protocol)
+    from dfdtrain.evaluation.robustness import ROBUSTNESS_FILES
 
     check_scoring_arguments(args)
     check_output_folder(args.out)
@@ -51,5 +55,6 @@ def run(args):
     if args.json:
         print_json(table)
     else:
-        print(f"wrote {', '.join(TABLE_FILES)} and sets/ to {args.out}")
+        files = TABLE_FILES + (ROBUSTNESS_FILES if suite.robustness else ())
+        print(f"wrote {', '.join(files)} and sets/ to {args.out}")
     return 0

@@ -11,6 +11,8 @@ video accounted for, the detector's calibration applied) written to ``DIR/sets/<
 with its 95% bootstrap interval over groups, and the per-method AUC where a set has methods. It names each set's
 groups (real / fake); a set with fewer than 2 groups of a class has no intervals: ``n/a (N groups)`` in
 ``table.md``, null in ``table.json`` with the reason (``interval_note``).
+An optional ``robustness`` block also scores every set under each perturbation at each level
+(``dfdtrain.evaluation.robustness``: robustness.md, robustness.json, robustness.png beside the table).
 
 Model selection never sees these sets: the checkpoint and its threshold and temperature come from training's
 validation (or ``dfdtrain calibrate`` on validation shards), and ``train`` refuses validation shards that
@@ -37,8 +39,9 @@ from dfdtrain.data.storage import expand_shards
 from dfdtrain.evaluation.evaluate import run_evaluation
 from dfdtrain.evaluation.plots import new_figure, save_figure
 from dfdtrain.evaluation.report import format_interval, groups_phrase
+from dfdtrain.evaluation.robustness import cost_line, parse_robustness, run_robustness
 
-SUITE_KEYS = ("name", "description", "root", "test_sets")
+SUITE_KEYS = ("name", "description", "root", "test_sets", "robustness")
 TEST_SET_KEYS = ("shards", "note")
 TABLE_FILES = ("table.json", "table.md", "protocol.png")
 # the table's metric columns: key -> header
@@ -52,8 +55,9 @@ class TestSet:
 
 
 class Suite:
-    def __init__(self, name, test_sets, description="", path=None):
+    def __init__(self, name, test_sets, description="", path=None, robustness=None):
         self.name, self.test_sets, self.description, self.path = name, test_sets, description, path
+        self.robustness = robustness  # a robustness.Robustness, or None
 
 
 def _patterns(value, where):
@@ -117,7 +121,8 @@ def load_suite(path, root=None, only=(), allow_pipe=False):
         raise DfdError(f"{path}: no test set {missing[0]!r} (known: {', '.join(test_sets)})")
     if only:
         test_sets = {name: test_sets[name] for name in only}
-    return Suite(name, test_sets, str(values.get("description") or ""), str(path))
+    robustness = parse_robustness(values["robustness"], path) if "robustness" in values else None
+    return Suite(name, test_sets, str(values.get("description") or ""), str(path), robustness)
 
 
 def check_shards(suite):
@@ -268,6 +273,8 @@ def write_table_markdown(table, path):
               "- every figure is value [95% interval]; accuracy at the detector's threshold"]
     if table.get("leakage"):
         lines.append(f"- leakage: {table['leakage']['summary']}")
+    if table.get("robustness"):
+        lines.append("- robustness: every set also scored under each perturbation, in [robustness.md](robustness.md)")
     lines.append("")
     for level, title in (("video", "Video level (temporal head, calibrated P(fake))"),
                          ("frame", "Frame level (every frame with its video's label)")):
@@ -381,6 +388,8 @@ def run_protocol(checkpoint, suite, out_dir, context, bootstrap=1000, batch_size
     if not allow_overlap:
         refuse_leakage(leakage, suite)
     progress(f"leakage: {leakage.summary()}")
+    if suite.robustness:
+        progress(cost_line(suite))
     out_dir = Path(out_dir)
     entries, calibration = {}, None
     for number, test_set in enumerate(suite.test_sets.values(), 1):
@@ -401,16 +410,20 @@ def run_protocol(checkpoint, suite, out_dir, context, bootstrap=1000, batch_size
                  f"{format_interval(video['auc'], video['auc_ci'], groups=withheld)}, log-loss "
                  f"{format_fixed(video['log_loss'], 3)}")
     barrier()
-    if not context.is_main:
-        return None
     table = {"suite": suite.name, "description": suite.description, "suite_file": suite.path,
              "checkpoint": str(checkpoint), "calibration": calibration,
              "bootstrap": {"resamples": bootstrap, "confidence": 0.95, "by": "group"},
              "shards": {name: [storage.redact(pattern) for pattern in test_set.shards]
                         for name, test_set in suite.test_sets.items()},
              "leakage": {**leakage.to_json(), "allowed": bool(allow_overlap), "summary": leakage.summary()},
-             "test_sets": entries}
-    write_json(out_dir / "table.json", table)
-    write_table_markdown(table, out_dir / "table.md")
-    plot_protocol(table, out_dir / "protocol.png")
+             "test_sets": entries, "robustness": suite.robustness.to_json() if suite.robustness else None,
+             } if context.is_main else None
+    if table is not None:  # the clean table first: a long robustness pass cut short leaves it
+        write_json(out_dir / "table.json", table)
+        write_table_markdown(table, out_dir / "table.md")
+        plot_protocol(table, out_dir / "protocol.png")
+    if suite.robustness:
+        run_robustness(checkpoint, suite, out_dir, context, table, progress, threshold=threshold,
+                       batch_size=batch_size, workers=workers, decoder=decoder, bootstrap=bootstrap,
+                       base_weights=base_weights)
     return table

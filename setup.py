@@ -27,6 +27,7 @@ setup(
         "fastapi>=0.110",  # dfdtrain serve: the detection service
         "uvicorn>=0.29",
         "python-multipart>=0.0.18",  # streamed uploads with a size limit
+        "opencv-python-headless>=4.8",  # the synthetic fakes' image operations (data/loading/blend.py)
     ],
     extras_require={
         "faces": ["facenet-pytorch==2.5.3",  # 2.6.0 pins torch<2.3: never let it in

@@ -1,42 +1,25 @@
 """Image operations of the blending synthesis (``dfdtrain.data.loading.synthesis``): landmark hull masks, the
-source transforms and the blend mask, written with torch, numpy and PIL (no OpenCV, albumentations or imgaug).
+source transforms, the mask's warp and the blend mask, with OpenCV on numpy arrays as the official code has them
+(albumentations' transforms are written out here; neither albumentations nor imgaug is needed).
 
 Each function mirrors one step of the official code, named in its docstring (``SBI`` = mapooon/SelfBlendedImages
 at 9fe4efe1192cb7448fb51a2b97a54e1312188160; ``Face X-ray masks`` = ``training/dataset/library/DeepFakeMask.py``
 of SCLBD/DeepfakeBench at 8a4a7bf5e966c5c5618bc27d1719c3683eae9a04, the copy of AlgoHunt/Face-Xray that SBI's
-README installs for ``random_get_hull``). Images are float32 torch tensors [N,3,H,W] holding 0..255 values,
-masks float32 [N,1,H,W] in [0, 1]; everything runs on the CPU of a loader worker.
+README installs for ``random_get_hull``). Images are uint8 numpy arrays [H,W,3] (RGB), masks float32 [H,W] in
+[0, 1]; everything runs on the CPU of a loader worker, one frame at a time.
+
+OpenCV runs sequentially here (``cv2.setNumThreads(0)``): a loader worker is already one process per core, as
+torch runs one thread in a DataLoader worker; the images are too small for a thread pool to pay, and a pool made
+before the workers fork can hang them.
 """
 
-import functools
-import math
-
+import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
-from PIL import Image, ImageDraw
+
+cv2.setNumThreads(0)
 
 # ---------------------------------------------------------------------------------------------- hull masks
 HULL_TYPES = ("dfl_full", "extended", "components", "facehull")  # random_get_hull's hull_type 0..3
-
-
-def convex_hull(points):
-    """The convex hull of 2-D points (Andrew's monotone chain), counter-clockwise, as an [n,2] array."""
-    points = sorted(set(map(tuple, np.asarray(points, dtype=float).tolist())))
-    if len(points) <= 2:
-        return np.array(points)
-
-    def half(sequence):
-        chain = []
-        for point in sequence:
-            while len(chain) >= 2 and ((chain[-1][0] - chain[-2][0]) * (point[1] - chain[-2][1])
-                                       - (chain[-1][1] - chain[-2][1]) * (point[0] - chain[-2][0])) <= 0:
-                chain.pop()
-            chain.append(point)
-        return chain
-
-    lower, upper = half(points), half(reversed(points))
-    return np.array(lower[:-1] + upper[:-1])
 
 
 def _hull_parts(lm, hull_type):
@@ -63,238 +46,115 @@ def _hull_parts(lm, hull_type):
 
 
 def hull_mask(landmarks, height, width, hull_type):
-    """bool [H,W]: the union of the filled convex hulls of ``hull_type``'s landmark groups (random_get_hull)."""
-    landmarks = np.rint(np.asarray(landmarks, dtype=float)).astype(np.int64)
-    canvas = Image.new("L", (width, height), 0)
-    draw = ImageDraw.Draw(canvas)
+    """uint8 [H,W], 1 inside: the union of the filled convex hulls of ``hull_type``'s landmark groups
+    (random_get_hull: cv2.convexHull then cv2.fillConvexPoly; the points rounded, where the original truncates)."""
+    landmarks = np.rint(np.asarray(landmarks, dtype=float)).astype(np.int32)
+    mask = np.zeros((height, width), dtype=np.uint8)
     for part in _hull_parts(landmarks, hull_type):
-        hull = convex_hull(part)
-        if len(hull) >= 3:
-            draw.polygon([tuple(point) for point in hull.tolist()], fill=1, outline=1)
-    return np.asarray(canvas, dtype=bool)
-
-
-# ---------------------------------------------------------------------------------------------- filters
-@functools.lru_cache(maxsize=1024)
-def gaussian_taps(ksize, sigma=0.0):
-    """OpenCV's 1-D Gaussian kernel of ``ksize`` taps (float64 numpy, read-only); ``sigma <= 0`` means OpenCV's
-    default for that size."""
-    if sigma <= 0:
-        sigma = 0.3 * ((ksize - 1) * 0.5 - 1) + 0.8
-    positions = torch.arange(ksize, dtype=torch.float32) - (ksize - 1) / 2
-    taps = torch.exp(-positions ** 2 / (2 * float(sigma) ** 2))
-    taps = (taps / taps.sum()).numpy().astype(np.float64)
-    taps.flags.writeable = False
-    return taps
-
-
-def _blur_band(size, ksize, sigma, start, stop):
-    """(matrix, (first, past-the-last)): a 1-D Gaussian filter of ``ksize`` taps along an axis of ``size`` with
-    OpenCV's reflect-101 border (folded again where a kernel outgrows the axis), as the [rows, stop-start] block
-    of its matrix that reads inputs ``start:stop``: the output rows first..past-the-last, the only ones they reach."""
-    taps, radius = gaussian_taps(ksize, sigma), ksize // 2
-    rows = np.repeat(np.arange(size), ksize)
-    sources = rows + np.tile(np.arange(ksize) - radius, size)
-    weights = np.tile(taps, size)
-    period = max(2 * size - 2, 1)
-    sources = np.abs(sources) % period
-    sources = np.where(sources >= size, period - sources, sources)
-    keep = (sources >= start) & (sources < stop)
-    rows, sources, weights = rows[keep], sources[keep] - start, weights[keep]
-    first, last = int(rows.min()), int(rows.max()) + 1
-    matrix = np.bincount((rows - first) * (stop - start) + sources, weights,
-                         minlength=(last - first) * (stop - start)).reshape(last - first, stop - start)
-    return torch.from_numpy(matrix.astype(np.float32)), (first, last)
-
-
-def resize(images, height, width):
-    """cv2.resize INTER_LINEAR: bilinear, half-pixel centres, no antialiasing."""
-    return F.interpolate(images, size=(height, width), mode="bilinear", align_corners=False)
+        cv2.fillConvexPoly(mask, cv2.convexHull(part), 1)
+    return mask
 
 
 # ---------------------------------------------------------------------------------------------- source transforms
-def rgb_shift(images, shift):
-    """alb.RGBShift: add a per-channel shift [3] (uint8 values, clipped)."""
-    return (images + torch.as_tensor(shift, dtype=torch.float32).view(1, 3, 1, 1)).clamp(0, 255)
+def rgb_shift(image, shift):
+    """alb.RGBShift: add a per-channel shift (r, g, b) in levels, clipped to 0..255."""
+    table = np.clip(np.arange(256)[:, None] + np.asarray(shift)[None, :], 0, 255).astype(np.uint8)
+    return cv2.LUT(image, table.reshape(256, 1, 3))
 
 
-def _rgb_to_hsv_uint8(images):
-    """OpenCV's 8-bit RGB -> HSV (H in 0..179 = degrees/2, S and V in 0..255), rounded as OpenCV does."""
-    red, green, blue = images.unbind(1)
-    value, low = images.amax(1), images.amin(1)
-    delta = value - low
-    inverse = 60 / delta.clamp(min=1e-6)
-    hue = torch.where(value == red, (green - blue) * inverse,
-                      torch.where(value == green, (blue - red) * inverse + 120, (red - green) * inverse + 240))
-    hue = torch.round(hue.remainder_(360).mul_(delta > 0) / 2).remainder_(180)
-    saturation = torch.round(255 * delta / value.clamp(min=1e-6))
-    return hue, saturation, value
+def hue_saturation_value(image, hue_shift, saturation_shift, value_shift):
+    """alb.HueSaturationValue on uint8 images, as albumentations 1.x does it (``_shift_hsv_uint8``): OpenCV's 8-bit
+    HSV round trip (itself a small quantisation of colour) with the shifts applied by truncating lookup tables;
+    SBI's limits (+-0.3) make every shift 0 or -1 level."""
+    levels = np.arange(256, dtype=np.int16)
+    table = np.stack([np.mod(levels + hue_shift, 180), np.clip(levels + saturation_shift, 0, 255),
+                      np.clip(levels + value_shift, 0, 255)], axis=-1).astype(np.uint8)
+    hsv = cv2.LUT(cv2.cvtColor(image, cv2.COLOR_RGB2HSV), table.reshape(256, 1, 3))
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
 
 
-def _hsv_to_rgb_uint8(hue, saturation, value):
-    """OpenCV's 8-bit HSV -> RGB: channel n (5, 3, 1 for R, G, B) is V - V S clip(min(k, 4 - k), 0, 1) with
-    k = (n + H / 30) mod 6."""
-    offsets = torch.tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1)
-    k = (offsets + (hue / 30).unsqueeze(1)).remainder_(6)
-    ramp = torch.minimum(k, 4 - k).clamp_(0, 1)
-    value = value.unsqueeze(1)
-    return (value - value * (saturation / 255).unsqueeze(1) * ramp).round_().clamp_(0, 255)
+def brightness_contrast(image, brightness, contrast):
+    """alb.RandomBrightnessContrast (brightness_by_max): x * (1 + contrast) + brightness * 255, a float32 lookup
+    table truncated to uint8."""
+    table = np.arange(256, dtype=np.float32) * np.float32(1 + contrast) + np.float32(brightness * 255)
+    return cv2.LUT(image, np.clip(table, 0, 255).astype(np.uint8))
 
 
-def hue_saturation_value(images, hue_shift, saturation_shift, value_shift):
-    """alb.HueSaturationValue on uint8 images, as albumentations 1.x does it: a round trip through OpenCV's 8-bit
-    HSV (itself a small quantisation of colour) with LUT shifts truncated to integers; SBI's limits (+-0.3) make
-    every shift 0 or -1 level."""
-    hue, saturation, value = _rgb_to_hsv_uint8(images)
-    hue = torch.floor((hue + hue_shift) % 180)
-    saturation = torch.floor((saturation + saturation_shift).clamp(0, 255))
-    value = torch.floor((value + value_shift).clamp(0, 255))
-    return _hsv_to_rgb_uint8(hue, saturation, value)
-
-
-def brightness_contrast(images, brightness, contrast):
-    """alb.RandomBrightnessContrast (brightness_by_max): x * (1 + contrast) + brightness * 255, uint8 LUT."""
-    return torch.floor((images * (1 + contrast) + brightness * 255).clamp(0, 255))
-
-
-def downscale(images, ratio):
+def downscale(image, ratio):
     """SBI's RandomDownScale: nearest-neighbour down by ``ratio`` (2 or 4), bilinear back up."""
-    height, width = images.shape[2:]
-    small = F.interpolate(images, size=(max(1, int(height / ratio)), max(1, int(width / ratio))), mode="nearest")
-    return resize(small, height, width).round().clamp(0, 255)
+    height, width = image.shape[:2]
+    small = cv2.resize(image, (max(1, int(width / ratio)), max(1, int(height / ratio))),
+                       interpolation=cv2.INTER_NEAREST)
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def sharpen(images, alpha, lightness):
-    """alb.Sharpen: (1 - alpha) * identity + alpha * [[-1,-1,-1],[-1,8+lightness,-1],[-1,-1,-1]], 3x3, computed as
-    (1 + alpha (8 + lightness)) x - alpha box3(x) (the 3x3 box sum is exact on integer levels)."""
-    padded = F.pad(images, (1, 1, 1, 1), mode="reflect")
-    rows = padded[..., :-2, :] + padded[..., 1:-1, :] + padded[..., 2:, :]
-    box = rows[..., :-2] + rows[..., 1:-1] + rows[..., 2:]
-    return (images * (1 + alpha * (8 + lightness)) - box * alpha).round_().clamp_(0, 255)
+def sharpen(image, alpha, lightness):
+    """alb.Sharpen: the 3x3 kernel (1 - alpha) * identity + alpha * [[-1,-1,-1],[-1,8+lightness,-1],[-1,-1,-1]]
+    by cv2.filter2D (reflect-101 border, rounded and saturated to uint8)."""
+    kernel = np.full((3, 3), -alpha, dtype=np.float32)
+    kernel[1, 1] = 1 - alpha + alpha * (8 + lightness)
+    return cv2.filter2D(image, -1, kernel)
 
 
-# ---------------------------------------------------------------------------------------------- warps
+def affine_copy(image, origin, box, scale, translate, size):
+    """alb.Affine(scale, translate_percent) about the image centre, the copy's half: the output pixels
+    ``box`` (y0, y1, x0, x1) of a ``size`` (H, W) image, bilinear with replicated borders, where ``image`` is the
+    part of the whole image whose top-left pixel is ``origin`` (y, x). The output at p samples the image at
+    A^-1(p) = (p - c - t) / s + c, ``translate`` t as fractions of (W, H)."""
+    (height, width), (y0, _, x0, _) = size, box
+    centre_x, centre_y = width / 2 - 0.5, height / 2 - 0.5
+    matrix = np.array([[1 / scale, 0, (x0 - centre_x - translate[0] * width) / scale + centre_x - origin[1]],
+                       [0, 1 / scale, (y0 - centre_y - translate[1] * height) / scale + centre_y - origin[0]]])
+    return cv2.warpAffine(image, matrix, (box[3] - box[2], box[1] - box[0]),
+                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+
+
+# ---------------------------------------------------------------------------------------------- the mask's warp
 def mask_warp(rng, height, width, scale, translate, alpha, sigma):
     """SBI's warp of the mask, alb.Affine(scale, translate_percent) about the image centre then
-    alb.ElasticTransform(alpha, sigma): (grid [1,H,W,2] for grid_sample, reach), where the output at p samples the
+    alb.ElasticTransform(alpha, sigma): (map_x, map_y, reach) for cv2.remap, where the output at p samples the
     mask at A^-1(p + e(p)), A^-1(q) = (q - c - t) / s + c, ``translate`` t as fractions of (W, H), e the elastic
-    field (``elastic_field``, noise from ``rng``), and ``reach`` is the farthest any p samples from itself, in pixels.
-
-    Computed at the elastic field's grid points (every other pixel) and interpolated bilinearly: the identity and
-    the affine map are linear in p, so interpolation gives them exactly, and the interpolated offset is never
-    longer than the longest offset at the points (so ``reach``, taken there, bounds every pixel's)."""
-    (row_count, _), (column_count, _) = _coarse_grid(height), _coarse_grid(width)
-    ys = torch.linspace(0, height - 1, row_count).view(-1, 1).expand(-1, column_count)
-    xs = torch.linspace(0, width - 1, column_count).view(1, -1).expand(row_count, -1)
-    field = elastic_field(rng, height, width, alpha, sigma)  # pixels [2,n,m]
+    field (``elastic_field``, noise from ``rng``), and ``reach`` is the farthest any p samples from itself, in
+    pixels."""
+    field = elastic_field(rng, height, width, alpha, sigma)
+    xs = np.arange(width, dtype=np.float32)[None, :]
+    ys = np.arange(height, dtype=np.float32)[:, None]
     centre_x, centre_y = width / 2 - 0.5, height / 2 - 0.5
-    sample_x = (xs + field[0] - centre_x - translate[0] * width) / scale + centre_x
-    sample_y = (ys + field[1] - centre_y - translate[1] * height) / scale + centre_y
-    reach = float(((sample_x - xs).square() + (sample_y - ys).square()).amax().sqrt())
-    points = torch.stack([(2 * sample_x + 1) / width - 1, (2 * sample_y + 1) / height - 1])  # normalised
-    grid = F.interpolate(points.unsqueeze(0), size=(height, width), mode="bilinear", align_corners=True)
-    return grid.permute(0, 2, 3, 1), reach
+    map_x = (xs + field[..., 0] - np.float32(centre_x + translate[0] * width)) / np.float32(scale) + centre_x
+    map_y = (ys + field[..., 1] - np.float32(centre_y + translate[1] * height)) / np.float32(scale) + centre_y
+    reach = float(np.sqrt(np.square(map_x - xs) + np.square(map_y - ys)).max())
+    return map_x.astype(np.float32), map_y.astype(np.float32), reach
 
 
 def elastic_field(rng, height, width, alpha, sigma):
     """alb.ElasticTransform's displacement (albumentations 1.x, ``approximate=False``: uniform noise in [-1, 1]
-    on every pixel blurred by a Gaussian of ``sigma``, zero border, truncated at 4 sigma as scipy does, times
-    ``alpha``) at the ``_coarse_grid`` points of every other pixel: pixels [2,n,m] (dx, dy). The noise is drawn
-    from ``rng`` (a numpy Generator) at those points only, scaled by sqrt(dy dx) for their spacing d ~ 2, so the
-    blurred field has the original's variance and correlation (a Gaussian 3.5 points wide sums enough of them:
-    std 1.155 vs 1.158 px, correlation at 10 px 0.604 vs 0.606, over 200 fields at 224 px); 4x less noise and
-    16x less blurring than on every pixel."""
-    (row_count, row_spacing), (column_count, column_spacing) = _coarse_grid(height), _coarse_grid(width)
-    noise = torch.from_numpy(rng.random((2, row_count, column_count), dtype=np.float32)).mul_(2).sub_(1)
-    field = _banded_product(_coarse_bands(height, float(sigma)), noise)  # along y
-    field = _banded_product(_coarse_bands(width, float(sigma)), field.transpose(-1, -2)).transpose(-1, -2)
-    return field * (alpha * math.sqrt(row_spacing * column_spacing))
-
-
-def _coarse_grid(size):
-    """(n, spacing): the points every other pixel of an axis of ``size`` (both ends included)."""
-    count = size // 2 + 1
-    return count, (size - 1) / max(count - 1, 1)
-
-
-def _banded_product(bands, images):
-    """``matrix @ images`` [...,n,K] for a band matrix given as ``_coarse_bands``: block by block of output rows
-    over only the input rows each block reaches (the rest of the matrix is zeros)."""
-    return torch.cat([part @ images[..., start:stop, :] for part, start, stop in bands], -2)
-
-
-@functools.lru_cache(maxsize=16)
-def _coarse_bands(size, sigma, blocks=4):
-    """The Gaussian (zero border, 4 sigma, normalised as on whole pixels) between the ``_coarse_grid`` points of
-    an axis of ``size``, as [n,n] in ``blocks`` row blocks (matrix block, first input row, past-the-last)."""
-    radius = int(math.ceil(4 * sigma))
-    norm = np.exp(-np.arange(-radius, radius + 1) ** 2 / (2 * sigma ** 2)).sum()
-    count, _ = _coarse_grid(size)
-    positions = np.linspace(0, size - 1, count)
-    offsets = positions[:, None] - positions[None, :]
-    weights = np.where(np.abs(offsets) <= radius, np.exp(-offsets ** 2 / (2 * sigma ** 2)), 0.0) / norm
-    matrix = torch.from_numpy(weights.astype(np.float32))
-    out = []
-    for rows in torch.arange(count).tensor_split(min(blocks, count)):
-        used = torch.nonzero(matrix[rows].abs().amax(0) > 0)[:, 0]
-        start, stop = int(used[0]), int(used[-1]) + 1
-        out.append((matrix[rows, start:stop].contiguous(), start, stop))
-    return out
+    on every pixel blurred by a Gaussian of ``sigma``, zero border, truncated at 4 sigma, times ``alpha``) as
+    float32 [H,W,2] (dx, dy) pixels, made at half resolution: the noise drawn from ``rng`` on every other pixel,
+    blurred there by sigma / 2, scaled by alpha / 2 (the variance one quarter of the noise samples leaves) and
+    resized up bilinearly. It has the original's statistics (std 1.155 vs 1.162 px, correlation at 10 px 0.594
+    vs 0.593, over 200 fields at 224 px) for a quarter of the noise and a sixteenth of the blurring."""
+    noise = rng.random(((height + 1) // 2, (width + 1) // 2, 2), dtype=np.float32) * 2 - 1
+    field = cv2.GaussianBlur(noise, (0, 0), sigma / 2, borderType=cv2.BORDER_CONSTANT)
+    return cv2.resize(field, (width, height), interpolation=cv2.INTER_LINEAR) * np.float32(alpha / 2)
 
 
 # ---------------------------------------------------------------------------------------------- blend mask
-def blend_masks(masks, size, kernel_1, kernel_2, sigma_2):
-    """SBI's get_blend_mask for each mask [N,H,W] float: resize to ``size`` (h, w), erode (a Gaussian blur of
+def blend_mask(mask, size, kernel_1, kernel_2, sigma_2):
+    """SBI's get_blend_mask of a float32 mask [H,W]: resize to ``size`` (h, w), erode (a Gaussian blur of
     ``kernel_1`` normalised to its maximum keeps only the pixels whose whole window is inside: a min filter of
-    that window, computed exactly as one here), blur with ``kernel_2`` / ``sigma_2``, normalise to 1, resize back.
-    An empty erosion (a hull thinner than the kernel, where the original divides by zero) keeps the mask. The
-    erosion and the blur run only over the masks' bounding box (plus the filters' reach): zeros elsewhere."""
-    count, height, width = masks.shape
-    small = resize(masks.unsqueeze(1), *size)[:, 0]
-    box = _nonzero_box(small.amax(0))
-    if box is None:
-        return torch.zeros((count, height, width))
-    radius = kernel_1 // 2
-    y0, x0 = max(0, box[0] - radius), max(0, box[2] - radius)
-    y1, x1 = min(size[0], box[1] + radius), min(size[1], box[3] + radius)
-    crop = small[:, y0:y1, x0:x1]
-    eroded = erode(crop.unsqueeze(1), kernel_1)[:, 0]
-    empty = eroded.flatten(1).amax(1) <= 0
-    if bool(empty.any()):
-        eroded = torch.where(empty.view(-1, 1, 1), (crop > 0).float(), eroded)
-    inner = _nonzero_box(eroded.amax(0))
-    if inner is None:
-        return torch.zeros((count, height, width))
-    ey0, ey1, ex0, ex1 = inner[0] + y0, inner[1] + y0, inner[2] + x0, inner[3] + x0
-    eroded = eroded[:, inner[0]:inner[1], inner[2]:inner[3]]
-    rows, (oy0, oy1) = _blur_band(size[0], kernel_2, float(sigma_2), ey0, ey1)
-    columns, (ox0, ox1) = _blur_band(size[1], kernel_2, float(sigma_2), ex0, ex1)
-    blurred = torch.zeros((count, 1) + tuple(size))
-    part = rows @ eroded @ columns.T
-    peak = part.flatten(1).amax(1).view(-1, 1, 1)
-    blurred[:, 0, oy0:oy1, ox0:ox1] = torch.where(peak > 0, part / peak.clamp(min=1e-30), 0.0)
-    return resize(blurred, height, width)[:, 0].clamp_(0, 1)
-
-
-def _nonzero_box(image):
-    """(y0, y1, x0, x1) of the non-zero pixels of a [H,W] tensor, or None."""
-    rows, columns = torch.nonzero(image.amax(1) > 0)[:, 0], torch.nonzero(image.amax(0) > 0)[:, 0]
-    if len(rows) == 0:
-        return None
-    return int(rows[0]), int(rows[-1]) + 1, int(columns[0]), int(columns[-1]) + 1
-
-
-def erode(mask, size):
-    """A binary min filter of a ``size`` square on [N,1,H,W] (the image continued beyond its edge), from box
-    sums of an integral image (exact in float32 up to 2^24 pixels): 1 where the whole window is 1."""
-    radius = size // 2
-    inside = F.pad((mask >= 1 - 1e-6).float(), (radius + 1, radius, radius + 1, radius), value=1.0)
-    inside[..., 0, :] = 0
-    inside[..., :, 0] = 0
-    table = inside.cumsum(-1).cumsum(-2)
-    boxes = (table[..., size:, size:] - table[..., :-size, size:] - table[..., size:, :-size]
-             + table[..., :-size, :-size])
-    return (boxes >= size * size - 0.5).float()
+    that window, computed exactly as one here, the image continued beyond its edge), blur with ``kernel_2`` /
+    ``sigma_2``, normalise to 1, resize back. An empty erosion (a hull thinner than the kernel, where the
+    original divides by zero) keeps the mask; an empty mask stays empty."""
+    height, width = mask.shape
+    small = cv2.resize(mask, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    eroded = cv2.erode((small >= 1 - 1e-6).astype(np.uint8), np.ones((kernel_1, kernel_1), dtype=np.uint8))
+    if not eroded.any():
+        eroded = (small > 0).astype(np.uint8)
+        if not eroded.any():
+            return np.zeros((height, width), dtype=np.float32)
+    blurred = cv2.GaussianBlur(eroded.astype(np.float32), (kernel_2, kernel_2), sigma_2)
+    blurred *= np.float32(1 / blurred.max())
+    return np.clip(cv2.resize(blurred, (width, height), interpolation=cv2.INTER_LINEAR), 0, 1)
 
 
 def blend_reach(height, width, size, kernel_2):

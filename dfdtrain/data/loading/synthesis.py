@@ -22,8 +22,8 @@ Every whole-image transform acts on the copy only, which enters the output only 
 Determinism: ``synthesis_rng(seed, epoch, rank, sample)`` is a numpy Generator from a SeedSequence over those
 integers and a SHA-256 of ``sample`` (a key string, an index, or a tuple such as (key, occurrence) when a
 resampling loader can draw a sample twice in an epoch). Every random number of a synthesis (the elastic noise
-too) comes from it, so a resumed run remakes the same fakes, bit for bit at the same torch thread count (a
-DataLoader worker runs one thread; across thread counts the float sums may round an odd pixel one level apart);
+too) comes from it, so a resumed run remakes the same fakes, bit for bit (the image operations are OpenCV's,
+run sequentially: ``blend``; another OpenCV build may round an odd pixel one level apart);
 a different epoch, rank or sample makes others.
 
 Official code followed (parameters as there):
@@ -54,15 +54,16 @@ Deviations, all deliberate:
   loader's clip augmentation's job (``data.augment``), not done here; nor are SBI's crop and flip.
 - Composites are rounded, not truncated, to uint8; the Affine border replicates edge pixels instead of black
   (it only shows where the mask reaches the frame's edge); the erosion is the exact min filter the blur-then-
-  threshold computes, and an empty erosion keeps the mask instead of failing the sample.
+  threshold computes, and an empty erosion keeps the mask instead of failing the sample; the mask's elastic
+  field is made at half resolution with the original's statistics (``blend.elastic_field``).
 """
 
 import dataclasses
 import hashlib
 
+import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from dfdtrain.core.errors import DfdError
 from dfdtrain.core.registry import Registry
@@ -182,60 +183,51 @@ def _landmark_list(landmarks, count):
     return out
 
 
-def _source_transforms(images, draw):
-    """SBI's get_source_transforms on the copy [N,3,H,W] (0..255 floats)."""
+def _source_transforms(image, draw):
+    """SBI's get_source_transforms on (part of) the copy, uint8 [h,w,3]."""
     if any(draw.rgb_shift):  # (0, 0, 0) when RGBShift was not drawn (p 0.7)
-        images = blend.rgb_shift(images, draw.rgb_shift)
-    images = blend.hue_saturation_value(images, *draw.hsv_shift)
-    images = blend.brightness_contrast(images, draw.brightness, draw.contrast)
+        image = blend.rgb_shift(image, draw.rgb_shift)
+    image = blend.hue_saturation_value(image, *draw.hsv_shift)
+    image = blend.brightness_contrast(image, draw.brightness, draw.contrast)
     if draw.degrade == "downscale":
-        return blend.downscale(images, draw.downscale_ratio)
-    return blend.sharpen(images, *draw.sharpen)
+        return blend.downscale(image, draw.downscale_ratio)
+    return blend.sharpen(image, *draw.sharpen)
 
 
-def _blend_group(frames, hulls, draw, jitter):
-    """Blend the frames uint8 [N,H,W,3] that share one draw: (box (y0, y1, x0, x1) or None, the blended box uint8
-    [N,y1-y0,x1-x0,3], mask [N,H,W], reach [N]); outside the box the frames are left as they are.
+def _blend_frame(frame, hull, draw, warp, jitter):
+    """Blend one frame uint8 [H,W,3] inside its hull uint8 [H,W]: (box (y0, y1, x0, x1) or None, the blended box
+    uint8 [y1-y0,x1-x0,3], mask float32 [H,W]); outside the box the frame is left as it is.
 
-    The mask's warp is one grid for the group (the draw's Affine and elastic field). The copy is made only over
-    the box where the masks are non-zero (mapped back through the Affine, with a margin for the filters): its
-    transforms are pointwise or local, so that is where they matter."""
-    count, height, width = frames.shape[:3]
-    scale, translate = torch.full((count,), draw.scale), torch.tensor(draw.translate).expand(count, 2)
+    ``warp`` is the mask's (map_x, map_y) of the draw (``blend.mask_warp``). The copy is made only over the part
+    of the frame the box samples (mapped back through the Affine, with a margin for the filters): its transforms
+    are pointwise or local, so that is where they matter."""
+    height, width = hull.shape
     # the mask: SBI's Affine, then its ElasticTransform (nearest, as albumentations treats masks)
-    grid, reach = blend.mask_warp(np.random.default_rng(draw.elastic_seed), height, width, draw.scale,
-                                  draw.translate, ELASTIC_ALPHA, ELASTIC_SIGMA)
-    warped = F.grid_sample(hulls.unsqueeze(1), grid.expand(count, -1, -1, -1), mode="nearest",
-                           align_corners=False)[:, 0]
-    reach = torch.full((count,), reach + blend.blend_reach(height, width, draw.mask_size, draw.kernel_2))
-    masks = blend.blend_masks(warped, draw.mask_size, draw.kernel_1, draw.kernel_2, draw.sigma_2) * draw.blend_ratio
-    rows, columns = torch.nonzero(masks.amax((0, 2)) > 0)[:, 0], torch.nonzero(masks.amax((0, 1)) > 0)[:, 0]
+    warped = cv2.remap(hull, *warp, interpolation=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    mask = blend.blend_mask(warped.astype(np.float32), draw.mask_size, draw.kernel_1, draw.kernel_2, draw.sigma_2)
+    mask *= np.float32(draw.blend_ratio)
+    rows, columns = np.flatnonzero(mask.max(1) > 0), np.flatnonzero(mask.max(0) > 0)
     if len(rows) == 0:
-        return None, None, masks, reach
-    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(columns[0]), int(columns[-1]) + 1
-    # where the box's pixels sample the copy: the Affine (with vb's per-frame jitter) inverted, in pixels
-    frame_scale = (scale * (1 + jitter[:, 2])).view(-1, 1)
-    shift = translate + jitter[:, :2]
-    xs = ((torch.arange(x0, x1) + 0.5 - width / 2 - shift[:, :1] * width) / frame_scale + width / 2 - 0.5)
-    ys = ((torch.arange(y0, y1) + 0.5 - height / 2 - shift[:, 1:] * height) / frame_scale + height / 2 - 0.5)
+        return None, None, mask
+    box = y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(columns[0]), int(columns[-1]) + 1
+    # the part of the frame the box samples: the Affine (with vb's per-frame jitter) inverted, in pixels
+    scale, translate = draw.scale * (1 + float(jitter[2])), (draw.translate[0] + float(jitter[0]),
+                                                             draw.translate[1] + float(jitter[1]))
+    xs = (np.array([x0, x1 - 1]) - width / 2 + 0.5 - translate[0] * width) / scale + width / 2 - 0.5
+    ys = (np.array([y0, y1 - 1]) - height / 2 + 0.5 - translate[1] * height) / scale + height / 2 - 0.5
     margin = 6  # bilinear sampling, Sharpen's 3x3, RandomDownScale's 4x4 cells
-    sx0, sy0 = max(0, (int(xs.min()) - margin) // 4 * 4), max(0, (int(ys.min()) - margin) // 4 * 4)
-    sx1, sy1 = min(width, int(xs.max()) + margin + 2), min(height, int(ys.max()) + margin + 2)
-    source = torch.cat([_source_transforms(part.permute(0, 3, 1, 2).float(), draw)  # in cache-sized chunks
-                        for part in frames[:, sy0:sy1, sx0:sx1].split(4)])
-    grid_x = (2 * (xs - sx0) + 1) / (sx1 - sx0) - 1
-    grid_y = (2 * (ys - sy0) + 1) / (sy1 - sy0) - 1
-    grid = torch.stack(torch.broadcast_tensors(grid_x[:, None, :], grid_y[:, :, None]), -1)
-    source = F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    weight = masks[:, None, y0:y1, x0:x1]
-    box = frames[:, y0:y1, x0:x1].permute(0, 3, 1, 2).float()
-    # box + (copy - box) w: exactly the box where w is 0, and within 0..255 (both ends are)
-    composite = source.sub_(box).mul_(weight).add_(box).round_().clamp_(0, 255)
-    return (y0, y1, x0, x1), composite.to(torch.uint8).permute(0, 2, 3, 1), masks, reach
+    sx0, sy0 = max(0, (int(xs[0]) - margin) // 4 * 4), max(0, (int(ys[0]) - margin) // 4 * 4)
+    sx1, sy1 = min(width, int(xs[1]) + margin + 2), min(height, int(ys[1]) + margin + 2)
+    copy = _source_transforms(frame[sy0:sy1, sx0:sx1], draw)
+    copy = blend.affine_copy(copy, (sy0, sx0), box, scale, translate, (height, width))
+    part = frame[y0:y1, x0:x1].astype(np.float32)
+    # part + (copy - part) w: exactly the part where w is 0, and within 0..255 (both ends are)
+    composite = np.rint((copy - part) * mask[y0:y1, x0:x1, None] + part)
+    return box, np.clip(composite, 0, 255).astype(np.uint8), mask
 
 
 def _synthesise(frames, landmarks, draws, jitter):
-    """Blend the frames that have landmarks, each with its draw; frames sharing one draw object go together."""
+    """Blend the frames that have landmarks, each with its draw; frames sharing one draw object share its warp."""
     as_torch = isinstance(frames, torch.Tensor)
     array = frames.cpu().numpy() if as_torch else np.asarray(frames)
     single = array.ndim == 3
@@ -247,23 +239,27 @@ def _synthesise(frames, landmarks, draws, jitter):
     points = _landmark_list(landmarks, count)
     draws = [draw if lm is not None else None for draw, lm in zip(draws(count) if callable(draws) else draws, points)]
     out, mask = array.copy(), np.zeros((count, height, width), dtype=np.float32)
-    hull, reach = np.zeros((count, height, width), dtype=bool), np.zeros(count, dtype=np.float32)
+    hull, reach = np.zeros((count, height, width), dtype=np.uint8), np.zeros(count, dtype=np.float32)
     groups = {}
     for position, draw in enumerate(draws):
         if draw is not None:
             groups.setdefault(id(draw), []).append(position)
             hull[position] = blend.hull_mask(points[position], height, width, draw.hull_type)
     for positions in groups.values():
-        box, blended, masks, reaches = _blend_group(torch.from_numpy(array[positions]),
-                                                    torch.from_numpy(hull[positions]).float(),
-                                                    draws[positions[0]], torch.from_numpy(jitter[positions]))
-        if box is not None:
-            out[positions, box[0]:box[1], box[2]:box[3]] = blended.numpy()
-        mask[positions], reach[positions] = masks.numpy(), reaches.numpy()
+        draw = draws[positions[0]]
+        *warp, warp_reach = blend.mask_warp(np.random.default_rng(draw.elastic_seed), height, width, draw.scale,
+                                            draw.translate, ELASTIC_ALPHA, ELASTIC_SIGMA)
+        reach[positions] = warp_reach + blend.blend_reach(height, width, draw.mask_size, draw.kernel_2)
+        for position in positions:
+            box, blended, mask[position] = _blend_frame(array[position], hull[position], draw, warp,
+                                                        jitter[position])
+            if box is not None:
+                out[position, box[0]:box[1], box[2]:box[3]] = blended
     blended = np.array([draw is not None for draw in draws])
     jitter = np.where(blended[:, None], jitter, 0).astype(np.float32)
+    hull = hull.astype(bool)
     if single:
-        out, mask, hull, blended, draws, jitter, reach = (out[0], mask[0], hull[0], blended, draws, jitter, reach)
+        out, mask, hull = out[0], mask[0], hull[0]
     return Synthesis(torch.from_numpy(out) if as_torch else out, mask, hull, blended, draws, jitter, reach)
 
 

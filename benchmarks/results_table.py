@@ -350,6 +350,18 @@ def render_parts(parts):
                         f"shards: {cell_text(parts['union_byte_identical'])}{differing}"]
 
 
+def render_scale(result):  # stage x N (issue 36); the ratios (largest N over smallest) on the largest N's row
+    counts, rows = [str(count) for count in result["settings"]["videos"]], []
+    for stage, count in [(stage, count) for stage in result["stages"] for count in counts if count in result["stages"][stage]]:
+        entry, ratios = result["stages"][stage][count], [result["ratios"][stage], result["rss_ratios"][stage]]
+        rows.append([stage, count, entry.get("seconds", f"FAILED (exit {entry.get('rc')}): {entry.get('error')}"),
+                     entry.get("first_step_seconds"), entry.get("seconds_per_1k"), entry.get("peak_rss_mb"),
+                     megabytes(entry.get("bytes", 0)), *(ratios if count == counts[-1] else ["", ""])])
+    plot = f"![seconds and peak memory per stage against N](results/scale{'_quick' * result['settings']['quick']}.png)"
+    return table(["stage", "N", "seconds", "first step s", "s / 1k videos", "peak PSS MB", "written", "s / 1k ratio",
+                  "PSS ratio"], rows) + ["", *notes(result), "", plot]
+
+
 def render_generic(result):
     scalars = {key: value for key, value in result.items() if isinstance(value, (int, float, str)) and key != "created"}
     return ["No renderer is registered for this benchmark (benchmarks/results_table.py RENDERERS); its top-level "
@@ -368,6 +380,7 @@ RENDERERS = {
     "scaling": ("Scaling: processes here, projection to 8 GPUs x N nodes", render_scaling),
     "face_store": ("Face-clip store vs original videos: bytes, sampled decode, fidelity", render_face_store),
     "shard": ("Sharding: videos/s, stages, 1 vs 2 processes, DFDC projection, vs a PNG store", render_shard),
+    "scale": ("Scale: every command at 1k to 100k videos (seconds per 1k, peak memory, bytes)", render_scale),
 }
 
 
@@ -385,7 +398,7 @@ def load_results(folder):
 def gpu_status_line(results):
     """Which benchmarks have GPU figures, and an honest line about the ones that do not."""
     with_gpu = sorted({result.get("benchmark") for _, result in results if result.get("machine", {}).get("gpu")})
-    measured = [name for name in RENDERERS if name not in ("model_stats", "storage")]  # CPU-only ones need no GPU run
+    measured = [name for name in RENDERERS if name not in ("model_stats", "storage", "scale")]  # CPU-only: no GPU run
     missing = [name for name in measured if name not in with_gpu]
     if not with_gpu:
         return ("**No GPU figures yet**: no GPU was lent to the sessions that produced these results, so everything "

@@ -19,8 +19,8 @@ from pathlib import Path
 from dfdtrain.commands._common import OneLineArgumentParser, print_json
 from dfdtrain.core.errors import DfdError
 
-HELP = ("run a throughput benchmark (decode, storage, loader, model, train, engine, scaling, face_store, shard, all) "
-        "or render the table")
+HELP = ("run a throughput benchmark (decode, storage, loader, model, train, engine, scaling, face_store, shard, "
+        "scale, all) or render the table")
 
 # benchmark name -> its script in benchmarks/; `all` runs them in this order.
 BENCHMARKS = {
@@ -33,10 +33,14 @@ BENCHMARKS = {
     "scaling": "scaling.py",
     "face_store": "face_store.py",  # original vs face-clip shards (issue 8): bytes, sampled decode, fidelity
     "shard": "shard.py",  # sharding videos/s, stages, 1 vs 2 processes, DFDC projection, vs a PNG store (issue 15)
+    "scale": "scale.py",  # every command at 1k-100k videos: seconds per 1k, peak RSS, bytes (issue 36)
 }
 # Their work runs on the CPU whatever the device (MTCNN at shard time, PNG encoding): no --device, and `all`
 # runs them only for a CPU result.
 CPU_ONLY = {"storage"}
+# Long at their full default sizes (scale: 111,000 videos through every command, ~15 min and ~2 GB of disk on 2
+# cores): `all` runs them only with --quick or when --only names them.
+QUICK_OR_NAMED = {"scale"}
 TABLE_SCRIPT = "results_table.py"
 
 
@@ -99,6 +103,10 @@ def run_all(folder, arguments):
     for name in names:
         if name in CPU_ONLY and tag not in ("quick", "cpu"):
             print(f"{name}: skipped (CPU-only work; its result is the CPU run's)", file=sys.stderr)
+            continue
+        if name in QUICK_OR_NAMED and not options.quick and name not in options.only.split(","):
+            print(f"{name}: skipped (long at its full sizes; run `dfdtrain bench {name}` or name it in --only)",
+                  file=sys.stderr)
             continue
         out = out_dir / f"{name}_{tag}.json"
         arguments = ["--out", str(out)] + (["--quick"] if options.quick else [])

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from dfdtrain.data.ingest.datasets import IndexOptions
-from dfdtrain.data.ingest.manifest import build_manifest, format_summary, write_manifest
+from dfdtrain.data.ingest.manifest import format_summary, index_dataset
 from dfdtrain.data.shards.summary import format_index
 from dfdtrain.data.shards.writer import write_shards
 from dfdtrain.demo.synth import synthesize
@@ -65,10 +65,9 @@ def run(args):
     progress = not args.quiet
     synth = synthesize(out / "data", count=args.count, frames=args.frames, width=width, height=height,
                        codec=args.codec, seed=args.seed, progress=progress)
-    rows, summary = build_manifest("folder", out / "data", IndexOptions(), val_fraction=0.2, test_fraction=0.2,
-                                   seed=args.seed, workers=args.workers, progress=progress)
     manifest = out / "manifest.jsonl"
-    write_manifest(manifest, rows, summary)
+    summary = index_dataset("folder", out / "data", manifest, IndexOptions(), val_fraction=0.2, test_fraction=0.2,
+                            seed=args.seed, workers=args.workers, progress=progress)
     index = write_shards(manifest, out / "shards", target_bytes=256 * 1024, seed=args.seed,
                          workers=args.workers, progress=progress)
     if not args.json:

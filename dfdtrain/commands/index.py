@@ -4,7 +4,7 @@ import sys
 
 from dfdtrain.commands._common import print_json
 from dfdtrain.data.ingest.datasets import DATASETS, IndexOptions
-from dfdtrain.data.ingest.manifest import build_manifest, format_summary, split_warning, summary_path, write_manifest
+from dfdtrain.data.ingest.manifest import format_summary, index_dataset, split_warning, summary_path
 from dfdtrain.data.ingest.splits import LEAKAGE_POLICIES
 from dfdtrain.core.errors import DfdError
 
@@ -47,13 +47,12 @@ def run(args):
         official_splits=not args.no_official_splits, ffpp_splits=args.ffpp_splits,
         celebdf_test_list=args.celebdf_test_list, celebdf_group_by=args.celebdf_group_by,
         compressions=tuple(args.compression or ()), group_regex=args.group_regex, name=args.name)
-    rows, summary = build_manifest(args.dataset, args.root, options, val_fraction=args.val_fraction,
-                                   test_fraction=args.test_fraction, seed=args.seed, leakage=args.leakage,
-                                   workers=max(1, args.workers), progress=not args.quiet)
-    if not rows:
+    summary = index_dataset(args.dataset, args.root, args.out, options, val_fraction=args.val_fraction,
+                            test_fraction=args.test_fraction, seed=args.seed, leakage=args.leakage,
+                            workers=max(1, args.workers), progress=not args.quiet)
+    if not summary["videos"]:  # nothing was written
         raise DfdError(f"{args.root}: no usable {args.dataset} videos found "
                        f"({len(summary['skipped'])} skipped: {summary['skipped_by_reason']})")
-    write_manifest(args.out, rows, summary)
     summary = {**summary, "manifest": args.out, "summary_file": summary_path(args.out)}
     if args.json:
         print_json(summary)

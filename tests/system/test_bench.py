@@ -4,6 +4,7 @@ the peak FLOP/s lookup behind MFU; RESULTS.md rendering."""
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -11,7 +12,8 @@ import pytest
 
 from support import REPO, run_cli
 
-BENCHMARK_NAMES = ("decode", "storage", "loader", "model", "train", "engine", "scaling", "face_store", "shard")
+BENCHMARK_NAMES = ("decode", "storage", "loader", "model", "train", "engine", "scaling", "face_store", "shard",
+                   "scale")
 MACHINE_KEYS = ("cpu", "cores", "cores_usable", "gpu", "python", "av", "numpy", "torch", "nvidia_dali", "timm",
                 "deepspeed")
 
@@ -32,8 +34,9 @@ results_table = load_benchmark_module("results_table")
 def quick_results(tmp_path_factory, fixtures):
     """`dfdtrain bench all --quick` for real, once: {benchmark name: its JSON result}."""
     out_dir = tmp_path_factory.mktemp("bench")
+    env = {**os.environ, "DFDTRAIN_SCALE_CORPUS": str(out_dir / "scale_corpus")}  # not the user's ~/.cache
     completed = subprocess.run([sys.executable, "-m", "dfdtrain", "bench", "all", "--quick", "--out-dir", str(out_dir),
-                                "--json"], capture_output=True, text=True, timeout=900, cwd=REPO)
+                                "--json"], capture_output=True, text=True, timeout=1200, cwd=REPO, env=env)
     assert completed.returncode == 0, completed.stderr[-3000:]
     summary = json.loads(completed.stdout)
     assert list(summary) == list(BENCHMARK_NAMES)
@@ -286,6 +289,28 @@ def test_quick_shard_runs_two_parts_against_one_process(quick_results):
     for part in parts["parts"]:
         assert_positive(part, "predicted_seconds", "seconds")
     assert parts["union_byte_identical"] is True and parts["differing_shards"] == []
+
+
+def test_quick_scale_times_every_stage_at_both_sizes(quick_results):
+    """Issue 36's quick mode: every stage at N = 200 and 2,000 as its own process, with finite figures, the growth
+    ratios the CI gate checks, and the time to the first training step."""
+    result = quick_results["scale"]
+    assert result["settings"]["videos"] == [200, 2000] and result["errors"] == []
+    assert list(result["stages"]) == ["index", "shard", "shard_parts", "shard_merge", "train", "evaluate", "calibrate",
+                                      "protocol", "preview"]
+    for stage, by_count in result["stages"].items():
+        assert list(by_count) == ["200", "2000"], stage
+        for count, entry in by_count.items():
+            assert_positive(entry, "seconds", "seconds_per_1k", "peak_rss_mb", "bytes")
+            assert entry["seconds_per_1k"] == pytest.approx(entry["seconds"] * 1000 / int(count), rel=0.05)
+    for count in ("200", "2000"):
+        first_step = result["stages"]["train"][count]["first_step_seconds"]
+        assert 0 < first_step < result["stages"]["train"][count]["seconds"]
+    assert set(result["ratios"]) == set(result["rss_ratios"]) == set(result["stages"])
+    assert_positive(result["ratios"], *result["ratios"])
+    assert_positive(result["rss_ratios"], *result["rss_ratios"])
+    assert result["quick_check"]["passed"] is True and result["quick_check"]["failures"] == []
+    assert all(value <= result["settings"]["quick_max_ratio"] for value in result["ratios"].values())
 
 
 def test_results_table_renders_every_quick_result(quick_results, tmp_path):

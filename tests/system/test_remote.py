@@ -69,7 +69,7 @@ def test_shard_to_s3_resumes_a_killed_upload_from_another_staging_folder(s3_env,
     # the plan's last video becomes a FIFO: the run uploads the shards before it, then blocks; it is killed there
     plan = plan_shards(rows, target_bytes=600_000)
     assert len(plan) >= 2
-    blocking = tmp_path / "data" / plan[-1][2][-1]["path"]
+    blocking = tmp_path / "data" / plan.rows(plan[-1])[-1]["path"]
     original = blocking.read_bytes()
     blocking.unlink()
     os.mkfifo(blocking)
@@ -88,7 +88,7 @@ def test_shard_to_s3_resumes_a_killed_upload_from_another_staging_folder(s3_env,
         killed.wait()
     uploaded = storage.list_sizes(url)
     assert "index.json" not in uploaded  # index.json goes up last
-    assert {name for name in uploaded if name.endswith(".tar")} == {name for name, _, _ in plan[:-1]}
+    assert {name for name in uploaded if name.endswith(".tar")} == set(plan.names[:-1])
     blocking.unlink()
     blocking.write_bytes(original)
 

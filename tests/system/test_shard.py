@@ -1,8 +1,10 @@
 """dfdtrain shard: byte-identical round trip through real tars and readers, bad videos, resume, faces."""
 
+import collections
 import hashlib
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -15,7 +17,10 @@ from support import SIX_VIDEOS, SMALL_CLIP, place_video, read_back, run_cli, six
 from dfdtrain.data.decode.dali_tar_index import dali_index_path
 from dfdtrain.data.ingest.manifest import build_manifest, write_manifest
 from dfdtrain.data.ingest.datasets import IndexOptions
-from dfdtrain.data.shards.plan import plan_shards
+from dfdtrain.data.ingest.manifest import load_manifest
+from dfdtrain.data.ingest.splits import leaking_groups
+from dfdtrain.data.shards.manifest_rows import ManifestRows
+from dfdtrain.data.shards.plan import plan_hash, plan_shards
 from dfdtrain.data.shards.writer import write_shards
 from dfdtrain.core.errors import DfdError
 from dfdtrain.core.fileio import read_json, read_jsonl
@@ -154,10 +159,69 @@ def test_parallel_workers_write_the_same_shards(tmp_path, ffpp_manifest):
 def test_plan_is_seeded_and_respects_target_size():
     rows = [{"key": f"k{i}", "split": "train" if i % 4 else "val", "bytes": 100} for i in range(40)]
     plan = plan_shards(rows, target_bytes=1000, seed=1)
-    assert [name for name, _, _ in plan] == ["train-000000.tar", "train-000001.tar", "train-000002.tar",
-                                             "val-000000.tar"]
-    assert all(sum(row["bytes"] for row in members) <= 1000 for _, _, members in plan)
-    assert plan_shards(rows, 1000, seed=1) == plan and plan_shards(rows, 1000, seed=2) != plan
+    assert plan.names == ["train-000000.tar", "train-000001.tar", "train-000002.tar", "val-000000.tar"]
+    assert all(sum(row["bytes"] for row in plan.rows(shard)) <= 1000 for shard in plan)
+    assert plan_shards(rows, 1000, seed=1).shards == plan.shards
+    assert plan_shards(rows, 1000, seed=2).shards != plan.shards
+
+
+def reference_plan(rows, target_bytes, seed):
+    """The plan as specified, over rows held in memory: [(name, [key])]: per split (train, val, test, then the
+    others by name), its rows sorted by key, shuffled by Random("seed:split"), packed up to target_bytes."""
+    by_split = collections.defaultdict(list)
+    for row in rows:
+        by_split[row["split"]].append(row)
+    splits = [split for split in ("train", "val", "test") if split in by_split]
+    plan = []
+    for split in splits + sorted(set(by_split) - set(splits)):
+        members = sorted(by_split[split], key=lambda row: row["key"])
+        random.Random(f"{seed}:{split}").shuffle(members)
+        shards = [[]]
+        for row in members:
+            if shards[-1] and sum(r.get("bytes") or 0 for r in shards[-1]) + (row.get("bytes") or 0) > target_bytes:
+                shards.append([])
+            shards[-1].append(row)
+        plan += [(f"{split}-{number:06d}.tar", [row["key"] for row in shard]) for number, shard in enumerate(shards)]
+    return plan
+
+
+def test_the_plan_read_from_a_manifest_file_is_the_plan_of_its_rows(tmp_path):
+    """A run holds per row only its key, split, bytes and line offset (ManifestRows) and reads whole rows back a
+    shard at a time: the plan, its plan hashes and the leak check are those of the rows held in memory."""
+    rng = random.Random(5)
+    rows = [{"key": f"v{rng.randrange(10**6):06d}-{i}", "path": f"d/{i}.mp4", "root": "/data", "label": i % 2,
+             "dataset": "folder", "group": f"g{i // 3}", "split": rng.choice(["train", "train", "val", "test", "x"]),
+             "note": "\u00e9", **({} if i % 50 == 7 else {"bytes": rng.randrange(1, 5000)})} for i in range(300)]
+    lines = [json.dumps(row, ensure_ascii=False) for row in rows]
+    (tmp_path / "m.jsonl").write_text("\n".join(lines[:100] + ["", "  "] + lines[100:]) + "\n", encoding="utf-8")
+    manifest = ManifestRows.read(tmp_path / "m.jsonl")
+    options = {"store": "original", "seed": 3}
+    for target in (1, 20_000, 10**9):
+        from_file, from_rows = plan_shards(manifest, target, seed=3), plan_shards(rows, target, seed=3)
+        expected = reference_plan(rows, target, seed=3)
+        assert [(shard.name, from_file.keys(shard)) for shard in from_file] == expected
+        assert [(shard.name, [row["key"] for row in from_rows.rows(shard)]) for shard in from_rows] == expected
+        assert [from_file.rows(shard) for shard in from_file] == [from_rows.rows(shard) for shard in from_rows]
+        assert from_file.hashes(options) == from_rows.hashes(options) == {
+            shard.name: plan_hash(from_rows.rows(shard), options) for shard in from_rows}
+    assert manifest.leaking_groups() == leaking_groups(rows) != {}
+    (tmp_path / "m.jsonl").write_text("\n".join(lines[1:]) + "\n", encoding="utf-8")  # changed under the run
+    with pytest.raises(DfdError, match="changed while being sharded"):
+        from_file.rows(from_file[0])
+
+
+@pytest.mark.parametrize("text", [b"", b"\n  \n", b'{"key": 1}\n', b"[1]\n", b'{"a": 1}\n{"b"\n',
+                                  b"\xff\xfe\n", b'"row"\n{"key"', b"{}\n" * 3])
+def test_a_bad_manifest_is_the_same_one_line_error_for_a_shard_run(tmp_path, text):
+    row = {"key": "a", "path": "a.mp4", "root": "/", "label": 0, "dataset": "d", "group": "g", "split": "train"}
+    cases = {"bad": text, "duplicate": (json.dumps(row) + "\n" + json.dumps({**row, "path": "b"}) + "\n").encode()}
+    for name, data in cases.items():
+        (tmp_path / f"{name}.jsonl").write_bytes(data)
+        with pytest.raises(DfdError) as loaded:
+            load_manifest(tmp_path / f"{name}.jsonl")
+        with pytest.raises(DfdError) as indexed:
+            ManifestRows.read(tmp_path / f"{name}.jsonl")
+        assert str(indexed.value) == str(loaded.value)
 
 
 def test_leaking_manifest_is_refused(tmp_path, ffpp_manifest):
@@ -257,7 +321,8 @@ def test_a_concurrent_run_is_refused_and_a_killed_runs_leftovers_are_removed(tmp
     data = tmp_path / "data"
     out = tmp_path / "shards"
     # the first shard's second video becomes a FIFO: the run blocks reading it, mid-shard, holding the lock
-    _, _, members = plan_shards(rows, target_bytes=600_000)[0]
+    plan = plan_shards(rows, target_bytes=600_000)
+    members = plan.rows(plan[0])
     blocking = members[1]["path"]
     (data / blocking).unlink()
     os.mkfifo(data / blocking)

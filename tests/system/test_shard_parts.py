@@ -96,8 +96,9 @@ def test_a_killed_part_resumes_and_the_merge_is_complete(tmp_path, fixtures):
     write_shards(manifest, out, target_bytes=600_000, progress=False, part=Part(1, 2))
 
     # part 0's last video becomes a FIFO: the part blocks on it, its earlier shards written, its last one begun
-    plan = {name: members for name, _, members in plan_shards(rows, target_bytes=600_000)}
-    part0 = assign_parts(list(plan_shards(rows, target_bytes=600_000)), 2, {"store": "original"})[0]
+    planned = plan_shards(rows, target_bytes=600_000)
+    plan = {shard.name: planned.rows(shard) for shard in planned}
+    part0 = assign_parts(planned, 2, {"store": "original"})[0]
     assert len(part0) >= 2  # so the kill leaves a finished shard (and the temp tar of the last one)
     blocking = plan[part0[-1]][-1]["path"]
     (data / blocking).unlink()
@@ -148,7 +149,7 @@ def test_parts_share_the_predicted_work_not_the_bytes(fixtures):
                          **probe(str(path))})
     faces = {"store": "faces", "face_clips": {"tracks": {"detect_every": 16}}}
     plan = plan_shards(rows, target_bytes=1_000_000)
-    members = {name: rows for name, _, rows in plan}
+    members = {shard.name: plan.rows(shard) for shard in plan}
     work = {part: sum(shard_work(members[name], faces) for name in names)
             for part, names in assign_parts(plan, 2, faces).items()}
     assert len(rows) == 18 and len(plan) >= 8 and max(work.values()) <= 1.25 * min(work.values())

@@ -12,8 +12,10 @@ concatenated and sharded together.
 
 import collections
 import hashlib
+import json
 import multiprocessing
 import os
+import tempfile
 from pathlib import Path
 
 from tqdm import tqdm
@@ -22,7 +24,7 @@ from dfdtrain.data.ingest.datasets import DATASETS, IndexOptions, random_split
 from dfdtrain.data.ingest.splits import assign_splits, empty_splits, enforce_no_leakage
 from dfdtrain.data.decode.video import probe
 from dfdtrain.core.errors import BadVideo, DfdError
-from dfdtrain.core.fileio import read_jsonl, write_json, write_jsonl
+from dfdtrain.core.fileio import atomic_open, read_jsonl, write_json, write_jsonl
 
 
 def _probe_one(path):
@@ -33,20 +35,21 @@ def _probe_one(path):
 
 
 def probe_all(paths, workers=1, progress=True, description="probe"):
-    """Probe files in parallel processes; returns [(info or None, (reason, detail) or None)] in order."""
+    """Probe files in parallel processes; yields (info or None, (reason, detail) or None) in order."""
     bar = tqdm(total=len(paths), desc=description, unit="video", disable=not progress, mininterval=0.5)
-    results = []
-    if workers > 1 and len(paths) > 1:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            for result in pool.imap(_probe_one, paths, chunksize=4):
-                results.append(result)
+    try:
+        if workers > 1 and len(paths) > 1:
+            with multiprocessing.get_context("spawn").Pool(workers) as pool:
+                for result in pool.imap(_probe_one, paths, chunksize=4):
+                    bar.update()
+                    yield result
+        else:
+            for path in paths:
+                result = _probe_one(path)
                 bar.update()
-    else:
-        for path in paths:
-            results.append(_probe_one(path))
-            bar.update()
-    bar.close()
-    return results
+                yield result
+    finally:
+        bar.close()
 
 
 def make_keys_unique(entries):
@@ -59,14 +62,34 @@ def make_keys_unique(entries):
 
 def build_manifest(dataset, root, options=None, val_fraction=0.1, test_fraction=0.1, seed=0,
                    leakage="error", workers=1, progress=True):
-    """Index ``root`` as ``dataset``; returns (rows, summary dict)."""
+    """Index ``root`` as ``dataset``; returns (rows, summary dict). ``index_dataset`` without the files: for
+    small folders (the demo, tests); the command streams to its manifest instead."""
+    with tempfile.TemporaryDirectory() as folder:
+        manifest = Path(folder) / "manifest.jsonl"
+        summary = index_dataset(dataset, root, manifest, options, val_fraction, test_fraction, seed, leakage,
+                                workers, progress)
+        return (read_jsonl(manifest) if manifest.exists() else []), summary
+
+
+# what the splits, the leakage policy and the summary read of a row: all an index keeps in memory per video
+_SPLIT_FIELDS = ("group", "label", "split", "dataset", "path")
+
+
+def index_dataset(dataset, root, out, options=None, val_fraction=0.1, test_fraction=0.1, seed=0,
+                  leakage="error", workers=1, progress=True):
+    """Index ``root`` as ``dataset`` into the manifest ``out`` (and its summary, ``summary_path``), each written
+    atomically; returns the summary. With no usable video, nothing is written (the summary's ``videos`` is 0).
+
+    Streamed: each probed row goes to a temporary file beside ``out`` as its probe returns, and memory keeps
+    only ``_SPLIT_FIELDS`` per video for the splits (~0.4 KB, where a whole row held as a dict is ~1.3 KB);
+    a second pass writes the manifest, each row with its split."""
     root = Path(root).resolve()
     if not root.is_dir():
         raise DfdError(f"{root}: dataset root is not a folder")
     indexer = DATASETS.get(dataset)
     found = indexer(root, options or IndexOptions())
     name = found.dataset or dataset  # what the rows say (folder --name celeb: "celeb"); the layout is ``dataset``
-    entries = found.entries
+    entries, found.entries = found.entries, None
     skipped = list(found.skipped)
     make_keys_unique(entries)
     present = []
@@ -80,30 +103,61 @@ def build_manifest(dataset, root, options=None, val_fraction=0.1, test_fraction=
         else:  # removed while the folder was walked
             skipped.append({"path": entry["path"], "reason": "missing file", "detail": "gone since the walk"})
     entries = present
+    del present
 
-    rows = []
-    for entry, (info, problem) in zip(entries, probe_all([root / e["path"] for e in entries], workers, progress)):
-        if problem:
-            skipped.append({"path": entry["path"], "reason": problem[0], "detail": problem[1]})
-            continue
-        rows.append({**entry, "root": str(root), **info})
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    probed_path = Path(f"{out}.probed")
+    rows = []  # per probed row, its _SPLIT_FIELDS and ``line`` in the probed file
+    try:
+        with open(probed_path, "w") as probed:
+            paths = [os.path.join(root, entry["path"]) for entry in entries]  # str: a Path costs ~3x the memory
+            for position, (info, problem) in enumerate(probe_all(paths, workers, progress)):
+                entry, entries[position] = entries[position], None  # on disk (or skipped) from here on
+                if problem:
+                    skipped.append({"path": entry["path"], "reason": problem[0], "detail": problem[1]})
+                    continue
+                probed.write(json.dumps({**entry, "root": str(root), **info}) + "\n")
+                rows.append({**{field: entry[field] for field in _SPLIT_FIELDS}, "line": len(rows)})
+        del entries, paths
 
-    fractions = {"train": 1.0 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
-    if any(entry["split"] == "test" for entry in rows):  # an official test set exists: split the rest
-        fractions = {"train": 1.0 - val_fraction, "val": val_fraction}
-    # where the splits come from, said once: a missing split file must not pass for an official split
-    split_source = {**(found.split_source or random_split(None, f"the {dataset} indexer reads no official split")),
-                    "seed": seed, "official_videos": sum(row["split"] is not None for row in rows),
-                    "random_groups": len({row["group"] for row in rows if row["split"] is None})}
-    assign_splits(rows, fractions, seed)
-    rows, excluded, leaks = enforce_no_leakage(rows, leakage, source=f"{name} index of {root}")
-    for row in excluded:
-        skipped.append({"path": row["path"], "reason": "leaking group",
-                        "detail": f"group {row['group']} is also in {'/'.join(leaks[row['group']])}"})
-    rows = [_ordered(row) for row in rows]
-    return rows, summarise(rows, skipped, leaks, dataset=name, layout=dataset, root=str(root),
-                           split_source=split_source, excluded=found.excluded,
-                           empty_splits=empty_splits(rows, fractions) if rows else [])
+        fractions = {"train": 1.0 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
+        if any(row["split"] == "test" for row in rows):  # an official test set exists: split the rest
+            fractions = {"train": 1.0 - val_fraction, "val": val_fraction}
+        # where the splits come from, said once: a missing split file must not pass for an official split
+        split_source = {**(found.split_source or random_split(None, f"the {dataset} indexer reads no official split")),
+                        "seed": seed, "official_videos": sum(row["split"] is not None for row in rows),
+                        "random_groups": len({row["group"] for row in rows if row["split"] is None})}
+        assign_splits(rows, fractions, seed)
+        rows, excluded, leaks = enforce_no_leakage(rows, leakage, source=f"{name} index of {root}")
+        for row in excluded:
+            skipped.append({"path": row["path"], "reason": "leaking group",
+                            "detail": f"group {row['group']} is also in {'/'.join(leaks[row['group']])}"})
+        summary = summarise(rows, skipped, leaks, dataset=name, layout=dataset, root=str(root),
+                            split_source=split_source, excluded=found.excluded,
+                            empty_splits=empty_splits(rows, fractions) if rows else [])
+        if rows:
+            write_manifest_rows(out, probed_path, rows)
+            write_json(summary_path(out), summary)
+        return summary
+    except OSError as error:
+        if not error.filename:  # a write to the open probed file names none: the manifest is what failed
+            error.filename = str(out)
+        raise
+    finally:
+        probed_path.unlink(missing_ok=True)
+
+
+def write_manifest_rows(out, probed_path, rows):
+    """The manifest ``out``, atomically: the probed file's lines named by ``rows`` (``line``), each with the row's
+    split (and ``leak`` mark, ``--leakage report``), its fields in manifest order."""
+    by_line = {row["line"]: row for row in rows}
+    with open(probed_path) as probed, atomic_open(out, "w") as manifest:
+        for line_number, line in enumerate(probed):
+            row = by_line.get(line_number)
+            if row is None:  # excluded by the leakage policy
+                continue
+            full = {**json.loads(line), "split": row["split"], **({"leak": True} if row.get("leak") else {})}
+            manifest.write(json.dumps(_ordered(full)) + "\n")
 
 
 # every row has these (load_manifest refuses a row without one), first and in this order
@@ -188,20 +242,56 @@ def summary_path(manifest_path):
 
 def load_manifest(path):
     """The rows of a manifest.jsonl; one line naming the file (and the row) when it has no rows, a row is not an
-    object or lacks a required field, or a key appears twice."""
-    rows = read_jsonl(path)
+    object or lacks a required field, or a key appears twice. (A shard run holds far less per row:
+    ``dfdtrain.data.shards.manifest_rows`` reads the same lines with the same checks.)"""
+    rows = [row for _, row in manifest_lines(path)]
     if not rows:
         raise DfdError(f"{path}: manifest has no rows")
     for number, row in enumerate(rows, 1):
-        if not isinstance(row, dict):
-            raise DfdError(f"{path}:{number}: manifest row is not a JSON object")
-        missing = [name for name in REQUIRED_FIELDS if name not in row]
-        if missing:
-            raise DfdError(f"{path}:{number}: manifest row lacks {', '.join(missing)}")
-    duplicated = [key for key, count in collections.Counter(row["key"] for row in rows).items() if count > 1]
-    if duplicated:
-        raise DfdError(f"{path}: {len(duplicated)} key(s) appear more than once, e.g. {duplicated[0]!r}")
+        problem = manifest_row_problem(path, number, row)
+        if problem:
+            raise DfdError(problem)
+    problem = duplicate_keys_problem(path, (row["key"] for row in rows))
+    if problem:
+        raise DfdError(problem)
     return rows
+
+
+def manifest_lines(path):
+    """Yields (byte offset of its line, row) for each row of a manifest.jsonl, in file order, one line at a time
+    (blank lines are skipped); a line that is not JSON, or a file that is not UTF-8, is one line naming the file
+    (and the line), as ``read_jsonl`` says it."""
+    offset = 0
+    with open(path, "rb") as handle:  # bytes: the offsets are where a later read seeks to
+        for number, line in enumerate(handle, 1):
+            start, offset = offset, offset + len(line)
+            try:
+                text = line.decode("utf-8")
+                row = json.loads(text) if text.strip() else None
+            except json.JSONDecodeError as error:
+                raise DfdError(f"{path}:{number}: not a JSON line ({error.msg})") from None
+            except UnicodeDecodeError as error:
+                raise DfdError(f"{path}: not a UTF-8 text file ({error.reason})") from None
+            if text.strip():
+                yield start, row
+
+
+def manifest_row_problem(path, number, row):
+    """The one line refusing row ``number`` (1-based, counting rows) of a manifest, or None when it is usable."""
+    if not isinstance(row, dict):
+        return f"{path}:{number}: manifest row is not a JSON object"
+    missing = [name for name in REQUIRED_FIELDS if name not in row]
+    if missing:
+        return f"{path}:{number}: manifest row lacks {', '.join(missing)}"
+    return None
+
+
+def duplicate_keys_problem(path, keys):
+    """The one line refusing a manifest whose ``keys`` (in file order) hold one twice, or None."""
+    duplicated = [key for key, count in collections.Counter(keys).items() if count > 1]
+    if duplicated:
+        return f"{path}: {len(duplicated)} key(s) appear more than once, e.g. {duplicated[0]!r}"
+    return None
 
 
 def write_manifest(path, rows, summary):

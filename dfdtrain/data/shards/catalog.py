@@ -207,23 +207,31 @@ def folder_indexes(shard_paths):
     return {folder: _read_index(folder) for folder in folders}
 
 
-def _test_split_of_manifests(indexes):
-    """({test key}, {test group}, {key: group}) over the manifests (index files) these shard indexes were
-    written from, where still readable here."""
-    from dfdtrain.data.ingest.manifest import load_manifest  # here: it imports PyAV, which readers of index.json skip
+def _test_split_of_manifests(indexes, keys):
+    """({test key}, {test group}, {key: group} of ``keys``) over the manifests (index files) these shard indexes
+    were written from, where still readable here. Read a row at a time, keeping only the test split and the
+    groups of ``keys``: a 100,000-video manifest held whole would be ~200 MB."""
+    from dfdtrain.data.ingest.manifest import manifest_lines, manifest_row_problem  # here: PyAV (see above)
 
     test_keys, test_groups, group_of = set(), set(), {}
     manifests = {index.get("manifest") for index in indexes.values() if index and index.get("manifest")}
     for manifest in sorted(manifests):
+        found_keys, found_groups, found_group_of = set(), set(), {}
         try:
-            rows = load_manifest(manifest)
+            for number, (_, row) in enumerate(manifest_lines(manifest), 1):
+                problem = manifest_row_problem(manifest, number, row)
+                if problem:
+                    raise DfdError(problem)
+                if row["key"] in keys:
+                    found_group_of[row["key"]] = str(row["group"])
+                if row["split"] == "test":
+                    found_keys.add(row["key"])
+                    found_groups.add(str(row["group"]))
         except (DfdError, OSError, ValueError):
-            continue  # moved or another machine's path: the shards' own split names still count
-        for row in rows:
-            group_of[row["key"]] = str(row["group"])
-            if row["split"] == "test":
-                test_keys.add(row["key"])
-                test_groups.add(str(row["group"]))
+            continue  # moved, another machine's path or unreadable: the shards' own split names still count
+        test_keys |= found_keys
+        test_groups |= found_groups
+        group_of.update(found_group_of)
     return test_keys, test_groups, group_of
 
 
@@ -236,7 +244,7 @@ def test_split_overlap(shard_paths, reference_paths=()):
         if entry and entry.get("split") == "test":
             return f"{storage.redact(path)} is a test-split shard (its index.json says split test)"
     keys = {key for entry in entries.values() if entry for key in entry.get("keys", [])}
-    test_keys, test_groups, group_of = _test_split_of_manifests(folder_indexes([*shard_paths, *reference_paths]))
+    test_keys, test_groups, group_of = _test_split_of_manifests(folder_indexes([*shard_paths, *reference_paths]), keys)
     shared_keys = sorted(keys & test_keys)
     if shared_keys:
         return (f"{len(shared_keys)} of its videos are in a test split of the same index (e.g. {shared_keys[0]!r})")

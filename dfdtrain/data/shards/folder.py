@@ -23,25 +23,25 @@ SHARD_FILE = re.compile(r"^[A-Za-z0-9_]+-\d{6,}\.(?:tar|idx)$")
 TEMP_FILE = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]+\.tmp$")
 
 
-def earlier_records(out_dir, plan):
+def earlier_records(out_dir, plan=None):
     """{shard name: record} that earlier runs left: index.json's shard entries (a finished run), overlaid by the
     records in ``.parts/`` (a run that stopped before writing its index.json: newer than that index).
 
     An index.json entry holds the record but its skipped videos, which are in index.json's ``skipped``: a
-    shard's are those of its planned videos (a record of another plan is not kept anyway).
+    shard's are those of its videos in ``plan`` (a ShardPlan; a record of another plan is not kept anyway).
     """
     records = {}
     try:
         index = read_json(out_dir / "index.json")
         skipped = {item["key"]: item for item in index.get("skipped", [])}
-        members = {name: rows for name, _, rows in plan}
+        planned = {shard.name: shard for shard in plan or []}
         for entry in index["shards"]:
             name = entry["name"]
             # an index.json of a version before records moved into it has no plan_hash: nothing to resume from;
             # a wrongly typed entry (a hand-edited index) is not trusted either: its shard is written again
             if entry.get("plan_hash") and _is_plain_tar_name(name) and entry_problem(entry) is None:
-                records[name] = {**entry, "skipped": [skipped[row["key"]] for row in members.get(name, [])
-                                                      if row["key"] in skipped]}
+                keys = plan.keys(planned[name]) if skipped and name in planned else []
+                records[name] = {**entry, "skipped": [skipped[key] for key in keys if key in skipped]}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass  # no index.json, or none we can read: its shards are written again (or kept by their .parts records)
     for record_path in sorted((out_dir / RECORDS_FOLDER).glob("*.tar.json")):

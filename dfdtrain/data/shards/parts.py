@@ -23,7 +23,6 @@ from dfdtrain.data import storage
 from dfdtrain.data.shards.folder import (RECORDS_FOLDER, earlier_records, name_some, remove_leftover_temp_files,
                                          remove_records, remove_stale_shards)
 from dfdtrain.data.shards.pending import write_pending
-from dfdtrain.data.shards.plan import plan_hash
 from dfdtrain.data.shards.summary import build_index, earlier_runs, run_summary
 from dfdtrain.data.shards.work import predicted_seconds
 from dfdtrain.core.errors import DfdError
@@ -69,25 +68,31 @@ def shard_work(members, options):
     return sum(predicted_seconds(row, options) for row in members)
 
 
-def assign_parts(plan, count, options):
-    """{part index: [shard names]}: whole shards, balanced by predicted work (``shard_work``: largest first to
-    the part with the least work so far, ties to the lowest index), so a shard is written by exactly one part,
-    whatever the part count, and the shards are those a one-process run writes."""
+def shard_works(plan, options):
+    """{shard name: ``shard_work``} in plan order: one read of the manifest, a shard's rows at a time."""
+    return {shard.name: shard_work(plan.rows(shard), options) for shard in plan}
+
+
+def assign_parts(plan, count, options, works=None):
+    """{part index: [shard names]}: whole shards, balanced by predicted work (``shard_work``, or ``works`` when
+    given: largest first to the part with the least work so far, ties to the lowest index), so a shard is written
+    by exactly one part, whatever the part count, and the shards are those a one-process run writes."""
+    works = shard_works(plan, options) if works is None else works
     loads = [(0.0, index) for index in range(count)]
     assigned = {index: [] for index in range(count)}
-    by_work = sorted(((shard_work(members, options), name) for name, _, members in plan),
-                     key=lambda item: (-item[0], item[1]))
+    by_work = sorted(((works[name], name) for name in plan.names), key=lambda item: (-item[0], item[1]))
     for work, name in by_work:
         load, index = min(loads)
         assigned[index].append(name)
         loads[index] = (load + work, index)
-    order = {name: position for position, (name, _, _) in enumerate(plan)}
+    order = {name: position for position, name in enumerate(plan.names)}
     return {index: sorted(names, key=order.get) for index, names in assigned.items()}
 
 
-def run_hash(plan, options):
-    """What a run writes, in one digest: every shard's plan hash, in plan order (parts of one run share it)."""
-    return hashlib.sha256(json.dumps([plan_hash(members, options) for _, _, members in plan]).encode()).hexdigest()
+def run_hash(hashes):
+    """What a run writes, in one digest: every shard's plan hash (``hashes``: {name: plan_hash}), in plan order
+    (parts of one run share it)."""
+    return hashlib.sha256(json.dumps(list(hashes.values())).encode()).hexdigest()
 
 
 def _part_records(out_dir):
@@ -133,7 +138,7 @@ def refuse_while_parts_are_open(out_dir, what, count=None):
                        f"{out_dir / RECORDS_FOLDER} to start over; {what} cannot mix part counts")
 
 
-def _refuse_over_another_index(out_dir, plan, options, part):
+def _refuse_over_another_index(out_dir, hashes, options, part):
     """Refuse part ``part`` in a folder whose index.json describes another run (other options, another manifest:
     other shards or plan hashes). The part would rewrite shards that index lists and the folder would stop
     matching its index until every part ran again and merged; a part of the very run the index describes only
@@ -147,7 +152,7 @@ def _refuse_over_another_index(out_dir, plan, options, part):
         made = index.get("options")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         listed, made = None, None
-    if listed == [(name, plan_hash(members, options)) for name, _, members in plan]:
+    if listed == list(hashes.items()):
         return
     if listed is None:
         why = "an index.json this version cannot read"
@@ -183,8 +188,9 @@ def _refuse_mixed_landmarks(out_dir, records, what):
                        f"rerun them with the same --landmarks")
 
 
-def write_part(plan, out_dir, options, source, part, work):
-    """Part ``part`` of a run: its shards (``assign_parts``), kept or written, and its part record."""
+def write_part(plan, hashes, out_dir, options, source, part, work):
+    """Part ``part`` of a run: its shards of ``plan`` (``assign_parts``), kept or written, and its part record;
+    ``hashes``: {name: plan_hash} of the whole plan."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with DirectoryLock(out_dir, f"shard --part {part}", name=part.lock_name) as lock:
         whole = DirectoryLock(out_dir, "shard").live_owner()
@@ -192,7 +198,7 @@ def write_part(plan, out_dir, options, source, part, work):
             raise DfdError(f"{out_dir}: a one-process shard run (pid {whole.get('pid', '?')} on "
                            f"{whole.get('host', '?')}) is writing here; part {part} would overwrite its shards")
         refuse_while_parts_are_open(out_dir, f"part {part}", count=part.count)
-        this_run = run_hash(plan, options)
+        this_run = run_hash(hashes)
         _refuse_mixed_landmarks(out_dir, [record for (i, n), record in _part_records(out_dir).items()
                                           if n == part.count and i != part.index and record]
                                 + [{"part": part.index, "options": options}], f"part {part}")
@@ -202,22 +208,22 @@ def write_part(plan, out_dir, options, source, part, work):
             raise DfdError(f"{out_dir}: part(s) {name_some([str(i) for i in others])} of {part.count} here were made "
                            f"from another manifest or other options; rerun part {part} with their command, or "
                            f"remove {out_dir / RECORDS_FOLDER} to start over")
-        _refuse_over_another_index(out_dir, plan, options, part)
+        _refuse_over_another_index(out_dir, hashes, options, part)
         started = time.time()
-        mine = set(assign_parts(plan, part.count, options)[part.index])
-        own_plan = [item for item in plan if item[0] in mine]
+        works = shard_works(plan, options)
+        mine = set(assign_parts(plan, part.count, options, works)[part.index])
+        own_plan = plan.only(mine)
         notes = [lock.takeover_message()] if lock.takeover_message() else []
         notes += remove_leftover_temp_files(out_dir, mine, only_planned=True)
         (out_dir / RECORDS_FOLDER / part.record_name).unlink(missing_ok=True)  # not finished until rewritten
         earlier = earlier_records(out_dir, own_plan)
-        records, resumed, counts = write_pending(own_plan, out_dir, options, earlier, work)
+        records, resumed, counts = write_pending(own_plan, hashes, out_dir, options, earlier, work)
         record = {"format": PART_FORMAT, "part": part.index, "parts": part.count,
-                  "run": this_run, "plan": [name for name, _, _ in plan],
-                  "plan_hashes": [plan_hash(members, options) for _, _, members in plan],
-                  "shards": [name for name, _, _ in own_plan], "options": options, "manifest": source,
+                  "run": this_run, "plan": plan.names, "plan_hashes": list(hashes.values()),
+                  "shards": own_plan.names, "options": options, "manifest": source,
                   "host": socket.gethostname(), "pid": os.getpid(), "started": started, "finished": time.time(),
                   "resumed_shards": resumed, "counts": counts, "notes": notes,
-                  "predicted_seconds": round(sum(shard_work(members, options) for _, _, members in own_plan), 2),
+                  "predicted_seconds": round(sum(works[name] for name in own_plan.names), 2),
                   "samples": sum(records[name]["samples"] for name in mine)}
         write_json(out_dir / RECORDS_FOLDER / part.record_name, record)
         return record
@@ -277,7 +283,7 @@ def merge_parts(out_dir, wait=False, progress=False, poll_seconds=2.0, grace_sec
                 raise DfdError(f"{out_dir}: cannot merge: {name} is missing or not the size its record says; "
                                f"{rerun}")
         planned = set(first["plan"])
-        earlier = set(earlier_records(out_dir, [])) | set(shard_records)
+        earlier = set(earlier_records(out_dir)) | set(shard_records)
         for record in records_by_part:
             notes += record.get("notes", [])
         notes += remove_stale_shards(out_dir, planned, earlier)

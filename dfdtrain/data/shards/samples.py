@@ -121,14 +121,16 @@ def prepare_sample(row, face_detector=None, face_frames=16, face_clips=None):
 _worker = None  # a worker process's SampleWorker, made by start_worker
 
 
-def start_worker(frame_counts=None, device="cpu", frame_cache_bytes=None, detector_service=None):
-    """A worker process's start (the pool's initializer): one torch thread, and its SampleWorker with the shared
-    counters and the face detector's device, or a client of the main process's shared detector
-    (``detector_service``: its queues and a worker counter)."""
+def start_worker(frame_counts=None, device="cpu", frame_cache_bytes=None, detector_service=None, faces=True):
+    """A worker process's start (the pool's initializer): its SampleWorker with the shared counters and the face
+    detector's device, or a client of the main process's shared detector (``detector_service``: its queues and a
+    worker counter); with ``faces`` (the videos' faces are detected or stored), one torch thread. Without, torch
+    is never imported: a worker that copies the original bytes stays ~60 MB instead of ~400."""
     global _worker
-    import torch
+    if faces:
+        import torch
 
-    torch.set_num_threads(1)  # one process per core; and MTCNN's boxes depend on the thread count (write_pending)
+        torch.set_num_threads(1)  # one process per core; and MTCNN's boxes depend on the thread count (write_pending)
     detector = None
     if detector_service is not None:
         from dfdtrain.data.faces.detect import DetectorClient

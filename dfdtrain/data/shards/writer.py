@@ -8,6 +8,8 @@ index.json then aggregates the clips' fidelity, and videos skipped for having no
 reason ``no-face``; with a landmark model (``FaceClipOptions.landmarks``) each track's json entry holds its
 points per frame and index.json's ``landmarks`` names the model and its versions (``faces.landmarks``).
 
+A run holds per video only what the plan needs (``manifest_rows``: ~100 bytes, where a row as a dict is ~2 KB) and
+reads whole rows back from the manifest a shard at a time, so its memory barely grows with the manifest.
 The plan (which video goes into which shard) depends only on the manifest, the seed and the target size,
 so a re-run resumes: a shard whose tar and record exist with the same plan is kept, anything else is
 (re)written. A shard's record is written to ``.parts/<shard>.json`` as the shard is finished (what an interrupted
@@ -25,8 +27,9 @@ another run (other options or manifest), since it would rewrite shards that inde
 line naming the shard and what the shards left need; the cut shard's temp file is removed.
 
 Here: ``write_shards``, the stage itself, and a one-process run; the rest of it is by concern in this folder
-(``plan``, ``samples``: the per-video work, ``tars``, ``pending``: the shards a run writes, ``folder``: its
-bookkeeping, ``summary``: index.json, ``parts``: partitioned runs and their merge, ``remote``: s3:// output).
+(``manifest_rows``: the manifest as a run holds it, ``plan``, ``samples``: the per-video work, ``tars``, ``pending``:
+the shards a run writes, ``folder``: its bookkeeping, ``summary``: index.json, ``parts``: partitioned runs and their
+merge, ``remote``: s3:// output).
 """
 
 import dataclasses
@@ -35,10 +38,9 @@ import time
 from pathlib import Path
 
 from dfdtrain.data import storage
-from dfdtrain.data.ingest.manifest import load_manifest
-from dfdtrain.data.ingest.splits import leaking_groups
 from dfdtrain.data.shards.folder import (RECORDS_FOLDER, earlier_records, remove_leftover_temp_files, remove_records,
                                          remove_stale_shards)
+from dfdtrain.data.shards.manifest_rows import ManifestRows
 from dfdtrain.data.shards.parts import merge_parts, refuse_while_parts_are_open, write_part
 from dfdtrain.data.shards.pending import VideoWork, write_pending
 from dfdtrain.data.shards.plan import DEFAULT_TARGET_BYTES, plan_shards
@@ -74,9 +76,10 @@ def write_shards(manifest, out_dir, target_bytes=DEFAULT_TARGET_BYTES, seed=0, w
 
         face_clips = face_clip_options or FaceClipOptions()
         face_detector = face_detector or "mtcnn"
-    rows = load_manifest(manifest) if isinstance(manifest, (str, os.PathLike)) else list(manifest)
-    source = str(manifest) if isinstance(manifest, (str, os.PathLike)) else "manifest"
-    leaks = leaking_groups(rows)
+    # per video its key, split and bytes and where its row is: whole rows are read a shard at a time (~2 KB each)
+    rows = ManifestRows.read(manifest) if isinstance(manifest, (str, os.PathLike)) else ManifestRows.of(list(manifest))
+    source = rows.source
+    leaks = rows.leaking_groups()
     if leaks and not allow_leakage:
         group, splits = next(iter(leaks.items()))
         raise DfdError(f"{source}: {len(leaks)} group(s) are in more than one split (e.g. {group} in "
@@ -103,37 +106,38 @@ def write_shards(manifest, out_dir, target_bytes=DEFAULT_TARGET_BYTES, seed=0, w
 
             options["landmarks"] = describe(face_clips.landmarks)
     plan = plan_shards(rows, target_bytes, seed)
+    hashes = plan.hashes(options)  # one read of the manifest; every comparison with earlier runs uses these
     work = VideoWork(face_detector, face_frames, face_clips, compute, progress)
     try:
         if part is not None and part.count > 1:
-            record = write_part(plan, out_dir, options, source, part, work)
+            record = write_part(plan, hashes, out_dir, options, source, part, work)
             return merge_parts(out_dir, wait=True, progress=progress) if merge_when_done else record
-        return _write_whole(plan, out_dir, options, source, work, remote)
+        return _write_whole(plan, hashes, out_dir, options, source, work, remote)
     except OSError as error:
         if storage.is_no_space(error):  # a write outside a shard (a record, index.json): the folder is named
             raise DfdError(storage.no_space_line(error.filename or out_dir, error)) from None
         raise
 
 
-def _write_whole(plan, out_dir, options, source, work, remote):
+def _write_whole(plan, hashes, out_dir, options, source, work, remote):
     """A one-process run: every shard of the plan, kept or written, and index.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with DirectoryLock(out_dir, "shard") as lock:
         refuse_while_parts_are_open(out_dir, "a one-process run")
         notes = [lock.takeover_message()] if lock.takeover_message() else []
         started = time.time()
-        notes += remove_leftover_temp_files(out_dir, {name for name, _, _ in plan})
+        notes += remove_leftover_temp_files(out_dir, set(plan.names))
         if remote:
             remote.fetch_records()
         earlier = earlier_records(out_dir, plan)
-        records, resumed, counts = write_pending(plan, out_dir, options, earlier, work, remote)
-        planned = {name for name, _, _ in plan}
+        records, resumed, counts = write_pending(plan, hashes, out_dir, options, earlier, work, remote)
+        planned = set(plan.names)
         notes += remove_stale_shards(out_dir, planned, set(earlier))
         if remote:
             notes += remote.remove_stale_shards(planned)
         this_run = run_summary(time.time() - started, len(plan) - resumed, resumed, counts)
         runs = earlier_runs(out_dir, resumed, options) + [this_run]
-        index = build_index([name for name, _, _ in plan], records, options, source, runs)
+        index = build_index(plan.names, records, options, source, runs)
         if notes:
             index["notes"] = notes  # what this run cleaned up or took over; the command prints them
         write_json(out_dir / "index.json", index)

@@ -81,8 +81,8 @@ def index_dataset(dataset, root, out, options=None, val_fraction=0.1, test_fract
     atomically; returns the summary. With no usable video, nothing is written (the summary's ``videos`` is 0).
 
     Streamed: each probed row goes to a temporary file beside ``out`` as its probe returns, and memory keeps
-    only ``_SPLIT_FIELDS`` per video for the splits (~0.4 KB, where a whole row held as a dict is ~1.3 KB);
-    a second pass writes the manifest, each row with its split."""
+    only ``_SPLIT_FIELDS`` per video for the splits (a whole row held as a dict is ~2 KB: 200 MB for 100,000
+    videos); a second pass writes the manifest, each row with its split."""
     root = Path(root).resolve()
     if not root.is_dir():
         raise DfdError(f"{root}: dataset root is not a folder")

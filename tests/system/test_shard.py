@@ -15,9 +15,8 @@ import pytest
 
 from support import SIX_VIDEOS, SMALL_CLIP, place_video, read_back, run_cli, six_video_manifest
 from dfdtrain.data.decode.dali_tar_index import dali_index_path
-from dfdtrain.data.ingest.manifest import build_manifest, write_manifest
+from dfdtrain.data.ingest.manifest import build_manifest, load_manifest, write_manifest
 from dfdtrain.data.ingest.datasets import IndexOptions
-from dfdtrain.data.ingest.manifest import load_manifest
 from dfdtrain.data.ingest.splits import leaking_groups
 from dfdtrain.data.shards.manifest_rows import ManifestRows
 from dfdtrain.data.shards.plan import plan_hash, plan_shards

@@ -2,6 +2,8 @@
 
 import argparse
 import os
+import shutil
+import sys
 
 from dfdtrain.commands._common import print_json
 from dfdtrain.data.shards.parts import PART_FORMAT, Part, merge_parts
@@ -166,7 +168,7 @@ def run(args):
     if args.merge:
         if args.manifest or args.part:
             raise DfdError("--merge takes only --out (the folder the parts wrote into)")
-        return report(merge_parts(args.out, progress=not args.quiet), args)
+        return report(merge_parts(args.out, progress=not args.quiet), args, merged=True)
     if not args.manifest:
         raise DfdError("--manifest is required (or --merge to merge a partitioned run)")
     if args.workers < 1 or args.face_frames < 1:
@@ -197,11 +199,15 @@ def run(args):
                   f"({result['resumed_shards']} shard(s) kept from an earlier run); when every part is done: "
                   f"dfdtrain shard --merge --out {args.out}")
         return 0
-    return report(result, args)
+    return report(result, args, merged=part is not None and part.count > 1)
 
 
-def report(index, args):
-    if args.json:
+def report(index, args, merged=False):
+    """``merged``: ``index`` is a merge's, which leaves out the shards' key lists; --json prints the file."""
+    if args.json and merged:
+        with open(os.path.join(args.out, "index.json")) as handle:
+            shutil.copyfileobj(handle, sys.stdout)
+    elif args.json:
         print_json(index)
     else:
         print(format_index(index))

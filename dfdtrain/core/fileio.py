@@ -226,9 +226,11 @@ def read_safetensors_header(path):
     return tensors, size
 
 
-def write_json(path, obj):
+def write_json(path, obj, default=None):
+    """``obj`` as indented JSON, atomically; ``default``: what json.dump calls for an object it cannot write (a
+    value read only as the file is written)."""
     with atomic_open(path, "w") as handle:
-        json.dump(obj, handle, indent=2, sort_keys=False)
+        json.dump(obj, handle, indent=2, sort_keys=False, default=default)
         handle.write("\n")
 
 

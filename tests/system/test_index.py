@@ -1,13 +1,14 @@
 """dfdtrain index: every dataset layout, on the real fixtures and on generated trees (the split rules: unit/test_splits.py)."""
 
 import collections
+import hashlib
 import json
 import shutil
 
 import pytest
 
 from support import SMALL_CLIP, place_video, run_cli
-from dfdtrain.data.ingest.datasets import IndexOptions, read_celebdf_test_list
+from dfdtrain.data.ingest.datasets import IndexOptions, is_file_or_dangling, read_celebdf_test_list, walk_files
 from dfdtrain.data.ingest.manifest import build_manifest
 from dfdtrain.data.ingest.splits import leaking_groups
 from dfdtrain.core.errors import DfdError
@@ -128,6 +129,8 @@ def test_celebdf_generated_tree_official_test_and_leakage_policies(tmp_path, fix
     assert rows["YouTube-real/00170.mp4"]["split"] == "test" and rows["YouTube-real/00170.mp4"]["label"] == 0
     assert "Celeb-real/id0_0099.mp4" not in rows  # identity id0 is in test: its other videos are excluded
     assert {item["reason"] for item in summary["skipped"]} == {"leaking group"}
+    assert {item["path"] for item in summary["skipped"]} == {"Celeb-real/id0_0099.mp4",
+                                                             "Celeb-synthesis/id0_id5_0099.mp4"}
     assert rows["Celeb-synthesis/id59_id3_0001.mp4"]["group"] == rows["Celeb-real/id59_0001.mp4"]["group"] == \
         "celebdf:id59"
     assert rows["Celeb-synthesis/id59_id3_0001.mp4"]["source_identity"] == "id3"
@@ -352,6 +355,35 @@ def test_dangling_symlinks_are_listed_as_missing(tmp_path, fixtures):
     assert [row["path"] for row in rows] == ["original_sequences/youtube/c40/videos/183.mp4"]
     assert summary["skipped"] == [{"path": "original_sequences/youtube/c40/videos/253.mp4", "reason": "missing file",
                                    "detail": f"dangling symlink to {fixtures}/no/such/253.mp4"}]
+
+
+def test_the_walk_is_sorted_rglob_and_colliding_keys_are_told_apart(tmp_path):
+    """The walk yields, one path at a time, what sorted(rglob) gives (names that sort apart as strings and as path
+    parts, hidden and non-ASCII names, a symlinked file and a dangling link in, a symlinked folder not followed);
+    keys that sanitise alike get their path's hash, the others stay; one probe process and two write the same."""
+    root = tmp_path / "data"
+    for relative in ("real/a-c.mp4", "real/a/b.mp4", "real/a.b.mp4", "real/a-b.mp4", "real/A/z.mp4",
+                     "real/\u00e9/x.mp4", "real/.hidden/x.mp4", "fake/a/b.mp4", "fake/a b/c.mp4"):
+        place_video(root / relative)
+    (root / "real/linked").symlink_to(root / "real/a")
+    (root / "fake/link.mp4").symlink_to(root / "real/a-c.mp4")
+    (root / "fake/gone.mp4").symlink_to(tmp_path / "nowhere.mp4")
+    walked = list(walk_files(root))
+    assert walked == sorted(path for path in root.rglob("*") if is_file_or_dangling(path))
+    assert root / "fake/gone.mp4" in walked and not any("linked" in str(path) for path in walked)
+
+    one, summary = build_manifest("folder", root, progress=False)
+    assert build_manifest("folder", root, workers=2, progress=False)[0] == one
+    in_walk_order = [*walk_files(root / "real"), *walk_files(root / "fake")]  # the folder layout walks real/ first
+    assert [row["path"] for row in one] == [path.relative_to(root).as_posix() for path in in_walk_order
+                                           if path.name != "gone.mp4"]
+    assert summary["skipped"] == [{"path": "fake/gone.mp4", "reason": "missing file",
+                                   "detail": f"dangling symlink to {tmp_path}/nowhere.mp4"}]
+    keys = {row["path"]: row["key"] for row in one}
+    for path in ("real/a.b.mp4", "real/a-b.mp4"):  # both "folder_real_a-b"
+        assert keys[path] == "folder_real_a-b-" + hashlib.sha1(path.encode()).hexdigest()[:8]
+    assert keys["real/a-c.mp4"] == "folder_real_a-c" and keys["fake/a b/c.mp4"] == "folder_fake_a-b_c"
+    assert len(set(keys.values())) == len(keys)
 
 
 # ------------------------------------------------------------------------------------------------- CLI

@@ -209,6 +209,29 @@ def test_the_plan_read_from_a_manifest_file_is_the_plan_of_its_rows(tmp_path):
         from_file.rows(from_file[0])
 
 
+def test_keys_are_planned_as_python_sorts_them_and_duplicates_refused_as_load_manifest_does(tmp_path):
+    """The plan's key order is Python's whatever the keys hold: non-ASCII, a prefix of another, NULs (the
+    fixed-width sort pads with NUL: sorted as strings then), one very long key among 300 short ones (too uneven
+    to pad: sorted as strings); a key on several rows is the error load_manifest gives, naming the first such key in file order."""
+    base = ["b", "a", "ab", "a\u00e9", "\u4e2d", "a-b", "A", "", "zz", "b0"]
+    cases = {"plain": base, "nul": base + ["a\u0000", "a\u0000\u0000"], "long": base + [f"k{i}" for i in range(300)] + ["y" * 5000]}
+    for name, keys in cases.items():
+        rows = [{"key": key, "path": f"{i}.mp4", "root": "/", "label": 0, "dataset": "d", "group": f"g{i}",
+                 "split": "train" if i % 3 else "val", "bytes": 10 + i} for i, key in enumerate(keys)]
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        plan = plan_shards(ManifestRows.read(tmp_path / f"{name}.jsonl"), target_bytes=40, seed=2)
+        assert [(shard.name, plan.keys(shard)) for shard in plan] == reference_plan(rows, 40, seed=2), name
+    row = {"path": "a.mp4", "root": "/", "label": 0, "dataset": "d", "group": "g", "split": "train"}
+    for keys in (["z", "a", "a", "z", "m"], ["k\u0000", "b", "k\u0000", "b", "b"]):
+        (tmp_path / "twice.jsonl").write_text("".join(json.dumps({**row, "key": key}) + "\n" for key in keys))
+        with pytest.raises(DfdError) as loaded:
+            load_manifest(tmp_path / "twice.jsonl")
+        with pytest.raises(DfdError) as planned:
+            ManifestRows.read(tmp_path / "twice.jsonl")
+        assert str(planned.value) == str(loaded.value) and "2 key(s)" in str(loaded.value)
+        assert repr(keys[0]) in str(loaded.value)
+
+
 @pytest.mark.parametrize("text", [b"", b"\n  \n", b'{"key": 1}\n', b"[1]\n", b'{"a": 1}\n{"b"\n',
                                   b"\xff\xfe\n", b'"row"\n{"key"', b"{}\n" * 3])
 def test_a_bad_manifest_is_the_same_one_line_error_for_a_shard_run(tmp_path, text):

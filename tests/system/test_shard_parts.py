@@ -1,6 +1,7 @@
 """Distributed sharding: --part I/N runs, torchrun ranks and the merge write exactly the one-process shards; a
 killed part resumes; mixed part counts, other options and missing parts are refused with one line."""
 
+import json
 import os
 import signal
 import subprocess
@@ -72,7 +73,8 @@ def test_two_parts_and_a_merge_write_exactly_the_one_process_shards(tmp_path, ff
     for number in (0, 1):
         again = write_shards(ffpp_manifest, out, target_bytes=1_500_000, progress=False, part=Part(number, 2))
         assert again["resumed_shards"] == len(again["shards"])
-    assert run_cli("shard", "--merge", "--out", out, "--quiet").returncode == 0
+    merged = run_cli("shard", "--merge", "--out", out, "--quiet", "--json")  # the merged index.json, key lists too
+    assert merged.returncode == 0 and json.loads(merged.stdout) == json.loads((out / "index.json").read_text())
     assert shards_of(out)[0] == one_process[0]
 
 

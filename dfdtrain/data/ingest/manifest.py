@@ -27,37 +27,38 @@ from dfdtrain.core.errors import BadVideo, DfdError
 from dfdtrain.core.fileio import atomic_open, read_jsonl, write_json, write_jsonl
 
 
-def _probe_one(path):
+def _probe_entry(job):
+    path, entry = job
     try:
-        return probe(path), None
+        return entry, probe(path), None
     except BadVideo as error:
-        return None, (error.reason, error.detail)
+        return entry, None, (error.reason, error.detail)
 
 
-def probe_all(paths, workers=1, progress=True, description="probe"):
-    """Probe files in parallel processes; yields (info or None, (reason, detail) or None) in order."""
-    bar = tqdm(total=len(paths), desc=description, unit="video", disable=not progress, mininterval=0.5)
+def probe_entries(jobs, total, workers=1, progress=True, description="probe"):
+    """Probe ``jobs`` ((path, entry) pairs, an iterable read as the workers need it) in parallel processes;
+    yields (entry, info or None, (reason, detail) or None) in order."""
+    bar = tqdm(total=total, desc=description, unit="video", disable=not progress, mininterval=0.5)
     try:
-        if workers > 1 and len(paths) > 1:
+        if workers > 1 and total > 1:
             with multiprocessing.get_context("spawn").Pool(workers) as pool:
-                for result in pool.imap(_probe_one, paths, chunksize=4):
+                for result in pool.imap(_probe_entry, jobs, chunksize=4):
                     bar.update()
                     yield result
         else:
-            for path in paths:
-                result = _probe_one(path)
+            for job in jobs:
+                result = _probe_entry(job)
                 bar.update()
                 yield result
     finally:
         bar.close()
 
 
-def make_keys_unique(entries):
+def unique_key(entry, duplicates):
     """Keys are made from relative paths; sanitising can collide (a.b vs a-b): suffix a path hash then."""
-    counts = collections.Counter(entry["key"] for entry in entries)
-    for entry in entries:
-        if counts[entry["key"]] > 1:
-            entry["key"] += "-" + hashlib.sha1(entry["path"].encode()).hexdigest()[:8]
+    if entry["key"] in duplicates:
+        return entry["key"] + "-" + hashlib.sha1(entry["path"].encode()).hexdigest()[:8]
+    return entry["key"]
 
 
 def build_manifest(dataset, root, options=None, val_fraction=0.1, test_fraction=0.1, seed=0,
@@ -71,8 +72,24 @@ def build_manifest(dataset, root, options=None, val_fraction=0.1, test_fraction=
         return (read_jsonl(manifest) if manifest.exists() else []), summary
 
 
-# what the splits, the leakage policy and the summary read of a row: all an index keeps in memory per video
-_SPLIT_FIELDS = ("group", "label", "split", "dataset", "path")
+class SplitRow:
+    """What the splits, the leakage policy and the summary read and write of one video (``row["split"]``, as of a
+    manifest row's dict), and ``line``, its row's line in the probed file: ~80 bytes where a dict of the same
+    fields is ~250 and a whole row ~2 KB. ``group`` and ``dataset`` are shared strings."""
+
+    __slots__ = ("group", "label", "split", "dataset", "line", "leak")
+
+    def __init__(self, group, label, split, dataset, line):
+        self.group, self.label, self.split, self.dataset, self.line = group, label, split, dataset, line
+
+    def __getitem__(self, name):
+        return getattr(self, name)
+
+    def __setitem__(self, name, value):
+        setattr(self, name, value)
+
+    def get(self, name, default=None):
+        return getattr(self, name, default)
 
 
 def index_dataset(dataset, root, out, options=None, val_fraction=0.1, test_fraction=0.1, seed=0,
@@ -80,45 +97,50 @@ def index_dataset(dataset, root, out, options=None, val_fraction=0.1, test_fract
     """Index ``root`` as ``dataset`` into the manifest ``out`` (and its summary, ``summary_path``), each written
     atomically; returns the summary. With no usable video, nothing is written (the summary's ``videos`` is 0).
 
-    Streamed: each probed row goes to a temporary file beside ``out`` as its probe returns, and memory keeps
-    only ``_SPLIT_FIELDS`` per video for the splits (a whole row held as a dict is ~2 KB: 200 MB for 100,000
-    videos); a second pass writes the manifest, each row with its split."""
+    Streamed: the indexer's entries wait in a temporary file (``Found``), each probed row goes to a temporary
+    file beside ``out`` as its probe returns, and memory keeps a ``SplitRow`` per video for the splits; a second
+    pass writes the manifest, each row with its split."""
     root = Path(root).resolve()
     if not root.is_dir():
         raise DfdError(f"{root}: dataset root is not a folder")
     indexer = DATASETS.get(dataset)
     found = indexer(root, options or IndexOptions())
-    name = found.dataset or dataset  # what the rows say (folder --name celeb: "celeb"); the layout is ``dataset``
-    entries, found.entries = found.entries, None
-    skipped = list(found.skipped)
-    make_keys_unique(entries)
-    present = []
-    for entry in entries:
-        path = root / entry["path"]
-        if path.exists():
-            present.append(entry)
-        elif path.is_symlink():  # a link to nothing: the file it names is what is missing
-            skipped.append({"path": entry["path"], "reason": "missing file",
-                            "detail": f"dangling symlink to {os.readlink(path)}"})
-        else:  # removed while the folder was walked
-            skipped.append({"path": entry["path"], "reason": "missing file", "detail": "gone since the walk"})
-    entries = present
-    del present
-
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
     probed_path = Path(f"{out}.probed")
-    rows = []  # per probed row, its _SPLIT_FIELDS and ``line`` in the probed file
     try:
+        name = found.dataset or dataset  # what the rows say (folder --name celeb: "celeb"); the layout is ``dataset``
+        skipped = list(found.skipped)
+        duplicates = found.duplicate_keys()
+        missing = set()  # entries (by position) whose file is gone: named before any probe failure, as found
+        for position, entry in enumerate(found.entries()):
+            path = root / entry["path"]
+            if path.exists():
+                continue
+            missing.add(position)
+            if path.is_symlink():  # a link to nothing: the file it names is what is missing
+                skipped.append({"path": entry["path"], "reason": "missing file",
+                                "detail": f"dangling symlink to {os.readlink(path)}"})
+            else:  # removed while the folder was walked
+                skipped.append({"path": entry["path"], "reason": "missing file", "detail": "gone since the walk"})
+
+        def jobs():
+            for position, entry in enumerate(found.entries()):
+                if position not in missing:
+                    yield os.path.join(root, entry["path"]), entry
+
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        rows = []
+        shared = {}  # group and dataset names: one string for all the rows that name it
         with open(probed_path, "w") as probed:
-            paths = [os.path.join(root, entry["path"]) for entry in entries]  # str: a Path costs ~3x the memory
-            for position, (info, problem) in enumerate(probe_all(paths, workers, progress)):
-                entry, entries[position] = entries[position], None  # on disk (or skipped) from here on
+            for entry, info, problem in probe_entries(jobs(), found.count - len(missing), workers, progress):
                 if problem:
                     skipped.append({"path": entry["path"], "reason": problem[0], "detail": problem[1]})
                     continue
+                entry["key"] = unique_key(entry, duplicates)
                 probed.write(json.dumps({**entry, "root": str(root), **info}) + "\n")
-                rows.append({**{field: entry[field] for field in _SPLIT_FIELDS}, "line": len(rows)})
-        del entries, paths
+                rows.append(SplitRow(shared.setdefault(entry["group"], entry["group"]), entry["label"],
+                                     entry["split"], shared.setdefault(entry["dataset"], entry["dataset"]),
+                                     len(rows)))
+        del shared
 
         fractions = {"train": 1.0 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
         if any(row["split"] == "test" for row in rows):  # an official test set exists: split the rest
@@ -129,8 +151,9 @@ def index_dataset(dataset, root, out, options=None, val_fraction=0.1, test_fract
                         "random_groups": len({row["group"] for row in rows if row["split"] is None})}
         assign_splits(rows, fractions, seed)
         rows, excluded, leaks = enforce_no_leakage(rows, leakage, source=f"{name} index of {root}")
+        paths = _paths_of_lines(probed_path, {row.line for row in excluded})
         for row in excluded:
-            skipped.append({"path": row["path"], "reason": "leaking group",
+            skipped.append({"path": paths[row.line], "reason": "leaking group",
                             "detail": f"group {row['group']} is also in {'/'.join(leaks[row['group']])}"})
         summary = summarise(rows, skipped, leaks, dataset=name, layout=dataset, root=str(root),
                             split_source=split_source, excluded=found.excluded,
@@ -144,20 +167,30 @@ def index_dataset(dataset, root, out, options=None, val_fraction=0.1, test_fract
             error.filename = str(out)
         raise
     finally:
+        found.close()
         probed_path.unlink(missing_ok=True)
 
 
+def _paths_of_lines(probed_path, lines):
+    """{line: the row's path} of the probed file's ``lines`` (the rows the leakage policy excluded)."""
+    if not lines:
+        return {}
+    with open(probed_path) as probed:
+        return {number: json.loads(line)["path"] for number, line in enumerate(probed) if number in lines}
+
+
 def write_manifest_rows(out, probed_path, rows):
-    """The manifest ``out``, atomically: the probed file's lines named by ``rows`` (``line``), each with the row's
-    split (and ``leak`` mark, ``--leakage report``), its fields in manifest order."""
-    by_line = {row["line"]: row for row in rows}
+    """The manifest ``out``, atomically: the probed file's lines named by ``rows`` (``line``, ascending), each with
+    the row's split (and ``leak`` mark, ``--leakage report``), its fields in manifest order."""
+    wanted = iter(rows)
+    row = next(wanted, None)
     with open(probed_path) as probed, atomic_open(out, "w") as manifest:
         for line_number, line in enumerate(probed):
-            row = by_line.get(line_number)
-            if row is None:  # excluded by the leakage policy
+            if row is None or row.line != line_number:  # excluded by the leakage policy
                 continue
             full = {**json.loads(line), "split": row["split"], **({"leak": True} if row.get("leak") else {})}
             manifest.write(json.dumps(_ordered(full)) + "\n")
+            row = next(wanted, None)
 
 
 # every row has these (load_manifest refuses a row without one), first and in this order
@@ -251,7 +284,8 @@ def load_manifest(path):
         problem = manifest_row_problem(path, number, row)
         if problem:
             raise DfdError(problem)
-    problem = duplicate_keys_problem(path, (row["key"] for row in rows))
+    counts = collections.Counter(row["key"] for row in rows)
+    problem = duplicate_keys_problem(path, [key for key, count in counts.items() if count > 1])
     if problem:
         raise DfdError(problem)
     return rows
@@ -283,12 +317,14 @@ def manifest_row_problem(path, number, row):
     missing = [name for name in REQUIRED_FIELDS if name not in row]
     if missing:
         return f"{path}:{number}: manifest row lacks {', '.join(missing)}"
+    if not isinstance(row["key"], str):
+        return f"{path}:{number}: manifest row's key is not a string ({json.dumps(row['key'])})"
     return None
 
 
-def duplicate_keys_problem(path, keys):
-    """The one line refusing a manifest whose ``keys`` (in file order) hold one twice, or None."""
-    duplicated = [key for key, count in collections.Counter(keys).items() if count > 1]
+def duplicate_keys_problem(path, duplicated):
+    """The one line refusing a manifest in which the keys ``duplicated`` (in the order they first appear) are each
+    on more than one row, or None when there is none."""
     if duplicated:
         return f"{path}: {len(duplicated)} key(s) appear more than once, e.g. {duplicated[0]!r}"
     return None

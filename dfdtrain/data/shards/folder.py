@@ -31,25 +31,45 @@ def earlier_records(out_dir, plan=None):
     shard's are those of its videos in ``plan`` (a ShardPlan; a record of another plan is not kept anyway).
     """
     records = {}
+    index = _readable_index(out_dir)
     try:
-        index = read_json(out_dir / "index.json")
-        skipped = {item["key"]: item for item in index.get("skipped", [])}
-        planned = {shard.name: shard for shard in plan or []}
-        for entry in index["shards"]:
-            name = entry["name"]
-            # an index.json of a version before records moved into it has no plan_hash: nothing to resume from;
-            # a wrongly typed entry (a hand-edited index) is not trusted either: its shard is written again
-            if entry.get("plan_hash") and _is_plain_tar_name(name) and entry_problem(entry) is None:
-                keys = plan.keys(planned[name]) if skipped and name in planned else []
-                records[name] = {**entry, "skipped": [skipped[key] for key in keys if key in skipped]}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        pass  # no index.json, or none we can read: its shards are written again (or kept by their .parts records)
+        skipped = {item["key"]: item for item in index.get("skipped", [])} if index else {}
+    except (KeyError, TypeError, AttributeError):  # a hand-edited index: none of its shards is kept
+        index, skipped = None, {}
+    planned = {shard.name: shard for shard in plan or []}
+    for entry in _resumable_entries(index):
+        keys = plan.keys(planned[entry["name"]]) if skipped and entry["name"] in planned else []
+        records[entry["name"]] = {**entry, "skipped": [skipped[key] for key in keys if key in skipped]}
     for record_path in sorted((out_dir / RECORDS_FOLDER).glob("*.tar.json")):
         try:
             records[record_path.name[:-len(".json")]] = read_json(record_path)
         except (OSError, ValueError):
             records[record_path.name[:-len(".json")]] = {}  # unreadable: the shard is written again
     return records
+
+
+def earlier_record_names(out_dir):
+    """The shard names of ``earlier_records``, without reading the records in ``.parts/`` (a merge needs only the
+    names, and every record holds its shard's keys)."""
+    return ({entry["name"] for entry in _resumable_entries(_readable_index(out_dir))}
+            | {path.name[:-len(".json")] for path in (out_dir / RECORDS_FOLDER).glob("*.tar.json")})
+
+
+def _readable_index(out_dir):
+    """The folder's index.json, or None: none there, or none we can read (its shards are written again, or kept
+    by their .parts records)."""
+    try:
+        index = read_json(out_dir / "index.json")
+        return index if isinstance(index, dict) and isinstance(index.get("shards"), list) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _resumable_entries(index):
+    """The shard entries of ``index`` a run may keep: an index.json of a version before records moved into it has
+    no plan_hash (nothing to resume from); a wrongly typed entry (a hand-edited index) is not trusted either."""
+    return [entry for entry in (index or {}).get("shards", [])
+            if entry_problem(entry) is None and entry.get("plan_hash") and _is_plain_tar_name(entry["name"])]
 
 
 def kept_record(tar_path, record, digest, present=None):

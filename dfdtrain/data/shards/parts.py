@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from dfdtrain.data import storage
-from dfdtrain.data.shards.folder import (RECORDS_FOLDER, earlier_records, name_some, remove_leftover_temp_files,
-                                         remove_records, remove_stale_shards)
+from dfdtrain.data.shards.folder import (RECORDS_FOLDER, earlier_record_names, earlier_records, name_some,
+                                         remove_leftover_temp_files, remove_records, remove_stale_shards)
 from dfdtrain.data.shards.pending import write_pending
 from dfdtrain.data.shards.summary import build_index, earlier_runs, run_summary
 from dfdtrain.data.shards.work import predicted_seconds
@@ -217,7 +217,7 @@ def write_part(plan, hashes, out_dir, options, source, part, work):
         notes += remove_leftover_temp_files(out_dir, mine, only_planned=True)
         (out_dir / RECORDS_FOLDER / part.record_name).unlink(missing_ok=True)  # not finished until rewritten
         earlier = earlier_records(out_dir, own_plan)
-        records, resumed, counts = write_pending(own_plan, hashes, out_dir, options, earlier, work)
+        records, resumed, counts = write_pending(own_plan, hashes, out_dir, options, earlier, work, with_keys=False)
         record = {"format": PART_FORMAT, "part": part.index, "parts": part.count,
                   "run": this_run, "plan": plan.names, "plan_hashes": list(hashes.values()),
                   "shards": own_plan.names, "options": options, "manifest": source,
@@ -229,8 +229,20 @@ def write_part(plan, hashes, out_dir, options, source, part, work):
         return record
 
 
+class _KeysInRecord:
+    """A shard's keys in the index being merged: read from the shard's record when index.json is written, one
+    shard at a time (``write_json``'s ``default``)."""
+
+    def __init__(self, record_path):
+        self.record_path = record_path
+
+    def read(self):
+        return read_json(self.record_path)["keys"]
+
+
 def merge_parts(out_dir, wait=False, progress=False, poll_seconds=2.0, grace_seconds=120.0):
-    """index.json from the part records of a partitioned run in ``out_dir``; returns the index.
+    """index.json from the part records of a partitioned run in ``out_dir``; returns the index without the
+    shards' key lists (index.json has them; all at once they are ~80 bytes a video).
 
     Refused with one line when parts are missing or unfinished, of different runs, or running (``wait=True``:
     wait for running parts instead, as rank 0 of a torchrun job does, and give up with one line when a missing
@@ -271,19 +283,24 @@ def merge_parts(out_dir, wait=False, progress=False, poll_seconds=2.0, grace_sec
         owners = {name: record["part"] for record in records_by_part for name in record["shards"]}
         for name in first["plan"]:
             rerun = f"rerun part {owners.get(name, '?')}/{count}, then merge"
+            record_path = out_dir / RECORDS_FOLDER / f"{name}.json"
             try:
-                shard_records[name] = read_json(out_dir / RECORDS_FOLDER / f"{name}.json")
+                record = read_json(record_path)
             except (OSError, ValueError):
                 raise DfdError(f"{out_dir}: cannot merge: the record of {name} is missing; {rerun}") from None
-            if shard_records[name].get("plan_hash") != expected[name]:
+            if record.get("plan_hash") != expected[name]:
                 raise DfdError(f"{out_dir}: cannot merge: {name} was written from another manifest or other "
                                f"options; {rerun}")
             tar = out_dir / name
-            if not tar.is_file() or tar.stat().st_size != shard_records[name].get("bytes"):
+            if not tar.is_file() or tar.stat().st_size != record.get("bytes"):
                 raise DfdError(f"{out_dir}: cannot merge: {name} is missing or not the size its record says; "
                                f"{rerun}")
+            # the keys stay in the record file until index.json is written (every shard's at once: ~80 bytes a
+            # video), in their place in the record
+            shard_records[name] = {field: _KeysInRecord(record_path) if field == "keys" else value
+                                   for field, value in record.items()}
         planned = set(first["plan"])
-        earlier = set(earlier_records(out_dir)) | set(shard_records)
+        earlier = earlier_record_names(out_dir) | set(shard_records)
         for record in records_by_part:
             notes += record.get("notes", [])
         notes += remove_stale_shards(out_dir, planned, earlier)
@@ -301,7 +318,9 @@ def merge_parts(out_dir, wait=False, progress=False, poll_seconds=2.0, grace_sec
                            "seconds": round(record["finished"] - record["started"], 2)} for record in records_by_part]
         if notes:
             index["notes"] = notes
-        write_json(out_dir / "index.json", index)
+        write_json(out_dir / "index.json", index, default=_KeysInRecord.read)
+        for shard in index["shards"]:
+            shard.pop("keys", None)
         for name in (*first["plan"], *(Part(i, count).record_name[:-len(".json")] for i in range(count))):
             (out_dir / RECORDS_FOLDER / f"{name}.json").unlink(missing_ok=True)
         remove_records(out_dir / RECORDS_FOLDER)

@@ -36,11 +36,13 @@ class VideoWork:
     progress: bool
 
 
-def write_pending(plan, hashes, out_dir, options, earlier, work, remote=None):
+def write_pending(plan, hashes, out_dir, options, earlier, work, remote=None, with_keys=True):
     """Keep each shard of ``plan`` (a ShardPlan) whose earlier record matches its plan hash (``hashes``: {name:
     plan_hash}), write the others (each record also to ``.parts/<shard>.json`` as it is finished, and with
     ``remote`` each shard uploaded); returns ({name: record}, shards kept, counts: the written videos' seconds per
-    stage and the shared detector's batches and frames)."""
+    stage and the shared detector's batches and frames). ``with_keys=False``: the records written here are
+    returned without their ``keys`` (a part's record needs none, and the merge reads them from ``.parts/``), so
+    memory holds no string per video."""
     records_dir = out_dir / RECORDS_FOLDER
     records_dir.mkdir(parents=True, exist_ok=True)
     present = remote.sizes() if remote else None  # a remote run keeps what is in the bucket
@@ -91,6 +93,8 @@ def write_pending(plan, hashes, out_dir, options, earlier, work, remote=None):
                                                        samples, bar)
                 counts.update(records[shard.name].get("stage_seconds", {}))
                 write_json(records_dir / f"{shard.name}.json", records[shard.name])
+                if not with_keys:
+                    del records[shard.name]["keys"]
                 if remote:
                     remote.upload_shard(out_dir / shard.name)
             except OSError as error:

@@ -56,7 +56,7 @@ class ShardPlan:
         return self.manifest.rows(shard.positions)
 
     def keys(self, shard):
-        return [self.manifest.keys[position] for position in shard.positions]
+        return [self.manifest.key(position) for position in shard.positions]
 
     def video_bytes(self, shard):
         """The source bytes of the shard's videos, as the manifest gives them."""
@@ -76,10 +76,10 @@ def plan_shards(manifest, target_bytes=DEFAULT_TARGET_BYTES, seed=0):
     random order, packed up to target_bytes."""
     if not isinstance(manifest, ManifestRows):
         manifest = ManifestRows.of(list(manifest))
-    # one stable sort by key for all splits: each split's rows come out in key order (ties in manifest order),
-    # as a sort per split orders them
-    by_split = collections.defaultdict(list)
-    for position in sorted(range(len(manifest)), key=manifest.keys.__getitem__):
+    # one stable sort by key for all splits (``key_order``): each split's rows come out in key order (ties in
+    # manifest order), as a sort per split orders them
+    by_split = collections.defaultdict(lambda: array("q"))  # 8 bytes a row; a list of ints holds ~36
+    for position in manifest.key_order:
         by_split[manifest.split_of(position)].append(position)
     ordered_splits = [split for split in SPLITS if split in by_split] + sorted(set(by_split) - set(SPLITS))
     shards, numbered = [], collections.Counter()

@@ -10,17 +10,20 @@ types it.
               with its ``synth.json`` of ground-truth face boxes per frame, kept in the corpus as ``pool/``);
               ``corpus.json`` names each video's pool clip, so its face boxes are the pool clip's. Each copy is its
               own file (its own inode and pages, as on a real disk). A corpus is cached per N under ``--corpus``
-              and reused by later runs; generating it is not a timed stage.
+              and reused by later runs, with ``face_boxes.jsonl`` (every video's boxes, from synth.json, as
+              ``index --face-boxes`` reads them); generating them is not a timed stage.
   stages      per N, in a fresh work folder, each run as ``python -m dfdtrain ...`` and timed by the wall clock
               from process start to exit:
-                index        ``index --dataset folder --workers 2`` (default splits: 80% train, 10% val, 10% test)
+                index        ``index --dataset folder --workers 2 --face-boxes`` (default splits: 80% train, 10%
+                             val, 10% test; every row gets its face boxes)
                 shard        ``shard --workers 2`` of the original store, 2 MB shards (~260 videos a shard, as
                              DFDC's ~4 MB videos in 1 GB shards)
                 shard_parts  ``shard --part 0/2`` and ``--part 1/2`` (``--workers 1`` each) started together,
                              into a second folder; wall time until both exit
                 shard_merge  ``shard --merge`` of those parts
                 train        ``train --config`` of the tiniest detector the tests use (mobilenetv2_050 + a
-                             16-wide GRU, 4 frames at 32 px, batch 2, DDP engine, one process, one loader
+                             16-wide GRU, 4 frames at 32 px cropped at the face boxes, batch 2, DDP engine, one
+                             process, one loader
                              worker, class weights from the shards' counts) for 50 steps (quick: 20), validating
                              on the first val shard only, so that its work does not grow with N.
                              ``first_step_seconds``: command start to the time stamp of the first ``train`` row
@@ -148,6 +151,23 @@ def ensure_corpus(root, count):
     return data, round(time.perf_counter() - started, 2), False
 
 
+def ensure_face_boxes(root, count):
+    """``root/N{count}/face_boxes.jsonl``, the corpus's face boxes as ``index --face-boxes`` reads them: each video's
+    pool clip's ground-truth boxes (synth.json) on every frame. Written once per corpus (not a timed stage)."""
+    folder = Path(root) / f"N{count}"
+    path = folder / "face_boxes.jsonl"
+    if path.is_file():
+        return path
+    truth = json.loads((Path(root) / "pool" / "synth.json").read_text())["files"]
+    temporary = path.with_suffix(".tmp")
+    with open(temporary, "w") as handle:
+        for relative, source in corpus_layout(count):
+            boxes = truth[source]["boxes"]
+            handle.write(json.dumps({"path": relative, "frames": list(range(len(boxes))), "boxes": boxes}) + "\n")
+    temporary.replace(path)
+    return path
+
+
 # ---------------------------------------------------------------------------------------------------
 # The stages of one N
 
@@ -156,7 +176,7 @@ def train_config(work, steps, device):
     """The tiny detector's experiment config: ``steps`` steps of batch 2, validated on the first val shard."""
     return {
         "name": "scale", "seed": 0, "run_dir": str(work / "run"),
-        "clip": {"sampler": {"num_frames": 4}, "image_size": 32, "crop": "center"},
+        "clip": {"sampler": {"num_frames": 4}, "image_size": 32, "crop": "face"},
         "data": {"train_shards": str(work / "shards" / "train-*.tar"),
                  "val_shards": str(work / "shards" / "val-000000.tar"),
                  "batch_size": 2, "num_workers": 1, "decoder": "pyav", "epoch_samples": 2 * steps,
@@ -172,7 +192,7 @@ def protocol_suite(work):
             "test_sets": {"Generated (test split)": {"shards": "test-*.tar", "note": "bench scale's corpus"}}}
 
 
-def stage_plan(work, data, device, work_sizes):
+def stage_plan(work, data, face_boxes, device, work_sizes):
     """[(stage name, [commands run together], [output paths])] for one N, in order."""
     shards, parts, run = work / "shards", work / "shards_parts", work / "run"
     shard_common = ["--manifest", work / "manifest.jsonl", "--shard-size", SHARD_SIZE, "--quiet"]
@@ -180,7 +200,7 @@ def stage_plan(work, data, device, work_sizes):
     scoring_device = ["--device", "cuda" if device == "cuda" else "cpu"]
     return [
         ("index", [["index", "--dataset", "folder", "--root", data, "--out", work / "manifest.jsonl", "--workers", 2,
-                    "--quiet"]], [work / "manifest.jsonl", work / "manifest.jsonl.summary.json"]),
+                    "--face-boxes", face_boxes, "--quiet"]], [work / "manifest.jsonl", work / "manifest.jsonl.summary.json"]),
         ("shard", [["shard", "--out", shards, "--workers", 2, *shard_common]], [shards]),
         ("shard_parts", [["shard", "--out", parts, "--workers", 1, "--part", f"{part}/2", *shard_common]
                          for part in (0, 1)], [parts]),
@@ -204,13 +224,13 @@ def first_step_seconds(run_dir, started_at):
     return None
 
 
-def run_stages(count, data, work, device, work_sizes, bar):
+def run_stages(count, data, face_boxes, work, device, work_sizes, bar):
     """Every stage at one N: {stage: figures}; a failed stage ends this N (the later ones need its output)."""
     work.mkdir(parents=True, exist_ok=True)
     (work / "train.yaml").write_text(json.dumps(train_config(work, work_sizes["train_steps"], device.type)))
     (work / "suite.yaml").write_text(json.dumps(protocol_suite(work)))
     figures = {}
-    for stage, commands, outputs in stage_plan(work, data, device.type, work_sizes):
+    for stage, commands, outputs in stage_plan(work, data, face_boxes, device.type, work_sizes):
         bar.set_description(f"N={count} {stage}")
         before = file_states(outputs)
         try:
@@ -356,7 +376,8 @@ def main(argv=None):
                 work = work_root / f"N{count}"
                 if work.exists():
                     shutil.rmtree(work)  # a stage's outputs from an earlier run would change what it does
-                figures, error = run_stages(count, data, work, device, work_sizes, bar)
+                figures, error = run_stages(count, data, ensure_face_boxes(args.corpus, count), work, device,
+                                            work_sizes, bar)
                 for stage, values in figures.items():
                     stages[stage][str(count)] = values
                 if error:

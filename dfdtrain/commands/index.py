@@ -33,6 +33,10 @@ def add_arguments(parser):
     parser.add_argument("--group-regex", help="folder: group = first capture group of this regex on the path")
     parser.add_argument("--name", help="folder: the rows' dataset name and key prefix, a short identifier "
                                        "(default: folder)")
+    parser.add_argument("--face-boxes", metavar="FILE",
+                        help="face boxes you already have, JSON lines {path, frames, boxes} (see README): stored "
+                             "in the rows as shard --faces stores detected ones, so clip.crop: face needs no "
+                             "detector")
     parser.add_argument("--workers", type=int, default=1, help="probe processes (default 1)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -49,7 +53,7 @@ def run(args):
         compressions=tuple(args.compression or ()), group_regex=args.group_regex, name=args.name)
     summary = index_dataset(args.dataset, args.root, args.out, options, val_fraction=args.val_fraction,
                             test_fraction=args.test_fraction, seed=args.seed, leakage=args.leakage,
-                            workers=max(1, args.workers), progress=not args.quiet)
+                            workers=max(1, args.workers), progress=not args.quiet, face_boxes=args.face_boxes)
     if not summary["videos"]:  # nothing was written
         raise DfdError(f"{args.root}: no usable {args.dataset} videos found "
                        f"({len(summary['skipped'])} skipped: {summary['skipped_by_reason']})")

@@ -109,15 +109,18 @@ def make_contact_sheet(source, meta, num_frames=16, margin=1 / 3, crop="face", d
     cell_height = TILE_HEIGHT + CROP_SIZE + 26
     sheet = Image.new("RGB", (columns * (tile_width + 8) + 8, header + rows * cell_height), (24, 24, 24))
     draw = ImageDraw.Draw(sheet)
-    if from_faces:
-        faces_note = "face clip (the whole frame)" if meta.get("store") == "faces" else "face boxes from shard/detector"
+    if from_faces and meta.get("store") == "faces":
+        faces_note = "face clip (the whole frame)"
+    elif from_faces:  # the boxes' source: a detector's name, or "file" (index --face-boxes)
+        source = (meta.get("faces") or {}).get("detector")
+        faces_note = "face boxes from the face-box file" if source == "file" else f"face boxes from {source or 'shard'}"
     else:
         faces_note = "full frame" if crop == "full" else "no face boxes: centre-square crop"
     track = f" track {meta['track_id']}" if "track_id" in meta else ""
     draw.text((8, 6), f"{meta.get('key', name)}{track}  label={meta.get('label', '?')}  {width}x{height}  "
                       f"{frame_count} frames @ {meta.get('fps', '?')} fps  {meta.get('codec', '')}", fill=(230, 230, 230))
     draw.text((8, 22), f"{len(indices)} sampled frames; {faces_note}; green = face, yellow = crop region, "
-                       "* = detected on this frame",
+                       "* = boxed on this frame",
               fill=(180, 180, 180))
     for position, index in enumerate(indices):
         x0 = 8 + (position % columns) * (tile_width + 8)

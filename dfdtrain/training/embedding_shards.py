@@ -22,7 +22,7 @@ from tqdm import tqdm
 from dfdtrain import __version__
 from dfdtrain.config import config_to_dict
 from dfdtrain.data import storage
-from dfdtrain.data.ingest.datasets import safe_key
+from dfdtrain.data.ingest.found import safe_key
 from dfdtrain.data.loading.loader import VideoLoader
 from dfdtrain.data.shards.tars import TarShardWriter
 from dfdtrain.core.errors import DfdError

@@ -4,13 +4,17 @@ import collections
 import hashlib
 import json
 import shutil
+import tarfile
 
 import pytest
 
 from support import SMALL_CLIP, place_video, run_cli
-from dfdtrain.data.ingest.datasets import IndexOptions, is_file_or_dangling, read_celebdf_test_list, walk_files
+from dfdtrain.data.ingest.datasets import IndexOptions, read_celebdf_test_list
+from dfdtrain.data.ingest.found import is_file_or_dangling, walk_files
 from dfdtrain.data.ingest.manifest import build_manifest
 from dfdtrain.data.ingest.splits import leaking_groups
+from dfdtrain.data.faces.crops import crop_regions
+from dfdtrain.data.shards.writer import write_shards
 from dfdtrain.core.errors import DfdError
 from dfdtrain.core.fileio import read_json, read_jsonl
 
@@ -384,6 +388,69 @@ def test_the_walk_is_sorted_rglob_and_colliding_keys_are_told_apart(tmp_path):
         assert keys[path] == "folder_real_a-b-" + hashlib.sha1(path.encode()).hexdigest()[:8]
     assert keys["real/a-c.mp4"] == "folder_real_a-c" and keys["fake/a b/c.mp4"] == "folder_fake_a-b_c"
     assert len(set(keys.values())) == len(keys)
+
+
+def test_face_boxes_from_a_file_go_into_the_rows_and_the_shards(tmp_path):
+    """index --face-boxes: a video's boxes become its row's ``faces`` (the stored-boxes form), the shard's sample
+    carries them and crops at the face; boxes that miss the frame skip the video by name; videos without an
+    entry and entries without a video are counted; new boxes rewrite the shard; a bad file is one line, before
+    any probe."""
+    for relative in ("real/a/x.mp4", "fake/a/y.mp4", "real/b/z.mp4"):
+        place_video(tmp_path / "data" / relative)  # 1280x720, 390 frames
+    entries = [{"path": "real/a/x.mp4", "frames": [0, 200], "boxes": [[500, 200, 700, 450], None]},
+               {"path": "fake/a/y.mp4", "frames": [3], "boxes": [[1300, 100, 1400, 200]]},  # right of the frame
+               {"path": "real/gone.mp4", "frames": [0], "boxes": [[1, 1, 2, 2]]}]
+    boxes_file = tmp_path / "boxes.jsonl"
+    boxes_file.write_text("".join(json.dumps(entry) + "\n" for entry in entries))
+    result = run_cli("index", "--dataset", "folder", "--root", tmp_path / "data", "--out", tmp_path / "m.jsonl",
+                     "--face-boxes", boxes_file, "--val-fraction", "0", "--test-fraction", "0", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert (f"face boxes from {boxes_file}: 1 videos; 1 without an entry (cropped at the centre unless shard --faces "
+            f"detects); 1 entries name no indexed video (e.g. 'real/gone.mp4')") in result.stdout
+    rows = by_path(read_jsonl(tmp_path / "m.jsonl"))
+    assert sorted(rows) == ["real/a/x.mp4", "real/b/z.mp4"] and "faces" not in rows["real/b/z.mp4"]
+    assert rows["real/a/x.mp4"]["faces"] == {"detector": "file", "frames": [0, 200],
+                                             "boxes": [[[500, 200, 700, 450]], []], "frames_without_face": 1}
+    summary = read_json(str(tmp_path / "m.jsonl") + ".summary.json")
+    assert summary["skipped"] == [{"path": "fake/a/y.mp4", "reason": "bad face boxes",
+                                   "detail": f"no box of {boxes_file} is inside its 1280x720 frames"}]
+    assert summary["face_boxes"] == {"file": str(boxes_file), "entries": 3, "videos": 1, "videos_without": 1,
+                                     "unmatched_entries": 1, "example_unmatched": "real/gone.mp4"}
+
+    def sample_meta(shards):
+        with tarfile.open(shards / "train-000000.tar") as tar:
+            samples = [json.loads(tar.extractfile(member).read()) for member in tar if member.name.endswith(".json")]
+        return {meta["path"]: meta for meta in samples}
+
+    write_shards(tmp_path / "m.jsonl", tmp_path / "shards", progress=False)
+    meta = sample_meta(tmp_path / "shards")["real/a/x.mp4"]
+    regions, from_face = crop_regions(meta, [0, 100, 300], 1280, 720, mode="face")
+    half = 250 * (1 + 2 / 3) / 2  # the box's longer side grown by a third on each side, made square
+    assert from_face and regions[0].tolist() == pytest.approx([600 - half, 325 - half, 600 + half, 325 + half])
+    assert crop_regions(sample_meta(tmp_path / "shards")["real/b/z.mp4"], [0], 1280, 720, mode="face")[1] is False
+
+    entries[0]["boxes"][1] = [510, 200, 710, 450]  # new boxes: the shard that holds the video is written again
+    boxes_file.write_text("".join(json.dumps(entry) + "\n" for entry in entries))
+    build = build_manifest("folder", tmp_path / "data", val_fraction=0, test_fraction=0, progress=False,
+                           face_boxes=boxes_file)
+    again = write_shards(build[0], tmp_path / "shards", progress=False)
+    assert again["totals"]["resumed_shards"] == 0
+    assert sample_meta(tmp_path / "shards")["real/a/x.mp4"]["faces"]["boxes"][1] == [[510, 200, 710, 450]]
+
+    for text, message in [("{\n", "boxes.jsonl:1: not a JSON line"), ('"x"\n', "boxes.jsonl:1: not a JSON object"),
+                          ('{"path": "a", "frames": [2, 1], "boxes": [null, null]}\n', "'frames' must be increasing"),
+                          ('{"path": "a", "frames": [0], "boxes": []}\n', "one box (or null) per frame: 1 frames"),
+                          ('{"path": "a", "frames": [0], "boxes": [[0, 0, NaN, 5]]}\n', "(finite numbers)"),
+                          ('{"path": "a", "frames": [0], "boxes": [[4, 0, 4, 5]]}\n', "frame 0 is empty"),
+                          ('{"path": "a", "frames": [0], "boxes": [null]}\n' * 2, "'a' is listed twice")]:
+        boxes_file.write_text(text)
+        bad = run_cli("index", "--dataset", "folder", "--root", tmp_path / "data", "--out", tmp_path / "bad.jsonl",
+                      "--face-boxes", boxes_file, "--quiet")
+        assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and message in bad.stderr, bad.stderr
+        assert not (tmp_path / "bad.jsonl").exists()
+    missing = run_cli("index", "--dataset", "folder", "--root", tmp_path / "data", "--out", tmp_path / "bad.jsonl",
+                      "--face-boxes", tmp_path / "none.jsonl")
+    assert missing.returncode == 2 and "none.jsonl: cannot read the face-box file" in missing.stderr
 
 
 # ------------------------------------------------------------------------------------------------- CLI

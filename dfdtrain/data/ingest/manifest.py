@@ -20,7 +20,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from dfdtrain.data.ingest.datasets import DATASETS, IndexOptions, random_split
+from dfdtrain.data.ingest.datasets import DATASETS, IndexOptions
+from dfdtrain.data.ingest.face_boxes import FaceBoxFile, upright_size
+from dfdtrain.data.ingest.found import random_split
 from dfdtrain.data.ingest.splits import assign_splits, empty_splits, enforce_no_leakage
 from dfdtrain.data.decode.video import probe
 from dfdtrain.core.errors import BadVideo, DfdError
@@ -62,13 +64,13 @@ def unique_key(entry, duplicates):
 
 
 def build_manifest(dataset, root, options=None, val_fraction=0.1, test_fraction=0.1, seed=0,
-                   leakage="error", workers=1, progress=True):
+                   leakage="error", workers=1, progress=True, face_boxes=None):
     """Index ``root`` as ``dataset``; returns (rows, summary dict). ``index_dataset`` without the files: for
     small folders (the demo, tests); the command streams to its manifest instead."""
     with tempfile.TemporaryDirectory() as folder:
         manifest = Path(folder) / "manifest.jsonl"
         summary = index_dataset(dataset, root, manifest, options, val_fraction, test_fraction, seed, leakage,
-                                workers, progress)
+                                workers, progress, face_boxes)
         return (read_jsonl(manifest) if manifest.exists() else []), summary
 
 
@@ -93,9 +95,10 @@ class SplitRow:
 
 
 def index_dataset(dataset, root, out, options=None, val_fraction=0.1, test_fraction=0.1, seed=0,
-                  leakage="error", workers=1, progress=True):
+                  leakage="error", workers=1, progress=True, face_boxes=None):
     """Index ``root`` as ``dataset`` into the manifest ``out`` (and its summary, ``summary_path``), each written
     atomically; returns the summary. With no usable video, nothing is written (the summary's ``videos`` is 0).
+    ``face_boxes``: a face-box file (``face_boxes.FaceBoxFile``) whose boxes go into the rows as ``faces``.
 
     Streamed: the indexer's entries wait in a temporary file (``Found``), each probed row goes to a temporary
     file beside ``out`` as its probe returns, and memory keeps a ``SplitRow`` per video for the splits; a second
@@ -103,6 +106,7 @@ def index_dataset(dataset, root, out, options=None, val_fraction=0.1, test_fract
     root = Path(root).resolve()
     if not root.is_dir():
         raise DfdError(f"{root}: dataset root is not a folder")
+    box_file = FaceBoxFile(face_boxes) if face_boxes is not None else None  # a bad line stops us before the walk
     indexer = DATASETS.get(dataset)
     found = indexer(root, options or IndexOptions())
     probed_path = Path(f"{out}.probed")
@@ -128,13 +132,21 @@ def index_dataset(dataset, root, out, options=None, val_fraction=0.1, test_fract
                     yield os.path.join(root, entry["path"]), entry
 
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        rows = []
+        rows, boxed = [], 0  # boxed: the rows that got face boxes from box_file
         shared = {}  # group and dataset names: one string for all the rows that name it
         with open(probed_path, "w") as probed:
             for entry, info, problem in probe_entries(jobs(), found.count - len(missing), workers, progress):
                 if problem:
                     skipped.append({"path": entry["path"], "reason": problem[0], "detail": problem[1]})
                     continue
+                if box_file is not None:
+                    faces, problem = box_file.faces_of(entry["path"], *upright_size(info))
+                    if problem:
+                        skipped.append({"path": entry["path"], "reason": "bad face boxes", "detail": problem})
+                        continue
+                    if faces:
+                        info = {**info, "faces": faces}
+                        boxed += 1
                 entry["key"] = unique_key(entry, duplicates)
                 probed.write(json.dumps({**entry, "root": str(root), **info}) + "\n")
                 rows.append(SplitRow(shared.setdefault(entry["group"], entry["group"]), entry["label"],
@@ -151,13 +163,19 @@ def index_dataset(dataset, root, out, options=None, val_fraction=0.1, test_fract
                         "random_groups": len({row["group"] for row in rows if row["split"] is None})}
         assign_splits(rows, fractions, seed)
         rows, excluded, leaks = enforce_no_leakage(rows, leakage, source=f"{name} index of {root}")
-        paths = _paths_of_lines(probed_path, {row.line for row in excluded})
+        excluded_rows = _probed_rows(probed_path, {row.line for row in excluded})
         for row in excluded:
-            skipped.append({"path": paths[row.line], "reason": "leaking group",
+            skipped.append({"path": excluded_rows[row.line]["path"], "reason": "leaking group",
                             "detail": f"group {row['group']} is also in {'/'.join(leaks[row['group']])}"})
         summary = summarise(rows, skipped, leaks, dataset=name, layout=dataset, root=str(root),
                             split_source=split_source, excluded=found.excluded,
                             empty_splits=empty_splits(rows, fractions) if rows else [])
+        if box_file is not None:
+            unused, example = box_file.unused()
+            boxed -= sum("faces" in row for row in excluded_rows.values())  # the rows kept
+            summary["face_boxes"] = {"file": box_file.path, "entries": len(box_file), "videos": boxed,
+                                     "videos_without": len(rows) - boxed, "unmatched_entries": unused,
+                                     "example_unmatched": example}
         if rows:
             write_manifest_rows(out, probed_path, rows)
             write_json(summary_path(out), summary)
@@ -168,15 +186,17 @@ def index_dataset(dataset, root, out, options=None, val_fraction=0.1, test_fract
         raise
     finally:
         found.close()
+        if box_file is not None:
+            box_file.close()
         probed_path.unlink(missing_ok=True)
 
 
-def _paths_of_lines(probed_path, lines):
-    """{line: the row's path} of the probed file's ``lines`` (the rows the leakage policy excluded)."""
+def _probed_rows(probed_path, lines):
+    """{line: row} of the probed file's ``lines`` (the rows the leakage policy excluded)."""
     if not lines:
         return {}
     with open(probed_path) as probed:
-        return {number: json.loads(line)["path"] for number, line in enumerate(probed) if number in lines}
+        return {number: json.loads(line) for number, line in enumerate(probed) if number in lines}
 
 
 def write_manifest_rows(out, probed_path, rows):
@@ -240,7 +260,20 @@ def format_summary(summary):
     if summary["leaking_groups"]:
         lines.append(f"leaking groups (reported, kept): {len(summary['leaking_groups'])}")
     lines += [format_excluded(by, counts) for by, counts in (summary.get("excluded") or {}).items()]
+    if summary.get("face_boxes"):
+        lines.append(format_face_boxes(summary["face_boxes"]))
     return "\n".join(lines)
+
+
+def format_face_boxes(boxes):
+    """One line: how many videos got boxes from --face-boxes, how many did not, and the file's unused entries."""
+    line = f"face boxes from {boxes['file']}: {boxes['videos']} videos"
+    if boxes["videos_without"]:
+        line += f"; {boxes['videos_without']} without an entry (cropped at the centre unless shard --faces detects)"
+    if boxes["unmatched_entries"]:
+        line += (f"; {boxes['unmatched_entries']} entries name no indexed video "
+                 f"(e.g. {boxes['example_unmatched']!r})")
+    return line
 
 
 def format_excluded(by, counts):

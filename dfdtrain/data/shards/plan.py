@@ -103,6 +103,9 @@ def plan_shards(manifest, target_bytes=DEFAULT_TARGET_BYTES, seed=0):
 
 
 def plan_hash(members, options):
-    text = json.dumps([[row["key"], row["root"], row["path"], row.get("bytes")] for row in members] + [options],
-                      sort_keys=True)
+    # a row's face boxes (index --face-boxes) go into its sample: other boxes rewrite the shard (a row without
+    # any hashes as before they existed)
+    text = json.dumps([[row["key"], row["root"], row["path"], row.get("bytes"), *([row["faces"]] if "faces" in row
+                                                                                 else [])] for row in members]
+                      + [options], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()

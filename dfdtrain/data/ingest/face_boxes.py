@@ -19,20 +19,16 @@ Memory: per entry 8 bytes of its path's digest, the byte offset of its line and 
 read again when the index reaches it.
 """
 
-import hashlib
 import json
 import math
 from array import array
 
 import numpy as np
 
+from dfdtrain.core.digests import digest64
 from dfdtrain.core.errors import DfdError
 
 SOURCE = "file"  # the stored boxes' ``detector``: they came from the user's file
-
-
-def _digest(path):
-    return int.from_bytes(hashlib.blake2b(path.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
 def entry_problem(entry):
@@ -92,7 +88,7 @@ class FaceBoxFile:
             problem = entry_problem(entry)
             if problem:
                 raise DfdError(f"{self.path}:{number}: {problem}")
-            digests.append(_digest(entry["path"]))
+            digests.append(digest64(entry["path"]))
             offsets.append(start)
         digests = np.frombuffer(digests, dtype=np.uint64)
         order = np.argsort(digests, kind="stable")
@@ -132,7 +128,7 @@ class FaceBoxFile:
     def faces_of(self, path, width, height):
         """(the ``faces`` field of the video at ``path`` (its frames ``width`` x ``height``), the problem) — (None,
         None) when the file has no line for it; (None, problem) when every box misses the frame."""
-        for position in self._candidates(_digest(path)):
+        for position in self._candidates(digest64(path)):
             entry = self._line_at(self._offsets[position])
             if entry["path"] != path:
                 continue

@@ -11,6 +11,8 @@ import tempfile
 from array import array
 from pathlib import Path
 
+from dfdtrain.core.digests import digest64
+
 
 @dataclasses.dataclass
 class Found:
@@ -40,7 +42,7 @@ class Found:
                  "group": group, "split": split}
         entry.update({name: value for name, value in extra.items() if value is not None})
         self._spool.write(json.dumps(entry) + "\n")
-        self._key_digests.append(_digest(entry["key"]))
+        self._key_digests.append(digest64(entry["key"]))
         self.count += 1
 
     def skip(self, root, path, reason, detail=""):
@@ -64,16 +66,12 @@ class Found:
             return set()
         counts = {}
         for entry in self.entries():
-            if _digest(entry["key"]) in repeated:
+            if digest64(entry["key"]) in repeated:
                 counts[entry["key"]] = counts.get(entry["key"], 0) + 1
         return {key for key, count in counts.items() if count > 1}
 
     def close(self):
         self._spool.close()
-
-
-def _digest(key):
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
 
 
 def official_split(path):

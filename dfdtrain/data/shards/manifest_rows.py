@@ -9,7 +9,6 @@ under a running shard run is one line when a row read back is not the one the pa
 the demo) is held the same way, and its rows kept as they are.
 """
 
-import hashlib
 import json
 from array import array
 
@@ -17,6 +16,7 @@ import numpy as np
 
 from dfdtrain.data.ingest.manifest import duplicate_keys_problem, manifest_lines, manifest_row_problem
 from dfdtrain.data.ingest.splits import leaking_groups
+from dfdtrain.core.digests import digest64
 from dfdtrain.core.errors import DfdError
 
 
@@ -47,7 +47,7 @@ class ManifestRows:
         self._key_ends.append(len(self._key_bytes))
         self.split_ids.append(split_id)
         self.sizes.append(row.get("bytes") or 0)
-        self._group_digests.append(_digest(json.dumps(row.get("group"))))
+        self._group_digests.append(digest64(json.dumps(row.get("group"))))
 
     def _finish(self):
         """After the last row: the split names, the leak check (then the group digests go), the key order."""
@@ -145,7 +145,7 @@ class ManifestRows:
             return {}
         splits_of = {}
         for _, row in manifest_lines(self.source):
-            if _digest(json.dumps(row["group"])) in suspects:
+            if digest64(json.dumps(row["group"])) in suspects:
                 splits_of.setdefault(row["group"], set()).add(row["split"])
         return {group: sorted(names) for group, names in splits_of.items() if len(names) > 1}
 
@@ -167,7 +167,3 @@ class ManifestRows:
                                    f" is no longer row {self.key(position)!r}); shard it again")
                 found[position] = row
         return [found[position] for position in positions]
-
-
-def _digest(text):
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
